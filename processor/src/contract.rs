@@ -1,0 +1,643 @@
+//! The JSON mapping contract (SPEC §3, fixtures/contract/README.md): parsed and validated once into a typed
+//! `Contract`. Every error names the entry and the problem. Nothing downstream re-validates; nothing here does I/O
+//! beyond reading the file.
+
+use crate::expr::{self, Expr};
+use crate::ident::Ident;
+use crate::value::ColType;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    #[error("cannot read contract {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("contract is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{entry}: {problem}")]
+    Invalid { entry: String, problem: String },
+}
+
+fn invalid(entry: impl Into<String>, problem: impl Into<String>) -> ContractError {
+    ContractError::Invalid { entry: entry.into(), problem: problem.into() }
+}
+
+// ---- The JSON shape (unknown keys tolerated at the top level for compatibility; strict inside entries). ----
+
+#[derive(Debug, Deserialize)]
+struct RawContract {
+    xml_root_element: String,
+    xml_application_path: String,
+    #[serde(default = "default_source_table")]
+    source_table: String,
+    #[serde(default = "default_source_column")]
+    source_column: String,
+    #[serde(default)]
+    target_schema: Option<String>,
+    table_insertion_order: Vec<String>,
+    #[serde(default)]
+    element_filtering: Option<RawFiltering>,
+    mappings: Vec<RawMapping>,
+    #[serde(default)]
+    relationships: Vec<RawRelationship>,
+    #[serde(default)]
+    enum_mappings: BTreeMap<String, BTreeMap<String, i64>>,
+    #[serde(default)]
+    bit_conversions: BTreeMap<String, BTreeMap<String, i64>>,
+    #[serde(default)]
+    table_keys: BTreeMap<String, Vec<String>>,
+}
+
+fn default_source_table() -> String {
+    "app_xml".into()
+}
+fn default_source_column() -> String {
+    "xml".into()
+}
+
+#[derive(Debug, Deserialize)]
+struct RawFiltering {
+    #[serde(default)]
+    filter_rules: Vec<RawFilterRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilterRule {
+    #[serde(default)]
+    element_type: Option<String>,
+    xml_path: String,
+    #[serde(default)]
+    required_attributes: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawMappingType {
+    One(String),
+    Chain(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMapping {
+    #[serde(default)]
+    xml_path: Option<String>,
+    #[serde(default)]
+    xml_attribute: Option<String>,
+    target_table: String,
+    target_column: String,
+    data_type: String,
+    #[serde(default)]
+    data_length: Option<u32>,
+    #[serde(default)]
+    mapping_type: Option<RawMappingType>,
+    #[serde(default)]
+    nullable: Option<bool>,
+    #[serde(default)]
+    required: Option<bool>,
+    #[serde(default)]
+    default_value: Option<String>,
+    #[serde(default)]
+    expression: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelationship {
+    parent_table: String,
+    child_table: String,
+    foreign_key_column: String,
+    xml_parent_path: String,
+    xml_child_path: String,
+}
+
+// ---- The typed, validated model. ----
+
+/// A value transform (contract README step 4).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transform {
+    IdentityInsert,
+    Enum(HashMap<String, i64>),
+    Bit(HashMap<String, i64>),
+    NumbersOnly,
+    ExtractNumeric,
+    CurrAddressOnly,
+}
+
+/// Where a column's value comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// An attribute of an element: `path` is the trie node of the element.
+    Attr { node: usize, attr: String },
+    /// `curr_address_only`: the first child element at `node` whose `address_tp_c` is `CURR`.
+    CurrAddress { node: usize, attr: String },
+    /// `calculated_field` over the row's other columns.
+    Calculated(Expr),
+    /// The parent row's value of column `parent_col` (relationship foreign key).
+    ForeignKey { parent_col: usize },
+}
+
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: Ident,
+    pub ty: ColType,
+    pub nullable: bool,
+    pub required: bool,
+    pub default: Option<String>,
+    pub source: Source,
+    pub transforms: Vec<Transform>,
+    /// True for the application key taken from the document (`identity_insert`).
+    pub identity: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub name: Ident,
+    pub columns: Vec<Column>,
+    /// Natural key column indexes.
+    pub key: Vec<usize>,
+    /// Trie node of the repeating row element; `None` for an application-level table (one row per document).
+    pub row_node: Option<usize>,
+    /// Parent table index (relationship).
+    pub parent: Option<usize>,
+    /// True when no key column derives from the application key: rows are shared entities, written insert-if-absent.
+    pub shared: bool,
+}
+
+/// One element path the reader must collect, with the attributes needed there.
+#[derive(Debug, Clone)]
+pub struct PathNode {
+    pub name: String,
+    pub parent: Option<usize>,
+    pub children: Vec<usize>,
+    pub attrs: Vec<String>,
+    /// Filter rules on this element: attribute → allowed values (`None`: present and non-empty).
+    pub filters: Vec<(String, Option<Vec<String>>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Contract {
+    pub root_element: String,
+    pub source_table: Ident,
+    pub source_column: Ident,
+    pub schema: Option<Ident>,
+    /// Tables in insertion order (parents first).
+    pub tables: Vec<Table>,
+    /// Element path trie; node 0 is the root element.
+    pub nodes: Vec<PathNode>,
+    /// Trie node of the application element.
+    pub app_node: usize,
+    /// (table, column) of the application key mapped with `identity_insert`.
+    pub app_key: (usize, usize),
+    /// The raw JSON text, for reports.
+    pub json: String,
+}
+
+impl Contract {
+    pub fn from_file(path: &Path) -> Result<Self, ContractError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ContractError::Read { path: path.display().to_string(), source })?;
+        Self::from_json(&text)
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, ContractError> {
+        let raw: RawContract = serde_json::from_str(text)?;
+        build(raw, text)
+    }
+
+    pub fn table_index(&self, name: &str) -> Option<usize> {
+        self.tables.iter().position(|t| t.name.as_str() == name)
+    }
+
+    pub fn node_path(&self, node: usize) -> String {
+        let mut parts = Vec::new();
+        let mut cur = Some(node);
+        while let Some(n) = cur {
+            parts.push(self.nodes[n].name.as_str());
+            cur = self.nodes[n].parent;
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+}
+
+fn split_path(entry: &str, p: &str) -> Result<Vec<String>, ContractError> {
+    let parts: Vec<String> = p.trim().trim_matches('/').split('/').map(|s| s.trim().to_owned()).collect();
+    if !p.trim().starts_with('/') || parts.iter().any(|s| s.is_empty()) {
+        return Err(invalid(entry, format!("xml path '{p}' must be absolute, like /Root/Child")));
+    }
+    Ok(parts)
+}
+
+struct Trie {
+    nodes: Vec<PathNode>,
+}
+
+impl Trie {
+    fn insert(&mut self, entry: &str, parts: &[String], root: &str) -> Result<usize, ContractError> {
+        if parts[0] != root {
+            return Err(invalid(entry, format!("xml path /{} does not start at the root element <{root}>", parts.join("/"))));
+        }
+        let mut cur = 0;
+        for name in &parts[1..] {
+            cur = match self.nodes[cur].children.iter().copied().find(|&c| &self.nodes[c].name == name) {
+                Some(c) => c,
+                None => {
+                    let id = self.nodes.len();
+                    self.nodes.push(PathNode {
+                        name: name.clone(),
+                        parent: Some(cur),
+                        children: Vec::new(),
+                        attrs: Vec::new(),
+                        filters: Vec::new(),
+                    });
+                    self.nodes[cur].children.push(id);
+                    id
+                }
+            };
+        }
+        Ok(cur)
+    }
+    fn need_attr(&mut self, node: usize, attr: &str) {
+        if !self.nodes[node].attrs.iter().any(|a| a == attr) {
+            self.nodes[node].attrs.push(attr.to_owned());
+        }
+    }
+    fn is_ancestor(&self, anc: usize, mut node: usize) -> bool {
+        loop {
+            if node == anc {
+                return true;
+            }
+            match self.nodes[node].parent {
+                Some(p) => node = p,
+                None => return false,
+            }
+        }
+    }
+}
+
+const KNOWN_TYPES: &str = "identity_insert, enum, char_to_bit, boolean_to_bit, numbers_only, extract_numeric, curr_address_only, calculated_field";
+
+fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
+    let root = raw.xml_root_element.trim().to_owned();
+    if root.is_empty() {
+        return Err(invalid("xml_root_element", "must not be empty"));
+    }
+    let mut trie = Trie {
+        nodes: vec![PathNode { name: root.clone(), parent: None, children: vec![], attrs: vec![], filters: vec![] }],
+    };
+    let app_parts = split_path("xml_application_path", &raw.xml_application_path)?;
+    let app_node = trie.insert("xml_application_path", &app_parts, &root)?;
+    let source_table = Ident::new(&raw.source_table).map_err(|e| invalid("source_table", e.to_string()))?;
+    let source_column = Ident::new(&raw.source_column).map_err(|e| invalid("source_column", e.to_string()))?;
+    let schema = match raw.target_schema.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) => Some(Ident::new(s).map_err(|e| invalid("target_schema", e.to_string()))?),
+    };
+
+    // Tables in insertion order.
+    if raw.table_insertion_order.is_empty() {
+        return Err(invalid("table_insertion_order", "must list at least one table"));
+    }
+    let mut tables: Vec<Table> = Vec::new();
+    for (i, t) in raw.table_insertion_order.iter().enumerate() {
+        let entry = format!("table_insertion_order[{i}]");
+        let name = Ident::new(t).map_err(|e| invalid(&entry, e.to_string()))?;
+        if tables.iter().any(|x| x.name == name) {
+            return Err(invalid(entry, format!("table '{t}' is listed twice")));
+        }
+        tables.push(Table { name, columns: vec![], key: vec![], row_node: None, parent: None, shared: false });
+    }
+    let table_idx = |entry: &str, name: &str, tables: &[Table]| -> Result<usize, ContractError> {
+        tables
+            .iter()
+            .position(|t| t.name.as_str() == name)
+            .ok_or_else(|| invalid(entry, format!("unknown table '{name}' (not in table_insertion_order)")))
+    };
+
+    // Relationships give repeating tables their row element and parent.
+    let mut fk_of: Vec<Option<(String, usize)>> = vec![None; tables.len()];
+    for (i, r) in raw.relationships.iter().enumerate() {
+        let entry = format!("relationships[{i}]");
+        let parent = table_idx(&entry, &r.parent_table, &tables)?;
+        let child = table_idx(&entry, &r.child_table, &tables)?;
+        if parent >= child {
+            return Err(invalid(&entry, "parent_table must come before child_table in table_insertion_order"));
+        }
+        if tables[child].parent.is_some() {
+            return Err(invalid(&entry, format!("table '{}' has two parents", r.child_table)));
+        }
+        let pp = split_path(&entry, &r.xml_parent_path)?;
+        let cp = split_path(&entry, &r.xml_child_path)?;
+        let pnode = trie.insert(&entry, &pp, &root)?;
+        let cnode = trie.insert(&entry, &cp, &root)?;
+        if cnode == pnode || !trie.is_ancestor(pnode, cnode) {
+            return Err(invalid(&entry, "xml_child_path must lie below xml_parent_path"));
+        }
+        let parent_row = tables[parent].row_node.unwrap_or(app_node);
+        if parent_row != pnode {
+            return Err(invalid(&entry, format!("xml_parent_path is not the row element of table '{}'", r.parent_table)));
+        }
+        Ident::new(&r.foreign_key_column).map_err(|e| invalid(&entry, e.to_string()))?;
+        tables[child].row_node = Some(cnode);
+        tables[child].parent = Some(parent);
+        fk_of[child] = Some((r.foreign_key_column.clone(), i));
+    }
+
+    // Filter rules.
+    if let Some(f) = &raw.element_filtering {
+        for (i, rule) in f.filter_rules.iter().enumerate() {
+            let entry = format!("element_filtering.filter_rules[{i}]");
+            let _ = (&rule.element_type, &rule.description);
+            let parts = split_path(&entry, &rule.xml_path)?;
+            let node = trie.insert(&entry, &parts, &root)?;
+            for (attr, v) in &rule.required_attributes {
+                let allowed = match v {
+                    serde_json::Value::Bool(true) => None,
+                    serde_json::Value::Array(items) => Some(
+                        items
+                            .iter()
+                            .map(|x| x.as_str().map(str::to_owned).ok_or_else(|| invalid(&entry, format!("allowed values of '{attr}' must be strings"))))
+                            .collect::<Result<Vec<_>, _>>()?,
+                    ),
+                    _ => return Err(invalid(&entry, format!("required_attributes.{attr} must be true or a list of allowed values"))),
+                };
+                trie.need_attr(node, attr);
+                trie.nodes[node].filters.push((attr.clone(), allowed));
+            }
+        }
+    }
+
+    // Mappings.
+    let mut app_key: Option<(usize, usize)> = None;
+    let mut calc: Vec<(usize, usize, String)> = Vec::new();
+    for (i, m) in raw.mappings.iter().enumerate() {
+        let entry = format!("mappings[{i}] ({}.{})", m.target_table, m.target_column);
+        let _ = &m.description;
+        let t = table_idx(&entry, &m.target_table, &tables)?;
+        let name = Ident::new(&m.target_column).map_err(|e| invalid(&entry, e.to_string()))?;
+        if tables[t].columns.iter().any(|c| c.name == name) {
+            return Err(invalid(&entry, "column is mapped twice"));
+        }
+        let ty = ColType::parse(&m.data_type, m.data_length).map_err(|p| invalid(&entry, p))?;
+        let names: Vec<String> = match &m.mapping_type {
+            None => vec![],
+            Some(RawMappingType::One(s)) if s.trim().is_empty() || s == "none" || s == "direct" => vec![],
+            Some(RawMappingType::One(s)) => vec![s.trim().to_owned()],
+            Some(RawMappingType::Chain(v)) => v.iter().map(|s| s.trim().to_owned()).collect(),
+        };
+        let mut transforms = Vec::new();
+        let mut calculated = false;
+        let mut curr_only = false;
+        let mut identity = false;
+        for n in &names {
+            match n.as_str() {
+                "identity_insert" => {
+                    identity = true;
+                    transforms.push(Transform::IdentityInsert)
+                }
+                "enum" => {
+                    let map = raw.enum_mappings.get(m.target_column.as_str()).ok_or_else(|| {
+                        invalid(&entry, format!("mapping_type enum needs enum_mappings.{}", m.target_column))
+                    })?;
+                    transforms.push(Transform::Enum(map.iter().map(|(k, v)| (k.clone(), *v)).collect()));
+                }
+                "char_to_bit" | "boolean_to_bit" => {
+                    let map = raw
+                        .bit_conversions
+                        .get(n.as_str())
+                        .ok_or_else(|| invalid(&entry, format!("mapping_type {n} needs bit_conversions.{n}")))?;
+                    if let Some((k, v)) = map.iter().find(|(_, v)| **v != 0 && **v != 1) {
+                        return Err(invalid(&entry, format!("bit_conversions.{n}.{k} is {v}, must be 0 or 1")));
+                    }
+                    transforms.push(Transform::Bit(map.iter().map(|(k, v)| (k.clone(), *v)).collect()));
+                }
+                "numbers_only" => transforms.push(Transform::NumbersOnly),
+                "extract_numeric" => transforms.push(Transform::ExtractNumeric),
+                "curr_address_only" => {
+                    curr_only = true;
+                    transforms.push(Transform::CurrAddressOnly)
+                }
+                "calculated_field" => calculated = true,
+                other => {
+                    return Err(invalid(&entry, format!("unsupported mapping_type '{other}' (supported: {KNOWN_TYPES})")))
+                }
+            }
+        }
+        let source = if calculated {
+            if names.len() != 1 {
+                return Err(invalid(&entry, "calculated_field cannot be chained with other mapping types"));
+            }
+            let src = m.expression.as_deref().ok_or_else(|| invalid(&entry, "calculated_field needs an expression"))?;
+            let e = expr::parse(src).map_err(|p| invalid(&entry, format!("bad expression: {p}")))?;
+            calc.push((t, tables[t].columns.len(), m.target_column.clone()));
+            Source::Calculated(e)
+        } else {
+            let path = m.xml_path.as_deref().ok_or_else(|| invalid(&entry, "xml_path is required"))?;
+            let attr = m.xml_attribute.as_deref().ok_or_else(|| invalid(&entry, "xml_attribute is required (values are attributes)"))?;
+            if attr.trim().is_empty() {
+                return Err(invalid(&entry, "xml_attribute must not be empty"));
+            }
+            let parts = split_path(&entry, path)?;
+            let node = trie.insert(&entry, &parts, &root)?;
+            trie.need_attr(node, attr);
+            let row = tables[t].row_node.unwrap_or(app_node);
+            if curr_only {
+                if trie.nodes[node].parent != Some(row) {
+                    return Err(invalid(&entry, "curr_address_only needs an xml_path one element below the table's row element"));
+                }
+                trie.need_attr(node, "address_tp_c");
+                Source::CurrAddress { node, attr: attr.to_owned() }
+            } else {
+                match tables[t].row_node {
+                    Some(r) if r != node => {
+                        return Err(invalid(&entry, format!("xml_path must be the row element {} of a repeating table", path_of(&trie, r))))
+                    }
+                    Some(_) => {}
+                    None if trie.is_ancestor(app_node, node) && node != app_node => {
+                        return Err(invalid(&entry, "an application-level table cannot map an element below the application element"))
+                    }
+                    None => {}
+                }
+                Source::Attr { node, attr: attr.to_owned() }
+            }
+        };
+        if identity {
+            if tables[t].row_node.is_some() {
+                return Err(invalid(&entry, "identity_insert is only supported on the application-level table"));
+            }
+            if !matches!(ty, ColType::BigInt | ColType::Int) {
+                return Err(invalid(&entry, "identity_insert needs an int or bigint column"));
+            }
+            if app_key.is_some() {
+                return Err(invalid(&entry, "only one identity_insert mapping (the application key) is supported"));
+            }
+            app_key = Some((t, tables[t].columns.len()));
+        }
+        tables[t].columns.push(Column {
+            name,
+            ty,
+            nullable: m.nullable.unwrap_or(true),
+            required: m.required.unwrap_or(false),
+            default: m.default_value.clone(),
+            source,
+            transforms,
+            identity,
+        });
+    }
+    let app_key = app_key.ok_or_else(|| invalid("mappings", "no identity_insert mapping: one column must take the application key from the document (e.g. Request@ID)"))?;
+
+    // Foreign key columns, appended to the child table with the parent's type.
+    for child in 0..tables.len() {
+        if let Some((fk, ri)) = fk_of[child].clone() {
+            let entry = format!("relationships[{ri}]");
+            let parent = tables[child].parent.expect("set together with fk_of");
+            let pcol = tables[parent].columns.iter().position(|c| c.name.as_str() == fk).ok_or_else(|| {
+                invalid(&entry, format!("foreign_key_column '{fk}' is not a column of parent table '{}'", tables[parent].name))
+            })?;
+            if tables[child].columns.iter().any(|c| c.name.as_str() == fk) {
+                return Err(invalid(&entry, format!("foreign_key_column '{fk}' is also mapped on '{}'", tables[child].name)));
+            }
+            let ty = tables[parent].columns[pcol].ty;
+            tables[child].columns.push(Column {
+                name: Ident::new(&fk).map_err(|e| invalid(&entry, e.to_string()))?,
+                ty,
+                nullable: false,
+                required: true,
+                default: None,
+                source: Source::ForeignKey { parent_col: pcol },
+                transforms: vec![],
+                identity: false,
+            });
+        }
+    }
+
+    // Calculated fields may only read non-calculated columns of their own row.
+    for (t, c, name) in &calc {
+        if let Source::Calculated(e) = &tables[*t].columns[*c].source {
+            let mut cols = Vec::new();
+            e.columns(&mut cols);
+            for col in cols {
+                let target = tables[*t].columns.iter().find(|x| x.name.as_str() == col);
+                match target {
+                    None => return Err(invalid(format!("{}.{name}", tables[*t].name), format!("expression reads unknown column '{col}'"))),
+                    Some(x) if matches!(x.source, Source::Calculated(_)) => {
+                        return Err(invalid(format!("{}.{name}", tables[*t].name), format!("expression reads calculated column '{col}'")))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+
+    // Natural keys.
+    for (name, _) in raw.table_keys.iter() {
+        table_idx(&format!("table_keys.{name}"), name, &tables)?;
+    }
+    for t in tables.iter_mut() {
+        let entry = format!("table_keys.{}", t.name);
+        let cols = raw.table_keys.get(t.name.as_str()).ok_or_else(|| invalid(&entry, "every target table needs a natural key"))?;
+        if cols.is_empty() {
+            return Err(invalid(&entry, "natural key must name at least one column"));
+        }
+        for c in cols {
+            let idx = t.columns.iter().position(|x| x.name.as_str() == c).ok_or_else(|| invalid(&entry, format!("unknown column '{c}'")))?;
+            if t.key.contains(&idx) {
+                return Err(invalid(&entry, format!("column '{c}' listed twice")));
+            }
+            t.key.push(idx);
+        }
+        if t.columns.is_empty() {
+            return Err(invalid(format!("table {}", t.name), "has no mapped columns"));
+        }
+    }
+    // A column derives from the application key if it is the key itself or a foreign key to such a column.
+    let mut derived: Vec<Vec<bool>> = tables.iter().map(|t| vec![false; t.columns.len()]).collect();
+    derived[app_key.0][app_key.1] = true;
+    for ti in 0..tables.len() {
+        for ci in 0..tables[ti].columns.len() {
+            if let (Source::ForeignKey { parent_col }, Some(p)) = (&tables[ti].columns[ci].source, tables[ti].parent) {
+                if derived[p][*parent_col] {
+                    derived[ti][ci] = true;
+                }
+            }
+        }
+    }
+    for (ti, t) in tables.iter_mut().enumerate() {
+        t.shared = !t.key.iter().any(|&k| derived[ti][k]);
+    }
+    if tables[app_key.0].shared {
+        return Err(invalid(format!("table_keys.{}", tables[app_key.0].name), "the application table's natural key must contain the identity_insert column"));
+    }
+    // The Request@ID-style key must be readable.
+    Ok(Contract {
+        root_element: root,
+        source_table,
+        source_column,
+        schema,
+        tables,
+        nodes: trie.nodes,
+        app_node,
+        app_key,
+        json: text.to_owned(),
+    })
+}
+
+fn path_of(trie: &Trie, node: usize) -> String {
+    let mut parts = Vec::new();
+    let mut cur = Some(node);
+    while let Some(n) = cur {
+        parts.push(trie.nodes[n].name.clone());
+        cur = trie.nodes[n].parent;
+    }
+    parts.reverse();
+    format!("/{}", parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_contract_loads() {
+        let c = Contract::from_json(fixtures::CONTRACT_JSON).expect("project contract is valid");
+        assert_eq!(c.tables.len(), 4);
+        let names: Vec<_> = c.tables.iter().map(|t| (t.name.as_str(), t.shared)).collect();
+        assert_eq!(
+            names,
+            vec![("app_base", false), ("app_contact_base", true), ("app_contact_address", true), ("app_contact_employment", true)]
+        );
+        assert_eq!(c.node_path(c.app_node), "/Provenir/Request/CustData/application");
+    }
+
+    fn with(edit: impl FnOnce(&mut serde_json::Value)) -> Result<Contract, ContractError> {
+        let mut v: serde_json::Value = serde_json::from_str(fixtures::CONTRACT_JSON).expect("json");
+        edit(&mut v);
+        Contract::from_json(&v.to_string())
+    }
+
+    #[test]
+    fn refuses_bad_contracts_naming_the_entry() {
+        let e = with(|v| v["mappings"][3]["mapping_type"] = "rot13".into()).expect_err("unsupported type");
+        let msg = e.to_string();
+        assert!(msg.contains("mappings[3]") && msg.contains("rot13"), "{msg}");
+        let e = with(|v| v["mappings"][0]["target_table"] = "nope".into()).expect_err("unknown table");
+        assert!(e.to_string().contains("unknown table 'nope'"), "{e}");
+        let e = with(|v| v["mappings"][1]["data_type"] = "blob".into()).expect_err("bad type");
+        assert!(e.to_string().contains("mappings[1]"), "{e}");
+        let e = with(|v| v["mappings"][2]["bogus"] = 1.into()).expect_err("unknown field");
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = with(|v| v["table_keys"].as_object_mut().expect("obj").remove("app_contact_address").map(|_| ()).unwrap_or(())).expect_err("missing key");
+        assert!(e.to_string().contains("table_keys.app_contact_address"), "{e}");
+        let e = with(|v| v["mappings"][10]["expression"] = "CASE WHEN x > 1 THEN 'A' END".into()).expect_err("unknown column");
+        assert!(e.to_string().contains("unknown column 'x'"), "{e}");
+        let e = with(|v| v["mappings"][0]["target_column"] = "app id".into()).expect_err("bad ident");
+        assert!(e.to_string().contains("not a valid identifier"), "{e}");
+    }
+}

@@ -1,0 +1,186 @@
+//! Named crash points (SPEC §6): a closed set shared by processor and harness, armed by `PROCESSOR_CRASH_AT`.
+//! Must not accept unknown names: a typo would turn a crash test into a silent pass.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The environment variable that arms a crash point: `<name>[:<nth>]`.
+pub const CRASH_ENV: &str = "PROCESSOR_CRASH_AT";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CrashPoint {
+    /// Parsed and mapped, nothing written.
+    BeforeWrite,
+    /// Some target tables written, not all.
+    MidWrite,
+    /// All target rows written, log row not yet written (scenario A).
+    AfterData,
+    /// Rows and log row written, transaction not committed.
+    BeforeCommit,
+    /// Committed, before the next application or batch (scenario B).
+    AfterCommit,
+    /// Queue mode: batch claimed, nothing processed.
+    AfterClaim,
+}
+
+impl CrashPoint {
+    pub const ALL: [CrashPoint; 6] = [
+        CrashPoint::BeforeWrite,
+        CrashPoint::MidWrite,
+        CrashPoint::AfterData,
+        CrashPoint::BeforeCommit,
+        CrashPoint::AfterCommit,
+        CrashPoint::AfterClaim,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CrashPoint::BeforeWrite => "before-write",
+            CrashPoint::MidWrite => "mid-write",
+            CrashPoint::AfterData => "after-data",
+            CrashPoint::BeforeCommit => "before-commit",
+            CrashPoint::AfterCommit => "after-commit",
+            CrashPoint::AfterClaim => "after-claim",
+        }
+    }
+}
+
+impl fmt::Display for CrashPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CrashSpecError {
+    #[error("unknown crash point '{0}' (known: before-write, mid-write, after-data, before-commit, after-commit, after-claim)")]
+    UnknownPoint(String),
+    #[error("crash point hit count '{0}' is not a whole number of at least 1")]
+    BadNth(String),
+    #[error("crash points are not compiled into this build (rebuild with the 'failpoints' feature)")]
+    NotCompiled,
+}
+
+impl FromStr for CrashPoint {
+    type Err = CrashSpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CrashPoint::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| CrashSpecError::UnknownPoint(s.to_owned()))
+    }
+}
+
+/// A parsed `PROCESSOR_CRASH_AT` value: die on the `nth` hit of `point`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashSpec {
+    pub point: CrashPoint,
+    pub nth: u64,
+}
+
+impl FromStr for CrashSpec {
+    type Err = CrashSpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, nth) = match s.split_once(':') {
+            Some((n, k)) => {
+                let nth: u64 = k.parse().map_err(|_| CrashSpecError::BadNth(k.to_owned()))?;
+                if nth == 0 {
+                    return Err(CrashSpecError::BadNth(k.to_owned()));
+                }
+                (n, nth)
+            }
+            None => (s, 1),
+        };
+        Ok(CrashSpec { point: name.parse()?, nth })
+    }
+}
+
+impl fmt::Display for CrashSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.point, self.nth)
+    }
+}
+
+/// An armed crash point with its hit counter. Cheap to call when disarmed.
+#[derive(Debug, Default)]
+pub struct Crasher {
+    spec: Option<CrashSpec>,
+    hits: AtomicU64,
+}
+
+impl Crasher {
+    /// Reads `PROCESSOR_CRASH_AT`. Unset or empty: disarmed. Anything else must parse, and needs the feature.
+    pub fn from_env() -> Result<Self, CrashSpecError> {
+        match std::env::var(CRASH_ENV) {
+            Ok(v) if !v.trim().is_empty() => Self::armed(v.trim().parse()?),
+            _ => Ok(Crasher::default()),
+        }
+    }
+
+    pub fn armed(spec: CrashSpec) -> Result<Self, CrashSpecError> {
+        if cfg!(feature = "failpoints") {
+            Ok(Crasher { spec: Some(spec), hits: AtomicU64::new(0) })
+        } else {
+            Err(CrashSpecError::NotCompiled)
+        }
+    }
+
+    pub fn spec(&self) -> Option<CrashSpec> {
+        self.spec
+    }
+
+    /// Counts a hit of `point`; returns true when this hit is the one that must kill the process.
+    /// The caller emits the `crash_point` event and then calls [`die`].
+    pub fn should_fire(&self, point: CrashPoint) -> Option<u64> {
+        let spec = self.spec?;
+        if spec.point != point {
+            return None;
+        }
+        let n = self.hits.fetch_add(1, Ordering::SeqCst) + 1;
+        (n == spec.nth).then_some(n)
+    }
+}
+
+/// Dies at once without cleanup, exactly as `kill -9` would: no destructors, no rollback, no flush.
+#[cfg(feature = "failpoints")]
+pub fn die() -> ! {
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    // SIGKILL cannot be caught; if raise somehow failed, abort is the next closest thing.
+    std::process::abort()
+}
+
+#[cfg(not(feature = "failpoints"))]
+pub fn die() -> ! {
+    unreachable!("crash points cannot be armed without the failpoints feature")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_and_counts() {
+        assert_eq!(
+            "after-data:3".parse::<CrashSpec>(),
+            Ok(CrashSpec { point: CrashPoint::AfterData, nth: 3 })
+        );
+        assert_eq!("mid-write".parse::<CrashSpec>().map(|s| s.nth), Ok(1));
+        assert!(matches!("after_data".parse::<CrashSpec>(), Err(CrashSpecError::UnknownPoint(_))));
+        assert!(matches!("after-data:0".parse::<CrashSpec>(), Err(CrashSpecError::BadNth(_))));
+        assert!(matches!("after-data:x".parse::<CrashSpec>(), Err(CrashSpecError::BadNth(_))));
+        for p in CrashPoint::ALL {
+            assert_eq!(p.name().parse::<CrashPoint>(), Ok(p));
+        }
+    }
+
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn fires_on_nth_hit_only() {
+        let c = Crasher::armed("after-commit:2".parse().expect("valid")).expect("feature on");
+        assert_eq!(c.should_fire(CrashPoint::AfterData), None);
+        assert_eq!(c.should_fire(CrashPoint::AfterCommit), None);
+        assert_eq!(c.should_fire(CrashPoint::AfterCommit), Some(2));
+        assert_eq!(c.should_fire(CrashPoint::AfterCommit), None);
+    }
+}
