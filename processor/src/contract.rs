@@ -12,7 +12,10 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum ContractError {
     #[error("cannot read contract {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("contract is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("{entry}: {problem}")]
@@ -20,7 +23,10 @@ pub enum ContractError {
 }
 
 fn invalid(entry: impl Into<String>, problem: impl Into<String>) -> ContractError {
-    ContractError::Invalid { entry: entry.into(), problem: problem.into() }
+    ContractError::Invalid {
+        entry: entry.into(),
+        problem: problem.into(),
+    }
 }
 
 // ---- The JSON shape (unknown keys tolerated at the top level for compatibility; strict inside entries). ----
@@ -201,8 +207,10 @@ pub struct Contract {
 
 impl Contract {
     pub fn from_file(path: &Path) -> Result<Self, ContractError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ContractError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ContractError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::from_json(&text)
     }
 
@@ -228,9 +236,17 @@ impl Contract {
 }
 
 fn split_path(entry: &str, p: &str) -> Result<Vec<String>, ContractError> {
-    let parts: Vec<String> = p.trim().trim_matches('/').split('/').map(|s| s.trim().to_owned()).collect();
+    let parts: Vec<String> = p
+        .trim()
+        .trim_matches('/')
+        .split('/')
+        .map(|s| s.trim().to_owned())
+        .collect();
     if !p.trim().starts_with('/') || parts.iter().any(|s| s.is_empty()) {
-        return Err(invalid(entry, format!("xml path '{p}' must be absolute, like /Root/Child")));
+        return Err(invalid(
+            entry,
+            format!("xml path '{p}' must be absolute, like /Root/Child"),
+        ));
     }
     Ok(parts)
 }
@@ -240,13 +256,29 @@ struct Trie {
 }
 
 impl Trie {
-    fn insert(&mut self, entry: &str, parts: &[String], root: &str) -> Result<usize, ContractError> {
+    fn insert(
+        &mut self,
+        entry: &str,
+        parts: &[String],
+        root: &str,
+    ) -> Result<usize, ContractError> {
         if parts[0] != root {
-            return Err(invalid(entry, format!("xml path /{} does not start at the root element <{root}>", parts.join("/"))));
+            return Err(invalid(
+                entry,
+                format!(
+                    "xml path /{} does not start at the root element <{root}>",
+                    parts.join("/")
+                ),
+            ));
         }
         let mut cur = 0;
         for name in &parts[1..] {
-            cur = match self.nodes[cur].children.iter().copied().find(|&c| &self.nodes[c].name == name) {
+            cur = match self.nodes[cur]
+                .children
+                .iter()
+                .copied()
+                .find(|&c| &self.nodes[c].name == name)
+            {
                 Some(c) => c,
                 None => {
                     let id = self.nodes.len();
@@ -290,12 +322,20 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
         return Err(invalid("xml_root_element", "must not be empty"));
     }
     let mut trie = Trie {
-        nodes: vec![PathNode { name: root.clone(), parent: None, children: vec![], attrs: vec![], filters: vec![] }],
+        nodes: vec![PathNode {
+            name: root.clone(),
+            parent: None,
+            children: vec![],
+            attrs: vec![],
+            filters: vec![],
+        }],
     };
     let app_parts = split_path("xml_application_path", &raw.xml_application_path)?;
     let app_node = trie.insert("xml_application_path", &app_parts, &root)?;
-    let source_table = Ident::new(&raw.source_table).map_err(|e| invalid("source_table", e.to_string()))?;
-    let source_column = Ident::new(&raw.source_column).map_err(|e| invalid("source_column", e.to_string()))?;
+    let source_table =
+        Ident::new(&raw.source_table).map_err(|e| invalid("source_table", e.to_string()))?;
+    let source_column =
+        Ident::new(&raw.source_column).map_err(|e| invalid("source_column", e.to_string()))?;
     let schema = match raw.target_schema.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(s) => Some(Ident::new(s).map_err(|e| invalid("target_schema", e.to_string()))?),
@@ -303,7 +343,10 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
 
     // Tables in insertion order.
     if raw.table_insertion_order.is_empty() {
-        return Err(invalid("table_insertion_order", "must list at least one table"));
+        return Err(invalid(
+            "table_insertion_order",
+            "must list at least one table",
+        ));
     }
     let mut tables: Vec<Table> = Vec::new();
     for (i, t) in raw.table_insertion_order.iter().enumerate() {
@@ -312,13 +355,25 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
         if tables.iter().any(|x| x.name == name) {
             return Err(invalid(entry, format!("table '{t}' is listed twice")));
         }
-        tables.push(Table { name, columns: vec![], key: vec![], row_node: None, parent: None, shared: false });
+        tables.push(Table {
+            name,
+            columns: vec![],
+            key: vec![],
+            row_node: None,
+            parent: None,
+            shared: false,
+        });
     }
     let table_idx = |entry: &str, name: &str, tables: &[Table]| -> Result<usize, ContractError> {
         tables
             .iter()
             .position(|t| t.name.as_str() == name)
-            .ok_or_else(|| invalid(entry, format!("unknown table '{name}' (not in table_insertion_order)")))
+            .ok_or_else(|| {
+                invalid(
+                    entry,
+                    format!("unknown table '{name}' (not in table_insertion_order)"),
+                )
+            })
     };
 
     // Relationships give repeating tables their row element and parent.
@@ -328,21 +383,36 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
         let parent = table_idx(&entry, &r.parent_table, &tables)?;
         let child = table_idx(&entry, &r.child_table, &tables)?;
         if parent >= child {
-            return Err(invalid(&entry, "parent_table must come before child_table in table_insertion_order"));
+            return Err(invalid(
+                &entry,
+                "parent_table must come before child_table in table_insertion_order",
+            ));
         }
         if tables[child].parent.is_some() {
-            return Err(invalid(&entry, format!("table '{}' has two parents", r.child_table)));
+            return Err(invalid(
+                &entry,
+                format!("table '{}' has two parents", r.child_table),
+            ));
         }
         let pp = split_path(&entry, &r.xml_parent_path)?;
         let cp = split_path(&entry, &r.xml_child_path)?;
         let pnode = trie.insert(&entry, &pp, &root)?;
         let cnode = trie.insert(&entry, &cp, &root)?;
         if cnode == pnode || !trie.is_ancestor(pnode, cnode) {
-            return Err(invalid(&entry, "xml_child_path must lie below xml_parent_path"));
+            return Err(invalid(
+                &entry,
+                "xml_child_path must lie below xml_parent_path",
+            ));
         }
         let parent_row = tables[parent].row_node.unwrap_or(app_node);
         if parent_row != pnode {
-            return Err(invalid(&entry, format!("xml_parent_path is not the row element of table '{}'", r.parent_table)));
+            return Err(invalid(
+                &entry,
+                format!(
+                    "xml_parent_path is not the row element of table '{}'",
+                    r.parent_table
+                ),
+            ));
         }
         Ident::new(&r.foreign_key_column).map_err(|e| invalid(&entry, e.to_string()))?;
         tables[child].row_node = Some(cnode);
@@ -363,10 +433,22 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
                     serde_json::Value::Array(items) => Some(
                         items
                             .iter()
-                            .map(|x| x.as_str().map(str::to_owned).ok_or_else(|| invalid(&entry, format!("allowed values of '{attr}' must be strings"))))
+                            .map(|x| {
+                                x.as_str().map(str::to_owned).ok_or_else(|| {
+                                    invalid(
+                                        &entry,
+                                        format!("allowed values of '{attr}' must be strings"),
+                                    )
+                                })
+                            })
                             .collect::<Result<Vec<_>, _>>()?,
                     ),
-                    _ => return Err(invalid(&entry, format!("required_attributes.{attr} must be true or a list of allowed values"))),
+                    _ => return Err(invalid(
+                        &entry,
+                        format!(
+                            "required_attributes.{attr} must be true or a list of allowed values"
+                        ),
+                    )),
                 };
                 trie.need_attr(node, attr);
                 trie.nodes[node].filters.push((attr.clone(), allowed));
@@ -388,7 +470,9 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
         let ty = ColType::parse(&m.data_type, m.data_length).map_err(|p| invalid(&entry, p))?;
         let names: Vec<String> = match &m.mapping_type {
             None => vec![],
-            Some(RawMappingType::One(s)) if s.trim().is_empty() || s == "none" || s == "direct" => vec![],
+            Some(RawMappingType::One(s)) if s.trim().is_empty() || s == "none" || s == "direct" => {
+                vec![]
+            }
             Some(RawMappingType::One(s)) => vec![s.trim().to_owned()],
             Some(RawMappingType::Chain(v)) => v.iter().map(|s| s.trim().to_owned()).collect(),
         };
@@ -403,20 +487,38 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
                     transforms.push(Transform::IdentityInsert)
                 }
                 "enum" => {
-                    let map = raw.enum_mappings.get(m.target_column.as_str()).ok_or_else(|| {
-                        invalid(&entry, format!("mapping_type enum needs enum_mappings.{}", m.target_column))
-                    })?;
-                    transforms.push(Transform::Enum(map.iter().map(|(k, v)| (k.clone(), *v)).collect()));
+                    let map = raw
+                        .enum_mappings
+                        .get(m.target_column.as_str())
+                        .ok_or_else(|| {
+                            invalid(
+                                &entry,
+                                format!(
+                                    "mapping_type enum needs enum_mappings.{}",
+                                    m.target_column
+                                ),
+                            )
+                        })?;
+                    transforms.push(Transform::Enum(
+                        map.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    ));
                 }
                 "char_to_bit" | "boolean_to_bit" => {
-                    let map = raw
-                        .bit_conversions
-                        .get(n.as_str())
-                        .ok_or_else(|| invalid(&entry, format!("mapping_type {n} needs bit_conversions.{n}")))?;
+                    let map = raw.bit_conversions.get(n.as_str()).ok_or_else(|| {
+                        invalid(
+                            &entry,
+                            format!("mapping_type {n} needs bit_conversions.{n}"),
+                        )
+                    })?;
                     if let Some((k, v)) = map.iter().find(|(_, v)| **v != 0 && **v != 1) {
-                        return Err(invalid(&entry, format!("bit_conversions.{n}.{k} is {v}, must be 0 or 1")));
+                        return Err(invalid(
+                            &entry,
+                            format!("bit_conversions.{n}.{k} is {v}, must be 0 or 1"),
+                        ));
                     }
-                    transforms.push(Transform::Bit(map.iter().map(|(k, v)| (k.clone(), *v)).collect()));
+                    transforms.push(Transform::Bit(
+                        map.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    ));
                 }
                 "numbers_only" => transforms.push(Transform::NumbersOnly),
                 "extract_numeric" => transforms.push(Transform::ExtractNumeric),
@@ -426,21 +528,36 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
                 }
                 "calculated_field" => calculated = true,
                 other => {
-                    return Err(invalid(&entry, format!("unsupported mapping_type '{other}' (supported: {KNOWN_TYPES})")))
+                    return Err(invalid(
+                        &entry,
+                        format!("unsupported mapping_type '{other}' (supported: {KNOWN_TYPES})"),
+                    ))
                 }
             }
         }
         let source = if calculated {
             if names.len() != 1 {
-                return Err(invalid(&entry, "calculated_field cannot be chained with other mapping types"));
+                return Err(invalid(
+                    &entry,
+                    "calculated_field cannot be chained with other mapping types",
+                ));
             }
-            let src = m.expression.as_deref().ok_or_else(|| invalid(&entry, "calculated_field needs an expression"))?;
-            let e = expr::parse(src).map_err(|p| invalid(&entry, format!("bad expression: {p}")))?;
+            let src = m
+                .expression
+                .as_deref()
+                .ok_or_else(|| invalid(&entry, "calculated_field needs an expression"))?;
+            let e =
+                expr::parse(src).map_err(|p| invalid(&entry, format!("bad expression: {p}")))?;
             calc.push((t, tables[t].columns.len(), m.target_column.clone()));
             Source::Calculated(e)
         } else {
-            let path = m.xml_path.as_deref().ok_or_else(|| invalid(&entry, "xml_path is required"))?;
-            let attr = m.xml_attribute.as_deref().ok_or_else(|| invalid(&entry, "xml_attribute is required (values are attributes)"))?;
+            let path = m
+                .xml_path
+                .as_deref()
+                .ok_or_else(|| invalid(&entry, "xml_path is required"))?;
+            let attr = m.xml_attribute.as_deref().ok_or_else(|| {
+                invalid(&entry, "xml_attribute is required (values are attributes)")
+            })?;
             if attr.trim().is_empty() {
                 return Err(invalid(&entry, "xml_attribute must not be empty"));
             }
@@ -453,7 +570,10 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
                     return Err(invalid(&entry, "curr_address_only needs an xml_path one element below the table's row element"));
                 }
                 trie.need_attr(node, "address_tp_c");
-                Source::CurrAddress { node, attr: attr.to_owned() }
+                Source::CurrAddress {
+                    node,
+                    attr: attr.to_owned(),
+                }
             } else {
                 match tables[t].row_node {
                     Some(r) if r != node => {
@@ -465,18 +585,30 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
                     }
                     None => {}
                 }
-                Source::Attr { node, attr: attr.to_owned() }
+                Source::Attr {
+                    node,
+                    attr: attr.to_owned(),
+                }
             }
         };
         if identity {
             if tables[t].row_node.is_some() {
-                return Err(invalid(&entry, "identity_insert is only supported on the application-level table"));
+                return Err(invalid(
+                    &entry,
+                    "identity_insert is only supported on the application-level table",
+                ));
             }
             if !matches!(ty, ColType::BigInt | ColType::Int) {
-                return Err(invalid(&entry, "identity_insert needs an int or bigint column"));
+                return Err(invalid(
+                    &entry,
+                    "identity_insert needs an int or bigint column",
+                ));
             }
             if app_key.is_some() {
-                return Err(invalid(&entry, "only one identity_insert mapping (the application key) is supported"));
+                return Err(invalid(
+                    &entry,
+                    "only one identity_insert mapping (the application key) is supported",
+                ));
             }
             app_key = Some((t, tables[t].columns.len()));
         }
@@ -498,11 +630,27 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
         if let Some((fk, ri)) = fk_of[child].clone() {
             let entry = format!("relationships[{ri}]");
             let parent = tables[child].parent.expect("set together with fk_of");
-            let pcol = tables[parent].columns.iter().position(|c| c.name.as_str() == fk).ok_or_else(|| {
-                invalid(&entry, format!("foreign_key_column '{fk}' is not a column of parent table '{}'", tables[parent].name))
-            })?;
+            let pcol = tables[parent]
+                .columns
+                .iter()
+                .position(|c| c.name.as_str() == fk)
+                .ok_or_else(|| {
+                    invalid(
+                        &entry,
+                        format!(
+                            "foreign_key_column '{fk}' is not a column of parent table '{}'",
+                            tables[parent].name
+                        ),
+                    )
+                })?;
             if tables[child].columns.iter().any(|c| c.name.as_str() == fk) {
-                return Err(invalid(&entry, format!("foreign_key_column '{fk}' is also mapped on '{}'", tables[child].name)));
+                return Err(invalid(
+                    &entry,
+                    format!(
+                        "foreign_key_column '{fk}' is also mapped on '{}'",
+                        tables[child].name
+                    ),
+                ));
             }
             let ty = tables[parent].columns[pcol].ty;
             tables[child].columns.push(Column {
@@ -526,9 +674,17 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
             for col in cols {
                 let target = tables[*t].columns.iter().find(|x| x.name.as_str() == col);
                 match target {
-                    None => return Err(invalid(format!("{}.{name}", tables[*t].name), format!("expression reads unknown column '{col}'"))),
+                    None => {
+                        return Err(invalid(
+                            format!("{}.{name}", tables[*t].name),
+                            format!("expression reads unknown column '{col}'"),
+                        ))
+                    }
                     Some(x) if matches!(x.source, Source::Calculated(_)) => {
-                        return Err(invalid(format!("{}.{name}", tables[*t].name), format!("expression reads calculated column '{col}'")))
+                        return Err(invalid(
+                            format!("{}.{name}", tables[*t].name),
+                            format!("expression reads calculated column '{col}'"),
+                        ))
                     }
                     Some(_) => {}
                 }
@@ -542,27 +698,42 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
     }
     for t in tables.iter_mut() {
         let entry = format!("table_keys.{}", t.name);
-        let cols = raw.table_keys.get(t.name.as_str()).ok_or_else(|| invalid(&entry, "every target table needs a natural key"))?;
+        let cols = raw
+            .table_keys
+            .get(t.name.as_str())
+            .ok_or_else(|| invalid(&entry, "every target table needs a natural key"))?;
         if cols.is_empty() {
             return Err(invalid(&entry, "natural key must name at least one column"));
         }
         for c in cols {
-            let idx = t.columns.iter().position(|x| x.name.as_str() == c).ok_or_else(|| invalid(&entry, format!("unknown column '{c}'")))?;
+            let idx = t
+                .columns
+                .iter()
+                .position(|x| x.name.as_str() == c)
+                .ok_or_else(|| invalid(&entry, format!("unknown column '{c}'")))?;
             if t.key.contains(&idx) {
                 return Err(invalid(&entry, format!("column '{c}' listed twice")));
             }
             t.key.push(idx);
         }
         if t.columns.is_empty() {
-            return Err(invalid(format!("table {}", t.name), "has no mapped columns"));
+            return Err(invalid(
+                format!("table {}", t.name),
+                "has no mapped columns",
+            ));
         }
     }
     // A column derives from the application key if it is the key itself or a foreign key to such a column.
-    let mut derived: Vec<Vec<bool>> = tables.iter().map(|t| vec![false; t.columns.len()]).collect();
+    let mut derived: Vec<Vec<bool>> = tables
+        .iter()
+        .map(|t| vec![false; t.columns.len()])
+        .collect();
     derived[app_key.0][app_key.1] = true;
     for ti in 0..tables.len() {
         for ci in 0..tables[ti].columns.len() {
-            if let (Source::ForeignKey { parent_col }, Some(p)) = (&tables[ti].columns[ci].source, tables[ti].parent) {
+            if let (Source::ForeignKey { parent_col }, Some(p)) =
+                (&tables[ti].columns[ci].source, tables[ti].parent)
+            {
                 if derived[p][*parent_col] {
                     derived[ti][ci] = true;
                 }
@@ -573,7 +744,10 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
         t.shared = !t.key.iter().any(|&k| derived[ti][k]);
     }
     if tables[app_key.0].shared {
-        return Err(invalid(format!("table_keys.{}", tables[app_key.0].name), "the application table's natural key must contain the identity_insert column"));
+        return Err(invalid(
+            format!("table_keys.{}", tables[app_key.0].name),
+            "the application table's natural key must contain the identity_insert column",
+        ));
     }
     // The Request@ID-style key must be readable.
     Ok(Contract {
@@ -608,12 +782,24 @@ mod tests {
     fn project_contract_loads() {
         let c = Contract::from_json(fixtures::CONTRACT_JSON).expect("project contract is valid");
         assert_eq!(c.tables.len(), 4);
-        let names: Vec<_> = c.tables.iter().map(|t| (t.name.as_str(), t.shared)).collect();
+        let names: Vec<_> = c
+            .tables
+            .iter()
+            .map(|t| (t.name.as_str(), t.shared))
+            .collect();
         assert_eq!(
             names,
-            vec![("app_base", false), ("app_contact_base", true), ("app_contact_address", true), ("app_contact_employment", true)]
+            vec![
+                ("app_base", false),
+                ("app_contact_base", true),
+                ("app_contact_address", true),
+                ("app_contact_employment", true)
+            ]
         );
-        assert_eq!(c.node_path(c.app_node), "/Provenir/Request/CustData/application");
+        assert_eq!(
+            c.node_path(c.app_node),
+            "/Provenir/Request/CustData/application"
+        );
     }
 
     fn with(edit: impl FnOnce(&mut serde_json::Value)) -> Result<Contract, ContractError> {
@@ -624,20 +810,38 @@ mod tests {
 
     #[test]
     fn refuses_bad_contracts_naming_the_entry() {
-        let e = with(|v| v["mappings"][3]["mapping_type"] = "rot13".into()).expect_err("unsupported type");
+        let e = with(|v| v["mappings"][3]["mapping_type"] = "rot13".into())
+            .expect_err("unsupported type");
         let msg = e.to_string();
-        assert!(msg.contains("mappings[3]") && msg.contains("rot13"), "{msg}");
-        let e = with(|v| v["mappings"][0]["target_table"] = "nope".into()).expect_err("unknown table");
+        assert!(
+            msg.contains("mappings[3]") && msg.contains("rot13"),
+            "{msg}"
+        );
+        let e =
+            with(|v| v["mappings"][0]["target_table"] = "nope".into()).expect_err("unknown table");
         assert!(e.to_string().contains("unknown table 'nope'"), "{e}");
         let e = with(|v| v["mappings"][1]["data_type"] = "blob".into()).expect_err("bad type");
         assert!(e.to_string().contains("mappings[1]"), "{e}");
         let e = with(|v| v["mappings"][2]["bogus"] = 1.into()).expect_err("unknown field");
         assert!(e.to_string().contains("bogus"), "{e}");
-        let e = with(|v| v["table_keys"].as_object_mut().expect("obj").remove("app_contact_address").map(|_| ()).unwrap_or(())).expect_err("missing key");
-        assert!(e.to_string().contains("table_keys.app_contact_address"), "{e}");
-        let e = with(|v| v["mappings"][10]["expression"] = "CASE WHEN x > 1 THEN 'A' END".into()).expect_err("unknown column");
+        let e = with(|v| {
+            v["table_keys"]
+                .as_object_mut()
+                .expect("obj")
+                .remove("app_contact_address")
+                .map(|_| ())
+                .unwrap_or(())
+        })
+        .expect_err("missing key");
+        assert!(
+            e.to_string().contains("table_keys.app_contact_address"),
+            "{e}"
+        );
+        let e = with(|v| v["mappings"][10]["expression"] = "CASE WHEN x > 1 THEN 'A' END".into())
+            .expect_err("unknown column");
         assert!(e.to_string().contains("unknown column 'x'"), "{e}");
-        let e = with(|v| v["mappings"][0]["target_column"] = "app id".into()).expect_err("bad ident");
+        let e =
+            with(|v| v["mappings"][0]["target_column"] = "app id".into()).expect_err("bad ident");
         assert!(e.to_string().contains("not a valid identifier"), "{e}");
     }
 }

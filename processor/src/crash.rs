@@ -58,7 +58,9 @@ pub enum CrashSpecError {
     UnknownPoint(String),
     #[error("crash point hit count '{0}' is not a whole number of at least 1")]
     BadNth(String),
-    #[error("crash points are not compiled into this build (rebuild with the 'failpoints' feature)")]
+    #[error(
+        "crash points are not compiled into this build (rebuild with the 'failpoints' feature)"
+    )]
     NotCompiled,
 }
 
@@ -84,7 +86,9 @@ impl FromStr for CrashSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (name, nth) = match s.split_once(':') {
             Some((n, k)) => {
-                let nth: u64 = k.parse().map_err(|_| CrashSpecError::BadNth(k.to_owned()))?;
+                let nth: u64 = k
+                    .parse()
+                    .map_err(|_| CrashSpecError::BadNth(k.to_owned()))?;
                 if nth == 0 {
                     return Err(CrashSpecError::BadNth(k.to_owned()));
                 }
@@ -92,7 +96,10 @@ impl FromStr for CrashSpec {
             }
             None => (s, 1),
         };
-        Ok(CrashSpec { point: name.parse()?, nth })
+        Ok(CrashSpec {
+            point: name.parse()?,
+            nth,
+        })
     }
 }
 
@@ -120,7 +127,10 @@ impl Crasher {
 
     pub fn armed(spec: CrashSpec) -> Result<Self, CrashSpecError> {
         if cfg!(feature = "failpoints") {
-            Ok(Crasher { spec: Some(spec), hits: AtomicU64::new(0) })
+            Ok(Crasher {
+                spec: Some(spec),
+                hits: AtomicU64::new(0),
+            })
         } else {
             Err(CrashSpecError::NotCompiled)
         }
@@ -163,12 +173,24 @@ mod tests {
     fn parses_names_and_counts() {
         assert_eq!(
             "after-data:3".parse::<CrashSpec>(),
-            Ok(CrashSpec { point: CrashPoint::AfterData, nth: 3 })
+            Ok(CrashSpec {
+                point: CrashPoint::AfterData,
+                nth: 3
+            })
         );
         assert_eq!("mid-write".parse::<CrashSpec>().map(|s| s.nth), Ok(1));
-        assert!(matches!("after_data".parse::<CrashSpec>(), Err(CrashSpecError::UnknownPoint(_))));
-        assert!(matches!("after-data:0".parse::<CrashSpec>(), Err(CrashSpecError::BadNth(_))));
-        assert!(matches!("after-data:x".parse::<CrashSpec>(), Err(CrashSpecError::BadNth(_))));
+        assert!(matches!(
+            "after_data".parse::<CrashSpec>(),
+            Err(CrashSpecError::UnknownPoint(_))
+        ));
+        assert!(matches!(
+            "after-data:0".parse::<CrashSpec>(),
+            Err(CrashSpecError::BadNth(_))
+        ));
+        assert!(matches!(
+            "after-data:x".parse::<CrashSpec>(),
+            Err(CrashSpecError::BadNth(_))
+        ));
         for p in CrashPoint::ALL {
             assert_eq!(p.name().parse::<CrashPoint>(), Ok(p));
         }

@@ -120,12 +120,17 @@ pub struct EventSink {
 
 impl EventSink {
     pub fn disabled() -> Self {
-        EventSink { file: None, also_stdout: false }
+        EventSink {
+            file: None,
+            also_stdout: false,
+        }
     }
 
     pub fn open(path: Option<&Path>, also_stdout: bool) -> io::Result<Self> {
         let file = match path {
-            Some(p) => Some(Mutex::new(OpenOptions::new().create(true).append(true).open(p)?)),
+            Some(p) => Some(Mutex::new(
+                OpenOptions::new().create(true).append(true).open(p)?,
+            )),
             None => None,
         };
         Ok(EventSink { file, also_stdout })

@@ -63,12 +63,16 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
         let c = b[i];
         if c.is_ascii_whitespace() {
             i += 1;
-        } else if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {
+        } else if c.is_ascii_digit()
+            || (c == b'.' && b.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
+        {
             let start = i;
             while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
                 i += 1;
             }
-            let n = s[start..i].parse::<f64>().map_err(|_| format!("bad number '{}'", &s[start..i]))?;
+            let n = s[start..i]
+                .parse::<f64>()
+                .map_err(|_| format!("bad number '{}'", &s[start..i]))?;
             out.push(Tok::Num(n));
         } else if c == b'\'' {
             let mut lit = String::new();
@@ -130,7 +134,9 @@ struct Parser {
     pos: usize,
 }
 
-const KEYWORDS: [&str; 9] = ["CASE", "WHEN", "THEN", "ELSE", "END", "AND", "OR", "IS", "NOT"];
+const KEYWORDS: [&str; 9] = [
+    "CASE", "WHEN", "THEN", "ELSE", "END", "AND", "OR", "IS", "NOT",
+];
 
 impl Parser {
     fn peek(&self) -> Option<&Tok> {
@@ -295,7 +301,10 @@ impl Parser {
 
 /// Parses an expression; the error says what was expected.
 pub fn parse(s: &str) -> Result<Expr, String> {
-    let mut p = Parser { toks: tokenize(s)?, pos: 0 };
+    let mut p = Parser {
+        toks: tokenize(s)?,
+        pos: 0,
+    };
     let e = p.expr()?;
     if p.pos != p.toks.len() {
         return Err(format!("unexpected trailing input at token {}", p.pos + 1));
@@ -414,26 +423,67 @@ mod tests {
 
     fn eval_with(src: &str, vars: &[(&str, Scalar)]) -> Scalar {
         let e = parse(src).expect("parses");
-        e.eval(&|name: &str| vars.iter().find(|(n, _)| *n == name).map_or(Scalar::Null, |(_, v)| v.clone()))
+        e.eval(&|name: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map_or(Scalar::Null, |(_, v)| v.clone())
+        })
     }
 
     #[test]
     fn arithmetic_and_case() {
-        assert_eq!(eval_with("monthly_income * 12", &[("monthly_income", Scalar::Num(100.5))]), Scalar::Num(1206.0));
+        assert_eq!(
+            eval_with(
+                "monthly_income * 12",
+                &[("monthly_income", Scalar::Num(100.5))]
+            ),
+            Scalar::Num(1206.0)
+        );
         assert_eq!(eval_with("1 + 2 * 3 - (4 - 1)", &[]), Scalar::Num(4.0));
-        let band = "CASE WHEN risk_score >= 700 THEN 'A' WHEN risk_score >= 600 THEN 'B' ELSE 'C' END";
-        assert_eq!(eval_with(band, &[("risk_score", Scalar::Num(720.0))]), Scalar::Str("A".into()));
-        assert_eq!(eval_with(band, &[("risk_score", Scalar::Num(600.0))]), Scalar::Str("B".into()));
-        assert_eq!(eval_with(band, &[]), Scalar::Str("C".into()), "NULL compares false");
+        let band =
+            "CASE WHEN risk_score >= 700 THEN 'A' WHEN risk_score >= 600 THEN 'B' ELSE 'C' END";
+        assert_eq!(
+            eval_with(band, &[("risk_score", Scalar::Num(720.0))]),
+            Scalar::Str("A".into())
+        );
+        assert_eq!(
+            eval_with(band, &[("risk_score", Scalar::Num(600.0))]),
+            Scalar::Str("B".into())
+        );
+        assert_eq!(
+            eval_with(band, &[]),
+            Scalar::Str("C".into()),
+            "NULL compares false"
+        );
         assert_eq!(eval_with("x / 0", &[("x", Scalar::Num(1.0))]), Scalar::Null);
-        assert_eq!(eval_with("CASE WHEN x IS NULL THEN 1 END", &[]), Scalar::Num(1.0));
-        assert_eq!(eval_with("case when (a > 1 or a < -1) and b = 'y' then 1 else 0 end", &[("a", Scalar::Num(2.0)), ("b", Scalar::Str("y".into()))]), Scalar::Num(1.0));
-        assert_eq!(eval_with("-x + 1", &[("x", Scalar::Num(3.0))]), Scalar::Num(-2.0));
+        assert_eq!(
+            eval_with("CASE WHEN x IS NULL THEN 1 END", &[]),
+            Scalar::Num(1.0)
+        );
+        assert_eq!(
+            eval_with(
+                "case when (a > 1 or a < -1) and b = 'y' then 1 else 0 end",
+                &[("a", Scalar::Num(2.0)), ("b", Scalar::Str("y".into()))]
+            ),
+            Scalar::Num(1.0)
+        );
+        assert_eq!(
+            eval_with("-x + 1", &[("x", Scalar::Num(3.0))]),
+            Scalar::Num(-2.0)
+        );
     }
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "1 +", "CASE END", "CASE WHEN a THEN 1 END", "'open", "a ; b", "1 2"] {
+        for bad in [
+            "",
+            "1 +",
+            "CASE END",
+            "CASE WHEN a THEN 1 END",
+            "'open",
+            "a ; b",
+            "1 2",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

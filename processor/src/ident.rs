@@ -14,7 +14,9 @@ pub struct IdentError(pub String);
 impl Ident {
     pub fn new(s: &str) -> Result<Self, IdentError> {
         let mut chars = s.chars();
-        let ok_first = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        let ok_first = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
         let ok_rest = chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
         if ok_first && ok_rest && s.len() <= 63 {
             Ok(Ident(s.to_owned()))
@@ -52,7 +54,15 @@ mod tests {
     fn rejects_injection_and_accepts_plain_names() {
         assert!(Ident::new("app_base").is_ok());
         assert!(Ident::new("_x9").is_ok());
-        for bad in ["", "9a", "a-b", "a\"b", "a;drop table x", "a b", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "9a",
+            "a-b",
+            "a\"b",
+            "a;drop table x",
+            "a b",
+            &"x".repeat(64),
+        ] {
             assert!(Ident::new(bad).is_err(), "{bad}");
         }
         let i = Ident::new("t1").expect("valid");

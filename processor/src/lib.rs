@@ -3,11 +3,15 @@
 //!
 //! The binary (`main.rs`) only parses arguments and calls [`cli::main_with`]; everything else is library code.
 
+pub mod cli;
 pub mod contract;
 pub mod crash;
+pub mod engine;
 pub mod events;
 pub mod expr;
 pub mod ident;
 pub mod mapping;
+pub mod retry;
+pub mod store;
 pub mod value;
 pub mod xml;

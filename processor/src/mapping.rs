@@ -37,7 +37,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(stage: Stage, message: impl Into<String>) -> Self {
-        Failure { stage, message: message.into() }
+        Failure {
+            stage,
+            message: message.into(),
+        }
     }
 
     /// `"<stage>: <message>"`, truncated to 500 characters.
@@ -80,12 +83,21 @@ pub fn map_document(contract: &Contract, app_id: i64, xml: &str) -> Result<Mappe
 }
 
 /// Maps an already parsed document.
-pub fn map_parsed(contract: &Contract, app_id: i64, doc: &ParsedDoc<'_>) -> Result<MappedApp, Failure> {
+pub fn map_parsed(
+    contract: &Contract,
+    app_id: i64,
+    doc: &ParsedDoc<'_>,
+) -> Result<MappedApp, Failure> {
     let app_elem = doc
         .elems
         .iter()
         .position(|e| e.node == contract.app_node)
-        .ok_or_else(|| map_err(format!("application element {} not found", contract.node_path(contract.app_node))))?;
+        .ok_or_else(|| {
+            map_err(format!(
+                "application element {} not found",
+                contract.node_path(contract.app_node)
+            ))
+        })?;
     let mut rows: Vec<Vec<Vec<Value>>> = Vec::with_capacity(contract.tables.len());
     // Per table: the element each row came from, so children can find their parent row.
     let mut row_elems: Vec<Vec<usize>> = Vec::with_capacity(contract.tables.len());
@@ -120,7 +132,10 @@ pub fn map_parsed(contract: &Contract, app_id: i64, doc: &ParsedDoc<'_>) -> Resu
         Some(Value::Int(id)) if *id == app_id => {}
         Some(v) => {
             let col = &contract.tables[kt].columns[kc];
-            return Err(map_err(format!("{}.{} {} does not match app_id {app_id}", contract.tables[kt].name, col.name, v)));
+            return Err(map_err(format!(
+                "{}.{} {} does not match app_id {app_id}",
+                contract.tables[kt].name, col.name, v
+            )));
         }
         None => return Err(map_err("application key row missing")),
     }
@@ -128,7 +143,12 @@ pub fn map_parsed(contract: &Contract, app_id: i64, doc: &ParsedDoc<'_>) -> Resu
 }
 
 /// True when element `ei` lies below `ancestor` and it and every recorded element between them pass their filters.
-fn descends_through_kept(doc: &ParsedDoc<'_>, contract: &Contract, ei: usize, ancestor: usize) -> bool {
+fn descends_through_kept(
+    doc: &ParsedDoc<'_>,
+    contract: &Contract,
+    ei: usize,
+    ancestor: usize,
+) -> bool {
     let mut cur = ei;
     loop {
         if !passes_filters(doc, contract, cur) {
@@ -156,9 +176,17 @@ fn passes_filters(doc: &ParsedDoc<'_>, contract: &Contract, ei: usize) -> bool {
     })
 }
 
-fn raw_attr<'d>(doc: &'d ParsedDoc<'_>, contract: &Contract, ei: usize, attr: &str) -> Option<&'d str> {
+fn raw_attr<'d>(
+    doc: &'d ParsedDoc<'_>,
+    contract: &Contract,
+    ei: usize,
+    attr: &str,
+) -> Option<&'d str> {
     let e = &doc.elems[ei];
-    let idx = contract.nodes[e.node].attrs.iter().position(|a| a == attr)?;
+    let idx = contract.nodes[e.node]
+        .attrs
+        .iter()
+        .position(|a| a == attr)?;
     e.attr(idx).filter(|v| !v.is_empty())
 }
 
@@ -185,11 +213,18 @@ fn map_row(
                 doc.elems
                     .iter()
                     .enumerate()
-                    .find(|(_, e)| e.node == *node && e.parent == Some(r) && raw_attr(doc, contract, e_idx(doc, e), "address_tp_c") == Some("CURR"))
+                    .find(|(_, e)| {
+                        e.node == *node
+                            && e.parent == Some(r)
+                            && raw_attr(doc, contract, e_idx(doc, e), "address_tp_c")
+                                == Some("CURR")
+                    })
                     .and_then(|(ei, _)| raw_attr(doc, contract, ei, attr))
             }),
             Source::ForeignKey { parent_col } => {
-                values[ci] = parent_row.map(|r| r[*parent_col].clone()).unwrap_or(Value::Null);
+                values[ci] = parent_row
+                    .map(|r| r[*parent_col].clone())
+                    .unwrap_or(Value::Null);
                 continue;
             }
             Source::Calculated(_) => {
@@ -201,9 +236,15 @@ fn map_row(
     }
     for ci in calculated {
         let col = &table.columns[ci];
-        let Source::Calculated(e) = &col.source else { continue };
+        let Source::Calculated(e) = &col.source else {
+            continue;
+        };
         let lookup = |name: &str| -> Scalar {
-            table.columns.iter().position(|c| c.name.as_str() == name).map_or(Scalar::Null, |i| scalar_of(&values[i]))
+            table
+                .columns
+                .iter()
+                .position(|c| c.name.as_str() == name)
+                .map_or(Scalar::Null, |i| scalar_of(&values[i]))
         };
         let v = match e.eval(&lookup) {
             Scalar::Null => Value::Null,
@@ -217,7 +258,10 @@ fn map_row(
 
 fn e_idx(doc: &ParsedDoc<'_>, e: &xml::Element<'_>) -> usize {
     // Elements are compared by address: `e` is always borrowed from `doc.elems`.
-    doc.elems.iter().position(|x| std::ptr::eq(x, e)).unwrap_or(usize::MAX)
+    doc.elems
+        .iter()
+        .position(|x| std::ptr::eq(x, e))
+        .unwrap_or(usize::MAX)
 }
 
 /// Intermediate value while a transform chain runs.
@@ -232,7 +276,11 @@ fn column_value(table: &str, col: &Column, raw: Option<&str>) -> Result<Value, F
         (Some(r), _) => r,
         (None, Some(d)) if !d.is_empty() => d.as_str(),
         (None, _) if col.required => {
-            return Err(map_err(format!("missing required attribute {} for {table}.{}", attr_name(col), col.name)));
+            return Err(map_err(format!(
+                "missing required attribute {} for {table}.{}",
+                attr_name(col),
+                col.name
+            )));
         }
         (None, _) => return not_null(table, col, Value::Null),
     };
@@ -244,8 +292,15 @@ fn column_value(table: &str, col: &Column, raw: Option<&str>) -> Result<Value, F
             (Transform::Enum(map) | Transform::Bit(map), Inter::Str(s)) => match map.get(&s) {
                 Some(v) => Inter::Int(*v),
                 None if !col.nullable => {
-                    let what = if matches!(t, Transform::Enum(_)) { "enum_mappings" } else { "bit_conversions" };
-                    return Err(map_err(format!("value '{s}' is not in {what} for {table}.{}", col.name)));
+                    let what = if matches!(t, Transform::Enum(_)) {
+                        "enum_mappings"
+                    } else {
+                        "bit_conversions"
+                    };
+                    return Err(map_err(format!(
+                        "value '{s}' is not in {what} for {table}.{}",
+                        col.name
+                    )));
                 }
                 None => Inter::Absent,
             },
@@ -290,8 +345,16 @@ fn attr_name(col: &Column) -> &str {
 
 fn convert_checked(table: &str, col: &Column, raw: &str) -> Result<Value, Failure> {
     convert(raw, col.ty).map_err(|e| match e {
-        ConvertError::TooLong { len, max } => map_err(format!("value too long for {table}.{} ({len} > {max})", col.name)),
-        ConvertError::Invalid => map_err(format!("'{}' is not a valid {} for {table}.{}", clip(raw), type_word(col.ty), col.name)),
+        ConvertError::TooLong { len, max } => map_err(format!(
+            "value too long for {table}.{} ({len} > {max})",
+            col.name
+        )),
+        ConvertError::Invalid => map_err(format!(
+            "'{}' is not a valid {} for {table}.{}",
+            clip(raw),
+            type_word(col.ty),
+            col.name
+        )),
     })
 }
 
@@ -350,9 +413,18 @@ fn check_unique_keys(contract: &Contract, ti: usize, rows: &[Vec<Value>]) -> Res
     for r in rows {
         let key: Vec<&Value> = table.key.iter().map(|&k| &r[k]).collect();
         if !seen.insert(key.clone()) {
-            let cols: Vec<&str> = table.key.iter().map(|&k| table.columns[k].name.as_str()).collect();
+            let cols: Vec<&str> = table
+                .key
+                .iter()
+                .map(|&k| table.columns[k].name.as_str())
+                .collect();
             let vals: Vec<String> = key.iter().map(|v| v.to_string()).collect();
-            return Err(map_err(format!("duplicate key ({}) = ({}) in {}", cols.join(", "), vals.join(", "), table.name)));
+            return Err(map_err(format!(
+                "duplicate key ({}) = ({}) in {}",
+                cols.join(", "),
+                vals.join(", "),
+                table.name
+            )));
         }
     }
     Ok(())
@@ -382,7 +454,11 @@ mod tests {
 
     fn col(c: &Contract, app: &MappedApp, table: &str, row: usize, column: &str) -> Option<String> {
         let t = c.table_index(table).expect("table");
-        let ci = c.tables[t].columns.iter().position(|x| x.name.as_str() == column).expect("column");
+        let ci = c.tables[t]
+            .columns
+            .iter()
+            .position(|x| x.name.as_str() == column)
+            .expect("column");
         app.rows[t][row][ci].canonical()
     }
 
@@ -390,49 +466,145 @@ mod tests {
     fn maps_every_transform() {
         let c = contract();
         let app = map_document(&c, 7, DOC).expect("maps");
-        assert_eq!(app.rows.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 2, 2, 1]);
-        assert_eq!(col(&c, &app, "app_base", 0, "receive_date").as_deref(), Some("2023-04-05 10:22:31"));
-        assert_eq!(col(&c, &app, "app_base", 0, "decision_enum").as_deref(), Some("1"));
-        assert_eq!(col(&c, &app, "app_base", 0, "requested_amount").as_deref(), Some("25000.50"));
-        assert_eq!(col(&c, &app, "app_base", 0, "paperless_flag").as_deref(), Some("1"));
-        assert_eq!(col(&c, &app, "app_base", 0, "priority_flag").as_deref(), Some("1"));
-        assert_eq!(col(&c, &app, "app_base", 0, "bank_account_num").as_deref(), Some("123456789"));
-        assert_eq!(col(&c, &app, "app_base", 0, "risk_band").as_deref(), Some("B"));
-        assert_eq!(col(&c, &app, "app_base", 0, "notes").as_deref(), Some("Smith & Sons"));
+        assert_eq!(
+            app.rows.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![1, 2, 2, 1]
+        );
+        assert_eq!(
+            col(&c, &app, "app_base", 0, "receive_date").as_deref(),
+            Some("2023-04-05 10:22:31")
+        );
+        assert_eq!(
+            col(&c, &app, "app_base", 0, "decision_enum").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            col(&c, &app, "app_base", 0, "requested_amount").as_deref(),
+            Some("25000.50")
+        );
+        assert_eq!(
+            col(&c, &app, "app_base", 0, "paperless_flag").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            col(&c, &app, "app_base", 0, "priority_flag").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            col(&c, &app, "app_base", 0, "bank_account_num").as_deref(),
+            Some("123456789")
+        );
+        assert_eq!(
+            col(&c, &app, "app_base", 0, "risk_band").as_deref(),
+            Some("B")
+        );
+        assert_eq!(
+            col(&c, &app, "app_base", 0, "notes").as_deref(),
+            Some("Smith & Sons")
+        );
         assert_eq!(col(&c, &app, "app_base", 0, "app_source_enum"), None);
-        assert_eq!(col(&c, &app, "app_contact_base", 0, "app_id").as_deref(), Some("7"));
-        assert_eq!(col(&c, &app, "app_contact_base", 0, "contact_type_enum").as_deref(), Some("281"));
-        assert_eq!(col(&c, &app, "app_contact_base", 0, "annual_income").as_deref(), Some("54003.00"));
-        assert_eq!(col(&c, &app, "app_contact_base", 0, "curr_city").as_deref(), Some("Springfield"));
-        assert_eq!(col(&c, &app, "app_contact_base", 0, "curr_zip").as_deref(), Some("123456789"));
-        assert_eq!(col(&c, &app, "app_contact_base", 0, "home_phone").as_deref(), Some("5551234567"));
-        assert_eq!(col(&c, &app, "app_contact_base", 1, "con_id").as_deref(), Some("72"));
+        assert_eq!(
+            col(&c, &app, "app_contact_base", 0, "app_id").as_deref(),
+            Some("7")
+        );
+        assert_eq!(
+            col(&c, &app, "app_contact_base", 0, "contact_type_enum").as_deref(),
+            Some("281")
+        );
+        assert_eq!(
+            col(&c, &app, "app_contact_base", 0, "annual_income").as_deref(),
+            Some("54003.00")
+        );
+        assert_eq!(
+            col(&c, &app, "app_contact_base", 0, "curr_city").as_deref(),
+            Some("Springfield")
+        );
+        assert_eq!(
+            col(&c, &app, "app_contact_base", 0, "curr_zip").as_deref(),
+            Some("123456789")
+        );
+        assert_eq!(
+            col(&c, &app, "app_contact_base", 0, "home_phone").as_deref(),
+            Some("5551234567")
+        );
+        assert_eq!(
+            col(&c, &app, "app_contact_base", 1, "con_id").as_deref(),
+            Some("72")
+        );
         assert_eq!(col(&c, &app, "app_contact_base", 1, "curr_city"), None);
-        assert_eq!(col(&c, &app, "app_contact_address", 0, "address_type_enum").as_deref(), Some("2"));
-        assert_eq!(col(&c, &app, "app_contact_address", 1, "con_id").as_deref(), Some("70"));
-        assert_eq!(col(&c, &app, "app_contact_employment", 0, "monthly_salary").as_deref(), Some("3200.50"));
-        assert_eq!(col(&c, &app, "app_contact_employment", 0, "self_employed_flag").as_deref(), Some("0"));
+        assert_eq!(
+            col(&c, &app, "app_contact_address", 0, "address_type_enum").as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            col(&c, &app, "app_contact_address", 1, "con_id").as_deref(),
+            Some("70")
+        );
+        assert_eq!(
+            col(&c, &app, "app_contact_employment", 0, "monthly_salary").as_deref(),
+            Some("3200.50")
+        );
+        assert_eq!(
+            col(&c, &app, "app_contact_employment", 0, "self_employed_flag").as_deref(),
+            Some("0")
+        );
     }
 
     #[test]
     fn failures_name_stage_and_column() {
         let c = contract();
         let cases: Vec<(String, &str)> = vec![
-            (DOC.replace("APPRV", "XYZ"), "map: value 'XYZ' is not in enum_mappings for app_base.decision_enum"),
-            (DOC.replace("2023-04-05T10:22:31", "2023-13-45T99:00:00"), "map: '2023-13-45T99:00:00' is not a valid datetime"),
-            (DOC.replace("first_name=\"Ann\"", &format!("first_name=\"{}\"", "A".repeat(51))), "map: value too long for app_contact_base.first_name (51 > 50)"),
-            (DOC.replace("Request ID=\"7\"", "Request"), "map: missing required attribute ID"),
-            (DOC.replace("Request ID=\"7\"", "Request ID=\"8\""), "does not match app_id 7"),
-            (DOC.replace("con_id=\"72\"", "con_id=\"70\""), "map: duplicate key (con_id) = (70) in app_contact_base"),
+            (
+                DOC.replace("APPRV", "XYZ"),
+                "map: value 'XYZ' is not in enum_mappings for app_base.decision_enum",
+            ),
+            (
+                DOC.replace("2023-04-05T10:22:31", "2023-13-45T99:00:00"),
+                "map: '2023-13-45T99:00:00' is not a valid datetime",
+            ),
+            (
+                DOC.replace(
+                    "first_name=\"Ann\"",
+                    &format!("first_name=\"{}\"", "A".repeat(51)),
+                ),
+                "map: value too long for app_contact_base.first_name (51 > 50)",
+            ),
+            (
+                DOC.replace("Request ID=\"7\"", "Request"),
+                "map: missing required attribute ID",
+            ),
+            (
+                DOC.replace("Request ID=\"7\"", "Request ID=\"8\""),
+                "does not match app_id 7",
+            ),
+            (
+                DOC.replace("con_id=\"72\"", "con_id=\"70\""),
+                "map: duplicate key (con_id) = (70) in app_contact_base",
+            ),
             (DOC[..DOC.len() / 2].to_owned(), "parse: "),
-            ("not xml at all {\"a\":1}".to_owned(), "parse: text outside the root element"),
-            (DOC.replace("Provenir>", "Application>"), "parse: root element is <Application>"),
+            (
+                "not xml at all {\"a\":1}".to_owned(),
+                "parse: text outside the root element",
+            ),
+            (
+                DOC.replace("Provenir>", "Application>"),
+                "parse: root element is <Application>",
+            ),
             (DOC.replace("&amp;", "&bogus;"), "parse: "),
-            (DOC.replace("</contact>\n  <contact con_id=\"71\"", "</contactx>\n  <contact con_id=\"71\""), "parse: "),
+            (
+                DOC.replace(
+                    "</contact>\n  <contact con_id=\"71\"",
+                    "</contactx>\n  <contact con_id=\"71\"",
+                ),
+                "parse: ",
+            ),
         ];
         for (doc, want) in cases {
             let got = map_document(&c, 7, &doc).expect_err("must fail").reason();
-            assert!(got.starts_with(want) || got.contains(want), "want {want:?}, got {got:?}");
+            assert!(
+                got.starts_with(want) || got.contains(want),
+                "want {want:?}, got {got:?}"
+            );
         }
     }
 
@@ -446,7 +618,10 @@ mod tests {
 
     #[test]
     fn extract_numeric_takes_first_number() {
-        assert_eq!(extract_numeric("USD 1,250.50 or so").as_deref(), Some("1250.50"));
+        assert_eq!(
+            extract_numeric("USD 1,250.50 or so").as_deref(),
+            Some("1250.50")
+        );
         assert_eq!(extract_numeric("-42"), Some("-42".into()));
         assert_eq!(extract_numeric("12."), Some("12".into()));
         assert_eq!(extract_numeric("none"), None);
@@ -462,13 +637,29 @@ mod generated {
     #[test]
     fn generated_documents_map_exactly_as_their_expectation() {
         let c = Contract::from_json(fixtures::CONTRACT_JSON).expect("valid contract");
-        let cfg = GenConfig { count: 3000, seed: 11, malformed_fraction: 0.1, large_fraction: 0.01, ..GenConfig::default() };
-        for doc in fixtures::generate(&cfg).into_iter().chain(fixtures::edge_cases()) {
+        let cfg = GenConfig {
+            count: 3000,
+            seed: 11,
+            malformed_fraction: 0.1,
+            large_fraction: 0.01,
+            ..GenConfig::default()
+        };
+        for doc in fixtures::generate(&cfg)
+            .into_iter()
+            .chain(fixtures::edge_cases())
+        {
             let got = map_document(&c, doc.app_id, &doc.xml);
             match (&doc.expect, &got) {
                 (Expect::Valid, Ok(app)) => assert!(app.row_count() >= 1),
-                (Expect::Malformed(_), Err(f)) => assert!(matches!(f.stage, Stage::Parse | Stage::Map)),
-                _ => panic!("app {} expected {:?}, got {:?}", doc.app_id, doc.expect, got.map(|a| a.row_count())),
+                (Expect::Malformed(_), Err(f)) => {
+                    assert!(matches!(f.stage, Stage::Parse | Stage::Map))
+                }
+                _ => panic!(
+                    "app {} expected {:?}, got {:?}",
+                    doc.app_id,
+                    doc.expect,
+                    got.map(|a| a.row_count())
+                ),
             }
         }
     }

@@ -10,9 +10,14 @@ pub enum ColType {
     Int,
     BigInt,
     /// `decimal(precision, scale)`.
-    Decimal { precision: u8, scale: u8 },
+    Decimal {
+        precision: u8,
+        scale: u8,
+    },
     /// `varchar`, `nvarchar`, `char`, `text`: at most `max_chars` characters when given.
-    Text { max_chars: Option<u32> },
+    Text {
+        max_chars: Option<u32>,
+    },
     Date,
     DateTime,
     Bit,
@@ -24,7 +29,9 @@ impl ColType {
         let t = data_type.trim().to_ascii_lowercase();
         let (base, args) = match t.split_once('(') {
             Some((b, rest)) => {
-                let inner = rest.strip_suffix(')').ok_or_else(|| format!("unbalanced parentheses in data_type '{data_type}'"))?;
+                let inner = rest
+                    .strip_suffix(')')
+                    .ok_or_else(|| format!("unbalanced parentheses in data_type '{data_type}'"))?;
                 (b.trim().to_owned(), Some(inner.to_owned()))
             }
             None => (t.clone(), None),
@@ -37,7 +44,10 @@ impl ColType {
                 let (p, s) = match args {
                     Some(a) => {
                         let mut it = a.split(',').map(|x| x.trim().parse::<u8>());
-                        let p = it.next().and_then(|r| r.ok()).ok_or_else(|| format!("bad precision in '{data_type}'"))?;
+                        let p = it
+                            .next()
+                            .and_then(|r| r.ok())
+                            .ok_or_else(|| format!("bad precision in '{data_type}'"))?;
                         let s = match it.next() {
                             Some(r) => r.map_err(|_| format!("bad scale in '{data_type}'"))?,
                             None => 0,
@@ -47,17 +57,28 @@ impl ColType {
                     None => (18, 2),
                 };
                 if p == 0 || p > 38 || s > p {
-                    return Err(format!("decimal precision/scale out of range in '{data_type}'"));
+                    return Err(format!(
+                        "decimal precision/scale out of range in '{data_type}'"
+                    ));
                 }
-                ColType::Decimal { precision: p, scale: s }
+                ColType::Decimal {
+                    precision: p,
+                    scale: s,
+                }
             }
             "varchar" | "nvarchar" | "char" | "nchar" | "text" | "string" => {
                 let from_args = match args {
                     Some(a) if a.trim().eq_ignore_ascii_case("max") => None,
-                    Some(a) => Some(a.trim().parse::<u32>().map_err(|_| format!("bad length in '{data_type}'"))?),
+                    Some(a) => Some(
+                        a.trim()
+                            .parse::<u32>()
+                            .map_err(|_| format!("bad length in '{data_type}'"))?,
+                    ),
                     None => None,
                 };
-                ColType::Text { max_chars: data_length.or(from_args) }
+                ColType::Text {
+                    max_chars: data_length.or(from_args),
+                }
             }
             "date" => ColType::Date,
             "datetime" | "datetime2" | "timestamp" => ColType::DateTime,
@@ -67,7 +88,14 @@ impl ColType {
     }
 
     pub fn is_numeric(self) -> bool {
-        matches!(self, ColType::SmallInt | ColType::Int | ColType::BigInt | ColType::Decimal { .. } | ColType::Bit)
+        matches!(
+            self,
+            ColType::SmallInt
+                | ColType::Int
+                | ColType::BigInt
+                | ColType::Decimal { .. }
+                | ColType::Bit
+        )
     }
 
     pub fn name(self) -> String {
@@ -108,7 +136,9 @@ impl Value {
             Value::Null => None,
             Value::Int(i) => Some(i.to_string()),
             Value::Bit(b) => Some(if *b { "1" } else { "0" }.to_owned()),
-            Value::Decimal(s) | Value::Text(s) | Value::Date(s) | Value::DateTime(s) => Some(s.clone()),
+            Value::Decimal(s) | Value::Text(s) | Value::Date(s) | Value::DateTime(s) => {
+                Some(s.clone())
+            }
         }
     }
 
@@ -148,7 +178,9 @@ pub enum ConvertError {
 /// Converts raw attribute text to `ty` (contract README, step 5).
 pub fn convert(raw: &str, ty: ColType) -> Result<Value, ConvertError> {
     match ty {
-        ColType::SmallInt => parse_int(raw, i64::from(i16::MIN), i64::from(i16::MAX)).map(Value::Int),
+        ColType::SmallInt => {
+            parse_int(raw, i64::from(i16::MIN), i64::from(i16::MAX)).map(Value::Int)
+        }
         ColType::Int => parse_int(raw, i64::from(i32::MIN), i64::from(i32::MAX)).map(Value::Int),
         ColType::BigInt => parse_int(raw, i64::MIN, i64::MAX).map(Value::Int),
         ColType::Bit => match raw.trim() {
@@ -156,7 +188,9 @@ pub fn convert(raw: &str, ty: ColType) -> Result<Value, ConvertError> {
             "1" => Ok(Value::Bit(true)),
             _ => Err(ConvertError::Invalid),
         },
-        ColType::Decimal { precision, scale } => parse_decimal(raw, precision, scale).map(Value::Decimal),
+        ColType::Decimal { precision, scale } => {
+            parse_decimal(raw, precision, scale).map(Value::Decimal)
+        }
         ColType::Text { max_chars } => {
             if let Some(max) = max_chars {
                 let len = raw.chars().count();
@@ -166,7 +200,9 @@ pub fn convert(raw: &str, ty: ColType) -> Result<Value, ConvertError> {
             }
             Ok(Value::Text(raw.to_owned()))
         }
-        ColType::Date => parse_date(raw).map(|(y, m, d)| Value::Date(format!("{y:04}-{m:02}-{d:02}"))),
+        ColType::Date => {
+            parse_date(raw).map(|(y, m, d)| Value::Date(format!("{y:04}-{m:02}-{d:02}")))
+        }
         ColType::DateTime => parse_datetime(raw).map(Value::DateTime),
     }
 }
@@ -210,7 +246,11 @@ pub fn parse_decimal(raw: &str, precision: u8, scale: u8) -> Result<String, Conv
     }
     let round_up = frac.as_bytes()[scale] >= b'5';
     frac.truncate(scale);
-    let mut digits: Vec<u8> = int_part.bytes().chain(frac.bytes()).map(|b| b - b'0').collect();
+    let mut digits: Vec<u8> = int_part
+        .bytes()
+        .chain(frac.bytes())
+        .map(|b| b - b'0')
+        .collect();
     if round_up {
         let mut i = digits.len();
         loop {
@@ -228,16 +268,30 @@ pub fn parse_decimal(raw: &str, precision: u8, scale: u8) -> Result<String, Conv
         }
     }
     let split = digits.len() - scale;
-    let int_digits: String = digits[..split].iter().map(|d| char::from(b'0' + d)).collect();
+    let int_digits: String = digits[..split]
+        .iter()
+        .map(|d| char::from(b'0' + d))
+        .collect();
     let int_digits = int_digits.trim_start_matches('0');
-    let int_digits = if int_digits.is_empty() { "0" } else { int_digits };
+    let int_digits = if int_digits.is_empty() {
+        "0"
+    } else {
+        int_digits
+    };
     if int_digits != "0" && int_digits.len() > (precision as usize).saturating_sub(scale) {
         return Err(ConvertError::Invalid);
     }
-    let frac_digits: String = digits[split..].iter().map(|d| char::from(b'0' + d)).collect();
+    let frac_digits: String = digits[split..]
+        .iter()
+        .map(|d| char::from(b'0' + d))
+        .collect();
     let is_zero = int_digits == "0" && frac_digits.bytes().all(|b| b == b'0');
     let sign = if neg && !is_zero { "-" } else { "" };
-    Ok(if scale == 0 { format!("{sign}{int_digits}") } else { format!("{sign}{int_digits}.{frac_digits}") })
+    Ok(if scale == 0 {
+        format!("{sign}{int_digits}")
+    } else {
+        format!("{sign}{int_digits}.{frac_digits}")
+    })
 }
 
 fn parse_date(raw: &str) -> Result<(i32, u32, u32), ConvertError> {
@@ -277,7 +331,13 @@ fn parse_datetime(raw: &str) -> Result<String, ConvertError> {
     let (y, m, d) = parse_date(&t[..10])?;
     let time = &t[11..];
     let tb = time.as_bytes();
-    if tb[2] != b':' || tb[5] != b':' || !time.bytes().enumerate().all(|(i, c)| i == 2 || i == 5 || c.is_ascii_digit()) {
+    if tb[2] != b':'
+        || tb[5] != b':'
+        || !time
+            .bytes()
+            .enumerate()
+            .all(|(i, c)| i == 2 || i == 5 || c.is_ascii_digit())
+    {
         return Err(ConvertError::Invalid);
     }
     let hh: u32 = time[0..2].parse().map_err(|_| ConvertError::Invalid)?;
@@ -317,20 +377,44 @@ mod tests {
 
     #[test]
     fn dates_and_datetimes() {
-        assert_eq!(convert("02/29/2024", ColType::Date), Ok(Value::Date("2024-02-29".into())));
-        assert_eq!(convert("2023-02-29", ColType::Date), Err(ConvertError::Invalid));
-        assert_eq!(convert("31/02/1990", ColType::Date), Err(ConvertError::Invalid));
-        assert_eq!(convert("2023-04-05T10:22:31", ColType::DateTime), Ok(Value::DateTime("2023-04-05 10:22:31".into())));
-        assert_eq!(convert("2023-04-05", ColType::DateTime), Ok(Value::DateTime("2023-04-05 00:00:00".into())));
-        assert_eq!(convert("2023-13-45T99:00:00", ColType::DateTime), Err(ConvertError::Invalid));
+        assert_eq!(
+            convert("02/29/2024", ColType::Date),
+            Ok(Value::Date("2024-02-29".into()))
+        );
+        assert_eq!(
+            convert("2023-02-29", ColType::Date),
+            Err(ConvertError::Invalid)
+        );
+        assert_eq!(
+            convert("31/02/1990", ColType::Date),
+            Err(ConvertError::Invalid)
+        );
+        assert_eq!(
+            convert("2023-04-05T10:22:31", ColType::DateTime),
+            Ok(Value::DateTime("2023-04-05 10:22:31".into()))
+        );
+        assert_eq!(
+            convert("2023-04-05", ColType::DateTime),
+            Ok(Value::DateTime("2023-04-05 00:00:00".into()))
+        );
+        assert_eq!(
+            convert("2023-13-45T99:00:00", ColType::DateTime),
+            Err(ConvertError::Invalid)
+        );
     }
 
     #[test]
     fn ints_and_text_limits() {
         assert_eq!(convert(" 42 ", ColType::Int), Ok(Value::Int(42)));
-        assert_eq!(convert("99999999999", ColType::Int), Err(ConvertError::Invalid));
+        assert_eq!(
+            convert("99999999999", ColType::Int),
+            Err(ConvertError::Invalid)
+        );
         assert_eq!(convert("4.5", ColType::Int), Err(ConvertError::Invalid));
-        assert_eq!(convert("héllo", ColType::Text { max_chars: Some(5) }), Ok(Value::Text("héllo".into())));
+        assert_eq!(
+            convert("héllo", ColType::Text { max_chars: Some(5) }),
+            Ok(Value::Text("héllo".into()))
+        );
         assert_eq!(
             convert("héllo!", ColType::Text { max_chars: Some(5) }),
             Err(ConvertError::TooLong { len: 6, max: 5 })
@@ -339,8 +423,19 @@ mod tests {
 
     #[test]
     fn parses_data_types() {
-        assert_eq!(ColType::parse("decimal(12,2)", None), Ok(ColType::Decimal { precision: 12, scale: 2 }));
-        assert_eq!(ColType::parse("VARCHAR", Some(20)), Ok(ColType::Text { max_chars: Some(20) }));
+        assert_eq!(
+            ColType::parse("decimal(12,2)", None),
+            Ok(ColType::Decimal {
+                precision: 12,
+                scale: 2
+            })
+        );
+        assert_eq!(
+            ColType::parse("VARCHAR", Some(20)),
+            Ok(ColType::Text {
+                max_chars: Some(20)
+            })
+        );
         assert!(ColType::parse("blob", None).is_err());
     }
 }

@@ -21,7 +21,10 @@ pub struct Element<'a> {
 
 impl Element<'_> {
     pub fn attr(&self, idx: usize) -> Option<&str> {
-        self.attrs.iter().find(|(i, _)| *i == idx).map(|(_, v)| v.as_ref())
+        self.attrs
+            .iter()
+            .find(|(i, _)| *i == idx)
+            .map(|(_, v)| v.as_ref())
     }
 }
 
@@ -51,7 +54,9 @@ pub fn parse<'a>(xml: &'a str, contract: &Contract) -> Result<ParsedDoc<'a>, Fai
     let mut seen_root = false;
     loop {
         let before = reader.buffer_position() as usize;
-        let ev = reader.read_event().map_err(|e| parse_err(format!("{e} at byte {}", reader.error_position())))?;
+        let ev = reader
+            .read_event()
+            .map_err(|e| parse_err(format!("{e} at byte {}", reader.error_position())))?;
         match ev {
             Event::Start(e) => {
                 let raw = tag_body(xml, before, reader.buffer_position() as usize, 1, &e)?;
@@ -83,14 +88,20 @@ pub fn parse<'a>(xml: &'a str, contract: &Contract) -> Result<ParsedDoc<'a>, Fai
                     return Err(parse_err(format!("unknown entity &{name};")));
                 }
             }
-            Event::CData(_) | Event::Comment(_) | Event::PI(_) | Event::Decl(_) | Event::DocType(_) => {
+            Event::CData(_)
+            | Event::Comment(_)
+            | Event::PI(_)
+            | Event::Decl(_)
+            | Event::DocType(_) => {
                 if matches!(ev, Event::CData(_)) && stack.is_empty() {
                     return Err(parse_err("CDATA outside the root element"));
                 }
             }
             Event::Eof => {
                 if let Some(depth) = (!stack.is_empty()).then_some(stack.len()) {
-                    return Err(parse_err(format!("document ends inside an open element (depth {depth})")));
+                    return Err(parse_err(format!(
+                        "document ends inside an open element (depth {depth})"
+                    )));
                 }
                 if !seen_root {
                     return Err(parse_err("no root element"));
@@ -102,8 +113,16 @@ pub fn parse<'a>(xml: &'a str, contract: &Contract) -> Result<ParsedDoc<'a>, Fai
 }
 
 /// The tag's text between `<` and `>` (or `/>`), borrowed from the input so attribute values can be borrowed too.
-fn tag_body<'a>(xml: &'a str, start: usize, end: usize, close_len: usize, e: &BytesStart<'_>) -> Result<&'a str, Failure> {
-    let body = xml.get(start + 1..end.saturating_sub(close_len)).unwrap_or("");
+fn tag_body<'a>(
+    xml: &'a str,
+    start: usize,
+    end: usize,
+    close_len: usize,
+    e: &BytesStart<'_>,
+) -> Result<&'a str, Failure> {
+    let body = xml
+        .get(start + 1..end.saturating_sub(close_len))
+        .unwrap_or("");
     // The reader's own view of the tag must be exactly this slice; anything else is a reader change we must not paper over.
     if body != &**e {
         return Err(parse_err("internal reader position mismatch"));
@@ -127,12 +146,19 @@ fn open<'a>(
         }
         *seen_root = true;
         if name != contract.root_element {
-            return Err(parse_err(format!("root element is <{name}>, expected <{}>", contract.root_element)));
+            return Err(parse_err(format!(
+                "root element is <{name}>, expected <{}>",
+                contract.root_element
+            )));
         }
         Some(0)
     } else {
         match stack.last().copied().flatten() {
-            Some((pnode, _)) => contract.nodes[pnode].children.iter().copied().find(|&c| contract.nodes[c].name == name),
+            Some((pnode, _)) => contract.nodes[pnode]
+                .children
+                .iter()
+                .copied()
+                .find(|&c| contract.nodes[c].name == name),
             None => None,
         }
     };
@@ -144,7 +170,9 @@ fn open<'a>(
         let a = a.map_err(|err| parse_err(format!("bad attribute: {err}")))?;
         let idx = needed.and_then(|list| list.iter().position(|n| n == a.key.as_ref()));
         if idx.is_some() || a.value.contains(['&', '\t', '\n', '\r']) {
-            let v = a.normalized_value(XmlVersion::Implicit1_0).map_err(|err| parse_err(format!("bad attribute value: {err}")))?;
+            let v = a
+                .normalized_value(XmlVersion::Implicit1_0)
+                .map_err(|err| parse_err(format!("bad attribute value: {err}")))?;
             if let Some(i) = idx {
                 attrs.push((i, v));
             }
@@ -153,7 +181,11 @@ fn open<'a>(
     match here {
         Some(node) => {
             let parent = stack.last().copied().flatten().map(|(_, i)| i);
-            doc.elems.push(Element { node, parent, attrs });
+            doc.elems.push(Element {
+                node,
+                parent,
+                attrs,
+            });
             stack.push(Some((node, doc.elems.len() - 1)));
         }
         None => stack.push(None),

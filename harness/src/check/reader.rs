@@ -28,9 +28,14 @@ pub fn open_reader(url: &str) -> Result<Box<dyn Reader>, CheckError> {
         return Ok(Box::new(PgReader::connect(url)?));
     }
     if url.starts_with("mssql://") || url.to_ascii_lowercase().contains("server=") {
-        return Err(CheckError::Unsupported("the checker cannot read sql server databases yet".into()));
+        return Err(CheckError::Unsupported(
+            "the checker cannot read sql server databases yet".into(),
+        ));
     }
-    Err(CheckError::Unsupported(format!("unknown database url scheme in '{}'", redact(url))))
+    Err(CheckError::Unsupported(format!(
+        "unknown database url scheme in '{}'",
+        redact(url)
+    )))
 }
 
 /// Hides a password in a URL before it goes into an error message.
@@ -53,7 +58,12 @@ impl SqliteReader {
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| CheckError::Db(format!("cannot open sqlite database {}: {e}", path.display())))?;
+        .map_err(|e| {
+            CheckError::Db(format!(
+                "cannot open sqlite database {}: {e}",
+                path.display()
+            ))
+        })?;
         // A processor may still hold a write lock for a moment after it is killed; wait instead of failing.
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(|e| CheckError::Db(format!("cannot set busy timeout: {e}")))?;
@@ -80,7 +90,9 @@ impl Reader for SqliteReader {
                     ValueRef::Null => None,
                     ValueRef::Integer(x) => Some(x.to_string()),
                     ValueRef::Real(x) => Some(x.to_string()),
-                    ValueRef::Text(t) | ValueRef::Blob(t) => Some(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Text(t) | ValueRef::Blob(t) => {
+                        Some(String::from_utf8_lossy(t).into_owned())
+                    }
                 };
                 vals.push(v);
             }
@@ -159,7 +171,10 @@ pub struct Sql {
 impl Sql {
     pub fn new(dialect: Dialect, schema: &str) -> Result<Self, CheckError> {
         ident(schema)?;
-        Ok(Sql { dialect, schema: schema.to_owned() })
+        Ok(Sql {
+            dialect,
+            schema: schema.to_owned(),
+        })
     }
 
     /// A table name, schema-qualified where the backend has schemas.
@@ -198,7 +213,11 @@ impl Sql {
 
     /// Every processing_log row: app_id, status, failure_reason, session_id, fence.
     pub fn log_rows(&self, with_fence: bool) -> Result<String, CheckError> {
-        let fence = if with_fence { self.text("fence")? } else { "NULL".to_owned() };
+        let fence = if with_fence {
+            self.text("fence")?
+        } else {
+            "NULL".to_owned()
+        };
         Ok(format!(
             "SELECT {}, {}, {}, {}, {fence} FROM {}",
             self.text("app_id")?,
@@ -222,13 +241,23 @@ impl Sql {
 
     /// Every row of a target table, the given columns as text, in the given order.
     pub fn all_rows(&self, table: &str, columns: &[String]) -> Result<String, CheckError> {
-        let cols = columns.iter().map(|c| self.text(c)).collect::<Result<Vec<_>, _>>()?;
-        Ok(format!("SELECT {} FROM {}", cols.join(", "), self.table(table)?))
+        let cols = columns
+            .iter()
+            .map(|c| self.text(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(format!(
+            "SELECT {} FROM {}",
+            cols.join(", "),
+            self.table(table)?
+        ))
     }
 
     /// Natural keys occurring more than once: key columns as text, then the count.
     pub fn key_duplicates(&self, table: &str, key: &[String]) -> Result<String, CheckError> {
-        let raw = key.iter().map(|c| ident(c)).collect::<Result<Vec<_>, _>>()?;
+        let raw = key
+            .iter()
+            .map(|c| ident(c))
+            .collect::<Result<Vec<_>, _>>()?;
         let cols: Vec<String> = raw.iter().map(|c| self.cast(c)).collect();
         Ok(format!(
             "SELECT {}, {} FROM {} GROUP BY {} HAVING COUNT(*) > 1",
@@ -241,7 +270,11 @@ impl Sql {
 
     /// Row count of a table.
     pub fn count(&self, table: &str) -> Result<String, CheckError> {
-        Ok(format!("SELECT {} FROM {}", self.cast("COUNT(*)"), self.table(table)?))
+        Ok(format!(
+            "SELECT {} FROM {}",
+            self.cast("COUNT(*)"),
+            self.table(table)?
+        ))
     }
 
     /// Log rows with a fence, joined to their claim: app_id, session_id, log fence, claim owner, claim fence.
@@ -316,7 +349,10 @@ mod tests {
         assert!(!valid_ident(""));
         assert!(!valid_ident(&"a".repeat(64)));
         let pg = Sql::new(Dialect::Postgres, "shredproof").expect("schema ok");
-        assert_eq!(pg.table("app_base").expect("ok"), "\"shredproof\".\"app_base\"");
+        assert_eq!(
+            pg.table("app_base").expect("ok"),
+            "\"shredproof\".\"app_base\""
+        );
         assert_eq!(pg.text("risk_band").expect("ok"), "\"risk_band\"::text");
         let lite = Sql::new(Dialect::Sqlite, "shredproof").expect("schema ok");
         assert_eq!(lite.table("app_base").expect("ok"), "\"app_base\"");
@@ -325,8 +361,14 @@ mod tests {
 
     #[test]
     fn mssql_is_unsupported_for_now() {
-        assert!(matches!(open_reader("mssql://sa:pw@localhost/db"), Err(CheckError::Unsupported(_))));
-        let msg = open_reader("mysql://u:secret@h/db").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(matches!(
+            open_reader("mssql://sa:pw@localhost/db"),
+            Err(CheckError::Unsupported(_))
+        ));
+        let msg = open_reader("mysql://u:secret@h/db")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(!msg.contains("secret"), "{msg}");
     }
 }

@@ -117,7 +117,10 @@ fn contract_err(msg: String) -> CheckError {
 }
 
 fn split_path(p: &str) -> Vec<String> {
-    p.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    p.split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn get_str<'a>(v: &'a Json, field: &str, ctx: &str) -> Result<&'a str, CheckError> {
@@ -153,9 +156,18 @@ fn int_map(v: &Json, ctx: &str) -> Result<BTreeMap<String, BTreeMap<String, i64>
 fn parse_dtype(raw: &str, length: Option<usize>, ctx: &str) -> Result<DataType, CheckError> {
     let t = raw.trim().to_ascii_lowercase();
     let dt = match t.as_str() {
-        "int" => DataType::Int { min: i32::MIN.into(), max: i32::MAX.into() },
-        "smallint" => DataType::Int { min: i16::MIN.into(), max: i16::MAX.into() },
-        "bigint" => DataType::Int { min: i64::MIN.into(), max: i64::MAX.into() },
+        "int" => DataType::Int {
+            min: i32::MIN.into(),
+            max: i32::MAX.into(),
+        },
+        "smallint" => DataType::Int {
+            min: i16::MIN.into(),
+            max: i16::MAX.into(),
+        },
+        "bigint" => DataType::Int {
+            min: i64::MIN.into(),
+            max: i64::MAX.into(),
+        },
         "varchar" | "nvarchar" | "char" | "text" => DataType::Text { max_chars: length },
         "date" => DataType::Date,
         "datetime" => DataType::DateTime,
@@ -169,7 +181,9 @@ fn parse_dtype(raw: &str, length: Option<usize>, ctx: &str) -> Result<DataType, 
             let p = parts.next().and_then(|x| x.parse::<u32>().ok());
             let s = parts.next().and_then(|x| x.parse::<u32>().ok());
             match (p, s, parts.next()) {
-                (Some(p), Some(s), None) if p >= 1 && s <= p && p <= 38 => DataType::Decimal { p, s },
+                (Some(p), Some(s), None) if p >= 1 && s <= p && p <= 38 => {
+                    DataType::Decimal { p, s }
+                }
                 _ => return Err(contract_err(format!("{ctx}: bad decimal type '{raw}'"))),
             }
         }
@@ -188,23 +202,33 @@ fn parse_transform(name: &str, ctx: &str) -> Result<Option<Transform>, CheckErro
         "extract_numeric" => Transform::ExtractNumeric,
         "curr_address_only" => Transform::CurrAddressOnly,
         "calculated_field" => Transform::Calculated,
-        other => return Err(contract_err(format!("{ctx}: unknown mapping_type '{other}'"))),
+        other => {
+            return Err(contract_err(format!(
+                "{ctx}: unknown mapping_type '{other}'"
+            )))
+        }
     }))
 }
 
 impl RefContract {
     /// Parses and validates the contract JSON; errors name the entry and the problem.
     pub fn parse(json: &str) -> Result<RefContract, CheckError> {
-        let v: Json =
-            serde_json::from_str(json).map_err(|e| contract_err(format!("contract is not valid json: {e}")))?;
+        let v: Json = serde_json::from_str(json)
+            .map_err(|e| contract_err(format!("contract is not valid json: {e}")))?;
         let root = get_str(&v, "xml_root_element", "contract")?.to_owned();
         let app_path = split_path(get_str(&v, "xml_application_path", "contract")?);
         if app_path.first() != Some(&root) {
-            return Err(contract_err("xml_application_path does not start at xml_root_element".into()));
+            return Err(contract_err(
+                "xml_application_path does not start at xml_root_element".into(),
+            ));
         }
         let source_table = get_str(&v, "source_table", "contract")?.to_owned();
         let source_column = get_str(&v, "source_column", "contract")?.to_owned();
-        let target_schema = v.get("target_schema").and_then(Json::as_str).unwrap_or("dbo").to_owned();
+        let target_schema = v
+            .get("target_schema")
+            .and_then(Json::as_str)
+            .unwrap_or("dbo")
+            .to_owned();
         let order: Vec<String> = v
             .get("table_insertion_order")
             .and_then(Json::as_array)
@@ -219,7 +243,9 @@ impl RefContract {
             .ok_or_else(|| contract_err("contract: missing table_keys".into()))?;
 
         let mut filters = Vec::new();
-        let rules = v.pointer("/element_filtering/filter_rules").and_then(Json::as_array);
+        let rules = v
+            .pointer("/element_filtering/filter_rules")
+            .and_then(Json::as_array);
         for (i, r) in rules.into_iter().flatten().enumerate() {
             let ctx = format!("filter_rules[{i}]");
             let path = split_path(get_str(r, "xml_path", &ctx)?);
@@ -234,22 +260,39 @@ impl RefContract {
                                 .iter()
                                 .map(|x| x.as_str().map(str::to_owned))
                                 .collect::<Option<Vec<_>>>()
-                                .ok_or_else(|| contract_err(format!("{ctx}.{a}: expected strings")))?;
+                                .ok_or_else(|| {
+                                    contract_err(format!("{ctx}.{a}: expected strings"))
+                                })?;
                             attrs.push((a.clone(), Some(vals)));
                         }
-                        _ => return Err(contract_err(format!("{ctx}.{a}: expected true or a list"))),
+                        _ => {
+                            return Err(contract_err(format!("{ctx}.{a}: expected true or a list")))
+                        }
                     }
                 }
             }
             filters.push(FilterRule { path, attrs });
         }
 
-        let enums = int_map(v.get("enum_mappings").unwrap_or(&Json::Null), "enum_mappings")?;
-        let bits = int_map(v.get("bit_conversions").unwrap_or(&Json::Null), "bit_conversions")?;
+        let enums = int_map(
+            v.get("enum_mappings").unwrap_or(&Json::Null),
+            "enum_mappings",
+        )?;
+        let bits = int_map(
+            v.get("bit_conversions").unwrap_or(&Json::Null),
+            "bit_conversions",
+        )?;
 
         // Relationships: child table → (parent, fk, parent path, child path).
-        let mut rels: BTreeMap<String, (String, String, Vec<String>, Vec<String>)> = BTreeMap::new();
-        for (i, r) in v.get("relationships").and_then(Json::as_array).into_iter().flatten().enumerate() {
+        let mut rels: BTreeMap<String, (String, String, Vec<String>, Vec<String>)> =
+            BTreeMap::new();
+        for (i, r) in v
+            .get("relationships")
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let ctx = format!("relationships[{i}]");
             let child = get_str(r, "child_table", &ctx)?.to_owned();
             let entry = (
@@ -259,7 +302,9 @@ impl RefContract {
                 split_path(get_str(r, "xml_child_path", &ctx)?),
             );
             if rels.insert(child.clone(), entry).is_some() {
-                return Err(contract_err(format!("{ctx}: table {child} is the child of two relationships")));
+                return Err(contract_err(format!(
+                    "{ctx}: table {child} is the child of two relationships"
+                )));
             }
         }
 
@@ -287,7 +332,9 @@ impl RefContract {
                         return Err(contract_err(format!("relationship of {name}: xml_parent_path is not the row path of {ptable}")));
                     }
                     if !cpath.starts_with(ppath) || cpath.len() == ppath.len() {
-                        return Err(contract_err(format!("relationship of {name}: xml_child_path is not below xml_parent_path")));
+                        return Err(contract_err(format!(
+                            "relationship of {name}: xml_child_path is not below xml_parent_path"
+                        )));
                     }
                     let link = ParentLink {
                         table: ptable.clone(),
@@ -297,11 +344,21 @@ impl RefContract {
                     (Some(link), cpath.clone(), vec![fk.clone()])
                 }
             };
-            tables.push(RefTable { name: name.clone(), key, columns, parent, shared: false, row_path, mappings: Vec::new() });
+            tables.push(RefTable {
+                name: name.clone(),
+                key,
+                columns,
+                parent,
+                shared: false,
+                row_path,
+                mappings: Vec::new(),
+            });
         }
         for child in rels.keys() {
             if !order.contains(child) {
-                return Err(contract_err(format!("relationship child {child} is not in table_insertion_order")));
+                return Err(contract_err(format!(
+                    "relationship child {child} is not in table_insertion_order"
+                )));
             }
         }
 
@@ -331,22 +388,34 @@ impl RefContract {
                 Some(Json::String(s)) => transforms.extend(parse_transform(s, &ctx)?),
                 Some(Json::Array(list)) => {
                     for t in list {
-                        let s = t.as_str().ok_or_else(|| contract_err(format!("{ctx}: mapping_type entries must be strings")))?;
+                        let s = t.as_str().ok_or_else(|| {
+                            contract_err(format!("{ctx}: mapping_type entries must be strings"))
+                        })?;
                         transforms.extend(parse_transform(s, &ctx)?);
                     }
                 }
-                Some(_) => return Err(contract_err(format!("{ctx}: mapping_type must be a string or a list"))),
+                Some(_) => {
+                    return Err(contract_err(format!(
+                        "{ctx}: mapping_type must be a string or a list"
+                    )))
+                }
             }
             for t in &transforms {
                 match t {
                     Transform::Enum if !enums.contains_key(&column) => {
-                        return Err(contract_err(format!("{ctx}: no enum_mappings entry for {column}")))
+                        return Err(contract_err(format!(
+                            "{ctx}: no enum_mappings entry for {column}"
+                        )))
                     }
                     Transform::CharToBit if !bits.contains_key("char_to_bit") => {
-                        return Err(contract_err(format!("{ctx}: bit_conversions.char_to_bit missing")))
+                        return Err(contract_err(format!(
+                            "{ctx}: bit_conversions.char_to_bit missing"
+                        )))
                     }
                     Transform::BoolToBit if !bits.contains_key("boolean_to_bit") => {
-                        return Err(contract_err(format!("{ctx}: bit_conversions.boolean_to_bit missing")))
+                        return Err(contract_err(format!(
+                            "{ctx}: bit_conversions.boolean_to_bit missing"
+                        )))
                     }
                     _ => {}
                 }
@@ -354,27 +423,41 @@ impl RefContract {
             let calculated = transforms.contains(&Transform::Calculated);
             let expr = if calculated {
                 let text = get_str(m, "expression", &ctx)?;
-                Some(parse_expr(text).map_err(|e| contract_err(format!("{ctx}: bad expression: {e}")))?)
+                Some(
+                    parse_expr(text)
+                        .map_err(|e| contract_err(format!("{ctx}: bad expression: {e}")))?,
+                )
             } else {
                 None
             };
-            let attr = m.get("xml_attribute").and_then(Json::as_str).map(str::to_owned);
+            let attr = m
+                .get("xml_attribute")
+                .and_then(Json::as_str)
+                .map(str::to_owned);
             let abs_path = m.get("xml_path").and_then(Json::as_str).map(split_path);
             if !calculated && (attr.is_none() || abs_path.is_none()) {
-                return Err(contract_err(format!("{ctx}: xml_path and xml_attribute are required")));
+                return Err(contract_err(format!(
+                    "{ctx}: xml_path and xml_attribute are required"
+                )));
             }
             let table = tables
                 .iter_mut()
                 .find(|t| t.name == table_name)
-                .ok_or_else(|| contract_err(format!("{ctx}: table is not in table_insertion_order")))?;
+                .ok_or_else(|| {
+                    contract_err(format!("{ctx}: table is not in table_insertion_order"))
+                })?;
             if table.columns.contains(&column) {
-                return Err(contract_err(format!("{ctx}: column mapped twice (or is the foreign key column)")));
+                return Err(contract_err(format!(
+                    "{ctx}: column mapped twice (or is the foreign key column)"
+                )));
             }
             let path = match abs_path {
                 None => Vec::new(),
                 Some(p) if table.parent.is_some() => {
                     if !p.starts_with(&table.row_path) {
-                        return Err(contract_err(format!("{ctx}: xml_path is not at or below the row element")));
+                        return Err(contract_err(format!(
+                            "{ctx}: xml_path is not at or below the row element"
+                        )));
                     }
                     p[table.row_path.len()..].to_vec()
                 }
@@ -425,13 +508,21 @@ impl RefContract {
             }
             for k in &t.key {
                 if !t.columns.contains(k) {
-                    return Err(contract_err(format!("table_keys.{}: {k} is not a column", t.name)));
+                    return Err(contract_err(format!(
+                        "table_keys.{}: {k} is not a column",
+                        t.name
+                    )));
                 }
             }
             if let Some(p) = &t.parent {
-                let parent_has = tables.iter().any(|pt| pt.name == p.table && pt.columns.contains(&p.fk_column));
+                let parent_has = tables
+                    .iter()
+                    .any(|pt| pt.name == p.table && pt.columns.contains(&p.fk_column));
                 if !parent_has {
-                    return Err(contract_err(format!("{}: parent {} has no column {}", t.name, p.table, p.fk_column)));
+                    return Err(contract_err(format!(
+                        "{}: parent {} has no column {}",
+                        t.name, p.table, p.fk_column
+                    )));
                 }
             }
         }
@@ -441,7 +532,10 @@ impl RefContract {
             .find(|t| t.parent.is_none())
             .ok_or_else(|| contract_err("no application-level table".into()))?;
         if app.key.len() != 1 {
-            return Err(contract_err(format!("application table {} must have a one-column key", app.name)));
+            return Err(contract_err(format!(
+                "application table {} must have a one-column key",
+                app.name
+            )));
         }
         let app_table = app.name.clone();
         let app_key = app.key[0].clone();
@@ -480,29 +574,45 @@ struct Walker<'c> {
 impl Walker<'_> {
     fn passes(&self, node: Node<'_, '_>, abs: &[String]) -> bool {
         self.filters.iter().filter(|r| r.path == abs).all(|r| {
-            r.attrs.iter().all(|(a, allowed)| match (node.attribute(a.as_str()), allowed) {
-                (Some(v), None) => !v.is_empty(),
-                (Some(v), Some(list)) => list.iter().any(|x| x == v),
-                (None, _) => false,
-            })
+            r.attrs
+                .iter()
+                .all(|(a, allowed)| match (node.attribute(a.as_str()), allowed) {
+                    (Some(v), None) => !v.is_empty(),
+                    (Some(v), Some(list)) => list.iter().any(|x| x == v),
+                    (None, _) => false,
+                })
         })
     }
 
     /// Every element at `rel` below `start` (whose absolute path is `start_abs`), in document order, skipping
     /// elements that fail a filter rule together with everything below them.
-    fn find_all<'a, 'i>(&self, start: Node<'a, 'i>, start_abs: &[String], rel: &[String]) -> Vec<Node<'a, 'i>> {
+    fn find_all<'a, 'i>(
+        &self,
+        start: Node<'a, 'i>,
+        start_abs: &[String],
+        rel: &[String],
+    ) -> Vec<Node<'a, 'i>> {
         let mut out = Vec::new();
         let mut abs = start_abs.to_vec();
         self.walk(start, &mut abs, rel, &mut out);
         out
     }
 
-    fn walk<'a, 'i>(&self, node: Node<'a, 'i>, abs: &mut Vec<String>, rel: &[String], out: &mut Vec<Node<'a, 'i>>) {
+    fn walk<'a, 'i>(
+        &self,
+        node: Node<'a, 'i>,
+        abs: &mut Vec<String>,
+        rel: &[String],
+        out: &mut Vec<Node<'a, 'i>>,
+    ) {
         let Some((first, rest)) = rel.split_first() else {
             out.push(node);
             return;
         };
-        for child in node.children().filter(|c| c.is_element() && c.tag_name().name() == first) {
+        for child in node
+            .children()
+            .filter(|c| c.is_element() && c.tag_name().name() == first)
+        {
             abs.push(first.clone());
             if self.passes(child, abs) {
                 self.walk(child, abs, rest, out);
@@ -538,6 +648,9 @@ enum Val {
 
 struct Fail(String, String);
 
+type TypedRow = BTreeMap<String, Val>;
+type CanonRow = BTreeMap<String, Option<String>>;
+
 fn map_fail(msg: String) -> Fail {
     Fail("map".into(), msg)
 }
@@ -553,18 +666,31 @@ pub fn reference_map(contract: &RefContract, app_id: i64, xml: &str) -> RefOutco
 fn map_doc(c: &RefContract, app_id: i64, xml: &str) -> Result<BTreeMap<String, Vec<RefRow>>, Fail> {
     let text = xml.strip_prefix('\u{feff}').unwrap_or(xml);
     // DTDs are tolerated (the processor's pull reader skips them); entity expansion stays bounded by roxmltree.
-    let opts = roxmltree::ParsingOptions { allow_dtd: true, ..roxmltree::ParsingOptions::default() };
-    let doc = roxmltree::Document::parse_with_options(text, opts).map_err(|e| Fail("parse".into(), e.to_string()))?;
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..roxmltree::ParsingOptions::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(text, opts)
+        .map_err(|e| Fail("parse".into(), e.to_string()))?;
     let root = doc.root_element();
     if root.tag_name().name() != c.root {
         return Err(Fail(
             "parse".into(),
-            format!("root element is <{}>, expected <{}>", root.tag_name().name(), c.root),
+            format!(
+                "root element is <{}>, expected <{}>",
+                root.tag_name().name(),
+                c.root
+            ),
         ));
     }
-    let walker = Walker { filters: &c.filters };
+    let walker = Walker {
+        filters: &c.filters,
+    };
     let app_elem = first_plain(root, &c.app_path).ok_or_else(|| {
-        map_fail(format!("application element /{} not found", c.app_path.join("/")))
+        map_fail(format!(
+            "application element /{} not found",
+            c.app_path.join("/")
+        ))
     })?;
 
     // Per table: (row element, its absolute path, typed values by column, canonical row).
@@ -578,8 +704,8 @@ fn map_doc(c: &RefContract, app_id: i64, xml: &str) -> Result<BTreeMap<String, V
     for t in &c.tables {
         let mut rows_for_table = Vec::new();
         let mut rows_out = Vec::new();
-        // (row element, parent's typed values) pairs for this table.
-        let mut sources: Vec<(Option<Node<'_, '_>>, Option<BTreeMap<String, Val>>, Option<BTreeMap<String, Option<String>>>)> =
+        // (row element, parent's typed values, parent's canonical values) for each row of this table.
+        let mut sources: Vec<(Option<Node<'_, '_>>, Option<TypedRow>, Option<CanonRow>)> =
             Vec::new();
         match &t.parent {
             None => sources.push((None, None, None)),
@@ -590,11 +716,15 @@ fn map_doc(c: &RefContract, app_id: i64, xml: &str) -> Result<BTreeMap<String, V
                 for (pi, prow) in parent_rows.iter().enumerate() {
                     let (pelem, pabs) = if parent_is_app_level {
                         // An application-level parent's element is the first element at xml_parent_path.
-                        let pabs: Vec<String> = t.row_path[..t.row_path.len() - link.rel_path.len()].to_vec();
+                        let pabs: Vec<String> =
+                            t.row_path[..t.row_path.len() - link.rel_path.len()].to_vec();
                         (walker.find_abs(root, &pabs).into_iter().next(), pabs)
                     } else {
                         let ptable = c.table(&link.table);
-                        (prow.elem, ptable.map(|p| p.row_path.clone()).unwrap_or_default())
+                        (
+                            prow.elem,
+                            ptable.map(|p| p.row_path.clone()).unwrap_or_default(),
+                        )
                     };
                     let Some(pelem) = pelem else { continue };
                     for e in walker.find_all(pelem, &pabs, &link.rel_path) {
@@ -612,8 +742,14 @@ fn map_doc(c: &RefContract, app_id: i64, xml: &str) -> Result<BTreeMap<String, V
             let mut typed: BTreeMap<String, Val> = BTreeMap::new();
             let mut canon: BTreeMap<String, Option<String>> = BTreeMap::new();
             if let Some(link) = &t.parent {
-                let v = pcanon.as_ref().and_then(|p| p.get(&link.fk_column).cloned()).flatten();
-                let tv = ptyped.as_ref().and_then(|p| p.get(&link.fk_column).cloned()).unwrap_or(Val::Null);
+                let v = pcanon
+                    .as_ref()
+                    .and_then(|p| p.get(&link.fk_column).cloned())
+                    .flatten();
+                let tv = ptyped
+                    .as_ref()
+                    .and_then(|p| p.get(&link.fk_column).cloned())
+                    .unwrap_or(Val::Null);
                 canon.insert(link.fk_column.clone(), v);
                 typed.insert(link.fk_column.clone(), tv);
             }
@@ -630,14 +766,25 @@ fn map_doc(c: &RefContract, app_id: i64, xml: &str) -> Result<BTreeMap<String, V
                     Val::Str(s) => Some(s),
                     Val::Num(n) => Some(render_num(n, &m.dtype)),
                 };
-                let after = m.transforms.iter().skip_while(|t| **t != Transform::Calculated).skip(1);
+                let after = m
+                    .transforms
+                    .iter()
+                    .skip_while(|t| **t != Transform::Calculated)
+                    .skip(1);
                 let raw = apply_transforms(c, m, raw, after.copied());
                 let (text, _) = finish(t, m, raw)?;
                 canon.insert(m.column.clone(), text);
             }
-            let key: Vec<Option<String>> = t.key.iter().map(|k| canon.get(k).cloned().flatten()).collect();
+            let key: Vec<Option<String>> = t
+                .key
+                .iter()
+                .map(|k| canon.get(k).cloned().flatten())
+                .collect();
             if !seen.insert(key.clone()) {
-                let vals: Vec<String> = key.iter().map(|v| v.clone().unwrap_or_else(|| "NULL".into())).collect();
+                let vals: Vec<String> = key
+                    .iter()
+                    .map(|v| v.clone().unwrap_or_else(|| "NULL".into()))
+                    .collect();
                 return Err(map_fail(format!(
                     "duplicate key ({}) = ({}) in {}",
                     t.key.join(", "),
@@ -665,12 +812,19 @@ fn first_plain<'a, 'i>(root: Node<'a, 'i>, path: &[String]) -> Option<Node<'a, '
     }
     let mut cur = root;
     for seg in rest {
-        cur = cur.children().find(|c| c.is_element() && c.tag_name().name() == seg)?;
+        cur = cur
+            .children()
+            .find(|c| c.is_element() && c.tag_name().name() == seg)?;
     }
     Some(cur)
 }
 
-fn check_app_id(c: &RefContract, t: &RefTable, canon: &BTreeMap<String, Option<String>>, app_id: i64) -> Result<(), Fail> {
+fn check_app_id(
+    c: &RefContract,
+    t: &RefTable,
+    canon: &BTreeMap<String, Option<String>>,
+    app_id: i64,
+) -> Result<(), Fail> {
     let Some(m) = t
         .mappings
         .iter()
@@ -680,7 +834,11 @@ fn check_app_id(c: &RefContract, t: &RefTable, canon: &BTreeMap<String, Option<S
     };
     let got = canon.get(&c.app_key).cloned().flatten();
     if got.as_deref() != Some(app_id.to_string().as_str()) {
-        let who = format!("{}@{}", m.path.last().map(String::as_str).unwrap_or(""), m.attr.as_deref().unwrap_or(""));
+        let who = format!(
+            "{}@{}",
+            m.path.last().map(String::as_str).unwrap_or(""),
+            m.attr.as_deref().unwrap_or("")
+        );
         return Err(map_fail(format!(
             "{who} {} does not match app_id {app_id}",
             got.unwrap_or_else(|| "NULL".into())
@@ -706,18 +864,26 @@ fn map_column(
         (Some(_), None) => Vec::new(),
     };
     let source = if curr_only {
-        candidates.into_iter().find(|n| n.attribute("address_tp_c") == Some("CURR"))
+        candidates
+            .into_iter()
+            .find(|n| n.attribute("address_tp_c") == Some("CURR"))
     } else {
         candidates.into_iter().next()
     };
     let attr = m.attr.as_deref().unwrap_or("");
-    let raw = source.and_then(|n| n.attribute(attr)).filter(|s| !s.is_empty()).map(str::to_owned);
+    let raw = source
+        .and_then(|n| n.attribute(attr))
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
     let raw = match raw {
         Some(r) => Some(r),
         None => match &m.default {
             Some(d) => Some(d.clone()),
             None if m.required => {
-                return Err(map_fail(format!("missing required attribute {attr} for {}.{}", t.name, m.column)))
+                return Err(map_fail(format!(
+                    "missing required attribute {attr} for {}.{}",
+                    t.name, m.column
+                )))
             }
             None => None,
         },
@@ -726,15 +892,32 @@ fn map_column(
     finish(t, m, raw)
 }
 
-fn apply_transforms(c: &RefContract, m: &ColMapping, raw: Option<String>, ts: impl Iterator<Item = Transform>) -> Option<String> {
+fn apply_transforms(
+    c: &RefContract,
+    m: &ColMapping,
+    raw: Option<String>,
+    ts: impl Iterator<Item = Transform>,
+) -> Option<String> {
     let mut v = raw;
     for t in ts {
-        let Some(cur) = v else { return None };
+        let cur = v?;
         v = match t {
             Transform::Identity | Transform::CurrAddressOnly | Transform::Calculated => Some(cur),
-            Transform::Enum => c.enums.get(&m.column).and_then(|e| e.get(&cur)).map(i64::to_string),
-            Transform::CharToBit => c.bits.get("char_to_bit").and_then(|e| e.get(&cur)).map(i64::to_string),
-            Transform::BoolToBit => c.bits.get("boolean_to_bit").and_then(|e| e.get(&cur)).map(i64::to_string),
+            Transform::Enum => c
+                .enums
+                .get(&m.column)
+                .and_then(|e| e.get(&cur))
+                .map(i64::to_string),
+            Transform::CharToBit => c
+                .bits
+                .get("char_to_bit")
+                .and_then(|e| e.get(&cur))
+                .map(i64::to_string),
+            Transform::BoolToBit => c
+                .bits
+                .get("boolean_to_bit")
+                .and_then(|e| e.get(&cur))
+                .map(i64::to_string),
             Transform::NumbersOnly => {
                 let d: String = cur.chars().filter(char::is_ascii_digit).collect();
                 (!d.is_empty()).then_some(d)
@@ -746,19 +929,32 @@ fn apply_transforms(c: &RefContract, m: &ColMapping, raw: Option<String>, ts: im
 }
 
 /// Steps 5 and 6: type conversion, then the NOT NULL check.
-fn finish(t: &RefTable, m: &ColMapping, raw: Option<String>) -> Result<(Option<String>, Val), Fail> {
+fn finish(
+    t: &RefTable,
+    m: &ColMapping,
+    raw: Option<String>,
+) -> Result<(Option<String>, Val), Fail> {
     let out = match raw {
         None => (None, Val::Null),
         Some(r) => {
             let (text, val) = convert(&m.dtype, &r).map_err(|too_long| match too_long {
-                Some((len, n)) => map_fail(format!("value too long for {}.{} ({len} > {n})", t.name, m.column)),
-                None => map_fail(format!("'{r}' is not a valid {} for {}.{}", m.type_name, t.name, m.column)),
+                Some((len, n)) => map_fail(format!(
+                    "value too long for {}.{} ({len} > {n})",
+                    t.name, m.column
+                )),
+                None => map_fail(format!(
+                    "'{r}' is not a valid {} for {}.{}",
+                    m.type_name, t.name, m.column
+                )),
             })?;
             (Some(text), val)
         }
     };
     if out.0.is_none() && !m.nullable {
-        return Err(map_fail(format!("{}.{} must not be null", t.name, m.column)));
+        return Err(map_fail(format!(
+            "{}.{} must not be null",
+            t.name, m.column
+        )));
     }
     Ok(out)
 }
@@ -814,7 +1010,11 @@ fn convert(dt: &DataType, raw: &str) -> ConvResult {
             if trimmed.len() > 20 {
                 return Err(None);
             }
-            let mag: i128 = if trimmed.is_empty() { 0 } else { trimmed.parse().map_err(|_| None)? };
+            let mag: i128 = if trimmed.is_empty() {
+                0
+            } else {
+                trimmed.parse().map_err(|_| None)?
+            };
             let v = if neg { -mag } else { mag };
             if v < *min || v > *max {
                 return Err(None);
@@ -902,19 +1102,31 @@ pub(crate) fn decimal_canon(s: &str, p: u32, scale: u32) -> Option<String> {
         }
     }
     let split = digits.len() - scale;
-    let int_digits: String = String::from_utf8_lossy(&digits[..split]).trim_start_matches('0').to_owned();
+    let int_digits: String = String::from_utf8_lossy(&digits[..split])
+        .trim_start_matches('0')
+        .to_owned();
     let frac_digits = String::from_utf8_lossy(&digits[split..]).into_owned();
     if int_digits.len() > (p as usize).saturating_sub(scale) {
         return None;
     }
-    let int_digits = if int_digits.is_empty() { "0".to_owned() } else { int_digits };
+    let int_digits = if int_digits.is_empty() {
+        "0".to_owned()
+    } else {
+        int_digits
+    };
     let is_zero = int_digits == "0" && frac_digits.bytes().all(|b| b == b'0');
     let sign = if neg && !is_zero { "-" } else { "" };
-    Some(if scale == 0 { format!("{sign}{int_digits}") } else { format!("{sign}{int_digits}.{frac_digits}") })
+    Some(if scale == 0 {
+        format!("{sign}{int_digits}")
+    } else {
+        format!("{sign}{int_digits}.{frac_digits}")
+    })
 }
 
 fn digits_n(s: &str, n: usize) -> Option<u32> {
-    (s.len() == n && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten()
+    (s.len() == n && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
 }
 
 fn ymd(y: u32, m: u32, d: u32) -> Option<String> {
@@ -959,7 +1171,11 @@ pub(crate) fn parse_datetime(s: &str) -> Option<String> {
     }
     let d = parse_iso_date(date)?;
     let mut it = time.split(':');
-    let (h, mi, se) = (digits_n(it.next()?, 2)?, digits_n(it.next()?, 2)?, digits_n(it.next()?, 2)?);
+    let (h, mi, se) = (
+        digits_n(it.next()?, 2)?,
+        digits_n(it.next()?, 2)?,
+        digits_n(it.next()?, 2)?,
+    );
     if it.next().is_some() || h > 23 || mi > 59 || se > 59 {
         return None;
     }
@@ -1004,13 +1220,17 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
         let ch = cs[i];
         if ch.is_whitespace() {
             i += 1;
-        } else if ch.is_ascii_digit() || (ch == '.' && cs.get(i + 1).is_some_and(char::is_ascii_digit)) {
+        } else if ch.is_ascii_digit()
+            || (ch == '.' && cs.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
             let st = i;
             while i < cs.len() && (cs[i].is_ascii_digit() || cs[i] == '.') {
                 i += 1;
             }
             let t: String = cs[st..i].iter().collect();
-            out.push(Tok::Num(t.parse().map_err(|_| format!("bad number '{t}'"))?));
+            out.push(Tok::Num(
+                t.parse().map_err(|_| format!("bad number '{t}'"))?,
+            ));
         } else if ch == '\'' {
             let mut t = String::new();
             i += 1;
@@ -1072,7 +1292,9 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
     Ok(out)
 }
 
-const KEYWORDS: [&str; 10] = ["case", "when", "then", "else", "end", "and", "or", "is", "not", "null"];
+const KEYWORDS: [&str; 10] = [
+    "case", "when", "then", "else", "end", "and", "or", "is", "not", "null",
+];
 
 struct Parser {
     toks: Vec<Tok>,
@@ -1094,7 +1316,11 @@ impl Parser {
             self.pos += 1;
             Ok(())
         } else {
-            Err(format!("expected {} at token {}", kw.to_uppercase(), self.pos))
+            Err(format!(
+                "expected {} at token {}",
+                kw.to_uppercase(),
+                self.pos
+            ))
         }
     }
     fn expect_sym(&mut self, s: &str) -> Result<(), String> {
@@ -1161,7 +1387,8 @@ impl Parser {
             if let Ok(c) = self.cond() {
                 if self.is_sym(")") {
                     self.pos += 1;
-                    let continues = matches!(self.peek(), Some(Tok::Sym(s)) if *s != ")") || self.is_kw("is");
+                    let continues =
+                        matches!(self.peek(), Some(Tok::Sym(s)) if *s != ")") || self.is_kw("is");
                     if !continues {
                         return Ok(c);
                     }
@@ -1236,7 +1463,10 @@ impl Parser {
 }
 
 fn parse_expr(s: &str) -> Result<Expr, String> {
-    let mut p = Parser { toks: tokenize(s)?, pos: 0 };
+    let mut p = Parser {
+        toks: tokenize(s)?,
+        pos: 0,
+    };
     let e = p.expr()?;
     if p.pos != p.toks.len() {
         return Err(format!("trailing input at token {}", p.pos));

@@ -1,0 +1,957 @@
+//! The invariant checker (SPEC §10): reads a final database with its own read-only queries, maps every source
+//! document with its own reference mapping, and reports which invariants are violated and by which applications.
+//! Must not call processor code other than the event types in `processor::events`, and must never write.
+
+pub mod reader;
+pub mod reference;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::str::FromStr;
+
+use processor::events::{Event, EventKind};
+
+pub use reader::{open_reader, Dialect, PgReader, Reader, SqliteReader};
+pub use reference::{reference_map, RefContract, RefOutcome, RefRow, RefTable};
+
+use reader::{exists, Sql, CLAIM_TABLE, LOG_TABLE};
+
+/// Why the checker could not reach a verdict (never "an invariant failed": that is a `Violation`).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("bad contract: {0}")]
+    Contract(String),
+    #[error("database error: {0}")]
+    Db(String),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+/// The invariants of SPEC §10.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Invariant {
+    Coverage,
+    NoDuplicates,
+    LogMatchesData,
+    Content,
+    Fencing,
+    Liveness,
+    FaultsFired,
+}
+
+impl Invariant {
+    pub const ALL: [Invariant; 7] = [
+        Invariant::Coverage,
+        Invariant::NoDuplicates,
+        Invariant::LogMatchesData,
+        Invariant::Content,
+        Invariant::Fencing,
+        Invariant::Liveness,
+        Invariant::FaultsFired,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Invariant::Coverage => "coverage",
+            Invariant::NoDuplicates => "no-duplicates",
+            Invariant::LogMatchesData => "log-matches-data",
+            Invariant::Content => "content",
+            Invariant::Fencing => "fencing",
+            Invariant::Liveness => "liveness",
+            Invariant::FaultsFired => "faults-fired",
+        }
+    }
+}
+
+impl fmt::Display for Invariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Invariant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Invariant::ALL
+            .into_iter()
+            .find(|i| i.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown invariant '{s}' (expected one of: {})",
+                    names_list()
+                )
+            })
+    }
+}
+
+fn names_list() -> String {
+    Invariant::ALL
+        .iter()
+        .map(|i| i.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One broken invariant and the applications involved.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Violation {
+    pub invariant: Invariant,
+    /// Sorted and deduplicated.
+    pub app_ids: Vec<i64>,
+    pub message: String,
+}
+
+impl Violation {
+    fn new(invariant: Invariant, apps: impl IntoIterator<Item = i64>, message: String) -> Self {
+        let set: BTreeSet<i64> = apps.into_iter().collect();
+        Violation {
+            invariant,
+            app_ids: set.into_iter().collect(),
+            message,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CheckStats {
+    /// Source applications.
+    pub apps: u64,
+    /// Source applications logged success / failed, and with no log row.
+    pub success: u64,
+    pub failed: u64,
+    pub missing: u64,
+    /// Row count per target table.
+    pub rows: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckReport {
+    pub violations: Vec<Violation>,
+    pub stats: CheckStats,
+}
+
+impl CheckReport {
+    /// The distinct invariants that failed.
+    pub fn violated(&self) -> BTreeSet<Invariant> {
+        self.violations.iter().map(|v| v.invariant).collect()
+    }
+}
+
+/// Per invariant, violations beyond this many are folded into one summary so a broken run stays readable.
+const MAX_PER_INVARIANT: usize = 50;
+/// App ids listed in one message.
+const MAX_IDS_IN_MESSAGE: usize = 50;
+
+fn id_list(ids: &[i64]) -> String {
+    let mut s: Vec<String> = ids
+        .iter()
+        .take(MAX_IDS_IN_MESSAGE)
+        .map(i64::to_string)
+        .collect();
+    if ids.len() > MAX_IDS_IN_MESSAGE {
+        s.push(format!("… ({} more)", ids.len() - MAX_IDS_IN_MESSAGE));
+    }
+    s.join(", ")
+}
+
+/// A natural key as `(a, b)` text.
+fn key_text(key: &[Option<String>]) -> String {
+    let vals: Vec<&str> = key.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+    format!("({})", vals.join(", "))
+}
+
+fn show(v: &Option<String>) -> String {
+    match v {
+        Some(s) => format!("'{s}'"),
+        None => "NULL".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Shared inputs: contract, source documents with their reference outcomes, the log.
+
+type Key = Vec<Option<String>>;
+
+struct LogRow {
+    status: Option<String>,
+    reason: Option<String>,
+}
+
+struct Ctx {
+    contract: RefContract,
+    sql: Sql,
+    /// Source app → reference outcome.
+    refs: BTreeMap<i64, RefOutcome>,
+    log: Vec<LogRow>,
+    log_by_app: BTreeMap<i64, Vec<usize>>,
+    /// Table → natural key → apps whose reference output contains it.
+    key_refs: BTreeMap<String, HashMap<Key, Vec<i64>>>,
+}
+
+impl Ctx {
+    /// The app's log status when it has a log row (the first one if duplicated; coverage reports duplicates).
+    fn status(&self, app: i64) -> Option<&str> {
+        let idx = self.log_by_app.get(&app)?.first()?;
+        self.log.get(*idx)?.status.as_deref()
+    }
+
+    fn is_success(&self, app: i64) -> bool {
+        self.log_by_app.get(&app).is_some_and(|ix| {
+            ix.iter().any(|i| {
+                self.log
+                    .get(*i)
+                    .is_some_and(|l| l.status.as_deref() == Some("success"))
+            })
+        })
+    }
+
+    fn ref_rows(&self, app: i64, table: &str) -> Option<&[RefRow]> {
+        match self.refs.get(&app)? {
+            RefOutcome::Success(t) => t.get(table).map(Vec::as_slice),
+            RefOutcome::Failed { .. } => None,
+        }
+    }
+}
+
+fn parse_id(v: &Option<String>, what: &str) -> Result<i64, CheckError> {
+    v.as_deref()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| CheckError::Db(format!("{what}: app_id {} is not an integer", show(v))))
+}
+
+/// Maps every document, using every core: the reference is the slow part of a check.
+fn map_all(contract: &RefContract, docs: Vec<(i64, String)>) -> BTreeMap<i64, RefOutcome> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let chunk = docs.len().div_ceil(threads).max(1);
+    let mut out = BTreeMap::new();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = docs
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|(id, xml)| (*id, reference_map(contract, *id, xml)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            // A panic in the reference is a checker bug; surface it as a failed mapping rather than abort the run.
+            if let Ok(v) = h.join() {
+                out.extend(v);
+            }
+        }
+    });
+    for (id, _) in &docs {
+        out.entry(*id).or_insert_with(|| RefOutcome::Failed {
+            stage: "checker".into(),
+            message: "reference mapping panicked".into(),
+        });
+    }
+    out
+}
+
+fn load_ctx(reader: &mut dyn Reader, contract_json: &str) -> Result<Ctx, CheckError> {
+    let contract = RefContract::parse(contract_json)?;
+    let sql = Sql::new(reader.dialect(), &contract.target_schema)?;
+    let mut docs = Vec::new();
+    for r in reader.query_text(&sql.source(&contract.source_table, &contract.source_column)?)? {
+        let id = parse_id(&r[0], "source")?;
+        docs.push((id, r.get(1).cloned().flatten().unwrap_or_default()));
+    }
+    let refs = map_all(&contract, docs);
+
+    let with_fence = exists(reader, &sql.column_exists(LOG_TABLE, "fence")?)?;
+    let mut log = Vec::new();
+    let mut log_by_app: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    for r in reader.query_text(&sql.log_rows(with_fence)?)? {
+        let app_id = parse_id(&r[0], "processing_log")?;
+        log_by_app.entry(app_id).or_default().push(log.len());
+        log.push(LogRow {
+            status: r[1].clone(),
+            reason: r[2].clone(),
+        });
+    }
+
+    let mut key_refs: BTreeMap<String, HashMap<Key, Vec<i64>>> = BTreeMap::new();
+    for (app, outcome) in &refs {
+        if let RefOutcome::Success(tables) = outcome {
+            for (t, rows) in tables {
+                let m = key_refs.entry(t.clone()).or_default();
+                for row in rows {
+                    m.entry(row.key.clone()).or_default().push(*app);
+                }
+            }
+        }
+    }
+    Ok(Ctx {
+        contract,
+        sql,
+        refs,
+        log,
+        log_by_app,
+        key_refs,
+    })
+}
+
+/// Runs every database invariant (coverage, no-duplicates, log-matches-data, content, fencing) on a final database.
+/// `events` are the processors' event streams, merged (order does not matter).
+pub fn check_database(
+    reader: &mut dyn Reader,
+    contract_json: &str,
+    events: &[Event],
+) -> Result<CheckReport, CheckError> {
+    let ctx = load_ctx(reader, contract_json)?;
+    let mut violations = Vec::new();
+    violations.extend(cap(check_coverage(&ctx)));
+    violations.extend(cap(check_no_duplicates(reader, &ctx)?));
+    violations.extend(cap(check_log_matches_data(reader, &ctx)?));
+    violations.extend(cap(check_content(reader, &ctx)?));
+    violations.extend(cap(check_fencing(reader, &ctx, events)?));
+    let stats = stats(reader, &ctx)?;
+    Ok(CheckReport { violations, stats })
+}
+
+fn cap(mut v: Vec<Violation>) -> Vec<Violation> {
+    if v.len() <= MAX_PER_INVARIANT {
+        return v;
+    }
+    let rest = v.split_off(MAX_PER_INVARIANT - 1);
+    let inv = rest[0].invariant;
+    let apps: BTreeSet<i64> = rest
+        .iter()
+        .flat_map(|x| x.app_ids.iter().copied())
+        .collect();
+    let apps: Vec<i64> = apps.into_iter().collect();
+    v.push(Violation {
+        invariant: inv,
+        message: format!(
+            "{} more {inv} violations, apps: {}",
+            rest.len(),
+            id_list(&apps)
+        ),
+        app_ids: apps,
+    });
+    v
+}
+
+fn stats(reader: &mut dyn Reader, ctx: &Ctx) -> Result<CheckStats, CheckError> {
+    let mut s = CheckStats {
+        apps: ctx.refs.len() as u64,
+        ..CheckStats::default()
+    };
+    for app in ctx.refs.keys() {
+        match ctx.status(*app) {
+            None if !ctx.log_by_app.contains_key(app) => s.missing += 1,
+            Some("success") => s.success += 1,
+            Some("failed") => s.failed += 1,
+            _ => {}
+        }
+    }
+    for t in &ctx.contract.tables {
+        let rows = reader.query_text(&ctx.sql.count(&t.name)?)?;
+        let n = rows
+            .first()
+            .and_then(|r| r.first())
+            .cloned()
+            .flatten()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        s.rows.insert(t.name.clone(), n);
+    }
+    Ok(s)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// coverage
+
+/// Every source app has exactly one log row with status success|failed; no log rows for unknown apps.
+fn check_coverage(ctx: &Ctx) -> Vec<Violation> {
+    let mut missing = Vec::new();
+    let mut multiple = Vec::new();
+    let mut bad_status = Vec::new();
+    for app in ctx.refs.keys() {
+        match ctx.log_by_app.get(app).map(Vec::as_slice) {
+            None | Some([]) => missing.push(*app),
+            Some([one]) => {
+                let st = ctx.log.get(*one).and_then(|l| l.status.as_deref());
+                if !matches!(st, Some("success" | "failed")) {
+                    bad_status.push(*app);
+                }
+            }
+            Some(_) => multiple.push(*app),
+        }
+    }
+    let unknown: Vec<i64> = ctx
+        .log_by_app
+        .keys()
+        .filter(|a| !ctx.refs.contains_key(a))
+        .copied()
+        .collect();
+    let mut out = Vec::new();
+    let mut push = |apps: Vec<i64>, what: &str| {
+        if !apps.is_empty() {
+            let msg = format!("{} {what}: {}", apps.len(), id_list(&apps));
+            out.push(Violation::new(Invariant::Coverage, apps, msg));
+        }
+    };
+    push(missing, "source applications have no log row");
+    push(multiple, "source applications have more than one log row");
+    push(
+        bad_status,
+        "source applications have a log status other than success or failed",
+    );
+    push(
+        unknown,
+        "log rows name applications that are not in the source table",
+    );
+    out
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// no-duplicates
+
+/// Counted by content with GROUP BY, so it holds also where the schema has no unique constraint.
+fn check_no_duplicates(reader: &mut dyn Reader, ctx: &Ctx) -> Result<Vec<Violation>, CheckError> {
+    let mut out = Vec::new();
+    for t in &ctx.contract.tables {
+        let app_pos = t.key.iter().position(|k| *k == ctx.contract.app_key);
+        for r in reader.query_text(&ctx.sql.key_duplicates(&t.name, &t.key)?)? {
+            let key: Key = r[..t.key.len()].to_vec();
+            let count = r.get(t.key.len()).cloned().flatten().unwrap_or_default();
+            let mut apps: Vec<i64> = ctx
+                .key_refs
+                .get(&t.name)
+                .and_then(|m| m.get(&key))
+                .cloned()
+                .unwrap_or_default();
+            if let Some(p) = app_pos {
+                apps.extend(key[p].as_deref().and_then(|v| v.parse::<i64>().ok()));
+            }
+            let msg = format!(
+                "{}: key ({}) = {} occurs {count} times",
+                t.name,
+                t.key.join(", "),
+                key_text(&key)
+            );
+            out.push(Violation::new(Invariant::NoDuplicates, apps, msg));
+        }
+    }
+    for r in reader.query_text(&ctx.sql.log_duplicates()?)? {
+        let app = parse_id(&r[0], "processing_log")?;
+        let count = r.get(1).cloned().flatten().unwrap_or_default();
+        out.push(Violation::new(
+            Invariant::NoDuplicates,
+            [app],
+            format!("{LOG_TABLE}: app {app} has {count} log rows"),
+        ));
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Stored rows with their owners, shared by log-matches-data and content (each loads its own copy).
+
+struct StoredTable {
+    columns: Vec<String>,
+    rows: Vec<Vec<Option<String>>>,
+    keys: Vec<Key>,
+    /// The app that wrote each row: its app key column, or through the foreign-key chain.
+    owners: Vec<Option<i64>>,
+    by_key: HashMap<Key, Vec<usize>>,
+}
+
+impl StoredTable {
+    fn get<'a>(&self, row: &'a [Option<String>], col: &str) -> Option<&'a Option<String>> {
+        self.columns
+            .iter()
+            .position(|c| c == col)
+            .and_then(|i| row.get(i))
+    }
+}
+
+fn load_stored(
+    reader: &mut dyn Reader,
+    ctx: &Ctx,
+) -> Result<BTreeMap<String, StoredTable>, CheckError> {
+    let mut out: BTreeMap<String, StoredTable> = BTreeMap::new();
+    for t in &ctx.contract.tables {
+        let rows = reader.query_text(&ctx.sql.all_rows(&t.name, &t.columns)?)?;
+        let pos: Vec<usize> = t
+            .key
+            .iter()
+            .map(|k| t.columns.iter().position(|c| c == k).unwrap_or(0))
+            .collect();
+        let keys: Vec<Key> = rows
+            .iter()
+            .map(|r| pos.iter().map(|p| r.get(*p).cloned().flatten()).collect())
+            .collect();
+        let app_col = t.columns.iter().position(|c| *c == ctx.contract.app_key);
+        // Parent's foreign-key value → owner, so the chain costs one hash lookup per row.
+        let parent_owner: HashMap<Option<String>, Option<i64>> = match &t.parent {
+            Some(link) => out
+                .get(&link.table)
+                .and_then(|p| {
+                    let pcol = p.columns.iter().position(|c| *c == link.fk_column)?;
+                    let mut m = HashMap::new();
+                    for (r, o) in p.rows.iter().zip(&p.owners) {
+                        m.entry(r.get(pcol).cloned().flatten()).or_insert(*o);
+                    }
+                    Some(m)
+                })
+                .unwrap_or_default(),
+            None => HashMap::new(),
+        };
+        let fk_col = t
+            .parent
+            .as_ref()
+            .and_then(|l| t.columns.iter().position(|c| *c == l.fk_column));
+        let owners: Vec<Option<i64>> = rows
+            .iter()
+            .map(|r| match (app_col, fk_col) {
+                (Some(i), _) => r
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .and_then(|v| v.trim().parse().ok()),
+                (None, Some(i)) => parent_owner
+                    .get(&r.get(i).cloned().flatten())
+                    .copied()
+                    .flatten(),
+                (None, None) => None,
+            })
+            .collect();
+        let mut by_key: HashMap<Key, Vec<usize>> = HashMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            by_key.entry(k.clone()).or_default().push(i);
+        }
+        out.insert(
+            t.name.clone(),
+            StoredTable {
+                columns: t.columns.clone(),
+                rows,
+                keys,
+                owners,
+                by_key,
+            },
+        );
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// log-matches-data
+
+/// `success` ⇒ every expected row present; `failed` ⇒ no rows; no row without an owner logged success.
+fn check_log_matches_data(
+    reader: &mut dyn Reader,
+    ctx: &Ctx,
+) -> Result<Vec<Violation>, CheckError> {
+    let stored = load_stored(reader, ctx)?;
+    let mut out = Vec::new();
+
+    // success ⇒ every expected row present (by natural key; shared rows may have been written by another app).
+    for app in ctx.refs.keys() {
+        if ctx.status(*app) != Some("success") {
+            continue;
+        }
+        let mut missing = Vec::new();
+        for t in &ctx.contract.tables {
+            let Some(st) = stored.get(&t.name) else {
+                continue;
+            };
+            for row in ctx.ref_rows(*app, &t.name).unwrap_or(&[]) {
+                if !st.by_key.contains_key(&row.key) {
+                    missing.push(format!("{} {}", t.name, key_text(&row.key)));
+                }
+            }
+        }
+        if let Some(first) = missing.first() {
+            let msg = format!(
+                "app {app}: logged success but {} expected rows are missing, first {first}",
+                missing.len()
+            );
+            out.push(Violation::new(Invariant::LogMatchesData, [*app], msg));
+        }
+    }
+
+    // Every stored row must belong to an application logged success.
+    for t in &ctx.contract.tables {
+        let Some(st) = stored.get(&t.name) else {
+            continue;
+        };
+        // Per owner: rows that it may not own, reported once per (owner, table).
+        let mut bad: BTreeMap<Option<i64>, (usize, String, Vec<i64>)> = BTreeMap::new();
+        for (i, key) in st.keys.iter().enumerate() {
+            let owner = st.owners.get(i).copied().flatten();
+            let problem = if t.shared {
+                let refs = ctx
+                    .key_refs
+                    .get(&t.name)
+                    .and_then(|m| m.get(key))
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                if refs.iter().any(|a| ctx.is_success(*a)) {
+                    None
+                } else if owner.is_some_and(|o| ctx.is_success(o)) {
+                    // An unexpected row of a successful app: a content problem, reported there.
+                    None
+                } else {
+                    Some(refs.to_vec())
+                }
+            } else if owner.is_some_and(|o| ctx.is_success(o)) {
+                None
+            } else {
+                Some(Vec::new())
+            };
+            if let Some(refs) = problem {
+                let e = bad
+                    .entry(owner)
+                    .or_insert_with(|| (0, format!("{} {}", t.name, key_text(key)), Vec::new()));
+                e.0 += 1;
+                e.2.extend(refs);
+            }
+        }
+        for (owner, (n, first, refs)) in bad {
+            let state = owner_state(ctx, owner);
+            let who = match owner {
+                Some(o) => format!("app {o}"),
+                None => "no application".to_owned(),
+            };
+            let msg = format!(
+                "{n} {} rows owned by {who} ({state}), first {first}",
+                t.name
+            );
+            out.push(Violation::new(
+                Invariant::LogMatchesData,
+                owner.into_iter().chain(refs),
+                msg,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn owner_state(ctx: &Ctx, owner: Option<i64>) -> &'static str {
+    match owner {
+        None => "orphan row: no owning application found",
+        Some(o) => match ctx.status(o) {
+            None if !ctx.log_by_app.contains_key(&o) => "which has no log row",
+            Some("success") => "logged success",
+            Some("failed") => "which is logged failed",
+            _ => "which has no terminal log status",
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// content
+
+/// Log status equals the reference outcome; stored columns equal the reference's canonical text.
+fn check_content(reader: &mut dyn Reader, ctx: &Ctx) -> Result<Vec<Violation>, CheckError> {
+    let stored = load_stored(reader, ctx)?;
+    let mut out = Vec::new();
+    let app_key = ctx.contract.app_key.as_str();
+
+    for (app, outcome) in &ctx.refs {
+        let Some(ix) = ctx.log_by_app.get(app) else {
+            continue;
+        };
+        let Some(log) = ix.first().and_then(|i| ctx.log.get(*i)) else {
+            continue;
+        };
+        match (log.status.as_deref(), outcome) {
+            (Some("success"), RefOutcome::Failed { stage, message }) => out.push(Violation::new(
+                Invariant::Content,
+                [*app],
+                format!("app {app}: logged success, but the reference mapping fails with '{stage}: {message}'"),
+            )),
+            (Some("failed"), RefOutcome::Success(_)) => out.push(Violation::new(
+                Invariant::Content,
+                [*app],
+                format!(
+                    "app {app}: logged failed ({}), but the reference mapping succeeds",
+                    show(&log.reason)
+                ),
+            )),
+            (Some("failed"), RefOutcome::Failed { .. }) => {
+                let ok = log
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| ["parse:", "map:", "write:"].iter().any(|p| r.starts_with(p)));
+                if !ok {
+                    out.push(Violation::new(
+                        Invariant::Content,
+                        [*app],
+                        format!("app {app}: failure_reason {} does not start with parse:, map: or write:", show(&log.reason)),
+                    ));
+                }
+            }
+            (Some("success"), RefOutcome::Success(tables)) => {
+                if let Some(msg) = first_difference(ctx, &stored, *app, tables) {
+                    out.push(Violation::new(Invariant::Content, [*app], msg));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // Rows the reference does not expect from the successful app that owns them.
+    for t in &ctx.contract.tables {
+        let Some(st) = stored.get(&t.name) else {
+            continue;
+        };
+        let refs_for_table = ctx.key_refs.get(&t.name);
+        let mut extra: BTreeMap<i64, (usize, String)> = BTreeMap::new();
+        for (i, key) in st.keys.iter().enumerate() {
+            let Some(owner) = st.owners.get(i).copied().flatten() else {
+                continue;
+            };
+            if !ctx.is_success(owner) {
+                continue;
+            }
+            let expected = if t.shared {
+                refs_for_table
+                    .and_then(|m| m.get(key))
+                    .is_some_and(|r| !r.is_empty())
+            } else {
+                ctx.ref_rows(owner, &t.name)
+                    .is_some_and(|rows| rows.iter().any(|r| &r.key == key))
+            };
+            if !expected {
+                let e = extra.entry(owner).or_insert_with(|| (0, key_text(key)));
+                e.0 += 1;
+            }
+        }
+        for (owner, (n, first)) in extra {
+            out.push(Violation::new(
+                Invariant::Content,
+                [owner],
+                format!("app {owner}: {n} unexpected {} rows, first {first}", t.name),
+            ));
+        }
+
+        // A shared row's app key must name a successful app that references the key.
+        if t.shared && t.columns.iter().any(|c| c == app_key) {
+            for (i, key) in st.keys.iter().enumerate() {
+                let refs = refs_for_table
+                    .and_then(|m| m.get(key))
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                let good: Vec<i64> = refs
+                    .iter()
+                    .copied()
+                    .filter(|a| ctx.is_success(*a))
+                    .collect();
+                if good.is_empty() {
+                    // No successful app references it: log-matches-data or the extra-row check reports it.
+                    continue;
+                }
+                let named = st
+                    .rows
+                    .get(i)
+                    .and_then(|r| st.get(r, app_key))
+                    .cloned()
+                    .flatten();
+                let named_id = named.as_deref().and_then(|v| v.trim().parse::<i64>().ok());
+                if !named_id.is_some_and(|n| good.contains(&n)) {
+                    let msg = format!(
+                        "{} {}: {app_key} = {}, which is not a successful application referencing this key (those are: {})",
+                        t.name,
+                        key_text(key),
+                        show(&named),
+                        id_list(&good)
+                    );
+                    out.push(Violation::new(
+                        Invariant::Content,
+                        named_id.into_iter().chain(good),
+                        msg,
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The first column of a successful app's expected rows that differs from what is stored.
+fn first_difference(
+    ctx: &Ctx,
+    stored: &BTreeMap<String, StoredTable>,
+    app: i64,
+    tables: &BTreeMap<String, Vec<RefRow>>,
+) -> Option<String> {
+    for t in &ctx.contract.tables {
+        let st = stored.get(&t.name)?;
+        for row in tables.get(&t.name).map(Vec::as_slice).unwrap_or(&[]) {
+            // A missing row is log-matches-data's finding; duplicates are compared each.
+            for idx in st.by_key.get(&row.key).map(Vec::as_slice).unwrap_or(&[]) {
+                let Some(stored_row) = st.rows.get(*idx) else {
+                    continue;
+                };
+                for col in &t.columns {
+                    // A shared row's app key names whichever app wrote it first; checked separately.
+                    if t.shared && *col == ctx.contract.app_key {
+                        continue;
+                    }
+                    let got = st.get(stored_row, col).cloned().flatten();
+                    let want = row.values.get(col).cloned().flatten();
+                    if got != want {
+                        return Some(format!(
+                            "app {app}: {}.{col} = {}, expected {} (key {})",
+                            t.name,
+                            show(&got),
+                            show(&want),
+                            key_text(&row.key)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// fencing
+
+/// (a) every fenced log row matches its claim's final owner and fence; (b) no commit after losing the lease.
+fn check_fencing(
+    reader: &mut dyn Reader,
+    ctx: &Ctx,
+    events: &[Event],
+) -> Result<Vec<Violation>, CheckError> {
+    let mut out = Vec::new();
+    let sql = &ctx.sql;
+    let claims_present = exists(reader, &sql.table_exists(CLAIM_TABLE)?)?
+        && exists(reader, &sql.column_exists(LOG_TABLE, "fence")?)?
+        && reader
+            .query_text(&sql.count(CLAIM_TABLE)?)?
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+            > 0;
+    if claims_present {
+        for r in reader.query_text(&sql.fenced_log_vs_claim()?)? {
+            let app = parse_id(&r[0], "processing_log")?;
+            let (session, fence, owner, cfence) = (&r[1], &r[2], &r[3], &r[4]);
+            if owner.is_none() {
+                out.push(Violation::new(
+                    Invariant::Fencing,
+                    [app],
+                    format!(
+                        "app {app}: logged with fence {} but has no claim row",
+                        show(fence)
+                    ),
+                ));
+            } else if owner != session || fence != cfence {
+                out.push(Violation::new(
+                    Invariant::Fencing,
+                    [app],
+                    format!(
+                        "app {app}: logged by session {} with fence {}, but the claim is held by {} with fence {}",
+                        show(session),
+                        show(fence),
+                        show(owner),
+                        show(cfence)
+                    ),
+                ));
+            }
+        }
+    }
+    out.extend(check_fencing_events(events));
+    Ok(out)
+}
+
+/// (ts_us, session, fence) of one `claimed` entry.
+type Claim<'e> = (i64, &'e str, Option<i64>);
+
+/// From the event streams alone: a commit of X by S is fenced wrongly if another session claimed X with a higher
+/// fence before it, or if S lost the lease on X and committed it without claiming it again.
+fn check_fencing_events(events: &[Event]) -> Vec<Violation> {
+    // app → (ts, session, fence) of every claim.
+    let mut claims: HashMap<i64, Vec<Claim<'_>>> = HashMap::new();
+    let mut lost: HashMap<(i64, &str), Vec<i64>> = HashMap::new();
+    for e in events {
+        match e.event {
+            EventKind::Claimed => {
+                for (i, app) in e.app_ids.iter().enumerate() {
+                    claims.entry(*app).or_default().push((
+                        e.ts_us,
+                        &e.session_id,
+                        e.fences.get(i).copied(),
+                    ));
+                }
+            }
+            EventKind::LeaseLost => {
+                for app in &e.app_ids {
+                    lost.entry((*app, &e.session_id)).or_default().push(e.ts_us);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for e in events.iter().filter(|e| e.event == EventKind::Committed) {
+        let s = e.session_id.as_str();
+        let t = e.ts_us;
+        for (i, app) in e.app_ids.iter().enumerate() {
+            let app_claims = claims.get(app).map(Vec::as_slice).unwrap_or(&[]);
+            let own_fence = e.fences.get(i).copied().or_else(|| {
+                app_claims
+                    .iter()
+                    .filter(|(ts, ss, _)| *ss == s && *ts <= t)
+                    .max_by_key(|c| c.0)
+                    .and_then(|c| c.2)
+            });
+            let usurper = app_claims.iter().find(|(ts, ss, f)| {
+                *ss != s
+                    && *ts < t
+                    && match (f, own_fence) {
+                        (Some(f), Some(own)) => *f > own,
+                        // Without a fence to compare, any other session's claim before the commit is suspect only if
+                        // this session never claimed the app itself.
+                        _ => !app_claims.iter().any(|(_, ss2, _)| *ss2 == s),
+                    }
+            });
+            if let Some((_, other, f)) = usurper {
+                out.push(Violation::new(
+                    Invariant::Fencing,
+                    [*app],
+                    format!(
+                        "app {app}: session {s} committed with fence {} after session {other} had claimed it with fence {}",
+                        own_fence.map_or("?".into(), |f| f.to_string()),
+                        f.map_or("?".into(), |f| f.to_string())
+                    ),
+                ));
+                continue;
+            }
+            let lost_before = lost
+                .get(&(*app, s))
+                .and_then(|v| v.iter().filter(|ts| **ts < t).max().copied());
+            if let Some(lt) = lost_before {
+                let reclaimed = app_claims
+                    .iter()
+                    .any(|(ts, ss, _)| *ss == s && *ts > lt && *ts <= t);
+                if !reclaimed {
+                    out.push(Violation::new(
+                        Invariant::Fencing,
+                        [*app],
+                        format!("app {app}: session {s} reported lease_lost and then committed it"),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

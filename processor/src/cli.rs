@@ -1,0 +1,575 @@
+//! Command-line interface: arguments parsed raw by clap, validated once into typed settings, then handed to the
+//! library. Exit codes: 0 done, 1 runtime failure, 2 usage/contract/argument error, 3 database unreachable.
+
+use crate::contract::Contract;
+use crate::crash::Crasher;
+use crate::engine::{self, CommitMode, Mode, RunConfig, RunContext};
+use crate::events::EventSink;
+use crate::retry::RetryPolicy;
+use crate::store::{self, DbUrl, OpenError, Store};
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "processor",
+    version,
+    about = "Shreds credit-application XML into relational tables, resumably and safely in parallel"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create every missing table (source, log, claims, targets from the contract).
+    Init(Common),
+    /// Load source documents from a directory of <app_id>.xml files, or generate them.
+    Load(LoadArgs),
+    /// Process every eligible application; rerun to resume after a crash.
+    Run(RunArgs),
+    /// Show totals, per-instance progress and live claims.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Common {
+    /// sqlite:PATH, postgres://…, mssql://… or an ADO.NET connection string.
+    #[arg(long, env = "SHREDPROOF_DB")]
+    pub db: Option<String>,
+    /// Mapping contract (JSON). Default: the project's built-in contract.
+    #[arg(long)]
+    pub contract: Option<PathBuf>,
+    /// SQL Server host, `host\INSTANCE` for a named instance (replaced tool's flags).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// SQL Server database (with --server).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// SQL Server login (with --server); integrated security otherwise is not supported.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// SQL Server password (with --server). Prefer SHREDPROOF_MSSQL_PASSWORD; never logged.
+    #[arg(long, env = "SHREDPROOF_MSSQL_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// error, warn, info, debug, trace.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Human log lines (pretty) or JSON lines (json; also writes events to stdout).
+    #[arg(long, value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Directory of `<app_id>.xml` files.
+    #[arg(
+        long,
+        conflicts_with = "generate",
+        required_unless_present = "generate"
+    )]
+    pub dir: Option<PathBuf>,
+    /// Generate N documents with the seeded fixture generator.
+    #[arg(long)]
+    pub generate: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// First app_id of generated documents.
+    #[arg(long, default_value_t = 1)]
+    pub first_app_id: i64,
+    /// Fraction of generated documents that are malformed (0..1).
+    #[arg(long, default_value_t = 0.05)]
+    pub malformed_fraction: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Parse/map threads.
+    #[arg(long, default_value_t = default_workers())]
+    pub workers: usize,
+    /// Applications per transaction.
+    #[arg(long, default_value_t = 200)]
+    pub batch_size: usize,
+    /// Stop after this many applications.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    #[arg(long, requires = "app_id_end")]
+    pub app_id_start: Option<i64>,
+    #[arg(long, requires = "app_id_start")]
+    pub app_id_end: Option<i64>,
+    #[arg(long, value_enum, default_value = "uncoordinated")]
+    pub mode: Mode,
+    #[arg(long, default_value_t = 0)]
+    pub instance_id: u32,
+    #[arg(long, default_value_t = 1)]
+    pub instance_count: u32,
+    /// Queue mode: lease length in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub lease_secs: u64,
+    /// atomic (default) or split (UNSAFE: reproduces the replaced system, for demonstrations only).
+    #[arg(long, value_enum, default_value = "atomic")]
+    pub commit_mode: CommitMode,
+    /// Write JSON-lines events here.
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    /// Give up on a database that stays unreachable this long.
+    #[arg(long, default_value_t = 120)]
+    pub retry_give_up_secs: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+fn usage(e: impl Into<anyhow::Error>) -> Exit {
+    Exit {
+        code: 2,
+        error: e.into(),
+    }
+}
+fn runtime(e: impl Into<anyhow::Error>) -> Exit {
+    Exit {
+        code: 1,
+        error: e.into(),
+    }
+}
+
+/// Parses `args` (including argv[0]) and runs the command. Installs the tracing subscriber.
+pub fn main_with<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let common = match &cli.command {
+        Command::Init(c) => c,
+        Command::Load(a) => &a.common,
+        Command::Run(a) => &a.common,
+        Command::Status(a) => &a.common,
+    };
+    init_tracing(&common.log_level, common.log_format);
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Exit { code, error }) => {
+            tracing::error!(error = format!("{error:#}"), "processor failed");
+            eprintln!("error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_tracing(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
+}
+
+fn dispatch(cli: Cli) -> Result<(), Exit> {
+    match cli.command {
+        Command::Init(c) => {
+            let mut s = open_store(&c)?;
+            s.init_schema()
+                .context("failed to create the schema")
+                .map_err(runtime)?;
+            println!("schema ready on {}", db_url(&c)?.redacted());
+            Ok(())
+        }
+        Command::Load(a) => load(a),
+        Command::Run(a) => run(a),
+        Command::Status(a) => status(a),
+    }
+}
+
+pub fn load_contract(c: &Common) -> Result<Contract, Exit> {
+    match &c.contract {
+        Some(p) => Contract::from_file(p)
+            .with_context(|| format!("invalid contract {}", p.display()))
+            .map_err(usage),
+        None => Contract::from_json(fixtures::CONTRACT_JSON)
+            .context("invalid built-in contract")
+            .map_err(usage),
+    }
+}
+
+pub fn db_url(c: &Common) -> Result<DbUrl, Exit> {
+    if let Some(server) = &c.server {
+        if c.db.is_some() {
+            return Err(usage(anyhow!("--db and --server are mutually exclusive")));
+        }
+        let cfg = store::mssql::config::MssqlConfig::from_flags(
+            server,
+            c.database.as_deref(),
+            c.username.as_deref(),
+            c.password.as_deref(),
+        )
+        .map_err(usage)?;
+        return Ok(DbUrl::Mssql(cfg));
+    }
+    if c.database.is_some() || c.username.is_some() {
+        return Err(usage(anyhow!("--database and --username need --server")));
+    }
+    DbUrl::parse(c.db.as_deref().unwrap_or(store::url::DEFAULT_DB)).map_err(usage)
+}
+
+fn open_store(c: &Common) -> Result<Box<dyn Store>, Exit> {
+    let contract = load_contract(c)?;
+    let url = db_url(c)?;
+    store::open(&url, contract).map_err(|e| match e {
+        OpenError::Url(_) => usage(e),
+        OpenError::Connect { .. } => Exit {
+            code: 3,
+            error: e.into(),
+        },
+    })
+}
+
+fn load(a: LoadArgs) -> Result<(), Exit> {
+    if !(0.0..=1.0).contains(&a.malformed_fraction) {
+        return Err(usage(anyhow!(
+            "--malformed-fraction must be between 0 and 1"
+        )));
+    }
+    let mut s = open_store(&a.common)?;
+    s.init_schema()
+        .context("failed to create the schema")
+        .map_err(runtime)?;
+    let mut total = 0u64;
+    let mut new = 0u64;
+    let flush = |s: &mut Box<dyn Store>,
+                 batch: &mut Vec<(i64, String)>,
+                 total: &mut u64,
+                 new: &mut u64|
+     -> Result<(), Exit> {
+        *total += batch.len() as u64;
+        *new += s
+            .load_source(batch)
+            .context("failed to load documents")
+            .map_err(runtime)?;
+        batch.clear();
+        Ok(())
+    };
+    let mut batch = Vec::with_capacity(1000);
+    if let Some(dir) = &a.dir {
+        for (id, path) in list_xml_files(dir).map_err(usage)? {
+            let bytes = std::fs::read(&path)
+                .with_context(|| format!("cannot read {}", path.display()))
+                .map_err(runtime)?;
+            // Keep undecodable bytes visible to the parser (it will fail the document) rather than refusing to load.
+            batch.push((id, String::from_utf8_lossy(&bytes).into_owned()));
+            if batch.len() == 1000 {
+                flush(&mut s, &mut batch, &mut total, &mut new)?;
+            }
+        }
+    } else if let Some(n) = a.generate {
+        let cfg = fixtures::GenConfig {
+            count: usize::try_from(n).map_err(usage)?,
+            seed: a.seed,
+            first_app_id: a.first_app_id,
+            malformed_fraction: a.malformed_fraction,
+            ..fixtures::GenConfig::default()
+        };
+        for doc in fixtures::generate_iter(&cfg) {
+            batch.push((doc.app_id, doc.xml));
+            if batch.len() == 1000 {
+                flush(&mut s, &mut batch, &mut total, &mut new)?;
+                if std::io::stderr().is_terminal() {
+                    eprint!("\rloaded {total}/{n}");
+                }
+            }
+        }
+    }
+    flush(&mut s, &mut batch, &mut total, &mut new)?;
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    println!(
+        "loaded {new} new documents ({} already present)",
+        total - new
+    );
+    Ok(())
+}
+
+/// `<app_id>.xml` files of `dir`, sorted by app_id.
+fn list_xml_files(dir: &Path) -> anyhow::Result<Vec<(i64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read directory {}", dir.display()))?
+    {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("xml") {
+            continue;
+        }
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        let digits: String = stem
+            .chars()
+            .rev()
+            .take_while(char::is_ascii_digit)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let id: i64 = digits.parse().map_err(|_| {
+            anyhow!(
+                "{} has no app_id in its name (expected <app_id>.xml)",
+                path.display()
+            )
+        })?;
+        out.push((id, path));
+    }
+    out.sort();
+    if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
+        bail!(
+            "{} and {} have the same app_id {}",
+            w[0].1.display(),
+            w[1].1.display(),
+            w[0].0
+        );
+    }
+    Ok(out)
+}
+
+/// Validates `run` arguments into a `RunConfig` (exit 2 on any problem).
+pub fn run_config(a: &RunArgs) -> Result<RunConfig, Exit> {
+    let fail = |m: String| Err(usage(anyhow!(m)));
+    if a.workers == 0 || a.workers > 256 {
+        return fail(format!(
+            "--workers must be between 1 and 256 (got {})",
+            a.workers
+        ));
+    }
+    if a.batch_size == 0 || a.batch_size > 10_000 {
+        return fail(format!(
+            "--batch-size must be between 1 and 10000 (got {})",
+            a.batch_size
+        ));
+    }
+    if a.instance_count == 0 {
+        return fail("--instance-count must be at least 1".into());
+    }
+    if a.instance_id >= a.instance_count {
+        return fail(format!(
+            "--instance-id {} is out of range for --instance-count {} (ids are 0..{})",
+            a.instance_id,
+            a.instance_count,
+            a.instance_count - 1
+        ));
+    }
+    if a.mode == Mode::Queue && (a.lease_secs == 0 || a.lease_secs > 86_400) {
+        return fail(format!(
+            "--lease-secs must be between 1 and 86400 (got {})",
+            a.lease_secs
+        ));
+    }
+    if a.limit == Some(0) {
+        return fail("--limit must be at least 1".into());
+    }
+    let range = match (a.app_id_start, a.app_id_end) {
+        (Some(s), Some(e)) if s > e => {
+            return fail(format!("--app-id-start {s} is after --app-id-end {e}"))
+        }
+        (Some(s), Some(e)) => Some((s, e)),
+        _ => None,
+    };
+    Ok(RunConfig {
+        mode: a.mode,
+        commit_mode: a.commit_mode,
+        workers: a.workers,
+        batch_size: a.batch_size,
+        limit: a.limit,
+        range,
+        instance_id: a.instance_id,
+        instance_count: a.instance_count,
+        lease_secs: a.lease_secs,
+        retry: RetryPolicy {
+            give_up_after_secs: a.retry_give_up_secs,
+            ..RetryPolicy::default()
+        },
+        progress: std::io::stderr().is_terminal(),
+    })
+}
+
+/// Unique per process start: instance, pid and random bits.
+pub fn new_session_id(instance_id: u32) -> String {
+    format!(
+        "i{instance_id}-p{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    )
+}
+
+fn run(a: RunArgs) -> Result<(), Exit> {
+    let cfg = run_config(&a)?;
+    let crasher = Crasher::from_env().map_err(usage)?;
+    let contract = load_contract(&a.common)?;
+    let url = db_url(&a.common)?;
+    if cfg.commit_mode == CommitMode::Split {
+        tracing::warn!("--commit-mode split is UNSAFE: data and log commit separately (the replaced system's bug)");
+    }
+    let events = EventSink::open(a.events.as_deref(), a.common.log_format == LogFormat::Json)
+        .with_context(|| format!("cannot open events file {:?}", a.events))
+        .map_err(usage)?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&shutdown))
+            .context("cannot install signal handler")
+            .map_err(runtime)?;
+    }
+    let session_id = new_session_id(cfg.instance_id);
+    // The database may be restarting right now: connecting is retried like any transient error.
+    let mut store = connect_with_retry(&url, &contract, &cfg.retry)?;
+    store
+        .init_schema()
+        .context("failed to create the schema")
+        .map_err(runtime)?;
+    let open_hb = |/* heartbeat connection */| -> store::StoreResult<Box<dyn Store>> {
+        store::open(&url, contract.clone()).map_err(|e| match e {
+            OpenError::Connect { source, .. } => source,
+            OpenError::Url(u) => store::StoreError::new(store::ErrorKind::Fatal, "connect", u.to_string()),
+        })
+    };
+    let ctx = RunContext {
+        session_id: &session_id,
+        events: &events,
+        crasher: &crasher,
+        shutdown: &shutdown,
+        open_heartbeat_store: Some(&open_hb),
+    };
+    let summary = engine::run(store.as_mut(), &cfg, &ctx)
+        .context("run failed")
+        .map_err(runtime)?;
+    println!(
+        "{}: {} succeeded, {} failed, {} collisions, {} lease lost in {:.1}s ({:.0} applications/s)",
+        summary.reason,
+        summary.succeeded,
+        summary.failed,
+        summary.collisions,
+        summary.lease_lost,
+        summary.elapsed_secs,
+        (summary.succeeded + summary.failed) as f64 / summary.elapsed_secs.max(1e-9)
+    );
+    Ok(())
+}
+
+fn connect_with_retry(
+    url: &DbUrl,
+    contract: &Contract,
+    policy: &RetryPolicy,
+) -> Result<Box<dyn Store>, Exit> {
+    let start = std::time::Instant::now();
+    let mut delay = policy.first_delay_ms;
+    loop {
+        match store::open(url, contract.clone()) {
+            Ok(s) => return Ok(s),
+            Err(OpenError::Connect { source, .. })
+                if source.is_retryable()
+                    && start.elapsed().as_secs() < policy.give_up_after_secs =>
+            {
+                tracing::warn!(error = %source, url = %url.redacted(), "database unreachable; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(delay));
+                delay = (delay * 2).min(policy.max_delay_ms);
+            }
+            Err(e @ OpenError::Url(_)) => return Err(usage(e)),
+            Err(e) => {
+                return Err(Exit {
+                    code: 3,
+                    error: e.into(),
+                })
+            }
+        }
+    }
+}
+
+fn status(a: StatusArgs) -> Result<(), Exit> {
+    let mut s = open_store(&a.common)?;
+    let r = s
+        .status(store::now_ms())
+        .context("failed to read status")
+        .map_err(runtime)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r).map_err(runtime)?);
+        return Ok(());
+    }
+    println!(
+        "total {}  success {}  failed {}  pending {}",
+        r.total, r.success, r.failed, r.pending
+    );
+    if !r.instances.is_empty() {
+        println!(
+            "{:>8} {:>9} {:>9} {:>8}  last processed",
+            "instance", "success", "failed", "sessions"
+        );
+        for i in &r.instances {
+            println!(
+                "{:>8} {:>9} {:>9} {:>8}  {}",
+                i.instance_id,
+                i.success,
+                i.failed,
+                i.sessions,
+                i.last_processed_at.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    if !r.claims.is_empty() {
+        println!("open claims (unfinished applications):");
+        for c in &r.claims {
+            let expiry = c
+                .earliest_expiry_ms
+                .map(|ms| format!("{:+.1}s", (ms - store::now_ms()) as f64 / 1000.0))
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "  {}  live {}  expired {}  next expiry {}",
+                c.owner, c.live, c.expired, expiry
+            );
+        }
+    }
+    Ok(())
+}

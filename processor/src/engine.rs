@@ -1,0 +1,469 @@
+//! The run loop: select or claim work, parse and map it on worker threads, write it through the store with the
+//! chosen commit mode, emit events, hit crash points, drain on SIGTERM. No SQL and no backend checks here.
+
+use crate::contract::Contract;
+use crate::crash::{self, CrashPoint, Crasher};
+use crate::events::{Event, EventKind, EventSink};
+use crate::mapping::map_document;
+use crate::retry::{with_retry, RetryPolicy};
+use crate::store::write::{self, AppWork, BatchResult, Hooks, WriteCtx};
+use crate::store::{now_ms, Selection, SourceDoc, Store, StoreError, StoreResult};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Every instance takes any unlogged application (the replaced system's option 1); collisions roll back.
+    Uncoordinated,
+    /// `app_id % instance_count == instance_id`.
+    Partitioned,
+    /// Leased, fenced batch claims.
+    Queue,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Uncoordinated => "uncoordinated",
+            Mode::Partitioned => "partitioned",
+            Mode::Queue => "queue",
+        }
+    }
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommitMode {
+    /// Rows and log row in one transaction (default).
+    Atomic,
+    /// UNSAFE, for demonstrations: data committed first, log row after (the replaced system).
+    Split,
+}
+
+impl CommitMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommitMode::Atomic => "atomic",
+            CommitMode::Split => "split",
+        }
+    }
+}
+
+/// A validated `processor run` configuration.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub mode: Mode,
+    pub commit_mode: CommitMode,
+    pub workers: usize,
+    pub batch_size: usize,
+    pub limit: Option<u64>,
+    pub range: Option<(i64, i64)>,
+    pub instance_id: u32,
+    pub instance_count: u32,
+    pub lease_secs: u64,
+    pub retry: RetryPolicy,
+    /// Print a progress line to stderr about once a second.
+    pub progress: bool,
+}
+
+impl RunConfig {
+    pub fn selection(&self) -> Selection {
+        Selection {
+            range: self.range,
+            partition: (self.mode == Mode::Partitioned)
+                .then_some((self.instance_count, self.instance_id)),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunSummary {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub collisions: u64,
+    pub lease_lost: u64,
+    pub batches: u64,
+    pub slow_batches: u64,
+    pub retries: u64,
+    pub elapsed_secs: f64,
+    /// `done` (no eligible work left), `limit` or `drained` (SIGTERM/SIGINT).
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Everything a run needs besides its configuration.
+pub struct RunContext<'a> {
+    pub session_id: &'a str,
+    pub events: &'a EventSink,
+    pub crasher: &'a Crasher,
+    pub shutdown: &'a AtomicBool,
+    /// Opens a second connection for the lease heartbeat (queue mode).
+    pub open_heartbeat_store: Option<&'a (dyn Fn() -> StoreResult<Box<dyn Store>> + Sync)>,
+}
+
+impl RunContext<'_> {
+    fn event(&self, kind: EventKind, instance_id: u32, app_ids: Vec<i64>) -> Event {
+        Event::new(kind, instance_id, self.session_id, app_ids)
+    }
+}
+
+struct CrashHooks<'a> {
+    ctx: &'a RunContext<'a>,
+    instance_id: u32,
+}
+
+impl Hooks for CrashHooks<'_> {
+    fn hit(&self, point: CrashPoint) {
+        if let Some(nth) = self.ctx.crasher.should_fire(point) {
+            let mut e = self
+                .ctx
+                .event(EventKind::CrashPoint, self.instance_id, vec![]);
+            e.point = Some(point.name().to_owned());
+            e.nth = Some(nth);
+            self.ctx.events.emit(&e);
+            tracing::warn!(
+                point = point.name(),
+                nth,
+                "crash point fired; dying without cleanup"
+            );
+            crash::die();
+        }
+    }
+}
+
+/// Parses and maps a batch on up to `workers` threads, keeping document order.
+pub fn map_batch(contract: &Contract, docs: Vec<SourceDoc>, workers: usize) -> Vec<AppWork> {
+    let map_one = |d: &SourceDoc| AppWork {
+        app_id: d.app_id,
+        fence: d.fence,
+        outcome: map_document(contract, d.app_id, &d.xml),
+    };
+    if workers <= 1 || docs.len() < 8 {
+        return docs.iter().map(map_one).collect();
+    }
+    let chunk = docs.len().div_ceil(workers);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = docs
+            .chunks(chunk)
+            .map(|c| s.spawn(move || c.iter().map(map_one).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+/// The lease heartbeat: renews this session's open claims every third of the lease on its own connection.
+struct Heartbeat {
+    claims: Arc<Mutex<Vec<i64>>>,
+    stop: Option<crossbeam_channel::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(mut store: Box<dyn Store>, owner: String, lease_ms: i64) -> Self {
+        let claims: Arc<Mutex<Vec<i64>>> = Arc::default();
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        let shared = Arc::clone(&claims);
+        let period = Duration::from_millis((lease_ms / 3).max(50) as u64);
+        let handle = std::thread::spawn(move || {
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_timeout(period) {
+                let ids = shared.lock().map(|g| g.clone()).unwrap_or_default();
+                if ids.is_empty() {
+                    continue;
+                }
+                if let Err(e) = store.renew(&owner, &ids, now_ms().saturating_add(lease_ms)) {
+                    tracing::warn!(error = %e, "lease renewal failed");
+                    let _ = store.reconnect();
+                }
+            }
+        });
+        Heartbeat {
+            claims,
+            stop: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    fn set(&self, ids: Vec<i64>) {
+        if let Ok(mut g) = self.claims.lock() {
+            *g = ids;
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Runs until no eligible work is left, the limit is reached, or shutdown is requested.
+pub fn run(
+    store: &mut dyn Store,
+    cfg: &RunConfig,
+    ctx: &RunContext<'_>,
+) -> Result<RunSummary, RunError> {
+    let start = Instant::now();
+    let iid = cfg.instance_id;
+    let sel = cfg.selection();
+    let lease_ms = i64::try_from(cfg.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let hooks = CrashHooks {
+        ctx,
+        instance_id: iid,
+    };
+    let wctx = WriteCtx {
+        session_id: ctx.session_id,
+        instance_id: i32::try_from(iid).unwrap_or(i32::MAX),
+        fenced: cfg.mode == Mode::Queue,
+        hooks: &hooks,
+    };
+    let mut summary = RunSummary::default();
+    let mut started = ctx.event(EventKind::Started, iid, vec![]);
+    started.detail = serde_json::json!({
+        "mode": cfg.mode.as_str(), "commit_mode": cfg.commit_mode.as_str(), "pid": std::process::id(),
+        "backend": store.backend(), "batch_size": cfg.batch_size, "workers": cfg.workers,
+        "instance_count": cfg.instance_count, "lease_secs": cfg.lease_secs,
+        "crash_at": ctx.crasher.spec().map(|s| s.to_string()),
+    });
+    ctx.events.emit(&started);
+    tracing::info!(
+        mode = cfg.mode.as_str(),
+        commit_mode = cfg.commit_mode.as_str(),
+        session = ctx.session_id,
+        "run started"
+    );
+
+    let heartbeat = match (cfg.mode, ctx.open_heartbeat_store) {
+        (Mode::Queue, Some(open)) => Some(Heartbeat::start(
+            open()?,
+            ctx.session_id.to_owned(),
+            lease_ms,
+        )),
+        _ => None,
+    };
+    let retry_log = |e: &StoreError, attempt: u32, wait: Duration| {
+        tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "transient database error; retrying");
+    };
+    let mut retries = 0u64;
+
+    // Uncoordinated instances start at different points of the pending range so they do not walk it in lockstep.
+    let mut cursor = i64::MIN;
+    let mut wrapped = true;
+    if cfg.mode == Mode::Uncoordinated && cfg.instance_count > 1 {
+        if let Some((lo, hi)) =
+            with_retry(store, &cfg.retry, retry_log, |s| s.pending_bounds(&sel))?
+        {
+            let span = (hi - lo) as i128;
+            cursor =
+                lo + (span * i128::from(cfg.instance_id) / i128::from(cfg.instance_count)) as i64;
+            wrapped = cursor == lo;
+        }
+    }
+    let mut last_progress = Instant::now();
+    let mut idle_wait_ms = 50u64;
+    let reason = loop {
+        if ctx.shutdown.load(Ordering::SeqCst) {
+            break "drained";
+        }
+        if let Some(limit) = cfg.limit {
+            if summary.succeeded + summary.failed >= limit {
+                break "limit";
+            }
+        }
+        let want = match cfg.limit {
+            Some(l) => cfg
+                .batch_size
+                .min((l - (summary.succeeded + summary.failed)) as usize)
+                .max(1),
+            None => cfg.batch_size,
+        };
+        let docs = match cfg.mode {
+            Mode::Queue => with_retry(store, &cfg.retry, retry_log, |s| {
+                s.claim(&sel, ctx.session_id, now_ms(), lease_ms, want)
+            })?,
+            _ => with_retry(store, &cfg.retry, retry_log, |s| {
+                s.fetch_pending(&sel, cursor, want)
+            })?,
+        };
+        if docs.is_empty() {
+            match cfg.mode {
+                Mode::Queue => {
+                    // Others may still hold live leases on unfinished work: wait for them to finish or expire.
+                    let live = with_retry(store, &cfg.retry, retry_log, |s| {
+                        s.live_claims(&sel, now_ms())
+                    })?;
+                    if live == 0 {
+                        break "done";
+                    }
+                    std::thread::sleep(Duration::from_millis(idle_wait_ms));
+                    idle_wait_ms = (idle_wait_ms * 2).min(500);
+                    continue;
+                }
+                _ if !wrapped => {
+                    cursor = i64::MIN;
+                    wrapped = true;
+                    continue;
+                }
+                _ => break "done",
+            }
+        }
+        idle_wait_ms = 50;
+        if let Some(last) = docs.last() {
+            cursor = last.app_id.saturating_add(1);
+        }
+        if cfg.mode == Mode::Queue {
+            let mut e = ctx.event(
+                EventKind::Claimed,
+                iid,
+                docs.iter().map(|d| d.app_id).collect(),
+            );
+            e.fences = docs.iter().map(|d| d.fence.unwrap_or(0)).collect();
+            ctx.events.emit(&e);
+            if let Some(hb) = &heartbeat {
+                hb.set(docs.iter().map(|d| d.app_id).collect());
+            }
+            hooks.hit(CrashPoint::AfterClaim);
+        }
+        let work = map_batch(store.contract(), docs, cfg.workers);
+        let mut attempt_result = |s: &mut dyn Store| -> StoreResult<BatchResult> {
+            match cfg.commit_mode {
+                CommitMode::Atomic => match write::write_atomic(s, &work, &wctx) {
+                    Err(e) if e.is_retryable() && e.op == "commit" => {
+                        // The COMMIT's outcome is unknown: find out from the log instead of guessing.
+                        let _ = s.reconnect();
+                        let mine = write::resolve_ambiguous_commit(s, &work, ctx.session_id)?;
+                        if mine.is_empty() {
+                            Err(e)
+                        } else {
+                            Ok(result_from_committed(&work, &mine))
+                        }
+                    }
+                    other => other,
+                },
+                CommitMode::Split => write::write_split(s, &work, &wctx),
+            }
+        };
+        let result = with_retry(
+            store,
+            &cfg.retry,
+            |e, a, w| {
+                retries += 1;
+                retry_log(e, a, w)
+            },
+            &mut attempt_result,
+        )?;
+        if let Some(hb) = &heartbeat {
+            hb.set(Vec::new());
+        }
+        summary.batches += 1;
+        summary.slow_batches += u64::from(result.slow_path);
+        summary.succeeded += result.succeeded.len() as u64;
+        summary.failed += result.failed.len() as u64;
+        summary.collisions += result.collisions.len() as u64;
+        summary.lease_lost += result.lease_lost.len() as u64;
+        emit_batch(ctx, iid, &result, cfg.mode == Mode::Queue);
+        hooks.hit(CrashPoint::AfterCommit);
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            let done = summary.succeeded + summary.failed;
+            let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            tracing::info!(
+                done,
+                succeeded = summary.succeeded,
+                failed = summary.failed,
+                collisions = summary.collisions,
+                rate = rate as u64,
+                "progress"
+            );
+            if cfg.progress {
+                eprint!(
+                    "\r{done} applications ({} ok, {} failed, {} collisions) {rate:.0}/s   ",
+                    summary.succeeded, summary.failed, summary.collisions
+                );
+            }
+        }
+    };
+    if cfg.progress {
+        eprintln!();
+    }
+    summary.retries = retries;
+    summary.elapsed_secs = start.elapsed().as_secs_f64();
+    summary.reason = reason.to_owned();
+    let mut fin = ctx.event(EventKind::Finished, iid, vec![]);
+    fin.reason = Some(reason.to_owned());
+    fin.detail = serde_json::to_value(&summary).unwrap_or_default();
+    ctx.events.emit(&fin);
+    tracing::info!(
+        reason,
+        succeeded = summary.succeeded,
+        failed = summary.failed,
+        collisions = summary.collisions,
+        "run finished"
+    );
+    Ok(summary)
+}
+
+fn result_from_committed(work: &[AppWork], mine: &[i64]) -> BatchResult {
+    let mut r = BatchResult::default();
+    for w in work.iter().filter(|w| mine.contains(&w.app_id)) {
+        match &w.outcome {
+            Ok(_) => r.succeeded.push(w.app_id),
+            Err(f) => r.failed.push((w.app_id, f.reason())),
+        }
+        r.committed.push(w.app_id);
+        r.committed_fences.push(w.fence.unwrap_or(0));
+    }
+    r
+}
+
+fn emit_batch(ctx: &RunContext<'_>, iid: u32, r: &BatchResult, fenced: bool) {
+    if !r.committed.is_empty() {
+        let mut e = ctx.event(EventKind::Committed, iid, r.committed.clone());
+        if fenced {
+            e.fences = r.committed_fences.clone();
+        }
+        ctx.events.emit(&e);
+    }
+    if !r.failed.is_empty() {
+        let mut e = ctx.event(
+            EventKind::Failed,
+            iid,
+            r.failed.iter().map(|f| f.0).collect(),
+        );
+        e.reason = r.failed.first().map(|f| f.1.clone());
+        ctx.events.emit(&e);
+    }
+    if !r.collisions.is_empty() {
+        tracing::info!(
+            count = r.collisions.len(),
+            "collisions: another instance finished these first"
+        );
+        ctx.events
+            .emit(&ctx.event(EventKind::Collision, iid, r.collisions.clone()));
+    }
+    if !r.lease_lost.is_empty() {
+        tracing::warn!(
+            count = r.lease_lost.len(),
+            "lease lost: claims were taken over; nothing committed for them"
+        );
+        ctx.events
+            .emit(&ctx.event(EventKind::LeaseLost, iid, r.lease_lost.clone()));
+    }
+}

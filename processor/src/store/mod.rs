@@ -1,0 +1,217 @@
+//! The `Store` trait: the processor's database in domain verbs (select or claim work, write rows and log rows in
+//! one transaction, renew leases, report progress), with one folder per backend. All SQL text and every dialect
+//! detail live in those folders; nothing above this module knows which database it talks to.
+
+pub mod mssql;
+pub mod postgres;
+pub mod sqlite;
+pub mod url;
+pub mod write;
+
+use crate::contract::Contract;
+use crate::value::Value;
+pub use url::{DbUrl, UrlError};
+
+/// What a failed database call means for the caller. The retry policy looks only at this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Lost connection, timeout, busy database, deadlock victim, serialization failure: retry after backoff.
+    Transient,
+    /// Another transaction holds what we need: retry.
+    Conflict,
+    /// A constraint was violated (duplicate key, NOT NULL, CHECK): the data, not the connection, is the problem.
+    Constraint,
+    /// Anything else: give up with a clear message.
+    Fatal,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{op}: {message}")]
+pub struct StoreError {
+    pub kind: ErrorKind,
+    pub op: &'static str,
+    pub message: String,
+}
+
+impl StoreError {
+    pub fn new(kind: ErrorKind, op: &'static str, message: impl Into<String>) -> Self {
+        StoreError {
+            kind,
+            op,
+            message: message.into(),
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, ErrorKind::Transient | ErrorKind::Conflict)
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A source document handed to the engine.
+#[derive(Debug, Clone)]
+pub struct SourceDoc {
+    pub app_id: i64,
+    pub xml: String,
+    /// Queue mode: the claim's fence.
+    pub fence: Option<i64>,
+}
+
+/// Which applications an instance may touch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Inclusive `app_id` range.
+    pub range: Option<(i64, i64)>,
+    /// `app_id % count == id`.
+    pub partition: Option<(u32, u32)>,
+}
+
+impl Selection {
+    pub fn contains(&self, app_id: i64) -> bool {
+        self.range.is_none_or(|(a, b)| app_id >= a && app_id <= b)
+            && self
+                .partition
+                .is_none_or(|(n, i)| app_id.rem_euclid(i64::from(n)) == i64::from(i))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStatus {
+    Success,
+    Failed,
+}
+
+impl LogStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStatus::Success => "success",
+            LogStatus::Failed => "failed",
+        }
+    }
+}
+
+/// One `processing_log` row to insert.
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    pub app_id: i64,
+    pub status: LogStatus,
+    pub reason: Option<String>,
+    pub attempts: i32,
+    pub instance_id: i32,
+    pub session_id: String,
+    pub fence: Option<i64>,
+}
+
+/// A lease value meaning "completed": never expires, never taken over.
+pub const LEASE_DONE: i64 = i64::MAX;
+
+/// `processor status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StatusReport {
+    pub total: u64,
+    pub success: u64,
+    pub failed: u64,
+    pub pending: u64,
+    pub instances: Vec<InstanceProgress>,
+    pub claims: Vec<ClaimSummary>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct InstanceProgress {
+    pub instance_id: i64,
+    pub sessions: u64,
+    pub success: u64,
+    pub failed: u64,
+    pub last_processed_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ClaimSummary {
+    pub owner: String,
+    pub live: u64,
+    pub expired: u64,
+    pub earliest_expiry_ms: Option<i64>,
+}
+
+/// The processor's database. Transaction verbs are explicit so the write algorithm (`write.rs`) exists once for
+/// every backend, with crash points between its steps.
+pub trait Store: Send {
+    /// `sqlite`, `postgres`, `mssql`.
+    fn backend(&self) -> &'static str;
+    fn contract(&self) -> &Contract;
+
+    /// Creates every missing table (source, log, claims, targets from the contract).
+    fn init_schema(&mut self) -> StoreResult<()>;
+    /// Inserts source documents, skipping app_ids already present. Returns how many were new.
+    fn load_source(&mut self, docs: &[(i64, String)]) -> StoreResult<u64>;
+
+    /// Uncoordinated / partitioned: up to `limit` documents with no log row and `app_id >= from`, ascending.
+    fn fetch_pending(
+        &mut self,
+        sel: &Selection,
+        from: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<SourceDoc>>;
+    /// Smallest and largest unlogged app_id in `sel` (uncoordinated instances spread their start points over it).
+    fn pending_bounds(&mut self, sel: &Selection) -> StoreResult<Option<(i64, i64)>>;
+    /// Queue: claims up to `limit` unlogged documents that are unclaimed or whose lease expired at `now_ms`.
+    fn claim(
+        &mut self,
+        sel: &Selection,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<SourceDoc>>;
+    /// Queue: extends this owner's unfinished leases. Returns how many were extended.
+    fn renew(&mut self, owner: &str, app_ids: &[i64], until_ms: i64) -> StoreResult<u64>;
+    /// Queue: whether any unlogged application in `sel` is held by a live lease (so the queue is not yet drained).
+    fn live_claims(&mut self, sel: &Selection, now_ms: i64) -> StoreResult<u64>;
+
+    fn begin(&mut self) -> StoreResult<()>;
+    fn commit(&mut self) -> StoreResult<()>;
+    fn rollback(&mut self) -> StoreResult<()>;
+    fn savepoint(&mut self) -> StoreResult<()>;
+    fn release_savepoint(&mut self) -> StoreResult<()>;
+    fn rollback_to_savepoint(&mut self) -> StoreResult<()>;
+    /// Inserts rows of contract table `table` (plain insert; insert-if-absent for shared-entity tables).
+    fn insert_rows(&mut self, table: usize, rows: &[&[Value]]) -> StoreResult<()>;
+    fn insert_logs(&mut self, rows: &[LogRow]) -> StoreResult<()>;
+    /// Queue, inside the write transaction: marks `(app_id, fence)` claims of `owner` done and returns the app_ids
+    /// that were still ours. Anything missing was taken over: it must not be committed.
+    fn complete_claims(&mut self, owner: &str, claims: &[(i64, i64)]) -> StoreResult<Vec<i64>>;
+    /// Which of `app_ids` have a log row, with its session: `(app_id, session_id)`.
+    fn logged(&mut self, app_ids: &[i64]) -> StoreResult<Vec<(i64, String)>>;
+
+    fn status(&mut self, now_ms: i64) -> StoreResult<StatusReport>;
+    /// Drops and re-opens the connection after a transient failure.
+    fn reconnect(&mut self) -> StoreResult<()>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    #[error("cannot connect to {url}: {source}")]
+    Connect { url: String, source: StoreError },
+}
+
+/// Opens the store named by `url`.
+pub fn open(url: &DbUrl, contract: Contract) -> Result<Box<dyn Store>, OpenError> {
+    let redacted = url.redacted();
+    let map = |source| OpenError::Connect {
+        url: redacted.clone(),
+        source,
+    };
+    Ok(match url {
+        DbUrl::Sqlite(path) => Box::new(sqlite::SqliteStore::open(path, contract).map_err(map)?),
+        DbUrl::Postgres(conn) => Box::new(postgres::PgStore::open(conn, contract).map_err(map)?),
+        DbUrl::Mssql(cfg) => mssql::MssqlStore::open(cfg, contract).map_err(map)?,
+    })
+}
+
+/// Milliseconds since the Unix epoch (lease arithmetic; instances share one host clock or NTP-synced clocks).
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

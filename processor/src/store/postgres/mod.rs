@@ -1,0 +1,345 @@
+//! PostgreSQL backend (the sync `postgres` client over tokio-postgres). Bulk writes bind one array per column;
+//! queue claims use `FOR UPDATE SKIP LOCKED` in a CTE; completion is fenced inside the write transaction.
+
+pub mod error;
+pub mod sql;
+
+use super::{
+    ClaimSummary, InstanceProgress, LogRow, Selection, SourceDoc, StatusReport, Store, StoreResult,
+    LEASE_DONE,
+};
+use crate::contract::Contract;
+use crate::value::Value;
+use error::err;
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Statement};
+use sql::{Carrier, Names};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How long a connection attempt may take before it counts as failed (and is retried by the caller).
+pub const CONNECT_TIMEOUT_SECS: u64 = 10;
+
+pub struct PgStore {
+    url: String,
+    client: Client,
+    contract: Contract,
+    names: Names,
+    insert_sql: Vec<String>,
+    stmts: HashMap<String, Statement>,
+}
+
+fn connect(url: &str) -> StoreResult<Client> {
+    let mut cfg: postgres::Config = url.parse().map_err(err("parse url"))?;
+    cfg.connect_timeout(Duration::from_secs(CONNECT_TIMEOUT_SECS));
+    cfg.keepalives(true);
+    cfg.application_name("shredproof-processor");
+    cfg.connect(NoTls).map_err(err("connect"))
+}
+
+impl PgStore {
+    pub fn open(url: &str, contract: Contract) -> StoreResult<Self> {
+        let client = connect(url)?;
+        let names = Names::new(&contract);
+        let insert_sql = contract
+            .tables
+            .iter()
+            .map(|t| sql::insert_rows(t, &names))
+            .collect();
+        Ok(PgStore {
+            url: url.to_owned(),
+            client,
+            contract,
+            names,
+            insert_sql,
+            stmts: HashMap::new(),
+        })
+    }
+
+    fn stmt(&mut self, op: &'static str, q: &str) -> StoreResult<Statement> {
+        if let Some(s) = self.stmts.get(q) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(q).map_err(err(op))?;
+        self.stmts.insert(q.to_owned(), s.clone());
+        Ok(s)
+    }
+}
+
+fn sel_params(sel: &Selection) -> [Option<i64>; 4] {
+    [
+        sel.range.map(|r| r.0),
+        sel.range.map(|r| r.1),
+        sel.partition.map(|p| i64::from(p.0)),
+        sel.partition.map(|p| i64::from(p.1)),
+    ]
+}
+
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn contract(&self) -> &Contract {
+        &self.contract
+    }
+
+    fn init_schema(&mut self) -> StoreResult<()> {
+        let ddl = sql::create_all(&self.contract, &self.names);
+        let mut tx = self.client.transaction().map_err(err("init schema"))?;
+        tx.batch_execute(sql::INIT_LOCK)
+            .map_err(err("init schema"))?;
+        for stmt in ddl {
+            tx.batch_execute(&stmt).map_err(err("init schema"))?;
+        }
+        tx.commit().map_err(err("init schema"))
+    }
+
+    fn load_source(&mut self, docs: &[(i64, String)]) -> StoreResult<u64> {
+        let q = sql::insert_source(&self.names);
+        let st = self.stmt("load source", &q)?;
+        let mut n = 0;
+        for chunk in docs.chunks(2000) {
+            let ids: Vec<i64> = chunk.iter().map(|d| d.0).collect();
+            let xmls: Vec<&str> = chunk.iter().map(|d| d.1.as_str()).collect();
+            n += self
+                .client
+                .execute(&st, &[&ids, &xmls])
+                .map_err(err("load source"))?;
+        }
+        Ok(n)
+    }
+
+    fn fetch_pending(
+        &mut self,
+        sel: &Selection,
+        from: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<SourceDoc>> {
+        let q = sql::fetch_pending(&self.names);
+        let st = self.stmt("fetch pending", &q)?;
+        let [lo, hi, n, i] = sel_params(sel);
+        let rows = self
+            .client
+            .query(&st, &[&from, &(limit as i64), &lo, &hi, &n, &i])
+            .map_err(err("fetch pending"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| SourceDoc {
+                app_id: r.get(0),
+                xml: r.get(1),
+                fence: None,
+            })
+            .collect())
+    }
+
+    fn pending_bounds(&mut self, sel: &Selection) -> StoreResult<Option<(i64, i64)>> {
+        let q = sql::pending_bounds(&self.names);
+        let st = self.stmt("pending bounds", &q)?;
+        let [lo, hi, n, i] = sel_params(sel);
+        let row = self
+            .client
+            .query_one(&st, &[&lo, &hi, &n, &i])
+            .map_err(err("pending bounds"))?;
+        let (a, b): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+        Ok(a.zip(b))
+    }
+
+    fn claim(
+        &mut self,
+        sel: &Selection,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<SourceDoc>> {
+        let q = sql::claim(&self.names);
+        let st = self.stmt("claim", &q)?;
+        let [lo, hi, n, i] = sel_params(sel);
+        let until = now_ms.saturating_add(lease_ms);
+        let rows = self
+            .client
+            .query(
+                &st,
+                &[&now_ms, &(limit as i64), &lo, &hi, &n, &i, &owner, &until],
+            )
+            .map_err(err("claim"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| SourceDoc {
+                app_id: r.get(0),
+                fence: Some(r.get(1)),
+                xml: r.get(2),
+            })
+            .collect())
+    }
+
+    fn renew(&mut self, owner: &str, app_ids: &[i64], until_ms: i64) -> StoreResult<u64> {
+        let q = sql::renew(&self.names);
+        let st = self.stmt("renew", &q)?;
+        self.client
+            .execute(&st, &[&owner, &app_ids, &until_ms, &LEASE_DONE])
+            .map_err(err("renew"))
+    }
+
+    fn live_claims(&mut self, sel: &Selection, now_ms: i64) -> StoreResult<u64> {
+        let q = sql::live_claims(&self.names);
+        let st = self.stmt("live claims", &q)?;
+        let [lo, hi, n, i] = sel_params(sel);
+        let row = self
+            .client
+            .query_one(&st, &[&now_ms, &LEASE_DONE, &lo, &hi, &n, &i])
+            .map_err(err("live claims"))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    fn begin(&mut self) -> StoreResult<()> {
+        self.client.batch_execute(sql::BEGIN).map_err(err("begin"))
+    }
+    fn commit(&mut self) -> StoreResult<()> {
+        self.client
+            .batch_execute(sql::COMMIT)
+            .map_err(err("commit"))
+    }
+    fn rollback(&mut self) -> StoreResult<()> {
+        self.client
+            .batch_execute(sql::ROLLBACK)
+            .map_err(err("rollback"))
+    }
+    fn savepoint(&mut self) -> StoreResult<()> {
+        self.client
+            .batch_execute(sql::SAVEPOINT)
+            .map_err(err("savepoint"))
+    }
+    fn release_savepoint(&mut self) -> StoreResult<()> {
+        self.client
+            .batch_execute(sql::RELEASE)
+            .map_err(err("release savepoint"))
+    }
+    fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
+        self.client
+            .batch_execute(sql::ROLLBACK_TO)
+            .map_err(err("rollback to savepoint"))
+    }
+
+    fn insert_rows(&mut self, table: usize, rows: &[&[Value]]) -> StoreResult<()> {
+        let q = self.insert_sql[table].clone();
+        let st = self.stmt("insert rows", &q)?;
+        let cols = &self.contract.tables[table].columns;
+        let mut ints: Vec<Vec<Option<i64>>> = Vec::new();
+        let mut texts: Vec<Vec<Option<&str>>> = Vec::new();
+        let mut slots: Vec<(Carrier, usize)> = Vec::with_capacity(cols.len());
+        for (ci, c) in cols.iter().enumerate() {
+            match sql::carrier(c.ty) {
+                Carrier::Int => {
+                    ints.push(rows.iter().map(|r| r[ci].as_i64()).collect());
+                    slots.push((Carrier::Int, ints.len() - 1));
+                }
+                Carrier::Text => {
+                    texts.push(rows.iter().map(|r| r[ci].as_text()).collect());
+                    slots.push((Carrier::Text, texts.len() - 1));
+                }
+            }
+        }
+        let params: Vec<&(dyn ToSql + Sync)> = slots
+            .iter()
+            .map(|(c, i)| match c {
+                Carrier::Int => &ints[*i] as &(dyn ToSql + Sync),
+                Carrier::Text => &texts[*i] as &(dyn ToSql + Sync),
+            })
+            .collect();
+        self.client
+            .execute(&st, &params)
+            .map_err(err("insert rows"))?;
+        Ok(())
+    }
+
+    fn insert_logs(&mut self, rows: &[LogRow]) -> StoreResult<()> {
+        let q = sql::insert_logs(&self.names);
+        let st = self.stmt("insert log", &q)?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.app_id).collect();
+        let status: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+        let reasons: Vec<Option<&str>> = rows.iter().map(|r| r.reason.as_deref()).collect();
+        let attempts: Vec<i32> = rows.iter().map(|r| r.attempts).collect();
+        let inst: Vec<i32> = rows.iter().map(|r| r.instance_id).collect();
+        let sess: Vec<&str> = rows.iter().map(|r| r.session_id.as_str()).collect();
+        let fences: Vec<Option<i64>> = rows.iter().map(|r| r.fence).collect();
+        self.client
+            .execute(
+                &st,
+                &[&ids, &status, &reasons, &attempts, &inst, &sess, &fences],
+            )
+            .map_err(err("insert log"))?;
+        Ok(())
+    }
+
+    fn complete_claims(&mut self, owner: &str, claims: &[(i64, i64)]) -> StoreResult<Vec<i64>> {
+        let q = sql::complete_claims(&self.names);
+        let st = self.stmt("complete claims", &q)?;
+        let ids: Vec<i64> = claims.iter().map(|c| c.0).collect();
+        let fences: Vec<i64> = claims.iter().map(|c| c.1).collect();
+        let rows = self
+            .client
+            .query(&st, &[&ids, &fences, &owner, &LEASE_DONE])
+            .map_err(err("complete claims"))?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    fn logged(&mut self, app_ids: &[i64]) -> StoreResult<Vec<(i64, String)>> {
+        let q = sql::logged(&self.names);
+        let st = self.stmt("read log", &q)?;
+        let rows = self
+            .client
+            .query(&st, &[&app_ids])
+            .map_err(err("read log"))?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn status(&mut self, now_ms: i64) -> StoreResult<StatusReport> {
+        let row = self
+            .client
+            .query_one(&sql::status_counts(&self.names), &[])
+            .map_err(err("status"))?;
+        let (total, success, failed): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        let instances = self
+            .client
+            .query(&sql::status_instances(&self.names), &[])
+            .map_err(err("status"))?
+            .into_iter()
+            .map(|r| InstanceProgress {
+                instance_id: r.get(0),
+                sessions: r.get::<_, i64>(1) as u64,
+                success: r.get::<_, i64>(2) as u64,
+                failed: r.get::<_, i64>(3) as u64,
+                last_processed_at: r.get(4),
+            })
+            .collect();
+        let claims = self
+            .client
+            .query(&sql::status_claims(&self.names), &[&now_ms, &LEASE_DONE])
+            .map_err(err("status"))?
+            .into_iter()
+            .map(|r| ClaimSummary {
+                owner: r.get(0),
+                live: r.get::<_, i64>(1) as u64,
+                expired: r.get::<_, i64>(2) as u64,
+                earliest_expiry_ms: r.get(3),
+            })
+            .collect();
+        let done = (success + failed) as u64;
+        Ok(StatusReport {
+            total: total as u64,
+            success: success as u64,
+            failed: failed as u64,
+            pending: (total as u64).saturating_sub(done),
+            instances,
+            claims,
+        })
+    }
+
+    fn reconnect(&mut self) -> StoreResult<()> {
+        self.client = connect(&self.url)?;
+        self.stmts.clear();
+        Ok(())
+    }
+}
