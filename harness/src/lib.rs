@@ -1,2 +1,10 @@
-//! stub
+//! Shredproof harness: starts a database, runs processor instances as child processes, injects faults, and checks
+//! invariants on the final state. The binary (`main.rs`) only calls [`cli::main_with`].
+
 pub mod check;
+pub mod cli;
+pub mod db;
+pub mod db_mssql;
+pub mod report;
+pub mod runner;
+pub mod scenario;

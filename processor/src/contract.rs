@@ -443,12 +443,14 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
                             })
                             .collect::<Result<Vec<_>, _>>()?,
                     ),
-                    _ => return Err(invalid(
-                        &entry,
-                        format!(
+                    _ => {
+                        return Err(invalid(
+                            &entry,
+                            format!(
                             "required_attributes.{attr} must be true or a list of allowed values"
                         ),
-                    )),
+                        ))
+                    }
                 };
                 trie.need_attr(node, attr);
                 trie.nodes[node].filters.push((attr.clone(), allowed));

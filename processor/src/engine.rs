@@ -267,13 +267,15 @@ pub fn run(
     let mut cursor = i64::MIN;
     let mut wrapped = true;
     if cfg.mode == Mode::Uncoordinated && cfg.instance_count > 1 {
-        if let Some((lo, hi)) =
-            with_retry(store, &cfg.retry, retry_log, |s| s.pending_bounds(&sel))?
-        {
-            let span = (hi - lo) as i128;
-            cursor =
-                lo + (span * i128::from(cfg.instance_id) / i128::from(cfg.instance_count)) as i64;
-            wrapped = cursor == lo;
+        let pending = with_retry(store, &cfg.retry, retry_log, |s| s.pending_count(&sel))?;
+        let offset = pending * u64::from(cfg.instance_id) / u64::from(cfg.instance_count);
+        if offset > 0 {
+            if let Some(start) =
+                with_retry(store, &cfg.retry, retry_log, |s| s.pending_at(&sel, offset))?
+            {
+                cursor = start;
+                wrapped = false;
+            }
         }
     }
     let mut last_progress = Instant::now();

@@ -71,10 +71,8 @@ pub fn parse<'a>(xml: &'a str, contract: &Contract) -> Result<ParsedDoc<'a>, Fai
                 stack.pop();
             }
             Event::Text(t) => {
-                if stack.is_empty() {
-                    if t.bytes().any(|b| !b.is_ascii_whitespace()) {
-                        return Err(parse_err("text outside the root element"));
-                    }
+                if stack.is_empty() && t.bytes().any(|b| !b.is_ascii_whitespace()) {
+                    return Err(parse_err("text outside the root element"));
                 }
             }
             Event::GeneralRef(r) => {

@@ -153,8 +153,11 @@ pub trait Store: Send {
         from: i64,
         limit: usize,
     ) -> StoreResult<Vec<SourceDoc>>;
-    /// Smallest and largest unlogged app_id in `sel` (uncoordinated instances spread their start points over it).
-    fn pending_bounds(&mut self, sel: &Selection) -> StoreResult<Option<(i64, i64)>>;
+    /// How many applications in `sel` have no log row yet.
+    fn pending_count(&mut self, sel: &Selection) -> StoreResult<u64>;
+    /// The app_id of the `offset`-th (0-based, ascending) unlogged application in `sel`: uncoordinated instances
+    /// start at evenly spaced points of the pending work instead of all at its beginning.
+    fn pending_at(&mut self, sel: &Selection, offset: u64) -> StoreResult<Option<i64>>;
     /// Queue: claims up to `limit` unlogged documents that are unclaimed or whose lease expired at `now_ms`.
     fn claim(
         &mut self,
@@ -207,7 +210,7 @@ pub fn open(url: &DbUrl, contract: Contract) -> Result<Box<dyn Store>, OpenError
     Ok(match url {
         DbUrl::Sqlite(path) => Box::new(sqlite::SqliteStore::open(path, contract).map_err(map)?),
         DbUrl::Postgres(conn) => Box::new(postgres::PgStore::open(conn, contract).map_err(map)?),
-        DbUrl::Mssql(cfg) => mssql::MssqlStore::open(cfg, contract).map_err(map)?,
+        DbUrl::Mssql(cfg) => Box::new(mssql::MssqlStore::open(cfg, contract).map_err(map)?),
     })
 }
 

@@ -110,7 +110,7 @@ mod tests {
     #[test]
     fn parses_and_redacts() {
         assert!(
-            matches!(DbUrl::parse("sqlite:x.db"), Ok(DbUrl::Sqlite(p)) if p == PathBuf::from("x.db"))
+            matches!(DbUrl::parse("sqlite:x.db"), Ok(DbUrl::Sqlite(p)) if p == std::path::Path::new("x.db"))
         );
         let pg = DbUrl::parse("postgres://bob:s3cret@127.0.0.1:5432/db").expect("pg");
         assert_eq!(pg.redacted(), "postgres://bob:***@127.0.0.1:5432/db");

@@ -1,22 +1,627 @@
-//! SQL Server backend (tiberius). Placeholder until the backend lands.
+//! SQL Server backend (tiberius). The `Store` trait is synchronous, so the store owns a private current-thread
+//! tokio runtime and blocks on each call. Multi-row writes are chunked under SQL Server's parameter limit; queue
+//! claims use `UPDATE TOP (n) … WITH (ROWLOCK, READPAST, UPDLOCK) OUTPUT`; completion is fenced inside the write
+//! transaction. `XACT_ABORT` is OFF for the session so savepoints survive a constraint error (see `sql.rs`).
 
 pub mod config;
+pub mod error;
+pub mod sql;
 
-use super::{ErrorKind, StoreError};
+use super::{
+    ClaimSummary, ErrorKind, InstanceProgress, LogRow, Selection, SourceDoc, StatusReport, Store,
+    StoreError, StoreResult, LEASE_DONE,
+};
 use crate::contract::Contract;
+use crate::ident::Ident;
+use crate::value::Value;
 use config::MssqlConfig;
+use error::{classify, err};
+use sql::{chunk_rows, Carrier, Names};
+use std::collections::HashSet;
+use tiberius::{Client, Query, Row, SqlBrowser};
+use tokio::net::TcpStream;
+use tokio::runtime::Runtime;
+use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
-pub struct MssqlStore;
+type Conn = Client<Compat<TcpStream>>;
+type TResult<T> = Result<T, tiberius::error::Error>;
+
+/// At most this many bytes of XML per `load_source` request.
+const LOAD_CHUNK_BYTES: usize = 8 << 20;
+
+pub struct MssqlStore {
+    cfg: MssqlConfig,
+    rt: Runtime,
+    client: Conn,
+    contract: Contract,
+    names: Names,
+}
+
+fn runtime() -> StoreResult<Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| StoreError::new(ErrorKind::Fatal, "connect", format!("tokio runtime: {e}")))
+}
+
+/// Lock waits end (error 1222, a conflict) before the client-side command timeout would tear the connection down.
+fn lock_timeout_ms(cfg: &MssqlConfig) -> u128 {
+    (cfg.command_timeout.as_millis() * 3 / 4).max(1000)
+}
+
+/// TCP (through the SQL Browser for a named instance), TLS and login within the connect timeout, then the
+/// session settings. Follows one server redirect (Azure gateway).
+async fn connect(cfg: &MssqlConfig) -> StoreResult<Conn> {
+    match tokio::time::timeout(cfg.connect_timeout, connect_inner(cfg)).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::new(
+            ErrorKind::Transient,
+            "connect",
+            format!(
+                "no connection to {} within {} s",
+                cfg.redacted(),
+                cfg.connect_timeout.as_secs()
+            ),
+        )),
+    }
+}
+
+async fn connect_inner(cfg: &MssqlConfig) -> StoreResult<Conn> {
+    let mut cfg = cfg.clone();
+    let mut redirects = 0;
+    loop {
+        let tc = cfg.tiberius();
+        // Connects directly when no instance name is set; otherwise asks the SQL Browser for the port first.
+        let tcp = TcpStream::connect_named(&tc)
+            .await
+            .map_err(err("connect"))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| StoreError::new(ErrorKind::Transient, "connect", e.to_string()))?;
+        match Client::connect(tc, tcp.compat_write()).await {
+            Ok(mut client) => {
+                let setup = sql::SESSION_SETUP
+                    .replace("{lock_timeout_ms}", &lock_timeout_ms(&cfg).to_string());
+                batch(&mut client, &setup)
+                    .await
+                    .map_err(err("session setup"))?;
+                return Ok(client);
+            }
+            Err(tiberius::error::Error::Routing { host, port }) if redirects < 2 => {
+                redirects += 1;
+                cfg = cfg.redirected(&host, port);
+            }
+            Err(e) => return Err(classify("connect", &e)),
+        }
+    }
+}
+
+/// A plain SQL batch (not `sp_executesql`): session `SET`s and transaction statements must run at the session's
+/// top level, or they would be undone when a dynamic-SQL scope ends.
+async fn batch(c: &mut Conn, sql: &str) -> TResult<()> {
+    c.simple_query(sql).await?.into_results().await?;
+    Ok(())
+}
+
+async fn exec(c: &mut Conn, q: Query<'_>) -> TResult<u64> {
+    Ok(q.execute(c).await?.total())
+}
+
+async fn fetch(c: &mut Conn, q: Query<'_>) -> TResult<Vec<Row>> {
+    Ok(q.query(c)
+        .await?
+        .into_results()
+        .await?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+fn get_i64(op: &'static str, r: &Row, i: usize) -> StoreResult<Option<i64>> {
+    r.try_get::<i64, _>(i).map_err(err(op))
+}
+
+fn need_i64(op: &'static str, r: &Row, i: usize) -> StoreResult<i64> {
+    get_i64(op, r, i)?
+        .ok_or_else(|| StoreError::new(ErrorKind::Fatal, op, format!("column {i} is NULL")))
+}
+
+fn get_str(op: &'static str, r: &Row, i: usize) -> StoreResult<Option<String>> {
+    Ok(r.try_get::<&str, _>(i).map_err(err(op))?.map(str::to_owned))
+}
+
+fn need_str(op: &'static str, r: &Row, i: usize) -> StoreResult<String> {
+    get_str(op, r, i)?
+        .ok_or_else(|| StoreError::new(ErrorKind::Fatal, op, format!("column {i} is NULL")))
+}
+
+fn bind_sel(q: &mut Query<'_>, sel: &Selection) {
+    q.bind(sel.range.map(|r| r.0));
+    q.bind(sel.range.map(|r| r.1));
+    q.bind(sel.partition.map(|p| i64::from(p.0)));
+    q.bind(sel.partition.map(|p| i64::from(p.1)));
+}
+
+fn limit_i64(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// Groups documents into requests under the parameter limit and [`LOAD_CHUNK_BYTES`].
+fn load_chunks(docs: &[(i64, &str)]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    for r in chunk_rows(2, docs.len()) {
+        let mut start = r.start;
+        let mut bytes = 0;
+        for i in r.clone() {
+            let len = docs[i].1.len();
+            if i > start && bytes + len > LOAD_CHUNK_BYTES {
+                out.push(start..i);
+                start = i;
+                bytes = 0;
+            }
+            bytes += len;
+        }
+        out.push(start..r.end);
+    }
+    out
+}
 
 impl MssqlStore {
-    pub fn open(
-        _cfg: &MssqlConfig,
-        _contract: Contract,
-    ) -> Result<Box<dyn super::Store>, StoreError> {
-        Err(StoreError::new(
-            ErrorKind::Fatal,
-            "connect",
-            "the SQL Server backend is not built yet",
-        ))
+    pub fn open(cfg: &MssqlConfig, contract: Contract) -> StoreResult<Self> {
+        let rt = runtime()?;
+        let client = rt.block_on(connect(cfg))?;
+        let names = Names::new(&contract);
+        Ok(MssqlStore {
+            cfg: cfg.clone(),
+            rt,
+            client,
+            contract,
+            names,
+        })
+    }
+
+    /// Row count of contract table `table` (tests and diagnostics).
+    pub fn table_row_count(&mut self, table: usize) -> StoreResult<u64> {
+        let q = Query::new(sql::count_rows(&self.contract.tables[table], &self.names));
+        let rows = self
+            .rt
+            .block_on(fetch(&mut self.client, q))
+            .map_err(err("count rows"))?;
+        let n = rows
+            .first()
+            .map(|r| need_i64("count rows", r, 0))
+            .transpose()?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    fn run_batch(&mut self, op: &'static str, sql: &str) -> StoreResult<()> {
+        self.rt
+            .block_on(batch(&mut self.client, sql))
+            .map_err(err(op))
+    }
+}
+
+/// Runs `sql` as a plain batch on a fresh connection to `cfg` (no transaction): `CREATE/DROP DATABASE` and other
+/// administration that cannot run inside a transaction.
+fn admin(cfg: &MssqlConfig, op: &'static str, sql: &str) -> StoreResult<()> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut c = connect(cfg).await?;
+        batch(&mut c, sql).await.map_err(err(op))?;
+        let _ = c.close().await;
+        Ok(())
+    })
+}
+
+fn db_ident(op: &'static str, name: &str) -> StoreResult<Ident> {
+    Ident::new(name).map_err(|e| StoreError::new(ErrorKind::Fatal, op, e.to_string()))
+}
+
+/// Creates database `name` (if missing) through `server`'s `master` database. For the harness and tests, which
+/// give every run a fresh database.
+pub fn create_database(server: &MssqlConfig, name: &str) -> StoreResult<()> {
+    let id = db_ident("create database", name)?;
+    admin(
+        &server.with_database("master"),
+        "create database",
+        &sql::create_database(&id),
+    )
+}
+
+/// Drops database `name` (if present), disconnecting its sessions first.
+pub fn drop_database(server: &MssqlConfig, name: &str) -> StoreResult<()> {
+    let id = db_ident("drop database", name)?;
+    admin(
+        &server.with_database("master"),
+        "drop database",
+        &sql::drop_database(&id),
+    )
+}
+
+impl Store for MssqlStore {
+    fn backend(&self) -> &'static str {
+        "mssql"
+    }
+
+    fn contract(&self) -> &Contract {
+        &self.contract
+    }
+
+    fn init_schema(&mut self) -> StoreResult<()> {
+        let ddl = sql::create_all(&self.contract, &self.names);
+        let result = (|| {
+            self.run_batch("init schema", sql::BEGIN)?;
+            self.run_batch("init schema", sql::INIT_LOCK)?;
+            for stmt in &ddl {
+                self.run_batch("init schema", stmt)?;
+            }
+            self.run_batch("init schema", sql::COMMIT)
+        })();
+        if result.is_err() {
+            let _ = self.run_batch("init schema", sql::ROLLBACK);
+        }
+        result
+    }
+
+    fn load_source(&mut self, docs: &[(i64, String)]) -> StoreResult<u64> {
+        // A duplicate app_id inside one VALUES list would break the primary key; the first occurrence wins.
+        let mut seen = HashSet::with_capacity(docs.len());
+        let docs: Vec<(i64, &str)> = docs
+            .iter()
+            .filter(|d| seen.insert(d.0))
+            .map(|d| (d.0, d.1.as_str()))
+            .collect();
+        let mut n = 0;
+        for r in load_chunks(&docs) {
+            let mut q = Query::new(sql::insert_source(&self.names, r.len()));
+            for &(id, xml) in &docs[r] {
+                q.bind(id);
+                q.bind(xml);
+            }
+            n += self
+                .rt
+                .block_on(exec(&mut self.client, q))
+                .map_err(err("load source"))?;
+        }
+        Ok(n)
+    }
+
+    fn fetch_pending(
+        &mut self,
+        sel: &Selection,
+        from: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<SourceDoc>> {
+        const OP: &str = "fetch pending";
+        let mut q = Query::new(sql::fetch_pending(&self.names));
+        q.bind(from);
+        q.bind(limit_i64(limit));
+        bind_sel(&mut q, sel);
+        let rows = self
+            .rt
+            .block_on(fetch(&mut self.client, q))
+            .map_err(err(OP))?;
+        rows.iter()
+            .map(|r| {
+                Ok(SourceDoc {
+                    app_id: need_i64(OP, r, 0)?,
+                    xml: need_str(OP, r, 1)?,
+                    fence: None,
+                })
+            })
+            .collect()
+    }
+
+    fn pending_count(&mut self, sel: &Selection) -> StoreResult<u64> {
+        const OP: &str = "pending count";
+        let mut q = Query::new(sql::pending_count(&self.names));
+        bind_sel(&mut q, sel);
+        let rows = self
+            .rt
+            .block_on(fetch(&mut self.client, q))
+            .map_err(err(OP))?;
+        let n = rows.first().map(|r| need_i64(OP, r, 0)).transpose()?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    fn pending_at(&mut self, sel: &Selection, offset: u64) -> StoreResult<Option<i64>> {
+        const OP: &str = "pending at";
+        let mut q = Query::new(sql::pending_at(&self.names));
+        bind_sel(&mut q, sel);
+        q.bind(i64::try_from(offset).unwrap_or(i64::MAX));
+        let rows = self
+            .rt
+            .block_on(fetch(&mut self.client, q))
+            .map_err(err(OP))?;
+        match rows.first() {
+            Some(r) => get_i64(OP, r, 0),
+            None => Ok(None),
+        }
+    }
+
+    fn claim(
+        &mut self,
+        sel: &Selection,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<SourceDoc>> {
+        const OP: &str = "claim";
+        let mut q = Query::new(sql::claim(&self.names));
+        q.bind(now_ms);
+        q.bind(limit_i64(limit));
+        bind_sel(&mut q, sel);
+        q.bind(owner);
+        q.bind(now_ms.saturating_add(lease_ms));
+        let rows = self
+            .rt
+            .block_on(fetch(&mut self.client, q))
+            .map_err(err(OP))?;
+        rows.iter()
+            .map(|r| {
+                Ok(SourceDoc {
+                    app_id: need_i64(OP, r, 0)?,
+                    fence: Some(need_i64(OP, r, 1)?),
+                    xml: need_str(OP, r, 2)?,
+                })
+            })
+            .collect()
+    }
+
+    fn renew(&mut self, owner: &str, app_ids: &[i64], until_ms: i64) -> StoreResult<u64> {
+        let mut n = 0;
+        for r in chunk_rows(1, app_ids.len()) {
+            let mut q = Query::new(sql::renew(&self.names, r.len()));
+            q.bind(owner);
+            q.bind(until_ms);
+            q.bind(LEASE_DONE);
+            for &id in &app_ids[r] {
+                q.bind(id);
+            }
+            n += self
+                .rt
+                .block_on(exec(&mut self.client, q))
+                .map_err(err("renew"))?;
+        }
+        Ok(n)
+    }
+
+    fn live_claims(&mut self, sel: &Selection, now_ms: i64) -> StoreResult<u64> {
+        const OP: &str = "live claims";
+        let mut q = Query::new(sql::live_claims(&self.names));
+        q.bind(now_ms);
+        q.bind(LEASE_DONE);
+        bind_sel(&mut q, sel);
+        let rows = self
+            .rt
+            .block_on(fetch(&mut self.client, q))
+            .map_err(err(OP))?;
+        let n = rows.first().map(|r| need_i64(OP, r, 0)).transpose()?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    fn begin(&mut self) -> StoreResult<()> {
+        self.run_batch("begin", sql::BEGIN)
+    }
+    fn commit(&mut self) -> StoreResult<()> {
+        self.run_batch("commit", sql::COMMIT)
+    }
+    fn rollback(&mut self) -> StoreResult<()> {
+        self.run_batch("rollback", sql::ROLLBACK)
+    }
+    fn savepoint(&mut self) -> StoreResult<()> {
+        self.run_batch("savepoint", sql::SAVEPOINT)
+    }
+    /// SQL Server has no `RELEASE SAVEPOINT`; the next `SAVE TRANSACTION app` simply moves the name.
+    fn release_savepoint(&mut self) -> StoreResult<()> {
+        debug_assert!(sql::RELEASE.is_empty());
+        Ok(())
+    }
+    fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
+        self.run_batch("rollback to savepoint", sql::ROLLBACK_TO)
+    }
+
+    fn insert_rows(&mut self, table: usize, rows: &[&[Value]]) -> StoreResult<()> {
+        let t = &self.contract.tables[table];
+        // Shared entities: one row per natural key within the call, the first one wins (a later duplicate in
+        // the same VALUES list would pass NOT EXISTS and break the UNIQUE constraint).
+        let rows: Vec<&[Value]> = if t.shared {
+            let mut seen = HashSet::with_capacity(rows.len());
+            rows.iter()
+                .copied()
+                .filter(|r| seen.insert(t.key.iter().map(|&k| r[k].clone()).collect::<Vec<_>>()))
+                .collect()
+        } else {
+            rows.to_vec()
+        };
+        let carriers: Vec<Carrier> = t.columns.iter().map(|c| sql::carrier(c.ty)).collect();
+        for r in chunk_rows(t.columns.len(), rows.len()) {
+            let mut q = Query::new(sql::insert_rows(t, &self.names, r.len()));
+            for row in &rows[r] {
+                for (v, c) in row.iter().zip(&carriers) {
+                    match c {
+                        Carrier::Int => q.bind(v.as_i64()),
+                        Carrier::Text => q.bind(v.as_text()),
+                    }
+                }
+            }
+            self.rt
+                .block_on(exec(&mut self.client, q))
+                .map_err(err("insert rows"))?;
+        }
+        Ok(())
+    }
+
+    fn insert_logs(&mut self, rows: &[LogRow]) -> StoreResult<()> {
+        for r in chunk_rows(sql::LOG_COLS, rows.len()) {
+            let mut q = Query::new(sql::insert_logs(&self.names, r.len()));
+            for l in &rows[r] {
+                q.bind(l.app_id);
+                q.bind(l.status.as_str());
+                q.bind(l.reason.as_deref());
+                q.bind(l.attempts);
+                q.bind(l.instance_id);
+                q.bind(l.session_id.as_str());
+                q.bind(l.fence);
+            }
+            self.rt
+                .block_on(exec(&mut self.client, q))
+                .map_err(err("insert log"))?;
+        }
+        Ok(())
+    }
+
+    fn complete_claims(&mut self, owner: &str, claims: &[(i64, i64)]) -> StoreResult<Vec<i64>> {
+        const OP: &str = "complete claims";
+        let mut kept = Vec::with_capacity(claims.len());
+        for r in chunk_rows(2, claims.len()) {
+            let mut q = Query::new(sql::complete_claims(&self.names, r.len()));
+            q.bind(owner);
+            q.bind(LEASE_DONE);
+            for &(id, fence) in &claims[r] {
+                q.bind(id);
+                q.bind(fence);
+            }
+            let rows = self
+                .rt
+                .block_on(fetch(&mut self.client, q))
+                .map_err(err(OP))?;
+            for row in &rows {
+                kept.push(need_i64(OP, row, 0)?);
+            }
+        }
+        Ok(kept)
+    }
+
+    fn logged(&mut self, app_ids: &[i64]) -> StoreResult<Vec<(i64, String)>> {
+        const OP: &str = "read log";
+        let mut out = Vec::new();
+        for r in chunk_rows(1, app_ids.len()) {
+            let mut q = Query::new(sql::logged(&self.names, r.len()));
+            for &id in &app_ids[r] {
+                q.bind(id);
+            }
+            let rows = self
+                .rt
+                .block_on(fetch(&mut self.client, q))
+                .map_err(err(OP))?;
+            for row in &rows {
+                out.push((need_i64(OP, row, 0)?, need_str(OP, row, 1)?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn status(&mut self, now_ms: i64) -> StoreResult<StatusReport> {
+        const OP: &str = "status";
+        let q = Query::new(sql::status_counts(&self.names));
+        let rows = self
+            .rt
+            .block_on(fetch(&mut self.client, q))
+            .map_err(err(OP))?;
+        let (total, success, failed) = match rows.first() {
+            Some(r) => (
+                need_i64(OP, r, 0)?,
+                need_i64(OP, r, 1)?,
+                need_i64(OP, r, 2)?,
+            ),
+            None => (0, 0, 0),
+        };
+        let q = Query::new(sql::status_instances(&self.names));
+        let rows = self
+            .rt
+            .block_on(fetch(&mut self.client, q))
+            .map_err(err(OP))?;
+        let instances = rows
+            .iter()
+            .map(|r| {
+                Ok(InstanceProgress {
+                    instance_id: need_i64(OP, r, 0)?,
+                    sessions: need_i64(OP, r, 1)? as u64,
+                    success: need_i64(OP, r, 2)? as u64,
+                    failed: need_i64(OP, r, 3)? as u64,
+                    last_processed_at: get_str(OP, r, 4)?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut q = Query::new(sql::status_claims(&self.names));
+        q.bind(now_ms);
+        q.bind(LEASE_DONE);
+        let rows = self
+            .rt
+            .block_on(fetch(&mut self.client, q))
+            .map_err(err(OP))?;
+        let claims = rows
+            .iter()
+            .map(|r| {
+                Ok(ClaimSummary {
+                    owner: need_str(OP, r, 0)?,
+                    live: need_i64(OP, r, 1)? as u64,
+                    expired: need_i64(OP, r, 2)? as u64,
+                    earliest_expiry_ms: get_i64(OP, r, 3)?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let done = (success + failed) as u64;
+        Ok(StatusReport {
+            total: total as u64,
+            success: success as u64,
+            failed: failed as u64,
+            pending: (total as u64).saturating_sub(done),
+            instances,
+            claims,
+        })
+    }
+
+    fn reconnect(&mut self) -> StoreResult<()> {
+        // The old connection is dropped (and its open transaction rolled back by the server) on success.
+        self.client = self.rt.block_on(connect(&self.cfg))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_chunks_respect_rows_and_bytes() {
+        let big = "x".repeat(3 << 20);
+        let docs: Vec<(i64, &str)> = (0..5).map(|i| (i, big.as_str())).collect();
+        // 3 MiB each, 8 MiB per request: two per chunk.
+        assert_eq!(load_chunks(&docs), vec![0..2, 2..4, 4..5]);
+        let small: Vec<(i64, &str)> = (0..2500).map(|i| (i, "<a/>")).collect();
+        assert_eq!(load_chunks(&small), vec![0..1000, 1000..2000, 2000..2500]);
+        assert!(load_chunks(&[]).is_empty());
+        // A single oversized document still goes, alone.
+        let huge = "y".repeat(9 << 20);
+        assert_eq!(
+            load_chunks(&[(1, huge.as_str()), (2, "<a/>")]),
+            vec![0..1, 1..2]
+        );
+    }
+
+    #[test]
+    fn lock_timeout_is_below_the_command_timeout() {
+        let cfg = MssqlConfig::parse("mssql://u:p@h/db?command_timeout_secs=60").expect("cfg");
+        assert_eq!(lock_timeout_ms(&cfg), 45_000);
+        let cfg = MssqlConfig::parse("mssql://u:p@h/db?command_timeout_secs=1").expect("cfg");
+        assert_eq!(lock_timeout_ms(&cfg), 1000);
+    }
+
+    #[test]
+    fn connecting_to_nothing_is_a_transient_error_without_the_password() {
+        // Port 1 on localhost: refused at once (or timed out), never a hang, never a panic.
+        let cfg = MssqlConfig::parse("mssql://sa:TopSecret9@127.0.0.1:1/db?connect_timeout_secs=3")
+            .expect("cfg");
+        let contract = Contract::from_json(fixtures::CONTRACT_JSON).expect("built-in contract");
+        match MssqlStore::open(&cfg, contract) {
+            Ok(_) => panic!("connected to port 1"),
+            Err(e) => {
+                assert_eq!(e.kind, ErrorKind::Transient, "{e}");
+                assert!(!e.to_string().contains("TopSecret9"), "{e}");
+            }
+        }
     }
 }

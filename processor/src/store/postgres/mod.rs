@@ -133,16 +133,26 @@ impl Store for PgStore {
             .collect())
     }
 
-    fn pending_bounds(&mut self, sel: &Selection) -> StoreResult<Option<(i64, i64)>> {
-        let q = sql::pending_bounds(&self.names);
-        let st = self.stmt("pending bounds", &q)?;
+    fn pending_count(&mut self, sel: &Selection) -> StoreResult<u64> {
+        let q = sql::pending_count(&self.names);
+        let st = self.stmt("pending count", &q)?;
         let [lo, hi, n, i] = sel_params(sel);
         let row = self
             .client
             .query_one(&st, &[&lo, &hi, &n, &i])
-            .map_err(err("pending bounds"))?;
-        let (a, b): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
-        Ok(a.zip(b))
+            .map_err(err("pending count"))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    fn pending_at(&mut self, sel: &Selection, offset: u64) -> StoreResult<Option<i64>> {
+        let q = sql::pending_at(&self.names);
+        let st = self.stmt("pending at", &q)?;
+        let [lo, hi, n, i] = sel_params(sel);
+        let rows = self
+            .client
+            .query(&st, &[&lo, &hi, &n, &i, &(offset as i64)])
+            .map_err(err("pending at"))?;
+        Ok(rows.first().map(|r| r.get(0)))
     }
 
     fn claim(

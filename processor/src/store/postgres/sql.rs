@@ -298,15 +298,24 @@ pub fn status_claims(n: &Names) -> String {
 }
 
 /// `$1`..`$4` selection.
-pub fn pending_bounds(n: &Names) -> String {
+pub fn pending_count(n: &Names) -> String {
+    pending_where(n, "COUNT(*)", "")
+}
+
+/// `$1`..`$4` selection, `$5` offset.
+pub fn pending_at(n: &Names) -> String {
+    pending_where(n, "s.app_id", " ORDER BY s.app_id LIMIT 1 OFFSET $5")
+}
+
+fn pending_where(n: &Names, what: &str, tail: &str) -> String {
     let sel = SEL
         .replace("$3", "$1")
         .replace("$4", "$2")
         .replace("$5", "$3")
         .replace("$6", "$4");
     format!(
-        "SELECT MIN(s.app_id), MAX(s.app_id) FROM {src} s
-         WHERE {sel} AND NOT EXISTS (SELECT 1 FROM {log} l WHERE l.app_id = s.app_id)",
+        "SELECT {what} FROM {src} s
+         WHERE {sel} AND NOT EXISTS (SELECT 1 FROM {log} l WHERE l.app_id = s.app_id){tail}",
         src = n.src,
         log = n.log
     )

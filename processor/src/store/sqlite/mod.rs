@@ -41,11 +41,24 @@ impl SqliteStore {
 
 fn connect(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open(path).map_err(err("open"))?;
-    conn.busy_timeout(Duration::from_secs(BUSY_TIMEOUT_SECS))
-        .map_err(err("open"))?;
+    // SQLite's default busy handler sleeps up to 100 ms between tries, so a process that just committed wins the
+    // lock again and again while the others sleep: instances starve. Short, jittered waits keep it fair.
+    conn.busy_handler(Some(busy_wait)).map_err(err("open"))?;
     conn.execute_batch(sql::PRAGMAS).map_err(err("open"))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// Waits about a millisecond per try, up to `BUSY_TIMEOUT_SECS`.
+fn busy_wait(tries: i32) -> bool {
+    if u64::try_from(tries).unwrap_or(0) > BUSY_TIMEOUT_SECS * 1000 {
+        return false;
+    }
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() % 1000);
+    std::thread::sleep(Duration::from_micros(500 + u64::from(jitter)));
+    true
 }
 
 fn sel_params(sel: &Selection) -> (Option<i64>, Option<i64>, Option<i64>, Option<i64>) {
@@ -128,20 +141,25 @@ impl Store for SqliteStore {
         rows.collect::<Result<_, _>>().map_err(err("fetch pending"))
     }
 
-    fn pending_bounds(&mut self, sel: &Selection) -> StoreResult<Option<(i64, i64)>> {
-        let q = sql::pending_bounds(&self.contract);
+    fn pending_count(&mut self, sel: &Selection) -> StoreResult<u64> {
+        let q = sql::pending_count(&self.contract);
         let (lo, hi, n, i) = sel_params(sel);
         let none: Option<i64> = None;
-        let mut stmt = self
-            .conn
-            .prepare_cached(&q)
-            .map_err(err("pending bounds"))?;
-        let (a, b): (Option<i64>, Option<i64>) = stmt
-            .query_row(params![none, none, lo, hi, n, i], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map_err(err("pending bounds"))?;
-        Ok(a.zip(b))
+        let mut stmt = self.conn.prepare_cached(&q).map_err(err("pending count"))?;
+        let c: i64 = stmt
+            .query_row(params![none, none, lo, hi, n, i], |r| r.get(0))
+            .map_err(err("pending count"))?;
+        Ok(c as u64)
+    }
+
+    fn pending_at(&mut self, sel: &Selection, offset: u64) -> StoreResult<Option<i64>> {
+        let q = sql::pending_at(&self.contract);
+        let (lo, hi, n, i) = sel_params(sel);
+        let none: Option<i64> = None;
+        let mut stmt = self.conn.prepare_cached(&q).map_err(err("pending at"))?;
+        stmt.query_row(params![offset as i64, none, lo, hi, n, i], |r| r.get(0))
+            .optional()
+            .map_err(err("pending at"))
     }
 
     fn claim(

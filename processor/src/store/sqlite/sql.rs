@@ -168,14 +168,23 @@ pub fn live_claims(c: &Contract) -> String {
     )
 }
 
-/// `?3`..`?6` selection (`?1`, `?2` unused so the selection keeps its numbers).
-pub fn pending_bounds(c: &Contract) -> String {
+/// `?1` offset (NULL: count instead), `?2` unused, `?3`..`?6` selection.
+pub fn pending_count(c: &Contract) -> String {
+    pending_where(c, "COUNT(*)", "")
+}
+
+/// `?1` offset, `?2` unused, `?3`..`?6` selection.
+pub fn pending_at(c: &Contract) -> String {
+    pending_where(c, "s.app_id", " ORDER BY s.app_id LIMIT 1 OFFSET ?1")
+}
+
+fn pending_where(c: &Contract, what: &str, tail: &str) -> String {
     format!(
-        "SELECT MIN(s.app_id), MAX(s.app_id) FROM {src} s
-         WHERE ?1 IS NULL AND ?2 IS NULL
+        "SELECT {what} FROM {src} s
+         WHERE (?1 IS NULL OR ?1 IS NOT NULL) AND ?2 IS NULL
            AND (?3 IS NULL OR s.app_id >= ?3) AND (?4 IS NULL OR s.app_id <= ?4)
            AND (?5 IS NULL OR ((s.app_id % ?5) + ?5) % ?5 = ?6)
-           AND NOT EXISTS (SELECT 1 FROM processing_log l WHERE l.app_id = s.app_id)",
+           AND NOT EXISTS (SELECT 1 FROM processing_log l WHERE l.app_id = s.app_id){tail}",
         src = c.source_table.ansi()
     )
 }

@@ -1,0 +1,716 @@
+//! Runs one scenario plan: a fresh database, fixtures, N processor child processes (each in its own process
+//! group), the scheduled faults, restarts, a convergence phase with a deadline, then the checker. Everything waits
+//! on conditions (events, exits, clocks) with deadlines; nothing sleeps in place of waiting.
+
+use crate::check::{self, CheckReport, Invariant, Violation};
+use crate::db::Launcher;
+use crate::scenario::{Action, Expectation, Fault, Plan, Trigger};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use processor::events::{Event, EventKind};
+use serde::Serialize;
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How the harness starts a processor: by default itself (`harness processor …`, always built with crash points),
+/// or any binary speaking the processor CLI (`--processor-bin`, `SHREDPROOF_PROCESSOR_BIN`).
+#[derive(Debug, Clone)]
+pub struct ProcessorCmd {
+    pub program: PathBuf,
+    pub prefix: Vec<String>,
+}
+
+impl ProcessorCmd {
+    pub fn current_exe() -> std::io::Result<Self> {
+        Ok(ProcessorCmd {
+            program: std::env::current_exe()?,
+            prefix: vec!["processor".into()],
+        })
+    }
+    pub fn external(path: PathBuf) -> Self {
+        ProcessorCmd {
+            program: path,
+            prefix: vec![],
+        }
+    }
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.args(&self.prefix);
+        c
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("database: {0}")]
+    Db(#[from] crate::db::DbError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Setup(String),
+    #[error("checker: {0}")]
+    Check(#[from] check::CheckError),
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub out_dir: PathBuf,
+    pub processor: ProcessorCmd,
+    /// Print progress lines while running.
+    pub verbose: bool,
+}
+
+/// What happened to one scheduled fault.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultRecord {
+    pub fault: String,
+    pub fired: bool,
+    pub at_ms: Option<u64>,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PhaseStats {
+    pub wall_secs: f64,
+    pub process_starts: u32,
+    pub committed_apps: u64,
+    pub collisions: u64,
+    pub lease_lost: u64,
+    /// Applications whose work was done more than once (collisions, lost leases, uncommitted batches of killed
+    /// processes are not visible here; this counts what the events show).
+    pub redone: u64,
+    pub apps_per_sec: f64,
+    pub unexpected_exits: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseOutcome {
+    pub url_redacted: String,
+    pub stats: PhaseStats,
+    pub faults: Vec<FaultRecord>,
+    pub check: Option<CheckReport>,
+    pub violations: Vec<Violation>,
+    pub liveness_timeout: bool,
+    pub events: usize,
+}
+
+impl PhaseOutcome {
+    pub fn violated(&self) -> BTreeSet<Invariant> {
+        self.violations.iter().map(|v| v.invariant).collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// The expectation was met (no violations, or exactly the expected ones).
+    Pass,
+    /// An invariant was violated that the scenario did not expect (or an expected one was not).
+    Fail,
+    /// The run did not converge before its deadline.
+    Liveness,
+    /// A scheduled fault did not fire, or the no-fault baseline failed: the run proves nothing.
+    Invalid,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioOutcome {
+    pub plan: Plan,
+    pub verdict: Verdict,
+    pub reason: String,
+    pub baseline: Option<PhaseOutcome>,
+    pub main: PhaseOutcome,
+    pub dir: PathBuf,
+    pub wall_secs: f64,
+}
+
+/// Runs a plan: baseline (no faults) when asked, then the faulted run, then the verdict.
+pub fn run_plan(
+    plan: &Plan,
+    launcher: &mut dyn Launcher,
+    opts: &RunOptions,
+) -> Result<ScenarioOutcome, RunnerError> {
+    let start = Instant::now();
+    let dir = opts.out_dir.join(&plan.name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let baseline = if plan.baseline {
+        let bdir = dir.join("baseline");
+        std::fs::create_dir_all(&bdir)?;
+        let url = launcher.fresh_database(&format!("{}_baseline", plan.name))?;
+        Some(run_phase(plan, &url, &[], &bdir, opts)?)
+    } else {
+        None
+    };
+    let url = launcher.fresh_database(&plan.name)?;
+    let main = run_phase(plan, &url, &plan.faults, &dir, opts)?;
+    let (verdict, reason) = verdict(plan, baseline.as_ref(), &main);
+    Ok(ScenarioOutcome {
+        plan: plan.clone(),
+        verdict,
+        reason,
+        baseline,
+        main,
+        dir,
+        wall_secs: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn verdict(plan: &Plan, baseline: Option<&PhaseOutcome>, main: &PhaseOutcome) -> (Verdict, String) {
+    if let Some(b) = baseline {
+        if !b.violations.is_empty() {
+            let names: Vec<&str> = b.violated().iter().map(|i| i.name()).collect();
+            return (
+                Verdict::Invalid,
+                format!("no-fault baseline violated {}", names.join(", ")),
+            );
+        }
+    }
+    let violated = main.violated();
+    if violated.contains(&Invariant::FaultsFired) {
+        return (Verdict::Invalid, "a scheduled fault did not fire".into());
+    }
+    match plan.expectation {
+        Expectation::Pass if violated.is_empty() => (Verdict::Pass, "no violations".into()),
+        Expectation::Pass if main.liveness_timeout => (
+            Verdict::Liveness,
+            "did not converge before the deadline".into(),
+        ),
+        Expectation::Pass => {
+            let names: Vec<&str> = violated.iter().map(|i| i.name()).collect();
+            (Verdict::Fail, format!("violated {}", names.join(", ")))
+        }
+        Expectation::Violations => {
+            let want: BTreeSet<Invariant> = plan.expected_violations.iter().copied().collect();
+            let names =
+                |s: &BTreeSet<Invariant>| s.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ");
+            if want == violated {
+                (
+                    Verdict::Pass,
+                    format!("caught the expected violations: {}", names(&violated)),
+                )
+            } else {
+                (
+                    Verdict::Fail,
+                    format!(
+                        "expected violations [{}], got [{}]",
+                        names(&want),
+                        names(&violated)
+                    ),
+                )
+            }
+        }
+    }
+}
+
+/// One running (or finished) processor instance.
+struct Inst {
+    id: u32,
+    child: Option<Child>,
+    starts: u32,
+    events: Vec<(PathBuf, u64)>,
+    commits: u64,
+    /// Set while we expect the process to die or exit because of a fault.
+    expecting: Option<Action>,
+    paused_until: Option<Instant>,
+    finished: bool,
+    crash_armed: bool,
+}
+
+struct Phase<'a> {
+    plan: &'a Plan,
+    url: &'a str,
+    dir: &'a Path,
+    opts: &'a RunOptions,
+    t0: Instant,
+    all_events: Vec<Event>,
+    stats: PhaseStats,
+}
+
+fn run_phase(
+    plan: &Plan,
+    url: &str,
+    faults: &[Fault],
+    dir: &Path,
+    opts: &RunOptions,
+) -> Result<PhaseOutcome, RunnerError> {
+    load_fixtures(plan, url, dir, opts)?;
+    let mut ph = Phase {
+        plan,
+        url,
+        dir,
+        opts,
+        t0: Instant::now(),
+        all_events: Vec::new(),
+        stats: PhaseStats::default(),
+    };
+    let mut insts: Vec<Inst> = (0..plan.instances)
+        .map(|id| Inst {
+            id,
+            child: None,
+            starts: 0,
+            events: vec![],
+            commits: 0,
+            expecting: None,
+            paused_until: None,
+            finished: false,
+            crash_armed: faults
+                .iter()
+                .any(|f| f.instance == id && matches!(f.action, Action::CrashPoint { .. })),
+        })
+        .collect();
+    let mut records: Vec<FaultRecord> = faults
+        .iter()
+        .map(|f| FaultRecord {
+            fault: f.describe(),
+            fired: false,
+            at_ms: None,
+            note: String::new(),
+        })
+        .collect();
+    let mut pending: Vec<usize> = (0..faults.len()).collect();
+    ph.t0 = Instant::now();
+    for inst in insts.iter_mut() {
+        let crash = faults
+            .iter()
+            .find(|f| f.instance == inst.id && matches!(f.action, Action::CrashPoint { .. }));
+        ph.spawn(inst, crash.copied())?;
+    }
+    let deadline = Duration::from_secs(plan.deadline_secs);
+    let mut last_fault = Instant::now();
+    let mut liveness_timeout = false;
+    let poll = Duration::from_millis(5);
+    loop {
+        // 1. Events.
+        for inst in insts.iter_mut() {
+            for ev in read_new_events(inst)? {
+                if ev.event == EventKind::Committed {
+                    inst.commits += 1;
+                }
+                if ev.event == EventKind::CrashPoint {
+                    // Crash-point faults fire inside the process; the event is the proof.
+                    for &fi in &pending {
+                        if faults[fi].instance == inst.id
+                            && matches!(faults[fi].action, Action::CrashPoint { .. })
+                        {
+                            records[fi].fired = true;
+                            records[fi].at_ms = Some(ph.t0.elapsed().as_millis() as u64);
+                            records[fi].note = format!(
+                                "crash_point {} nth {}",
+                                ev.point.clone().unwrap_or_default(),
+                                ev.nth.unwrap_or(0)
+                            );
+                        }
+                    }
+                    inst.expecting = Some(Action::Kill);
+                }
+                ph.all_events.push(ev);
+            }
+        }
+        pending.retain(|&fi| !records[fi].fired);
+        // 2. Due faults.
+        let now_ms = ph.t0.elapsed().as_millis() as u64;
+        let mut fired_now = Vec::new();
+        for &fi in &pending {
+            let f = faults[fi];
+            let inst = &mut insts[f.instance as usize];
+            let due = match f.trigger {
+                Trigger::CrashEnv => false,
+                Trigger::AtMs(ms) => now_ms >= ms,
+                Trigger::AfterCommits(n) => inst.commits >= n,
+            };
+            let running =
+                inst.child.is_some() && inst.paused_until.is_none() && inst.expecting.is_none();
+            if !due || !running {
+                continue;
+            }
+            let pid = Pid::from_raw(inst.child.as_ref().map_or(0, |c| c.id() as i32));
+            let sig = match f.action {
+                Action::Kill => Signal::SIGKILL,
+                Action::Pause { .. } => Signal::SIGSTOP,
+                Action::Stop => Signal::SIGTERM,
+                Action::CrashPoint { .. } => continue,
+            };
+            if killpg(pid, sig).is_ok() {
+                records[fi].fired = !matches!(f.action, Action::Stop); // a stop counts once the drain exits 0
+                records[fi].at_ms = Some(now_ms);
+                records[fi].note = format!(
+                    "{sig} to process group {pid} after {} commits",
+                    inst.commits
+                );
+                match f.action {
+                    Action::Pause { duration_ms } => {
+                        inst.paused_until =
+                            Some(Instant::now() + Duration::from_millis(duration_ms))
+                    }
+                    a => inst.expecting = Some(a),
+                }
+                if let Action::Stop = f.action {
+                    fired_now.push(fi);
+                }
+                last_fault = Instant::now();
+                if ph.opts.verbose {
+                    eprintln!("  [{:>6}ms] {}", now_ms, f.describe());
+                }
+            }
+        }
+        let _ = fired_now;
+        // 3. Pauses that are over.
+        for inst in insts.iter_mut() {
+            if let Some(until) = inst.paused_until {
+                if Instant::now() >= until {
+                    if let Some(c) = &inst.child {
+                        let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+                    }
+                    inst.paused_until = None;
+                    last_fault = Instant::now();
+                }
+            }
+        }
+        // 4. Exits and restarts.
+        for inst in insts.iter_mut() {
+            let status = match inst.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(s))) => s,
+                _ => continue,
+            };
+            inst.child = None;
+            let expecting = inst.expecting.take();
+            let killed = status.signal() == Some(Signal::SIGKILL as i32);
+            match expecting {
+                Some(Action::Stop) if status.success() => {
+                    // Scenario C: the drain finished cleanly. The stop fault has now fired.
+                    if let Some((r, _)) = records.iter_mut().zip(faults).find(|(r, f)| {
+                        !r.fired && f.instance == inst.id && f.action == Action::Stop
+                    }) {
+                        r.fired = true;
+                        r.note.push_str("; drained and exited 0");
+                    }
+                    if plan.restarts {
+                        ph.spawn(inst, None)?;
+                    } else {
+                        inst.finished = true;
+                    }
+                }
+                Some(Action::Stop) => {
+                    ph.stats.unexpected_exits.push(format!(
+                        "instance {} did not drain cleanly after SIGTERM: {}",
+                        inst.id,
+                        describe_status(status)
+                    ));
+                    inst.finished = true;
+                }
+                Some(_) if killed => {
+                    if plan.restarts {
+                        ph.spawn(inst, None)?;
+                    } else {
+                        inst.finished = true;
+                    }
+                }
+                _ if status.success() => inst.finished = true,
+                _ => {
+                    ph.stats.unexpected_exits.push(format!(
+                        "instance {} start {} exited unexpectedly: {} (log {})",
+                        inst.id,
+                        inst.starts,
+                        describe_status(status),
+                        ph.log_path(inst.id, inst.starts).display()
+                    ));
+                    inst.finished = true;
+                }
+            }
+        }
+        // 5. Done, or out of time.
+        let all_done = insts.iter().all(|i| i.finished && i.child.is_none());
+        if all_done {
+            break;
+        }
+        if last_fault.elapsed() > deadline {
+            liveness_timeout = true;
+            for inst in insts.iter_mut() {
+                if let Some(c) = inst.child.as_mut() {
+                    let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+                    let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+                    let _ = c.wait();
+                }
+            }
+            break;
+        }
+        std::thread::sleep(poll);
+    }
+    // Final drain of event files (lines written just before exit).
+    for inst in insts.iter_mut() {
+        ph.all_events.extend(read_new_events(inst)?);
+    }
+    ph.stats.wall_secs = ph.t0.elapsed().as_secs_f64();
+    let mut violations = Vec::new();
+    // Runner-level invariants.
+    for (r, f) in records.iter().zip(faults) {
+        if !r.fired {
+            violations.push(Violation {
+                invariant: Invariant::FaultsFired,
+                app_ids: vec![],
+                message: format!("fault did not fire: {} (the run finished or the instance was not running when it was due)", f.describe()),
+            });
+        }
+    }
+    if liveness_timeout {
+        violations.push(Violation {
+            invariant: Invariant::Liveness,
+            app_ids: vec![],
+            message: format!(
+                "processors had not converged {}s after the last fault",
+                plan.deadline_secs
+            ),
+        });
+    }
+    for u in &ph.stats.unexpected_exits {
+        violations.push(Violation {
+            invariant: Invariant::Liveness,
+            app_ids: vec![],
+            message: u.clone(),
+        });
+    }
+    // An application committed by two sessions is a duplicate commit, whatever the database shows now.
+    let mut committed_by: HashMap<i64, Vec<String>> = HashMap::new();
+    let mut collisions = 0;
+    let mut lease_lost = 0;
+    for e in &ph.all_events {
+        match e.event {
+            EventKind::Committed => {
+                for a in &e.app_ids {
+                    committed_by
+                        .entry(*a)
+                        .or_default()
+                        .push(e.session_id.clone());
+                }
+            }
+            EventKind::Collision => collisions += e.app_ids.len() as u64,
+            EventKind::LeaseLost => lease_lost += e.app_ids.len() as u64,
+            _ => {}
+        }
+    }
+    let twice: Vec<i64> = {
+        let mut v: Vec<i64> = committed_by
+            .iter()
+            .filter(|(_, s)| s.len() > 1)
+            .map(|(a, _)| *a)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    if !twice.is_empty() {
+        violations.push(Violation {
+            invariant: Invariant::NoDuplicates,
+            message: format!(
+                "{} applications were committed by more than one transaction (events), e.g. {:?}",
+                twice.len(),
+                &twice[..twice.len().min(10)]
+            ),
+            app_ids: twice,
+        });
+    }
+    ph.stats.committed_apps = committed_by.len() as u64;
+    ph.stats.collisions = collisions;
+    ph.stats.lease_lost = lease_lost;
+    ph.stats.redone = collisions + lease_lost;
+    ph.stats.apps_per_sec = ph.stats.committed_apps as f64 / ph.stats.wall_secs.max(1e-9);
+    // The checker, on the final database.
+    ph.all_events.sort_by_key(|e| e.ts_us);
+    write_events(&dir.join("events.jsonl"), &ph.all_events)?;
+    let mut reader = check::open_reader(url)?;
+    let report = check::check_database(reader.as_mut(), fixtures::CONTRACT_JSON, &ph.all_events)?;
+    violations.extend(report.violations.iter().cloned());
+    Ok(PhaseOutcome {
+        url_redacted: processor::store::url::redact_url(url),
+        stats: ph.stats,
+        faults: records,
+        check: Some(report),
+        violations,
+        liveness_timeout,
+        events: ph.all_events.len(),
+    })
+}
+
+fn describe_status(s: ExitStatus) -> String {
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown status".into(),
+    }
+}
+
+impl Phase<'_> {
+    fn log_path(&self, id: u32, start: u32) -> PathBuf {
+        self.dir.join(format!("instance-{id}-{start}.log"))
+    }
+
+    fn spawn(&mut self, inst: &mut Inst, crash: Option<Fault>) -> Result<(), RunnerError> {
+        inst.starts += 1;
+        let p = self.plan;
+        let events = self
+            .dir
+            .join(format!("events-{}-{}.jsonl", inst.id, inst.starts));
+        let log = File::create(self.log_path(inst.id, inst.starts))?;
+        let mut cmd = self.opts.processor.command();
+        cmd.args([
+            "run",
+            "--db",
+            self.url,
+            "--log-format",
+            "pretty",
+            "--log-level",
+            "info",
+        ])
+        .args([
+            "--mode",
+            p.mode.as_str(),
+            "--commit-mode",
+            p.commit_mode.as_str(),
+        ])
+        .args([
+            "--workers",
+            &p.workers.to_string(),
+            "--batch-size",
+            &p.batch_size.to_string(),
+        ])
+        .args([
+            "--instance-id",
+            &inst.id.to_string(),
+            "--instance-count",
+            &p.instances.to_string(),
+        ])
+        .args([
+            "--lease-secs",
+            &p.lease_secs.to_string(),
+            "--retry-give-up-secs",
+            &p.deadline_secs.to_string(),
+        ])
+        .arg("--events")
+        .arg(&events)
+        .env_remove(processor::crash::CRASH_ENV)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Own process group: faults signal the whole group, and the harness's terminal signals do not.
+        .process_group(0);
+        if let Some(Fault {
+            action: Action::CrashPoint { point, nth },
+            ..
+        }) = crash
+        {
+            if inst.crash_armed {
+                cmd.env(processor::crash::CRASH_ENV, format!("{point}:{nth}"));
+                inst.crash_armed = false;
+            }
+        }
+        let child = cmd.spawn().map_err(|e| {
+            RunnerError::Setup(format!(
+                "cannot start processor {}: {e}",
+                self.opts.processor.program.display()
+            ))
+        })?;
+        inst.child = Some(child);
+        inst.events.push((events, 0));
+        self.stats.process_starts += 1;
+        Ok(())
+    }
+}
+
+/// Reads complete new lines from the instance's current events file.
+fn read_new_events(inst: &mut Inst) -> Result<Vec<Event>, RunnerError> {
+    let mut out = Vec::new();
+    for (path, offset) in inst.events.iter_mut() {
+        let Ok(mut f) = File::open(&*path) else {
+            continue;
+        };
+        let len = f.metadata()?.len();
+        if len <= *offset {
+            continue;
+        }
+        f.seek(SeekFrom::Start(*offset))?;
+        let mut buf = String::new();
+        f.read_to_string(&mut buf)?;
+        // Only whole lines: a line still being written is read next time.
+        let complete = buf.rfind('\n').map_or(0, |i| i + 1);
+        for line in buf[..complete].lines().filter(|l| !l.trim().is_empty()) {
+            if let Ok(e) = processor::events::parse_line(line) {
+                out.push(e);
+            }
+        }
+        *offset += complete as u64;
+    }
+    Ok(out)
+}
+
+fn write_events(path: &Path, events: &[Event]) -> Result<(), RunnerError> {
+    let mut s = String::new();
+    for e in events {
+        if let Ok(line) = serde_json::to_string(e) {
+            s.push_str(&line);
+            s.push('\n');
+        }
+    }
+    std::fs::write(path, s)?;
+    Ok(())
+}
+
+/// Loads the plan's fixtures through `processor load` (and the edge cases through `processor load --dir`).
+fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Result<(), RunnerError> {
+    let run = |args: &[&str], what: &str| -> Result<(), RunnerError> {
+        let out = opts
+            .processor
+            .command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(RunnerError::Setup(format!(
+                "{what} failed ({}): {}",
+                describe_status(out.status),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    };
+    let (n, seed, frac) = (
+        plan.apps.to_string(),
+        plan.fixture_seed.to_string(),
+        plan.malformed_fraction.to_string(),
+    );
+    run(
+        &[
+            "load",
+            "--db",
+            url,
+            "--generate",
+            &n,
+            "--seed",
+            &seed,
+            "--malformed-fraction",
+            &frac,
+            "--log-level",
+            "warn",
+        ],
+        "loading fixtures",
+    )?;
+    if plan.edge_cases {
+        let edge = dir.join("edge-cases");
+        std::fs::create_dir_all(&edge)?;
+        for d in fixtures::edge_cases() {
+            std::fs::write(edge.join(format!("{}.xml", d.app_id)), d.xml)?;
+        }
+        let e = edge.display().to_string();
+        run(
+            &["load", "--db", url, "--dir", &e, "--log-level", "warn"],
+            "loading edge cases",
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,623 @@
+//! Scenario files (`scenarios/*.toml`): a serde model with unknown keys rejected, validated into a `Plan` before
+//! anything starts. Random parts of a schedule are drawn here, from the run seed, so one seed is one schedule.
+
+use processor::crash::CrashPoint;
+use processor::engine::{CommitMode, Mode};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("scenario {path}: {source}")]
+    Toml {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("scenario {name}: {problem}")]
+    Invalid { name: String, problem: String },
+    #[error("no scenario files (*.toml) in {0}")]
+    Empty(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub fixture: FixtureSpec,
+    #[serde(default)]
+    pub run: RunSpec,
+    #[serde(default)]
+    pub faults: Vec<FaultSpec>,
+    /// Restart an instance after a fault killed or stopped it.
+    #[serde(default = "yes")]
+    pub restarts: bool,
+    /// Run the same configuration without faults first; a failing baseline makes the scenario invalid.
+    #[serde(default = "yes")]
+    pub baseline: bool,
+    #[serde(default)]
+    pub expect: ExpectSpec,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureSpec {
+    #[serde(default = "default_apps")]
+    pub apps: u64,
+    /// Fixture seed; defaults to the run seed.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default = "default_malformed")]
+    pub malformed_fraction: f64,
+    /// Also load the hand-written edge-case documents.
+    #[serde(default = "yes")]
+    pub edge_cases: bool,
+}
+
+fn default_apps() -> u64 {
+    300
+}
+fn default_malformed() -> f64 {
+    0.05
+}
+
+impl Default for FixtureSpec {
+    fn default() -> Self {
+        FixtureSpec {
+            apps: default_apps(),
+            seed: None,
+            malformed_fraction: default_malformed(),
+            edge_cases: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    #[serde(default = "one")]
+    pub instances: u32,
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    #[serde(default = "one_usize")]
+    pub workers: usize,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_commit")]
+    pub commit_mode: CommitMode,
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+fn one_usize() -> usize {
+    1
+}
+fn default_mode() -> Mode {
+    Mode::Uncoordinated
+}
+fn default_batch() -> usize {
+    20
+}
+fn default_commit() -> CommitMode {
+    CommitMode::Atomic
+}
+fn default_lease() -> u64 {
+    2
+}
+
+impl Default for RunSpec {
+    fn default() -> Self {
+        RunSpec {
+            instances: 1,
+            mode: default_mode(),
+            workers: 1,
+            batch_size: default_batch(),
+            commit_mode: default_commit(),
+            lease_secs: default_lease(),
+        }
+    }
+}
+
+/// A fault as written in a scenario file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum FaultSpec {
+    /// Arm `PROCESSOR_CRASH_AT=<point>:<nth>` on the instance's first start.
+    CrashPoint {
+        instance: u32,
+        point: String,
+        #[serde(default = "one_u64")]
+        nth: u64,
+    },
+    /// SIGKILL the instance's process group at a time or after N committed transactions.
+    Kill {
+        instance: u32,
+        #[serde(default)]
+        at_ms: Option<u64>,
+        #[serde(default)]
+        after_commits: Option<u64>,
+    },
+    /// `count` SIGKILLs of random instances, each after a random number (1..=`within_commits`) of that instance's
+    /// committed transactions, drawn from the run seed. Progress-based, so the schedule fires at any speed.
+    RandomKill { count: u32, within_commits: u64 },
+    /// SIGSTOP the instance for `duration_ms`, then SIGCONT.
+    Pause {
+        instance: u32,
+        duration_ms: u64,
+        #[serde(default)]
+        at_ms: Option<u64>,
+        #[serde(default)]
+        after_commits: Option<u64>,
+    },
+    /// SIGTERM (scenario C): the instance must drain and exit 0; it is then restarted.
+    Stop {
+        instance: u32,
+        #[serde(default)]
+        at_ms: Option<u64>,
+        #[serde(default)]
+        after_commits: Option<u64>,
+    },
+}
+
+fn one_u64() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectSpec {
+    /// `pass` or `violations`.
+    #[serde(default = "default_result")]
+    pub result: String,
+    /// With `violations`: exactly these invariants must be violated.
+    #[serde(default)]
+    pub violations: Vec<String>,
+    /// Convergence deadline after the last fault.
+    #[serde(default = "default_deadline")]
+    pub deadline_secs: u64,
+}
+
+fn default_result() -> String {
+    "pass".into()
+}
+fn default_deadline() -> u64 {
+    120
+}
+
+impl Default for ExpectSpec {
+    fn default() -> Self {
+        ExpectSpec {
+            result: default_result(),
+            violations: vec![],
+            deadline_secs: default_deadline(),
+        }
+    }
+}
+
+/// When a fault fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    /// Armed in the environment at first start; fires inside the process.
+    CrashEnv,
+    AtMs(u64),
+    AfterCommits(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    CrashPoint { point: &'static str, nth: u64 },
+    Kill,
+    Pause { duration_ms: u64 },
+    Stop,
+}
+
+/// One concrete, scheduled fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Fault {
+    pub instance: u32,
+    pub action: Action,
+    pub trigger: Trigger,
+}
+
+impl Fault {
+    pub fn describe(&self) -> String {
+        let what = match self.action {
+            Action::CrashPoint { point, nth } => format!("crash-point {point}:{nth}"),
+            Action::Kill => "kill".into(),
+            Action::Pause { duration_ms } => format!("pause {duration_ms}ms"),
+            Action::Stop => "stop".into(),
+        };
+        let when = match self.trigger {
+            Trigger::CrashEnv => String::new(),
+            Trigger::AtMs(ms) => format!(" at {ms}ms"),
+            Trigger::AfterCommits(n) => format!(" after {n} commits"),
+        };
+        format!("{what} on instance {}{when}", self.instance)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Expectation {
+    Pass,
+    Violations,
+}
+
+/// A validated scenario with its schedule drawn from the seed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub name: String,
+    pub source: Option<PathBuf>,
+    pub seed: u64,
+    pub fixture_seed: u64,
+    pub apps: u64,
+    pub malformed_fraction: f64,
+    pub edge_cases: bool,
+    pub instances: u32,
+    pub mode: Mode,
+    pub workers: usize,
+    pub batch_size: usize,
+    pub commit_mode: CommitMode,
+    pub lease_secs: u64,
+    pub faults: Vec<Fault>,
+    pub restarts: bool,
+    pub baseline: bool,
+    pub expectation: Expectation,
+    pub expected_violations: Vec<crate::check::Invariant>,
+    pub deadline_secs: u64,
+}
+
+impl Scenario {
+    pub fn from_file(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ScenarioError::Toml {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Validates and draws the schedule. Nothing has started yet when this fails.
+    pub fn plan(&self, seed: u64, source: Option<PathBuf>) -> Result<Plan, ScenarioError> {
+        let bad = |p: String| ScenarioError::Invalid {
+            name: self.name.clone(),
+            problem: p,
+        };
+        if self.name.trim().is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(bad(format!(
+                "name '{}' must be non-empty letters, digits, '-' or '_'",
+                self.name
+            )));
+        }
+        let r = &self.run;
+        if r.instances == 0 || r.instances > 16 {
+            return Err(bad(format!(
+                "run.instances must be 1..=16 (got {})",
+                r.instances
+            )));
+        }
+        if r.workers == 0 || r.workers > 64 {
+            return Err(bad(format!(
+                "run.workers must be 1..=64 (got {})",
+                r.workers
+            )));
+        }
+        if r.batch_size == 0 || r.batch_size > 10_000 {
+            return Err(bad(format!(
+                "run.batch_size must be 1..=10000 (got {})",
+                r.batch_size
+            )));
+        }
+        if r.lease_secs == 0 {
+            return Err(bad("run.lease_secs must be at least 1".into()));
+        }
+        let f = &self.fixture;
+        if f.apps == 0 || f.apps > 5_000_000 {
+            return Err(bad(format!(
+                "fixture.apps must be 1..=5000000 (got {})",
+                f.apps
+            )));
+        }
+        if !(0.0..=1.0).contains(&f.malformed_fraction) {
+            return Err(bad(
+                "fixture.malformed_fraction must be between 0 and 1".into()
+            ));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_fa17);
+        let mut faults = Vec::new();
+        let trig = |at: Option<u64>,
+                    after: Option<u64>,
+                    what: &str|
+         -> Result<Trigger, ScenarioError> {
+            match (at, after) {
+                (Some(ms), None) => Ok(Trigger::AtMs(ms)),
+                (None, Some(n)) if n >= 1 => Ok(Trigger::AfterCommits(n)),
+                (None, Some(_)) => Err(bad(format!("{what}: after_commits must be at least 1"))),
+                _ => Err(bad(format!(
+                    "{what}: give exactly one of at_ms or after_commits"
+                ))),
+            }
+        };
+        for (i, fs) in self.faults.iter().enumerate() {
+            let what = format!("faults[{i}]");
+            let check_inst = |inst: u32| {
+                if inst >= r.instances {
+                    Err(bad(format!(
+                        "{what}: instance {inst} does not exist (run.instances = {})",
+                        r.instances
+                    )))
+                } else {
+                    Ok(())
+                }
+            };
+            match fs {
+                FaultSpec::CrashPoint {
+                    instance,
+                    point,
+                    nth,
+                } => {
+                    check_inst(*instance)?;
+                    let p: CrashPoint = point.parse().map_err(|e| bad(format!("{what}: {e}")))?;
+                    if *nth == 0 {
+                        return Err(bad(format!("{what}: nth must be at least 1")));
+                    }
+                    if p == CrashPoint::AfterClaim && r.mode != Mode::Queue {
+                        return Err(bad(format!(
+                            "{what}: after-claim only exists in queue mode"
+                        )));
+                    }
+                    if faults.iter().any(|f: &Fault| {
+                        f.instance == *instance && matches!(f.action, Action::CrashPoint { .. })
+                    }) {
+                        return Err(bad(format!("{what}: one crash point per instance (it is armed through one environment variable)")));
+                    }
+                    faults.push(Fault {
+                        instance: *instance,
+                        action: Action::CrashPoint {
+                            point: p.name(),
+                            nth: *nth,
+                        },
+                        trigger: Trigger::CrashEnv,
+                    });
+                }
+                FaultSpec::Kill {
+                    instance,
+                    at_ms,
+                    after_commits,
+                } => {
+                    check_inst(*instance)?;
+                    faults.push(Fault {
+                        instance: *instance,
+                        action: Action::Kill,
+                        trigger: trig(*at_ms, *after_commits, &what)?,
+                    });
+                }
+                FaultSpec::RandomKill {
+                    count,
+                    within_commits,
+                } => {
+                    if *count == 0 || *within_commits == 0 {
+                        return Err(bad(format!(
+                            "{what}: count and within_commits must be positive"
+                        )));
+                    }
+                    let mut draws: Vec<(u32, u64)> = (0..*count)
+                        .map(|_| {
+                            (
+                                rng.random_range(0..r.instances),
+                                rng.random_range(1..=*within_commits),
+                            )
+                        })
+                        .collect();
+                    draws.sort();
+                    // Two kills of one instance at the same count would be one kill: spread them.
+                    for w in 1..draws.len() {
+                        if draws[w].0 == draws[w - 1].0 && draws[w].1 <= draws[w - 1].1 {
+                            draws[w].1 = draws[w - 1].1 + 1;
+                        }
+                    }
+                    for (inst, n) in draws {
+                        faults.push(Fault {
+                            instance: inst,
+                            action: Action::Kill,
+                            trigger: Trigger::AfterCommits(n),
+                        });
+                    }
+                }
+                FaultSpec::Pause {
+                    instance,
+                    duration_ms,
+                    at_ms,
+                    after_commits,
+                } => {
+                    check_inst(*instance)?;
+                    if *duration_ms == 0 {
+                        return Err(bad(format!("{what}: duration_ms must be positive")));
+                    }
+                    faults.push(Fault {
+                        instance: *instance,
+                        action: Action::Pause {
+                            duration_ms: *duration_ms,
+                        },
+                        trigger: trig(*at_ms, *after_commits, &what)?,
+                    });
+                }
+                FaultSpec::Stop {
+                    instance,
+                    at_ms,
+                    after_commits,
+                } => {
+                    check_inst(*instance)?;
+                    faults.push(Fault {
+                        instance: *instance,
+                        action: Action::Stop,
+                        trigger: trig(*at_ms, *after_commits, &what)?,
+                    });
+                }
+            }
+        }
+        let expectation = match self.expect.result.as_str() {
+            "pass" => Expectation::Pass,
+            "violations" => Expectation::Violations,
+            other => {
+                return Err(bad(format!(
+                    "expect.result must be 'pass' or 'violations' (got '{other}')"
+                )))
+            }
+        };
+        let mut expected_violations = Vec::new();
+        for v in &self.expect.violations {
+            expected_violations.push(
+                v.parse()
+                    .map_err(|_| bad(format!("expect.violations: unknown invariant '{v}'")))?,
+            );
+        }
+        match expectation {
+            Expectation::Pass if !expected_violations.is_empty() => {
+                return Err(bad(
+                    "expect.violations given but expect.result is 'pass'".into()
+                ))
+            }
+            Expectation::Violations if expected_violations.is_empty() => {
+                return Err(bad(
+                    "expect.result is 'violations' but expect.violations is empty".into(),
+                ))
+            }
+            _ => {}
+        }
+        if self.expect.deadline_secs == 0 {
+            return Err(bad("expect.deadline_secs must be positive".into()));
+        }
+        Ok(Plan {
+            name: self.name.clone(),
+            source,
+            seed,
+            fixture_seed: f.seed.unwrap_or(seed),
+            apps: f.apps,
+            malformed_fraction: f.malformed_fraction,
+            edge_cases: f.edge_cases,
+            instances: r.instances,
+            mode: r.mode,
+            workers: r.workers,
+            batch_size: r.batch_size,
+            commit_mode: r.commit_mode,
+            lease_secs: r.lease_secs,
+            faults,
+            restarts: self.restarts,
+            baseline: self.baseline,
+            expectation,
+            expected_violations,
+            deadline_secs: self.expect.deadline_secs,
+        })
+    }
+}
+
+/// Scenario files named by the arguments: files as is, directories expanded to their `*.toml`, sorted.
+pub fn collect_files(args: &[PathBuf]) -> Result<Vec<PathBuf>, ScenarioError> {
+    let mut out = Vec::new();
+    for a in args {
+        if a.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(a)
+                .map_err(|source| ScenarioError::Read {
+                    path: a.display().to_string(),
+                    source,
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("toml"))
+                .collect();
+            if found.is_empty() {
+                return Err(ScenarioError::Empty(a.display().to_string()));
+            }
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(a.clone());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Plan, ScenarioError> {
+        let sc: Scenario = toml::from_str(s).map_err(|source| ScenarioError::Toml {
+            path: "t".into(),
+            source,
+        })?;
+        sc.plan(7, None)
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        assert!(matches!(
+            parse("name = \"x\"\nbogus = 1"),
+            Err(ScenarioError::Toml { .. })
+        ));
+        assert!(matches!(
+            parse("name = \"x\"\n[run]\ninstances = 2\nmodee = \"queue\""),
+            Err(ScenarioError::Toml { .. })
+        ));
+        let e = parse("name = \"x\"\n[[faults]]\nkind = \"crash-point\"\ninstance = 0\npoint = \"after_data\"").expect_err("typo");
+        assert!(
+            e.to_string().contains("unknown crash point 'after_data'"),
+            "{e}"
+        );
+        let e = parse("name = \"x\"\n[[faults]]\nkind = \"kill\"\ninstance = 3")
+            .expect_err("no such instance");
+        assert!(e.to_string().contains("instance 3 does not exist"), "{e}");
+        let e =
+            parse("name = \"x\"\n[expect]\nresult = \"violations\"\nviolations = [\"no-such\"]")
+                .expect_err("bad invariant");
+        assert!(e.to_string().contains("unknown invariant"), "{e}");
+        assert!(parse("name = \"x\"\n[[faults]]\nkind = \"crash-point\"\ninstance = 0\npoint = \"after-claim\"").is_err());
+    }
+
+    #[test]
+    fn same_seed_same_schedule() {
+        let s = "name = \"rk\"\n[run]\ninstances = 3\n[[faults]]\nkind = \"random-kill\"\ncount = 4\nwithin_commits = 20";
+        let sc: Scenario = toml::from_str(s).expect("valid");
+        let a = sc.plan(42, None).expect("plan");
+        let b = sc.plan(42, None).expect("plan");
+        let c = sc.plan(43, None).expect("plan");
+        assert_eq!(a.faults, b.faults);
+        assert_ne!(a.faults, c.faults);
+        assert_eq!(a.faults.len(), 4);
+    }
+
+    #[test]
+    fn every_shipped_scenario_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+        for f in collect_files(&[dir]).expect("scenarios exist") {
+            Scenario::from_file(&f)
+                .and_then(|s| s.plan(1, Some(f.clone())))
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        }
+    }
+}

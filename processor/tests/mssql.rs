@@ -1,0 +1,272 @@
+//! SQL Server integration tests. They need a server: set `SHREDPROOF_MSSQL_URL` (any `mssql://…` URL or ADO.NET
+//! string whose login may create databases), e.g.
+//! `SHREDPROOF_MSSQL_URL='mssql://sa:Passw0rd!@localhost:1433/master?trust_server_certificate=true'`.
+//! Without it every test prints a skip line and passes. Each test creates its own `shredproof_test_<random>`
+//! database and drops it at the end.
+
+use processor::contract::Contract;
+use processor::mapping::map_document;
+use processor::store::mssql::config::MssqlConfig;
+use processor::store::mssql::{self, MssqlStore};
+use processor::store::write::{write_atomic, AppWork, NoHooks, WriteCtx};
+use processor::store::{Selection, SourceDoc, Store};
+
+const ENV: &str = "SHREDPROOF_MSSQL_URL";
+
+fn server_or_skip(test: &str) -> Option<MssqlConfig> {
+    match std::env::var(ENV) {
+        Ok(url) if !url.trim().is_empty() => match MssqlConfig::parse(&url) {
+            Ok(cfg) => Some(cfg),
+            Err(e) => panic!("{ENV} is not a valid SQL Server connection: {e}"),
+        },
+        _ => {
+            println!("skipped {test}: set {ENV} to run SQL Server tests");
+            None
+        }
+    }
+}
+
+/// A scratch database, dropped when the test ends (also on panic).
+struct ScratchDb {
+    server: MssqlConfig,
+    name: String,
+}
+
+impl ScratchDb {
+    fn create(server: &MssqlConfig) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "shredproof_test_{}_{}_{}",
+            std::process::id(),
+            nanos,
+            rand::random::<u32>()
+        );
+        mssql::create_database(server, &name).expect("create database");
+        ScratchDb {
+            server: server.clone(),
+            name,
+        }
+    }
+
+    fn open(&self) -> MssqlStore {
+        let contract = Contract::from_json(fixtures::CONTRACT_JSON).expect("contract");
+        MssqlStore::open(&self.server.with_database(&self.name), contract).expect("open store")
+    }
+}
+
+impl Drop for ScratchDb {
+    fn drop(&mut self) {
+        if let Err(e) = mssql::drop_database(&self.server, &self.name) {
+            eprintln!("could not drop {}: {e}", self.name);
+        }
+    }
+}
+
+fn docs(count: usize, seed: u64, first: i64) -> Vec<(i64, String)> {
+    let cfg = fixtures::GenConfig {
+        count,
+        seed,
+        first_app_id: first,
+        ..Default::default()
+    };
+    fixtures::generate(&cfg)
+        .into_iter()
+        .map(|d| (d.app_id, d.xml))
+        .collect()
+}
+
+fn work(store: &dyn Store, batch: &[SourceDoc]) -> Vec<AppWork> {
+    batch
+        .iter()
+        .map(|d| AppWork {
+            app_id: d.app_id,
+            fence: d.fence,
+            outcome: map_document(store.contract(), d.app_id, &d.xml),
+        })
+        .collect()
+}
+
+fn ctx<'a>(session: &'a str, fenced: bool) -> WriteCtx<'a> {
+    WriteCtx {
+        session_id: session,
+        instance_id: 0,
+        fenced,
+        hooks: &NoHooks,
+    }
+}
+
+#[test]
+fn mssql_loads_writes_and_resumes() {
+    let Some(server) = server_or_skip("mssql_loads_writes_and_resumes") else {
+        return;
+    };
+    let db = ScratchDb::create(&server);
+    let mut store = db.open();
+    store.init_schema().expect("init");
+    store.init_schema().expect("init is idempotent");
+
+    let source = docs(200, 7, 1);
+    assert_eq!(store.load_source(&source).expect("load"), 200);
+    assert_eq!(store.load_source(&source).expect("reload"), 0);
+
+    let sel = Selection::default();
+    assert_eq!(store.pending_count(&sel).expect("count"), 200);
+    assert_eq!(store.pending_at(&sel, 0).expect("at"), Some(1));
+    assert_eq!(store.pending_at(&sel, 199).expect("at"), Some(200));
+    assert_eq!(store.pending_at(&sel, 200).expect("at"), None);
+    let odd = Selection {
+        range: Some((1, 100)),
+        partition: Some((2, 1)),
+    };
+    assert_eq!(store.pending_count(&odd).expect("count"), 50);
+    assert_eq!(store.pending_at(&odd, 1).expect("at"), Some(3));
+    let ntables = store.contract().tables.len();
+    let mut expected_rows = vec![0u64; ntables];
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut from = i64::MIN;
+    loop {
+        let batch = store.fetch_pending(&sel, from, 50).expect("fetch");
+        let Some(last) = batch.last() else { break };
+        from = last.app_id + 1;
+        let w = work(&store, &batch);
+        for a in &w {
+            if let Ok(m) = &a.outcome {
+                for (t, rows) in m.rows.iter().enumerate() {
+                    expected_rows[t] += rows.len() as u64;
+                }
+            }
+        }
+        let r = write_atomic(&mut store, &w, &ctx("session-a", false)).expect("write");
+        assert!(r.collisions.is_empty(), "{r:?}");
+        ok += r.succeeded.len() as u64;
+        failed += r.failed.len() as u64;
+    }
+    assert_eq!(ok + failed, 200);
+    let status = store.status(processor::store::now_ms()).expect("status");
+    assert_eq!(
+        (status.total, status.success, status.failed, status.pending),
+        (200, ok, failed, 0)
+    );
+    assert!(store
+        .fetch_pending(&sel, i64::MIN, 10)
+        .expect("fetch")
+        .is_empty());
+    assert_eq!(store.pending_count(&sel).expect("count"), 0);
+    assert_eq!(store.pending_at(&sel, 0).expect("at"), None);
+    for (t, &expected) in expected_rows.iter().enumerate() {
+        let got = store.table_row_count(t).expect("count");
+        let table = &store.contract().tables[t];
+        if table.shared {
+            // Shared entities are written once per natural key.
+            assert!(got <= expected, "{}", table.name);
+        } else {
+            assert_eq!(got, expected, "{}", table.name);
+        }
+    }
+
+    // Writing the same applications again: every one is a collision, resolved through savepoints (which needs
+    // the transaction to survive the duplicate-key errors), and nothing changes.
+    let all: Vec<SourceDoc> = source
+        .iter()
+        .take(20)
+        .map(|(id, xml)| SourceDoc {
+            app_id: *id,
+            xml: xml.clone(),
+            fence: None,
+        })
+        .collect();
+    let w = work(&store, &all);
+    let r = write_atomic(&mut store, &w, &ctx("session-b", false)).expect("rewrite");
+    assert!(r.slow_path);
+    assert_eq!(r.collisions.len(), 20, "{r:?}");
+    assert!(r.committed.is_empty());
+    let logged = store.logged(&[1, 2, 3, 999_999]).expect("logged");
+    assert_eq!(logged.len(), 3);
+    assert!(logged.iter().all(|(_, s)| s == "session-a"));
+    let status = store.status(processor::store::now_ms()).expect("status");
+    assert_eq!(status.success + status.failed, 200);
+
+    store.reconnect().expect("reconnect");
+    assert_eq!(
+        store
+            .status(processor::store::now_ms())
+            .expect("status")
+            .total,
+        200
+    );
+}
+
+#[test]
+fn mssql_claims_are_fenced() {
+    let Some(server) = server_or_skip("mssql_claims_are_fenced") else {
+        return;
+    };
+    let db = ScratchDb::create(&server);
+    let mut a = db.open();
+    let mut b = db.open();
+    a.init_schema().expect("init");
+    a.load_source(&docs(30, 11, 1000)).expect("load");
+    let sel = Selection::default();
+
+    // A claims 10 with a short lease.
+    let t0 = 1_000_000;
+    let mine = a.claim(&sel, "owner-a", t0, 100, 10).expect("claim a");
+    assert_eq!(mine.len(), 10);
+    assert!(mine.iter().all(|d| d.fence == Some(1)));
+    let ids: Vec<i64> = mine.iter().map(|d| d.app_id).collect();
+    assert_eq!(a.live_claims(&sel, t0 + 50).expect("live"), 10);
+    // While the lease is live, B gets other applications.
+    let other = b.claim(&sel, "owner-b", t0 + 50, 100, 10).expect("claim b");
+    assert_eq!(other.len(), 10);
+    assert!(other.iter().all(|d| !ids.contains(&d.app_id)));
+    assert_eq!(a.renew("owner-a", &ids, t0 + 150).expect("renew"), 10);
+
+    // The lease expires; B takes A's applications over with a higher fence.
+    let taken = b
+        .claim(&sel, "owner-b", t0 + 200, 10_000, 30)
+        .expect("takeover");
+    let taken_ids: Vec<i64> = taken.iter().map(|d| d.app_id).collect();
+    for id in &ids {
+        assert!(taken_ids.contains(id), "{id} not taken over");
+    }
+    assert!(taken
+        .iter()
+        .filter(|d| ids.contains(&d.app_id))
+        .all(|d| d.fence == Some(2)));
+
+    // A wakes up and tries to commit its stale claims: nothing is committed.
+    let w = work(&a, &mine);
+    let r = write_atomic(&mut a, &w, &ctx("owner-a", true)).expect("stale write");
+    assert_eq!(r.lease_lost.len(), 10, "{r:?}");
+    assert!(r.committed.is_empty());
+    assert!(a.logged(&ids).expect("logged").is_empty());
+    // A cannot renew what it lost.
+    assert_eq!(a.renew("owner-a", &ids, t0 + 99_999).expect("renew"), 0);
+
+    // B completes them under its own fence.
+    let mine_b: Vec<SourceDoc> = taken
+        .iter()
+        .filter(|d| ids.contains(&d.app_id))
+        .cloned()
+        .collect();
+    let w = work(&b, &mine_b);
+    let r = write_atomic(&mut b, &w, &ctx("owner-b", true)).expect("write b");
+    assert!(r.lease_lost.is_empty(), "{r:?}");
+    assert_eq!(r.committed.len(), 10);
+    assert!(r.committed_fences.iter().all(|&f| f == 2));
+    let logged = b.logged(&ids).expect("logged");
+    assert_eq!(logged.len(), 10);
+    assert!(logged.iter().all(|(_, s)| s == "owner-b"));
+    // Completed claims are never claimed again, not even after every lease expired.
+    let again = a
+        .claim(&sel, "owner-a", t0 + 1_000_000, 1_000, 100)
+        .expect("claim rest");
+    assert!(again.iter().all(|d| !ids.contains(&d.app_id)));
+    assert_eq!(again.len(), 20);
+    let status = a.status(t0).expect("status");
+    assert_eq!(status.success + status.failed, 10);
+    drop((a, b));
+}
