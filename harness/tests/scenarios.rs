@@ -1,0 +1,90 @@
+//! Every scenario file is a test: each runs through the real runner, on SQLite always and on a private PostgreSQL
+//! cluster when the server binaries exist (required in CI), and must meet its own expectation.
+
+use harness::db::{Launcher, PgLauncher, SqliteDir};
+use harness::runner::{run_plan, ProcessorCmd, RunOptions, Verdict};
+use harness::scenario::Scenario;
+use std::path::{Path, PathBuf};
+
+fn scenarios_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")
+}
+
+fn processor() -> ProcessorCmd {
+    // The harness binary of this very build, which runs its built-in processor (with crash points).
+    ProcessorCmd { program: PathBuf::from(env!("CARGO_BIN_EXE_harness")), prefix: vec!["processor".into()] }
+}
+
+fn run_on(file: &str, launcher: &mut dyn Launcher) {
+    let path = scenarios_dir().join(file);
+    let sc = Scenario::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    let plan = sc.plan(1, Some(path.clone())).unwrap_or_else(|e| panic!("{e}"));
+    if let Some(reason) = harness::scenario::skip_reason(&plan, launcher.backend()) {
+        eprintln!("skipped {file} on {}: {reason}", launcher.backend().as_str());
+        return;
+    }
+    let out = tempfile::tempdir().expect("temp dir");
+    let opts = RunOptions { out_dir: out.path().to_owned(), processor: processor(), verbose: true };
+    let o = run_plan(&plan, launcher, &opts).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let details: Vec<String> = o.main.violations.iter().map(|v| format!("{}: {}", v.invariant, v.message)).collect();
+    assert_eq!(o.verdict, Verdict::Pass, "{file} on {}: {}\n{}", launcher.backend().as_str(), o.reason, details.join("\n"));
+    // A pass must rest on faults that really fired.
+    assert!(o.main.faults.iter().all(|f| f.fired), "{file}: unfired fault in a passing run");
+}
+
+fn sqlite(file: &str) {
+    let mut l = SqliteDir::new().expect("temp dir");
+    run_on(file, &mut l);
+}
+
+fn postgres(file: &str) {
+    let Some(cluster) = fixtures::pg::start_or_skip(file) else { return };
+    let mut l = PgLauncher { cluster };
+    run_on(file, &mut l);
+}
+
+macro_rules! scenario_tests {
+    ($($name:ident => $file:literal),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $name() { super::sqlite($file) } )*
+        }
+        mod postgres {
+            $( #[test] fn $name() { super::postgres($file) } )*
+        }
+        const LISTED: &[&str] = &[$($file),*];
+    };
+}
+
+scenario_tests! {
+    crash_a_partitioned => "crash-a-partitioned.toml",
+    crash_a_queue => "crash-a-queue.toml",
+    crash_a_uncoordinated => "crash-a-uncoordinated.toml",
+    crash_b_partitioned => "crash-b-partitioned.toml",
+    crash_b_queue => "crash-b-queue.toml",
+    crash_b_uncoordinated => "crash-b-uncoordinated.toml",
+    crash_before_write => "crash-before-write.toml",
+    crash_c_partitioned => "crash-c-partitioned.toml",
+    crash_c_queue => "crash-c-queue.toml",
+    crash_c_uncoordinated => "crash-c-uncoordinated.toml",
+    crash_points_queue => "crash-points-queue.toml",
+    pause_past_lease_queue => "pause-past-lease-queue.toml",
+    random_kill_uncoordinated => "random-kill-uncoordinated.toml",
+    split_crash_a => "split-crash-a.toml",
+    split_three_instances => "split-three-instances.toml",
+    three_instances_partitioned => "three-instances-partitioned.toml",
+    three_instances_queue => "three-instances-queue.toml",
+    three_instances_uncoordinated => "three-instances-uncoordinated.toml",
+}
+
+/// A scenario file nobody runs is a scenario nobody proves: every file must be listed above.
+#[test]
+fn every_scenario_file_is_a_test() {
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(scenarios_dir()).expect("scenarios dir") {
+        let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
+        if name.ends_with(".toml") && !LISTED.contains(&name.as_str()) {
+            missing.push(name);
+        }
+    }
+    assert!(missing.is_empty(), "scenario files without a test in harness/tests/scenarios.rs: {missing:?}");
+}

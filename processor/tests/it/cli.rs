@@ -1,0 +1,54 @@
+//! The processor binary's start-up errors: bad arguments, contracts and crash points stop with exit code 2 and a
+//! message naming the problem, before touching any database.
+
+use std::process::Command;
+
+fn processor() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_processor"))
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = processor().current_dir(dir.path()).args(args).envs(env.iter().copied()).output().expect("spawn");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn bad_instance_arguments_exit_2() {
+    let (code, err) = run(&["run", "--mode", "partitioned", "--instance-id", "3", "--instance-count", "3"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--instance-id 3 is out of range for --instance-count 3"), "{err}");
+    let (code, err) = run(&["run", "--batch-size", "0"], &[]);
+    assert_eq!(code, 2, "{err}");
+    let (code, err) = run(&["run", "--mode", "sideways"], &[]);
+    assert_eq!(code, 2, "{err}");
+    let (code, err) = run(&["run", "--db", "mysql://x"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unrecognised database url"), "{err}");
+}
+
+#[test]
+fn a_bad_contract_names_the_entry() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut v: serde_json::Value = serde_json::from_str(fixtures::CONTRACT_JSON).expect("json");
+    v["mappings"][4]["mapping_type"] = "rot13".into();
+    let path = dir.path().join("bad.json");
+    std::fs::write(&path, v.to_string()).expect("write");
+    let (code, err) = run(&["init", "--contract", path.to_str().expect("utf8")], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("mappings[4]") && err.contains("unsupported mapping_type 'rot13'"), "{err}");
+}
+
+#[test]
+fn an_unknown_crash_point_is_a_start_up_error() {
+    let (code, err) = run(&["run"], &[("PROCESSOR_CRASH_AT", "after_data")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown crash point 'after_data'"), "{err}");
+}
+
+#[test]
+fn passwords_are_never_printed() {
+    let (code, err) = run(&["status", "--db", "postgres://bob:hunter2@127.0.0.1:1/db?connect_timeout=1"], &[]);
+    assert_ne!(code, 0);
+    assert!(!err.contains("hunter2"), "{err}");
+}
