@@ -106,6 +106,18 @@ pub struct LogRow {
 /// A lease value meaning "completed": never expires, never taken over.
 pub const LEASE_DONE: i64 = i64::MAX;
 
+/// When a lease taken at `now_ms` for `lease_ms` expires. Never reaches [`LEASE_DONE`], so a live lease can never
+/// be mistaken for a completed claim, whatever the clock says.
+pub fn lease_until(now_ms: i64, lease_ms: i64) -> i64 {
+    now_ms.saturating_add(lease_ms.max(0)).min(LEASE_DONE - 1)
+}
+
+/// Whether a claim whose lease ends at `expires_at_ms` may be taken over at `now_ms` (the rule every backend's SQL
+/// implements: `lease_expires_at <= now`). A completed claim never may.
+pub fn lease_expired(expires_at_ms: i64, now_ms: i64) -> bool {
+    expires_at_ms != LEASE_DONE && expires_at_ms <= now_ms
+}
+
 /// `processor status`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct StatusReport {
@@ -217,4 +229,46 @@ pub fn open(url: &DbUrl, contract: Contract) -> Result<Box<dyn Store>, OpenError
 /// Milliseconds since the Unix epoch (lease arithmetic; instances share one host clock or NTP-synced clocks).
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every app_id, negative ones included, lies in exactly one partition, as the SQL's
+        /// `mod(mod(id, n) + n, n) = i` also computes.
+        #[test]
+        fn each_app_is_in_exactly_one_partition(app_id in any::<i64>(), n in 1u32..64) {
+            let part = |i: u32| Selection { range: None, partition: Some((n, i)) };
+            let owners = (0..n).filter(|&i| part(i).contains(app_id)).count();
+            prop_assert_eq!(owners, 1);
+            let sql_mod = ((app_id % i64::from(n)) + i64::from(n)) % i64::from(n);
+            let owner = part(sql_mod as u32);
+            prop_assert!(owner.contains(app_id));
+        }
+
+        /// A fresh lease is live until its end and expired from then on; it never looks completed.
+        #[test]
+        fn lease_arithmetic(now in any::<i64>(), lease in 0i64..i64::MAX, dt in 0i64..1_000_000) {
+            let until = lease_until(now, lease);
+            prop_assert!(until < LEASE_DONE);
+            prop_assert!(until >= now.min(LEASE_DONE - 1));
+            if lease > 0 && now < until {
+                prop_assert!(!lease_expired(until, now));
+            }
+            prop_assert!(lease_expired(until, until.saturating_add(dt)));
+            prop_assert!(!lease_expired(LEASE_DONE, now.saturating_add(dt)));
+        }
+
+        /// Ranges and partitions compose: an id is selected only if both say so.
+        #[test]
+        fn selection_composes(app_id in -1000i64..1000, lo in -1000i64..1000, len in 0i64..500, n in 1u32..8, i in 0u32..8) {
+            let i = i % n;
+            let sel = Selection { range: Some((lo, lo + len)), partition: Some((n, i)) };
+            let want = app_id >= lo && app_id <= lo + len && app_id.rem_euclid(i64::from(n)) == i64::from(i);
+            prop_assert_eq!(sel.contains(app_id), want);
+        }
+    }
 }

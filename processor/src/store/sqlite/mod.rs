@@ -190,7 +190,7 @@ impl Store for SqliteStore {
             for (app_id, xml) in docs {
                 let fence: Option<i64> = up
                     .query_row(
-                        params![app_id, owner, now_ms.saturating_add(lease_ms), now_ms],
+                        params![app_id, owner, super::lease_until(now_ms, lease_ms), now_ms],
                         |r| r.get(0),
                     )
                     .optional()
