@@ -27,6 +27,11 @@ pub enum Command {
     Run(RunArgs),
     /// Check the invariants of any database, on its own.
     Check(CheckArgs),
+    /// Random fault schedules from one seed; every run is written as a scenario file and replayable, and a run
+    /// that violates an invariant is shrunk to a minimal scenario.
+    Explore(ExploreArgs),
+    /// Throughput of 1..N instances per coordination mode against the storage limit (JSON, Markdown, SVG).
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -98,6 +103,8 @@ pub fn main_with(args: Vec<std::ffi::OsString>) -> ExitCode {
     let code = match cli.command {
         Command::Run(a) => cmd_run(a),
         Command::Check(a) => cmd_check(a),
+        Command::Explore(a) => cmd_explore(a),
+        Command::Bench(a) => cmd_bench(a),
     };
     ExitCode::from(code)
 }
@@ -173,7 +180,13 @@ fn cmd_run(a: RunArgs) -> u8 {
     };
     let mut outcomes: Vec<ScenarioOutcome> = Vec::new();
     let mut env_error = false;
+    let mut skipped = 0;
     for plan in &plans {
+        if let Some(reason) = scenario::skip_reason(plan, backend) {
+            println!("SKIP     {:<34} {reason}", plan.name);
+            skipped += 1;
+            continue;
+        }
         eprintln!(
             "running  {} ({} apps, {} instance(s), {}, {} commit, {} fault(s))",
             plan.name,
@@ -208,7 +221,10 @@ fn cmd_run(a: RunArgs) -> u8 {
         .iter()
         .filter(|o| o.verdict == Verdict::Pass)
         .count();
-    println!("{passed} passed, {} failed", plans.len() - passed);
+    println!(
+        "{passed} passed, {} failed, {skipped} skipped",
+        plans.len() - passed - skipped
+    );
     if a.keep {
         eprintln!("databases kept: {}", launcher.describe());
     }
@@ -289,4 +305,174 @@ fn cmd_check(a: CheckArgs) -> u8 {
         }
     }
     u8::from(!report.violations.is_empty())
+}
+
+#[derive(Debug, Args)]
+pub struct ExploreArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Number of random schedules to run.
+    #[arg(long, default_value_t = 20)]
+    pub runs: u32,
+    /// Base seed; run i uses a seed derived from (seed, i). Default: drawn from the clock and printed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Commit mode of every explored run (`split` is the replaced system's unsafe order: expect violations).
+    #[arg(long, value_enum, default_value = "atomic")]
+    pub commit_mode: processor::engine::CommitMode,
+    /// Candidate runs allowed while shrinking one failure.
+    #[arg(long, default_value_t = 40)]
+    pub shrink_attempts: usize,
+    /// Print each fault as it fires.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+fn cmd_explore(a: ExploreArgs) -> u8 {
+    use crate::explore::{self, ExploreOptions};
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007)
+    });
+    let processor = match processor_cmd(&a.target) {
+        Ok(p) => p,
+        Err(c) => return c,
+    };
+    let backend = a.target.backend;
+    let mut launcher = match db::launch(backend, a.target.db_url.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: environment: {e}");
+            return 3;
+        }
+    };
+    eprintln!(
+        "harness explore: {} run(s) from seed {seed} on {} ({} commit)",
+        a.runs,
+        launcher.describe(),
+        a.commit_mode.as_str()
+    );
+    let opts = ExploreOptions {
+        runs: a.runs,
+        seed,
+        target: explore::Target {
+            backend,
+            can_restart: launcher.can_restart(),
+            commit_mode: a.commit_mode,
+        },
+        shrink_attempts: a.shrink_attempts,
+        run: RunOptions {
+            out_dir: a.target.out.clone(),
+            processor,
+            verbose: a.verbose,
+        },
+    };
+    let summary = match explore::explore(launcher.as_mut(), &opts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 3;
+        }
+    };
+    let fired: usize = summary.runs.iter().map(|r| r.faults_fired).sum();
+    let faults: usize = summary.runs.iter().map(|r| r.faults).sum();
+    println!(
+        "explore seed {seed}: {} run(s): {} passed, {} failed, {} invalid, {} liveness, {} error(s); faults fired {fired}/{faults}; {} shrunk",
+        summary.runs.len() + summary.errors.len(),
+        summary.count(Verdict::Pass),
+        summary.count(Verdict::Fail),
+        summary.count(Verdict::Invalid),
+        summary.count(Verdict::Liveness),
+        summary.errors.len(),
+        summary.shrunk.len()
+    );
+    for s in &summary.shrunk {
+        println!("  minimal failure of {}: {}", s.from, s.replay);
+    }
+    summary.exit_code()
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "sqlite")]
+    pub backend: Backend,
+    /// Use this server instead of starting one (each run still gets a fresh database).
+    #[arg(long)]
+    pub db_url: Option<String>,
+    /// Applications loaded for every run.
+    #[arg(long, default_value_t = 20_000)]
+    pub apps: usize,
+    /// Instance counts to measure, e.g. 1,2,3.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    pub instances: Vec<u32>,
+    /// Coordination modes to measure.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "uncoordinated,partitioned,queue"
+    )]
+    pub modes: Vec<processor::engine::Mode>,
+    /// Output directory for bench.json, bench.md and bench.svg.
+    #[arg(long, default_value = "target/harness/bench")]
+    pub out: PathBuf,
+    /// Fixture seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The processors' --batch-size.
+    #[arg(long, default_value_t = 200)]
+    pub batch_size: usize,
+    /// The processors' --workers (default: theirs, the number of cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// The processor to measure (default: this harness's built-in processor).
+    #[arg(long, env = "SHREDPROOF_PROCESSOR_BIN")]
+    pub processor_bin: Option<PathBuf>,
+    /// Also write the results into this Markdown file (e.g. BENCHMARKS.md), replacing this command's section.
+    #[arg(long)]
+    pub markdown_into: Option<PathBuf>,
+}
+
+fn cmd_bench(a: BenchArgs) -> u8 {
+    if a.apps == 0 || a.instances.is_empty() || a.instances.contains(&0) || a.modes.is_empty() {
+        eprintln!("error: --apps, --instances and --modes must be non-empty and positive");
+        return 2;
+    }
+    let processor = match &a.processor_bin {
+        Some(p) => ProcessorCmd::external(p.clone()),
+        None => match ProcessorCmd::current_exe() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: cannot locate the harness executable: {e}");
+                return 3;
+            }
+        },
+    };
+    let command = std::env::args()
+        .enumerate()
+        .map(|(i, s)| if i == 0 { "harness".to_owned() } else { s })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let cfg = crate::bench::BenchConfig {
+        backend: a.backend,
+        db_url: a.db_url,
+        apps: a.apps,
+        instances: a.instances,
+        modes: a.modes,
+        out: a.out,
+        seed: a.seed,
+        batch_size: a.batch_size,
+        workers: a.workers,
+        processor,
+        markdown_into: a.markdown_into,
+        command,
+    };
+    match crate::bench::run(&cfg) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            3
+        }
+    }
 }

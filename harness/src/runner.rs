@@ -4,6 +4,7 @@
 
 use crate::check::{self, CheckReport, Invariant, Violation};
 use crate::db::Launcher;
+use crate::proxy::{FaultProxy, ProxyStats};
 use crate::scenario::{Action, Expectation, Fault, Plan, Trigger};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -55,6 +56,8 @@ pub enum RunnerError {
     Setup(String),
     #[error("checker: {0}")]
     Check(#[from] check::CheckError),
+    #[error("fault proxy: {0}")]
+    Proxy(#[from] crate::proxy::ProxyError),
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +100,9 @@ pub struct PhaseOutcome {
     pub violations: Vec<Violation>,
     pub liveness_timeout: bool,
     pub events: usize,
+    /// What the fault proxy saw, when the processors went through it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyStats>,
 }
 
 impl PhaseOutcome {
@@ -136,6 +142,14 @@ pub fn run_plan(
     opts: &RunOptions,
 ) -> Result<ScenarioOutcome, RunnerError> {
     let start = Instant::now();
+    if plan.needs_restart() && !launcher.can_restart() {
+        return Err(RunnerError::Setup(format!(
+            "scenario {}: restart-db needs a database server the harness started itself (not SQLite, not --db-url); \
+             {} cannot be restarted",
+            plan.name,
+            launcher.describe()
+        )));
+    }
     let dir = opts.out_dir.join(&plan.name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
@@ -145,12 +159,12 @@ pub fn run_plan(
         let bdir = dir.join("baseline");
         std::fs::create_dir_all(&bdir)?;
         let url = launcher.fresh_database(&format!("{}_baseline", plan.name))?;
-        Some(run_phase(plan, &url, &[], &bdir, opts)?)
+        Some(run_phase(plan, &url, &[], &bdir, opts, launcher)?)
     } else {
         None
     };
     let url = launcher.fresh_database(&plan.name)?;
-    let main = run_phase(plan, &url, &plan.faults, &dir, opts)?;
+    let main = run_phase(plan, &url, &plan.faults, &dir, opts, launcher)?;
     let (verdict, reason) = verdict(plan, baseline.as_ref(), &main);
     Ok(ScenarioOutcome {
         plan: plan.clone(),
@@ -240,11 +254,25 @@ fn run_phase(
     faults: &[Fault],
     dir: &Path,
     opts: &RunOptions,
+    launcher: &mut dyn Launcher,
 ) -> Result<PhaseOutcome, RunnerError> {
     load_fixtures(plan, url, dir, opts)?;
+    // Connection faults need the proxy in the path; the baseline of such a plan goes through it too (as a control).
+    // Fixtures and the checker talk to the server directly.
+    let proxy = if plan.needs_proxy() {
+        let (upstream, _) =
+            crate::proxy::route_url(url, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        Some(FaultProxy::start(&upstream)?)
+    } else {
+        None
+    };
+    let proc_url = match &proxy {
+        Some(p) => crate::proxy::route_url(url, p.addr())?.1,
+        None => url.to_owned(),
+    };
     let mut ph = Phase {
         plan,
-        url,
+        url: &proc_url,
         dir,
         opts,
         t0: Instant::now(),
@@ -287,6 +315,11 @@ fn run_phase(
     let mut last_fault = Instant::now();
     let mut liveness_timeout = false;
     let poll = Duration::from_millis(5);
+    // Global faults: a blackhole or latency window still open, an armed cut-reply waiting for its COMMIT (fault
+    // index and the proxy's cut count when armed), faults that could not be carried out.
+    let mut busy_until: Option<Instant> = None;
+    let mut cut_waiting: Option<(usize, usize)> = None;
+    let mut abandoned: BTreeSet<usize> = BTreeSet::new();
     loop {
         // 1. Events.
         for inst in insts.iter_mut() {
@@ -296,7 +329,16 @@ fn run_phase(
                 }
                 if ev.event == EventKind::CrashPoint {
                     // Crash-point faults fire inside the process; the event is the proof.
+                    let mut park_ms = None;
                     for &fi in &pending {
+                        if let Action::CrashPoint {
+                            pause_ms: Some(ms), ..
+                        } = faults[fi].action
+                        {
+                            if faults[fi].instance == inst.id {
+                                park_ms = Some(ms);
+                            }
+                        }
                         if faults[fi].instance == inst.id
                             && matches!(faults[fi].action, Action::CrashPoint { .. })
                         {
@@ -309,17 +351,116 @@ fn run_phase(
                             );
                         }
                     }
-                    inst.expecting = Some(Action::Kill);
+                    match park_ms {
+                        // The process stopped itself at the point; resume it when the pause is over.
+                        Some(ms) => {
+                            inst.paused_until = Some(Instant::now() + Duration::from_millis(ms))
+                        }
+                        None => inst.expecting = Some(Action::Kill),
+                    }
                 }
                 ph.all_events.push(ev);
             }
         }
-        pending.retain(|&fi| !records[fi].fired);
+        if let (Some((fi, base)), Some(p)) = (cut_waiting, proxy.as_ref()) {
+            let cuts = p.cuts();
+            if cuts.len() > base {
+                records[fi].fired = true;
+                records[fi].note = format!(
+                    "{}; the server answered {} to the COMMIT, the client saw a reset",
+                    records[fi].note, cuts[base].server_said
+                );
+                cut_waiting = None;
+                last_fault = Instant::now();
+            }
+        }
+        if busy_until.is_some_and(|t| Instant::now() >= t) {
+            busy_until = None;
+            last_fault = Instant::now();
+        }
+        pending.retain(|&fi| !records[fi].fired && !abandoned.contains(&fi));
         // 2. Due faults.
         let now_ms = ph.t0.elapsed().as_millis() as u64;
         let mut fired_now = Vec::new();
+        let total_commits: u64 = insts.iter().map(|i| i.commits).sum();
+        let any_running = insts.iter().any(|i| i.child.is_some());
         for &fi in &pending {
             let f = faults[fi];
+            if f.action.is_global() {
+                let due = match f.trigger {
+                    Trigger::CrashEnv => false,
+                    Trigger::AtMs(ms) => now_ms >= ms,
+                    Trigger::AfterCommits(n) => total_commits >= n,
+                };
+                if !due || !any_running || cut_waiting.is_some_and(|(w, _)| w == fi) {
+                    continue;
+                }
+                let rec = &mut records[fi];
+                let after = format!("after {total_commits} commits");
+                match (f.action, proxy.as_ref()) {
+                    (Action::RestartDb, _) => {
+                        let t = Instant::now();
+                        match launcher.restart() {
+                            Ok(()) => {
+                                rec.fired = true;
+                                rec.note = format!(
+                                    "postmaster SIGKILLed {after}, back up in {} ms",
+                                    t.elapsed().as_millis()
+                                );
+                            }
+                            Err(e) => {
+                                rec.note = format!("restart failed: {e}");
+                                abandoned.insert(fi);
+                            }
+                        }
+                    }
+                    (Action::DropConnections, Some(p)) => {
+                        // With no connection open there is nothing to drop yet: try again on the next poll.
+                        let n = p.reset_all();
+                        if n == 0 {
+                            continue;
+                        }
+                        rec.fired = true;
+                        rec.note = format!("reset {n} connection(s) {after}");
+                    }
+                    (Action::Blackhole { duration_ms }, Some(p)) => {
+                        let d = Duration::from_millis(duration_ms);
+                        p.blackhole(d);
+                        rec.fired = true;
+                        rec.note =
+                            format!("blackholed {} connection(s) {after}", p.open_connections());
+                        busy_until = busy_until.max(Some(Instant::now() + d));
+                    }
+                    (Action::Latency { ms, duration_ms }, Some(p)) => {
+                        let d = Duration::from_millis(duration_ms);
+                        p.latency(Duration::from_millis(ms), d);
+                        rec.fired = true;
+                        rec.note =
+                            format!("latency on {} connection(s) {after}", p.open_connections());
+                        busy_until = busy_until.max(Some(Instant::now() + d));
+                    }
+                    (Action::CutReply, Some(p)) => {
+                        // One armed cut at a time, so each cut proves exactly one fault.
+                        if cut_waiting.is_some() {
+                            continue;
+                        }
+                        p.arm_cut_reply();
+                        cut_waiting = Some((fi, p.cuts().len()));
+                        rec.note = format!("armed {after}");
+                    }
+                    _ => {
+                        rec.note = "no fault proxy in the path".into();
+                        abandoned.insert(fi);
+                        continue;
+                    }
+                }
+                rec.at_ms = Some(now_ms);
+                last_fault = Instant::now();
+                if ph.opts.verbose {
+                    eprintln!("  [{:>6}ms] {}", now_ms, f.describe());
+                }
+                continue;
+            }
             let inst = &mut insts[f.instance as usize];
             let due = match f.trigger {
                 Trigger::CrashEnv => false,
@@ -336,7 +477,7 @@ fn run_phase(
                 Action::Kill => Signal::SIGKILL,
                 Action::Pause { .. } => Signal::SIGSTOP,
                 Action::Stop => Signal::SIGTERM,
-                Action::CrashPoint { .. } => continue,
+                _ => continue,
             };
             if killpg(pid, sig).is_ok() {
                 records[fi].fired = !matches!(f.action, Action::Stop); // a stop counts once the drain exits 0
@@ -449,6 +590,8 @@ fn run_phase(
         ph.all_events.extend(read_new_events(inst)?);
     }
     ph.stats.wall_secs = ph.t0.elapsed().as_secs_f64();
+    let proxy_stats = proxy.as_ref().map(FaultProxy::stats);
+    drop(proxy);
     let mut violations = Vec::new();
     // Runner-level invariants.
     for (r, f) in records.iter().zip(faults) {
@@ -535,6 +678,7 @@ fn run_phase(
         violations,
         liveness_timeout,
         events: ph.all_events.len(),
+        proxy: proxy_stats,
     })
 }
 
@@ -601,12 +745,21 @@ impl Phase<'_> {
         // Own process group: faults signal the whole group, and the harness's terminal signals do not.
         .process_group(0);
         if let Some(Fault {
-            action: Action::CrashPoint { point, nth },
+            action:
+                Action::CrashPoint {
+                    point,
+                    nth,
+                    pause_ms,
+                },
             ..
         }) = crash
         {
             if inst.crash_armed {
-                cmd.env(processor::crash::CRASH_ENV, format!("{point}:{nth}"));
+                let action = if pause_ms.is_some() { ":pause" } else { "" };
+                cmd.env(
+                    processor::crash::CRASH_ENV,
+                    format!("{point}:{nth}{action}"),
+                );
                 inst.crash_armed = false;
             }
         }

@@ -46,6 +46,10 @@ pub struct Scenario {
     pub baseline: bool,
     #[serde(default)]
     pub expect: ExpectSpec,
+    /// Backends this scenario applies to (empty: every backend). `harness run` on another backend skips it with
+    /// the reason printed. Connection faults and `restart-db` need a server: such scenarios must name `postgres`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<crate::db::Backend>,
 }
 
 fn yes() -> bool {
@@ -58,7 +62,7 @@ pub struct FixtureSpec {
     #[serde(default = "default_apps")]
     pub apps: u64,
     /// Fixture seed; defaults to the run seed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     #[serde(default = "default_malformed")]
     pub malformed_fraction: f64,
@@ -138,19 +142,22 @@ impl Default for RunSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum FaultSpec {
-    /// Arm `PROCESSOR_CRASH_AT=<point>:<nth>` on the instance's first start.
+    /// Arm `PROCESSOR_CRASH_AT=<point>:<nth>` on the instance's first start. With `pause_ms` the process parks
+    /// itself (SIGSTOP) exactly at the point instead of dying, and the harness resumes it after `pause_ms`.
     CrashPoint {
         instance: u32,
         point: String,
         #[serde(default = "one_u64")]
         nth: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pause_ms: Option<u64>,
     },
     /// SIGKILL the instance's process group at a time or after N committed transactions.
     Kill {
         instance: u32,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         at_ms: Option<u64>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         after_commits: Option<u64>,
     },
     /// `count` SIGKILLs of random instances, each after a random number (1..=`within_commits`) of that instance's
@@ -160,19 +167,89 @@ pub enum FaultSpec {
     Pause {
         instance: u32,
         duration_ms: u64,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         at_ms: Option<u64>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         after_commits: Option<u64>,
     },
     /// SIGTERM (scenario C): the instance must drain and exit 0; it is then restarted.
     Stop {
         instance: u32,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         at_ms: Option<u64>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         after_commits: Option<u64>,
     },
+    /// Reset every processor connection at the fault proxy. Instance-agnostic: `after_commits` counts the commits
+    /// of all instances together.
+    DropConnections {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_commits: Option<u64>,
+    },
+    /// The proxy forwards nothing (and connects nothing new) for `duration_ms`.
+    Blackhole {
+        duration_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_commits: Option<u64>,
+    },
+    /// The proxy delays every chunk by `ms` for `duration_ms`.
+    Latency {
+        ms: u64,
+        duration_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_commits: Option<u64>,
+    },
+    /// The next COMMIT reaches the server but its reply is dropped and the connection reset: the client cannot
+    /// know whether it committed. Fires when a COMMIT passes after the trigger.
+    CutReply {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_commits: Option<u64>,
+    },
+    /// SIGKILL the PostgreSQL postmaster and start it again on the same data directory and port.
+    RestartDb {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_commits: Option<u64>,
+    },
+}
+
+impl FaultSpec {
+    /// The kebab-case `kind` as written in files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FaultSpec::CrashPoint { .. } => "crash-point",
+            FaultSpec::Kill { .. } => "kill",
+            FaultSpec::RandomKill { .. } => "random-kill",
+            FaultSpec::Pause { .. } => "pause",
+            FaultSpec::Stop { .. } => "stop",
+            FaultSpec::DropConnections { .. } => "drop-connections",
+            FaultSpec::Blackhole { .. } => "blackhole",
+            FaultSpec::Latency { .. } => "latency",
+            FaultSpec::CutReply { .. } => "cut-reply",
+            FaultSpec::RestartDb { .. } => "restart-db",
+        }
+    }
+
+    /// Faults that act on the database connection or server rather than on one processor instance.
+    pub fn is_global(&self) -> bool {
+        matches!(
+            self,
+            FaultSpec::DropConnections { .. }
+                | FaultSpec::Blackhole { .. }
+                | FaultSpec::Latency { .. }
+                | FaultSpec::CutReply { .. }
+                | FaultSpec::RestartDb { .. }
+        )
+    }
 }
 
 fn one_u64() -> u64 {
@@ -223,10 +300,46 @@ pub enum Trigger {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
-    CrashPoint { point: &'static str, nth: u64 },
+    CrashPoint {
+        point: &'static str,
+        nth: u64,
+        pause_ms: Option<u64>,
+    },
     Kill,
-    Pause { duration_ms: u64 },
+    Pause {
+        duration_ms: u64,
+    },
     Stop,
+    DropConnections,
+    Blackhole {
+        duration_ms: u64,
+    },
+    Latency {
+        ms: u64,
+        duration_ms: u64,
+    },
+    CutReply,
+    RestartDb,
+}
+
+impl Action {
+    /// Acts on the connections (through the fault proxy) or the database server, not on one instance; its
+    /// `Fault::instance` is 0 and meaningless, and `AfterCommits` counts the commits of all instances.
+    pub fn is_global(self) -> bool {
+        matches!(
+            self,
+            Action::DropConnections
+                | Action::Blackhole { .. }
+                | Action::Latency { .. }
+                | Action::CutReply
+                | Action::RestartDb
+        )
+    }
+
+    /// Needs the fault proxy between the processors and the server.
+    pub fn needs_proxy(self) -> bool {
+        self.is_global() && self != Action::RestartDb
+    }
 }
 
 /// One concrete, scheduled fault.
@@ -240,16 +353,38 @@ pub struct Fault {
 impl Fault {
     pub fn describe(&self) -> String {
         let what = match self.action {
-            Action::CrashPoint { point, nth } => format!("crash-point {point}:{nth}"),
+            Action::CrashPoint {
+                point,
+                nth,
+                pause_ms: None,
+            } => format!("crash-point {point}:{nth}"),
+            Action::CrashPoint {
+                point,
+                nth,
+                pause_ms: Some(ms),
+            } => {
+                format!("crash-point {point}:{nth} (park {ms}ms)")
+            }
             Action::Kill => "kill".into(),
             Action::Pause { duration_ms } => format!("pause {duration_ms}ms"),
             Action::Stop => "stop".into(),
+            Action::DropConnections => "drop-connections".into(),
+            Action::Blackhole { duration_ms } => format!("blackhole {duration_ms}ms"),
+            Action::Latency { ms, duration_ms } => format!("latency {ms}ms for {duration_ms}ms"),
+            Action::CutReply => "cut-reply of a COMMIT".into(),
+            Action::RestartDb => "restart-db (kill -9 and restart)".into(),
         };
         let when = match self.trigger {
             Trigger::CrashEnv => String::new(),
             Trigger::AtMs(ms) => format!(" at {ms}ms"),
+            Trigger::AfterCommits(n) if self.action.is_global() => {
+                format!(" after {n} commits (all instances)")
+            }
             Trigger::AfterCommits(n) => format!(" after {n} commits"),
         };
+        if self.action.is_global() {
+            return format!("{what}{when}");
+        }
         format!("{what} on instance {}{when}", self.instance)
     }
 }
@@ -283,6 +418,20 @@ pub struct Plan {
     pub expectation: Expectation,
     pub expected_violations: Vec<crate::check::Invariant>,
     pub deadline_secs: u64,
+    /// Backends the scenario applies to (empty: all).
+    pub backends: Vec<crate::db::Backend>,
+}
+
+impl Plan {
+    /// The faults need the TCP fault proxy between processors and server.
+    pub fn needs_proxy(&self) -> bool {
+        self.faults.iter().any(|f| f.action.needs_proxy())
+    }
+
+    /// The faults restart the database server.
+    pub fn needs_restart(&self) -> bool {
+        self.faults.iter().any(|f| f.action == Action::RestartDb)
+    }
 }
 
 impl Scenario {
@@ -380,15 +529,22 @@ impl Scenario {
                     instance,
                     point,
                     nth,
+                    pause_ms,
                 } => {
+                    if *pause_ms == Some(0) {
+                        return Err(bad(format!("{what}: pause_ms must be positive")));
+                    }
                     check_inst(*instance)?;
                     let p: CrashPoint = point.parse().map_err(|e| bad(format!("{what}: {e}")))?;
                     if *nth == 0 {
                         return Err(bad(format!("{what}: nth must be at least 1")));
                     }
-                    if p == CrashPoint::AfterClaim && r.mode != Mode::Queue {
+                    if matches!(p, CrashPoint::AfterClaim | CrashPoint::AfterTakeover)
+                        && r.mode != Mode::Queue
+                    {
                         return Err(bad(format!(
-                            "{what}: after-claim only exists in queue mode"
+                            "{what}: {} only exists in queue mode",
+                            p.name()
                         )));
                     }
                     if faults.iter().any(|f: &Fault| {
@@ -401,6 +557,7 @@ impl Scenario {
                         action: Action::CrashPoint {
                             point: p.name(),
                             nth: *nth,
+                            pause_ms: *pause_ms,
                         },
                         trigger: Trigger::CrashEnv,
                     });
@@ -479,6 +636,76 @@ impl Scenario {
                         trigger: trig(*at_ms, *after_commits, &what)?,
                     });
                 }
+                FaultSpec::DropConnections {
+                    at_ms,
+                    after_commits,
+                }
+                | FaultSpec::CutReply {
+                    at_ms,
+                    after_commits,
+                }
+                | FaultSpec::RestartDb {
+                    at_ms,
+                    after_commits,
+                } => {
+                    let action = match fs {
+                        FaultSpec::DropConnections { .. } => Action::DropConnections,
+                        FaultSpec::CutReply { .. } => Action::CutReply,
+                        _ => Action::RestartDb,
+                    };
+                    faults.push(Fault {
+                        instance: 0,
+                        action,
+                        trigger: trig(*at_ms, *after_commits, &what)?,
+                    });
+                }
+                FaultSpec::Blackhole {
+                    duration_ms,
+                    at_ms,
+                    after_commits,
+                } => {
+                    if *duration_ms == 0 {
+                        return Err(bad(format!("{what}: duration_ms must be positive")));
+                    }
+                    faults.push(Fault {
+                        instance: 0,
+                        action: Action::Blackhole {
+                            duration_ms: *duration_ms,
+                        },
+                        trigger: trig(*at_ms, *after_commits, &what)?,
+                    });
+                }
+                FaultSpec::Latency {
+                    ms,
+                    duration_ms,
+                    at_ms,
+                    after_commits,
+                } => {
+                    if *duration_ms == 0 || *ms == 0 {
+                        return Err(bad(format!("{what}: ms and duration_ms must be positive")));
+                    }
+                    faults.push(Fault {
+                        instance: 0,
+                        action: Action::Latency {
+                            ms: *ms,
+                            duration_ms: *duration_ms,
+                        },
+                        trigger: trig(*at_ms, *after_commits, &what)?,
+                    });
+                }
+            }
+            if fs.is_global()
+                && (self.backends.is_empty()
+                    || self
+                        .backends
+                        .iter()
+                        .any(|b| *b != crate::db::Backend::Postgres))
+            {
+                return Err(bad(format!(
+                    "{what}: {} needs a PostgreSQL server (the fault proxy speaks to it, restart-db restarts it); \
+                     declare backends = [\"postgres\"] so other backends skip this scenario",
+                    fs.kind()
+                )));
             }
         }
         let expectation = match self.expect.result.as_str() {
@@ -533,8 +760,27 @@ impl Scenario {
             expectation,
             expected_violations,
             deadline_secs: self.expect.deadline_secs,
+            backends: self.backends.clone(),
         })
     }
+}
+
+/// Why `plan` cannot run on `backend` (printed, and the scenario skipped), or `None` when it can.
+pub fn skip_reason(plan: &Plan, backend: crate::db::Backend) -> Option<String> {
+    if plan.backends.is_empty() || plan.backends.contains(&backend) {
+        return None;
+    }
+    let names: Vec<&str> = plan.backends.iter().map(|b| b.as_str()).collect();
+    let why = if plan.needs_proxy() || plan.needs_restart() {
+        " (its connection or server faults need a database server)"
+    } else {
+        ""
+    };
+    Some(format!(
+        "needs backend {}{why}; running on {}",
+        names.join(" or "),
+        backend.as_str()
+    ))
 }
 
 /// Scenario files named by the arguments: files as is, directories expanded to their `*.toml`, sorted.

@@ -12,24 +12,51 @@ fn scenarios_dir() -> PathBuf {
 
 fn processor() -> ProcessorCmd {
     // The harness binary of this very build, which runs its built-in processor (with crash points).
-    ProcessorCmd { program: PathBuf::from(env!("CARGO_BIN_EXE_harness")), prefix: vec!["processor".into()] }
+    ProcessorCmd {
+        program: PathBuf::from(env!("CARGO_BIN_EXE_harness")),
+        prefix: vec!["processor".into()],
+    }
 }
 
 fn run_on(file: &str, launcher: &mut dyn Launcher) {
     let path = scenarios_dir().join(file);
     let sc = Scenario::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
-    let plan = sc.plan(1, Some(path.clone())).unwrap_or_else(|e| panic!("{e}"));
+    let plan = sc
+        .plan(1, Some(path.clone()))
+        .unwrap_or_else(|e| panic!("{e}"));
     if let Some(reason) = harness::scenario::skip_reason(&plan, launcher.backend()) {
-        eprintln!("skipped {file} on {}: {reason}", launcher.backend().as_str());
+        eprintln!(
+            "skipped {file} on {}: {reason}",
+            launcher.backend().as_str()
+        );
         return;
     }
     let out = tempfile::tempdir().expect("temp dir");
-    let opts = RunOptions { out_dir: out.path().to_owned(), processor: processor(), verbose: true };
+    let opts = RunOptions {
+        out_dir: out.path().to_owned(),
+        processor: processor(),
+        verbose: true,
+    };
     let o = run_plan(&plan, launcher, &opts).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let details: Vec<String> = o.main.violations.iter().map(|v| format!("{}: {}", v.invariant, v.message)).collect();
-    assert_eq!(o.verdict, Verdict::Pass, "{file} on {}: {}\n{}", launcher.backend().as_str(), o.reason, details.join("\n"));
+    let details: Vec<String> = o
+        .main
+        .violations
+        .iter()
+        .map(|v| format!("{}: {}", v.invariant, v.message))
+        .collect();
+    assert_eq!(
+        o.verdict,
+        Verdict::Pass,
+        "{file} on {}: {}\n{}",
+        launcher.backend().as_str(),
+        o.reason,
+        details.join("\n")
+    );
     // A pass must rest on faults that really fired.
-    assert!(o.main.faults.iter().all(|f| f.fired), "{file}: unfired fault in a passing run");
+    assert!(
+        o.main.faults.iter().all(|f| f.fired),
+        "{file}: unfired fault in a passing run"
+    );
 }
 
 fn sqlite(file: &str) {
@@ -38,7 +65,9 @@ fn sqlite(file: &str) {
 }
 
 fn postgres(file: &str) {
-    let Some(cluster) = fixtures::pg::start_or_skip(file) else { return };
+    let Some(cluster) = fixtures::pg::start_or_skip(file) else {
+        return;
+    };
     let mut l = PgLauncher { cluster };
     run_on(file, &mut l);
 }
@@ -67,7 +96,14 @@ scenario_tests! {
     crash_c_queue => "crash-c-queue.toml",
     crash_c_uncoordinated => "crash-c-uncoordinated.toml",
     crash_points_queue => "crash-points-queue.toml",
+    fencing_takeover_queue => "fencing-takeover-queue.toml",
     pause_past_lease_queue => "pause-past-lease-queue.toml",
+    pg_blackhole_queue => "pg-blackhole-queue.toml",
+    pg_cut_reply => "pg-cut-reply.toml",
+    pg_cut_reply_queue => "pg-cut-reply-queue.toml",
+    pg_drop_connections => "pg-drop-connections.toml",
+    pg_latency_partitioned => "pg-latency-partitioned.toml",
+    pg_restart_db => "pg-restart-db.toml",
     random_kill_uncoordinated => "random-kill-uncoordinated.toml",
     split_crash_a => "split-crash-a.toml",
     split_three_instances => "split-three-instances.toml",
@@ -81,10 +117,17 @@ scenario_tests! {
 fn every_scenario_file_is_a_test() {
     let mut missing = Vec::new();
     for entry in std::fs::read_dir(scenarios_dir()).expect("scenarios dir") {
-        let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         if name.ends_with(".toml") && !LISTED.contains(&name.as_str()) {
             missing.push(name);
         }
     }
-    assert!(missing.is_empty(), "scenario files without a test in harness/tests/scenarios.rs: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "scenario files without a test in harness/tests/scenarios.rs: {missing:?}"
+    );
 }

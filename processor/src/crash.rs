@@ -22,16 +22,19 @@ pub enum CrashPoint {
     AfterCommit,
     /// Queue mode: batch claimed, nothing processed.
     AfterClaim,
+    /// Queue mode: a claimed batch includes a takeover (an expired lease of another instance, fence > 1).
+    AfterTakeover,
 }
 
 impl CrashPoint {
-    pub const ALL: [CrashPoint; 6] = [
+    pub const ALL: [CrashPoint; 7] = [
         CrashPoint::BeforeWrite,
         CrashPoint::MidWrite,
         CrashPoint::AfterData,
         CrashPoint::BeforeCommit,
         CrashPoint::AfterCommit,
         CrashPoint::AfterClaim,
+        CrashPoint::AfterTakeover,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,6 +45,7 @@ impl CrashPoint {
             CrashPoint::BeforeCommit => "before-commit",
             CrashPoint::AfterCommit => "after-commit",
             CrashPoint::AfterClaim => "after-claim",
+            CrashPoint::AfterTakeover => "after-takeover",
         }
     }
 }
@@ -54,8 +58,10 @@ impl fmt::Display for CrashPoint {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CrashSpecError {
-    #[error("unknown crash point '{0}' (known: before-write, mid-write, after-data, before-commit, after-commit, after-claim)")]
+    #[error("unknown crash point '{0}' (known: before-write, mid-write, after-data, before-commit, after-commit, after-claim, after-takeover)")]
     UnknownPoint(String),
+    #[error("unknown crash point action '{0}' (known: kill, pause)")]
+    UnknownAction(String),
     #[error("crash point hit count '{0}' is not a whole number of at least 1")]
     BadNth(String),
     #[error(
@@ -74,38 +80,59 @@ impl FromStr for CrashPoint {
     }
 }
 
-/// A parsed `PROCESSOR_CRASH_AT` value: die on the `nth` hit of `point`.
+/// What happens when an armed crash point fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CrashAction {
+    /// SIGKILL itself: no cleanup, no rollback (the default).
+    #[default]
+    Kill,
+    /// SIGSTOP itself, parked at exactly this point until the harness sends SIGCONT (e.g. to hold a claim past its
+    /// lease deterministically).
+    Pause,
+}
+
+/// A parsed `PROCESSOR_CRASH_AT` value, `<point>[:<nth>[:kill|pause]]`: act on the `nth` hit of `point`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CrashSpec {
     pub point: CrashPoint,
     pub nth: u64,
+    pub action: CrashAction,
 }
 
 impl FromStr for CrashSpec {
     type Err = CrashSpecError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (name, nth) = match s.split_once(':') {
-            Some((n, k)) => {
-                let nth: u64 = k
-                    .parse()
-                    .map_err(|_| CrashSpecError::BadNth(k.to_owned()))?;
-                if nth == 0 {
-                    return Err(CrashSpecError::BadNth(k.to_owned()));
-                }
-                (n, nth)
-            }
-            None => (s, 1),
+        let mut parts = s.split(':');
+        let name = parts.next().unwrap_or_default();
+        let nth = match parts.next() {
+            Some(k) => match k.parse::<u64>() {
+                Ok(n) if n >= 1 => n,
+                _ => return Err(CrashSpecError::BadNth(k.to_owned())),
+            },
+            None => 1,
         };
+        let action = match parts.next() {
+            None | Some("kill") => CrashAction::Kill,
+            Some("pause") => CrashAction::Pause,
+            Some(other) => return Err(CrashSpecError::UnknownAction(other.to_owned())),
+        };
+        if let Some(extra) = parts.next() {
+            return Err(CrashSpecError::UnknownAction(extra.to_owned()));
+        }
         Ok(CrashSpec {
             point: name.parse()?,
             nth,
+            action,
         })
     }
 }
 
 impl fmt::Display for CrashSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.point, self.nth)
+        match self.action {
+            CrashAction::Kill => write!(f, "{}:{}", self.point, self.nth),
+            CrashAction::Pause => write!(f, "{}:{}:pause", self.point, self.nth),
+        }
     }
 }
 
@@ -152,6 +179,15 @@ impl Crasher {
     }
 }
 
+/// Stops the whole process (every thread, the lease heartbeat included) until SIGCONT.
+#[cfg(feature = "failpoints")]
+pub fn park() {
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+}
+
+#[cfg(not(feature = "failpoints"))]
+pub fn park() {}
+
 /// Dies at once without cleanup, exactly as `kill -9` would: no destructors, no rollback, no flush.
 #[cfg(feature = "failpoints")]
 pub fn die() -> ! {
@@ -175,9 +211,24 @@ mod tests {
             "after-data:3".parse::<CrashSpec>(),
             Ok(CrashSpec {
                 point: CrashPoint::AfterData,
-                nth: 3
+                nth: 3,
+                action: CrashAction::Kill
             })
         );
+        assert_eq!(
+            "after-takeover:1:pause"
+                .parse::<CrashSpec>()
+                .map(|s| s.action),
+            Ok(CrashAction::Pause)
+        );
+        assert!(matches!(
+            "after-claim:1:nap".parse::<CrashSpec>(),
+            Err(CrashSpecError::UnknownAction(_))
+        ));
+        assert!(matches!(
+            "after-claim:1:pause:x".parse::<CrashSpec>(),
+            Err(CrashSpecError::UnknownAction(_))
+        ));
         assert_eq!("mid-write".parse::<CrashSpec>().map(|s| s.nth), Ok(1));
         assert!(matches!(
             "after_data".parse::<CrashSpec>(),

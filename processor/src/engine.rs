@@ -132,13 +132,21 @@ impl Hooks for CrashHooks<'_> {
                 .event(EventKind::CrashPoint, self.instance_id, vec![]);
             e.point = Some(point.name().to_owned());
             e.nth = Some(nth);
+            let parks = self
+                .ctx
+                .crasher
+                .spec()
+                .is_some_and(|s| s.action == crash::CrashAction::Pause);
+            e.detail = serde_json::json!({ "action": if parks { "pause" } else { "kill" } });
             self.ctx.events.emit(&e);
-            tracing::warn!(
-                point = point.name(),
-                nth,
-                "crash point fired; dying without cleanup"
-            );
-            crash::die();
+            tracing::warn!(point = point.name(), nth, "crash point fired");
+            match self.ctx.crasher.spec().map(|s| s.action) {
+                Some(crash::CrashAction::Pause) => {
+                    // Parked exactly here (every thread stops); the harness sends SIGCONT, and the run goes on.
+                    crash::park();
+                }
+                _ => crash::die(),
+            }
         }
     }
 }
@@ -164,6 +172,12 @@ pub fn map_batch(contract: &Contract, docs: Vec<SourceDoc>, workers: usize) -> V
             .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     })
+}
+
+/// A fetched (or claimed) batch being parsed and mapped on its own threads while the previous one is written.
+struct InFlight<'s> {
+    ids: Vec<i64>,
+    handle: std::thread::ScopedJoinHandle<'s, Vec<AppWork>>,
 }
 
 /// The lease heartbeat: renews this session's open claims every third of the lease on its own connection.
@@ -280,128 +294,187 @@ pub fn run(
     }
     let mut last_progress = Instant::now();
     let mut idle_wait_ms = 50u64;
-    let reason = loop {
-        if ctx.shutdown.load(Ordering::SeqCst) {
-            break "drained";
-        }
-        if let Some(limit) = cfg.limit {
-            if summary.succeeded + summary.failed >= limit {
-                break "limit";
-            }
-        }
-        let want = match cfg.limit {
-            Some(l) => cfg
-                .batch_size
-                .min((l - (summary.succeeded + summary.failed)) as usize)
-                .max(1),
-            None => cfg.batch_size,
-        };
-        let docs = match cfg.mode {
-            Mode::Queue => with_retry(store, &cfg.retry, retry_log, |s| {
-                s.claim(&sel, ctx.session_id, now_ms(), lease_ms, want)
-            })?,
-            _ => with_retry(store, &cfg.retry, retry_log, |s| {
-                s.fetch_pending(&sel, cursor, want)
-            })?,
-        };
-        if docs.is_empty() {
-            match cfg.mode {
-                Mode::Queue => {
-                    // Others may still hold live leases on unfinished work: wait for them to finish or expire.
-                    let live = with_retry(store, &cfg.retry, retry_log, |s| {
-                        s.live_claims(&sel, now_ms())
-                    })?;
-                    if live == 0 {
-                        break "done";
+    // Mapping runs on its own threads, one batch ahead of the database: while batch k is written (and batch k+1
+    // fetched or claimed), batch k+1 is parsed and mapped. The write of each batch is unchanged (same steps, same
+    // crash points, fenced completion inside its transaction, events after its commit); only the fetch of the next
+    // batch moves before it. The contract is cloned so the mapping threads do not borrow the store.
+    let contract = store.contract().clone();
+    let contract = &contract;
+    let reason = std::thread::scope(|scope| -> Result<&'static str, RunError> {
+        let mut inflight: Option<InFlight<'_>> = None;
+        loop {
+            let queued = inflight.as_ref().map_or(0, |f| f.ids.len() as u64);
+            let done = summary.succeeded + summary.failed;
+            let stop = if ctx.shutdown.load(Ordering::SeqCst) {
+                Some("drained")
+            } else {
+                match cfg.limit {
+                    Some(limit) if done + queued >= limit => Some("limit"),
+                    _ => None,
+                }
+            };
+            let docs = if stop.is_some() {
+                Vec::new()
+            } else {
+                let want = match cfg.limit {
+                    Some(l) => cfg.batch_size.min((l - done - queued) as usize).max(1),
+                    None => cfg.batch_size,
+                };
+                match cfg.mode {
+                    Mode::Queue => with_retry(store, &cfg.retry, retry_log, |s| {
+                        s.claim(&sel, ctx.session_id, now_ms(), lease_ms, want)
+                    })?,
+                    _ => with_retry(store, &cfg.retry, retry_log, |s| {
+                        s.fetch_pending(&sel, cursor, want)
+                    })?,
+                }
+            };
+            if docs.is_empty() && inflight.is_none() {
+                if let Some(r) = stop {
+                    return Ok(r);
+                }
+                match cfg.mode {
+                    Mode::Queue => {
+                        // Others may still hold live leases on unfinished work: wait for them to finish or expire.
+                        let live = with_retry(store, &cfg.retry, retry_log, |s| {
+                            s.live_claims(&sel, now_ms())
+                        })?;
+                        if live == 0 {
+                            return Ok("done");
+                        }
+                        std::thread::sleep(Duration::from_millis(idle_wait_ms));
+                        idle_wait_ms = (idle_wait_ms * 2).min(500);
+                        continue;
                     }
-                    std::thread::sleep(Duration::from_millis(idle_wait_ms));
-                    idle_wait_ms = (idle_wait_ms * 2).min(500);
-                    continue;
+                    _ if !wrapped => {
+                        cursor = i64::MIN;
+                        wrapped = true;
+                        continue;
+                    }
+                    _ => return Ok("done"),
                 }
-                _ if !wrapped => {
-                    cursor = i64::MIN;
-                    wrapped = true;
-                    continue;
+            }
+            // An empty fetch with a batch still in flight falls through: that batch is written first, then the
+            // fetch is repeated at the same cursor (so a wrap-around never re-reads our own unwritten batch).
+            let next = if docs.is_empty() {
+                None
+            } else {
+                idle_wait_ms = 50;
+                if let Some(last) = docs.last() {
+                    cursor = last.app_id.saturating_add(1);
                 }
-                _ => break "done",
-            }
-        }
-        idle_wait_ms = 50;
-        if let Some(last) = docs.last() {
-            cursor = last.app_id.saturating_add(1);
-        }
-        if cfg.mode == Mode::Queue {
-            let mut e = ctx.event(
-                EventKind::Claimed,
-                iid,
-                docs.iter().map(|d| d.app_id).collect(),
-            );
-            e.fences = docs.iter().map(|d| d.fence.unwrap_or(0)).collect();
-            ctx.events.emit(&e);
-            if let Some(hb) = &heartbeat {
-                hb.set(docs.iter().map(|d| d.app_id).collect());
-            }
-            hooks.hit(CrashPoint::AfterClaim);
-        }
-        let work = map_batch(store.contract(), docs, cfg.workers);
-        let mut attempt_result = |s: &mut dyn Store| -> StoreResult<BatchResult> {
-            match cfg.commit_mode {
-                CommitMode::Atomic => match write::write_atomic(s, &work, &wctx) {
-                    Err(e) if e.is_retryable() && e.op == "commit" => {
-                        // The COMMIT's outcome is unknown: find out from the log instead of guessing.
-                        let _ = s.reconnect();
-                        let mine = write::resolve_ambiguous_commit(s, &work, ctx.session_id)?;
-                        if mine.is_empty() {
-                            Err(e)
-                        } else {
-                            Ok(result_from_committed(&work, &mine))
+                let ids: Vec<i64> = docs.iter().map(|d| d.app_id).collect();
+                if cfg.mode == Mode::Queue {
+                    let mut e = ctx.event(EventKind::Claimed, iid, ids.clone());
+                    e.fences = docs.iter().map(|d| d.fence.unwrap_or(0)).collect();
+                    ctx.events.emit(&e);
+                    if let Some(hb) = &heartbeat {
+                        let mut held = inflight.as_ref().map_or_else(Vec::new, |f| f.ids.clone());
+                        held.extend_from_slice(&ids);
+                        hb.set(held);
+                    }
+                    hooks.hit(CrashPoint::AfterClaim);
+                    if docs.iter().any(|d| d.fence.is_some_and(|f| f > 1)) {
+                        hooks.hit(CrashPoint::AfterTakeover);
+                    }
+                }
+                let workers = cfg.workers;
+                Some(InFlight {
+                    ids,
+                    handle: scope.spawn(move || map_batch(contract, docs, workers)),
+                })
+            };
+            let Some(prev) = std::mem::replace(&mut inflight, next) else {
+                continue;
+            };
+            let work = prev
+                .handle
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            // Set while a COMMIT of this batch has an outcome we could not read back yet (the reconnect or the read
+            // failed too): the next attempt asks the log before writing, so a commit that did land is reported as
+            // ours instead of being rewritten and mistaken for another instance's collision.
+            let mut unresolved = false;
+            let mut attempt_result = |s: &mut dyn Store| -> StoreResult<BatchResult> {
+                match cfg.commit_mode {
+                    CommitMode::Atomic => {
+                        if unresolved {
+                            let mine = write::resolve_ambiguous_commit(s, &work, ctx.session_id)?;
+                            unresolved = false;
+                            if !mine.is_empty() {
+                                tracing::warn!(
+                                    apps = mine.len(),
+                                    "commit outcome was unknown; the log shows it committed"
+                                );
+                                return Ok(result_from_committed(&work, &mine));
+                            }
+                        }
+                        match write::write_atomic(s, &work, &wctx) {
+                            Err(e) if e.is_retryable() && e.op == "commit" => {
+                                // The COMMIT's outcome is unknown: find out from the log instead of guessing.
+                                unresolved = true;
+                                let _ = s.reconnect();
+                                let mine =
+                                    write::resolve_ambiguous_commit(s, &work, ctx.session_id)?;
+                                unresolved = false;
+                                if mine.is_empty() {
+                                    tracing::warn!(error = %e, "commit outcome was unknown; the log shows it did not commit");
+                                    Err(e)
+                                } else {
+                                    tracing::warn!(
+                                        apps = mine.len(),
+                                        "commit outcome was unknown; the log shows it committed"
+                                    );
+                                    Ok(result_from_committed(&work, &mine))
+                                }
+                            }
+                            other => other,
                         }
                     }
-                    other => other,
+                    CommitMode::Split => write::write_split(s, &work, &wctx),
+                }
+            };
+            let result = with_retry(
+                store,
+                &cfg.retry,
+                |e, a, w| {
+                    retries += 1;
+                    retry_log(e, a, w)
                 },
-                CommitMode::Split => write::write_split(s, &work, &wctx),
+                &mut attempt_result,
+            )?;
+            if let Some(hb) = &heartbeat {
+                hb.set(inflight.as_ref().map_or_else(Vec::new, |f| f.ids.clone()));
             }
-        };
-        let result = with_retry(
-            store,
-            &cfg.retry,
-            |e, a, w| {
-                retries += 1;
-                retry_log(e, a, w)
-            },
-            &mut attempt_result,
-        )?;
-        if let Some(hb) = &heartbeat {
-            hb.set(Vec::new());
-        }
-        summary.batches += 1;
-        summary.slow_batches += u64::from(result.slow_path);
-        summary.succeeded += result.succeeded.len() as u64;
-        summary.failed += result.failed.len() as u64;
-        summary.collisions += result.collisions.len() as u64;
-        summary.lease_lost += result.lease_lost.len() as u64;
-        emit_batch(ctx, iid, &result, cfg.mode == Mode::Queue);
-        hooks.hit(CrashPoint::AfterCommit);
-        if last_progress.elapsed() >= Duration::from_secs(1) {
-            last_progress = Instant::now();
-            let done = summary.succeeded + summary.failed;
-            let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-9);
-            tracing::info!(
-                done,
-                succeeded = summary.succeeded,
-                failed = summary.failed,
-                collisions = summary.collisions,
-                rate = rate as u64,
-                "progress"
-            );
-            if cfg.progress {
-                eprint!(
-                    "\r{done} applications ({} ok, {} failed, {} collisions) {rate:.0}/s   ",
-                    summary.succeeded, summary.failed, summary.collisions
+            summary.batches += 1;
+            summary.slow_batches += u64::from(result.slow_path);
+            summary.succeeded += result.succeeded.len() as u64;
+            summary.failed += result.failed.len() as u64;
+            summary.collisions += result.collisions.len() as u64;
+            summary.lease_lost += result.lease_lost.len() as u64;
+            emit_batch(ctx, iid, &result, cfg.mode == Mode::Queue);
+            hooks.hit(CrashPoint::AfterCommit);
+            if last_progress.elapsed() >= Duration::from_secs(1) {
+                last_progress = Instant::now();
+                let done = summary.succeeded + summary.failed;
+                let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-9);
+                tracing::info!(
+                    done,
+                    succeeded = summary.succeeded,
+                    failed = summary.failed,
+                    collisions = summary.collisions,
+                    rate = rate as u64,
+                    "progress"
                 );
+                if cfg.progress {
+                    eprint!(
+                        "\r{done} applications ({} ok, {} failed, {} collisions) {rate:.0}/s   ",
+                        summary.succeeded, summary.failed, summary.collisions
+                    );
+                }
             }
         }
-    };
+    })?;
     if cfg.progress {
         eprintln!();
     }

@@ -18,7 +18,8 @@ pub trait Reader {
     fn query_text(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, CheckError>;
 }
 
-/// Opens `sqlite:PATH` read-only or connects to `postgres://…`.
+/// Opens `sqlite:PATH` read-only, or connects to `postgres://…`, `mssql://…` / `sqlserver://…` or an ADO.NET
+/// connection string (`Server=…;Database=…;User Id=…;Password=…`).
 pub fn open_reader(url: &str) -> Result<Box<dyn Reader>, CheckError> {
     if let Some(path) = url.strip_prefix("sqlite:") {
         let path = path.strip_prefix("//").unwrap_or(path);
@@ -27,10 +28,8 @@ pub fn open_reader(url: &str) -> Result<Box<dyn Reader>, CheckError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(Box::new(PgReader::connect(url)?));
     }
-    if url.starts_with("mssql://") || url.to_ascii_lowercase().contains("server=") {
-        return Err(CheckError::Unsupported(
-            "the checker cannot read sql server databases yet".into(),
-        ));
+    if mssql::is_mssql_url(url) {
+        return Ok(Box::new(MssqlReader::connect(url)?));
     }
     Err(CheckError::Unsupported(format!(
         "unknown database url scheme in '{}'",
@@ -141,8 +140,17 @@ impl Reader for PgReader {
 
 const PG_READ_ONLY: &str = "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY";
 
+pub use mssql::MssqlReader;
+
+mod mssql;
+
 // ---------------------------------------------------------------------------------------------------------------
-// SQL text. Identifiers come from the contract: validated, then double-quoted.
+// SQL text. Identifiers come from the contract: validated, then quoted per dialect (`"x"`, SQL Server `[x]`).
+//
+// SQL Server values are selected as they are, not CAST to text: `MssqlReader` renders each value from the type the
+// server sends with it (DECIMAL at its scale, DATE/DATETIME2 in ISO form, BIT as 0/1). A server-side
+// `CAST(… AS NVARCHAR)` would give canonical text for the types the processor creates, but a locale style
+// (`Jan  1 2024 12:00AM`) for a legacy DATETIME column of a replaced schema; the wire type is exact for both.
 
 /// `^[A-Za-z_][A-Za-z0-9_]{0,62}$`.
 pub fn valid_ident(s: &str) -> bool {
@@ -177,18 +185,36 @@ impl Sql {
         })
     }
 
+    /// A validated identifier, quoted for this dialect.
+    fn quote(&self, s: &str) -> Result<String, CheckError> {
+        let q = ident(s)?;
+        Ok(match self.dialect {
+            Dialect::Sqlite | Dialect::Postgres => q,
+            Dialect::Mssql => format!("[{s}]"),
+        })
+    }
+
+    /// A string literal holding a validated identifier (no quotes inside, so nothing to escape).
+    fn name_literal(&self, s: &str) -> Result<String, CheckError> {
+        ident(s)?;
+        Ok(match self.dialect {
+            Dialect::Sqlite | Dialect::Postgres => format!("'{s}'"),
+            Dialect::Mssql => format!("N'{s}'"),
+        })
+    }
+
     /// A table name, schema-qualified where the backend has schemas.
     pub fn table(&self, name: &str) -> Result<String, CheckError> {
-        let t = ident(name)?;
+        let t = self.quote(name)?;
         Ok(match self.dialect {
             Dialect::Sqlite => t,
-            Dialect::Postgres | Dialect::Mssql => format!("\"{}\".{t}", self.schema),
+            Dialect::Postgres | Dialect::Mssql => format!("{}.{t}", self.quote(&self.schema)?),
         })
     }
 
     /// A column read as canonical text.
     pub fn text(&self, col: &str) -> Result<String, CheckError> {
-        let c = ident(col)?;
+        let c = self.quote(col)?;
         Ok(self.cast(&c))
     }
 
@@ -196,7 +222,16 @@ impl Sql {
         match self.dialect {
             Dialect::Sqlite => format!("CAST({expr} AS TEXT)"),
             Dialect::Postgres => format!("{expr}::text"),
-            Dialect::Mssql => format!("CAST({expr} AS NVARCHAR(MAX))"),
+            // Typed on the wire, rendered canonically by `MssqlReader` (see the note above).
+            Dialect::Mssql => expr.to_owned(),
+        }
+    }
+
+    /// `COUNT(*)`; `COUNT_BIG(*)` on SQL Server, whose `COUNT` is a 32-bit INT.
+    fn count_all(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite | Dialect::Postgres => "COUNT(*)",
+            Dialect::Mssql => "COUNT_BIG(*)",
         }
     }
 
@@ -207,7 +242,7 @@ impl Sql {
             self.text("app_id")?,
             self.text(column)?,
             self.table(table)?,
-            ident("app_id")?
+            self.quote("app_id")?
         ))
     }
 
@@ -230,11 +265,12 @@ impl Sql {
 
     /// Applications with more than one log row, counted by content (no reliance on constraints).
     pub fn log_duplicates(&self) -> Result<String, CheckError> {
-        let id = ident("app_id")?;
+        let id = self.quote("app_id")?;
+        let n = self.count_all();
         Ok(format!(
-            "SELECT {}, {} FROM {} GROUP BY {id} HAVING COUNT(*) > 1",
+            "SELECT {}, {} FROM {} GROUP BY {id} HAVING {n} > 1",
             self.cast(&id),
-            self.cast("COUNT(*)"),
+            self.cast(n),
             self.table(LOG_TABLE)?
         ))
     }
@@ -256,13 +292,14 @@ impl Sql {
     pub fn key_duplicates(&self, table: &str, key: &[String]) -> Result<String, CheckError> {
         let raw = key
             .iter()
-            .map(|c| ident(c))
+            .map(|c| self.quote(c))
             .collect::<Result<Vec<_>, _>>()?;
         let cols: Vec<String> = raw.iter().map(|c| self.cast(c)).collect();
+        let n = self.count_all();
         Ok(format!(
-            "SELECT {}, {} FROM {} GROUP BY {} HAVING COUNT(*) > 1",
+            "SELECT {}, {} FROM {} GROUP BY {} HAVING {n} > 1",
             cols.join(", "),
-            self.cast("COUNT(*)"),
+            self.cast(n),
             self.table(table)?,
             raw.join(", ")
         ))
@@ -272,7 +309,7 @@ impl Sql {
     pub fn count(&self, table: &str) -> Result<String, CheckError> {
         Ok(format!(
             "SELECT {} FROM {}",
-            self.cast("COUNT(*)"),
+            self.cast(self.count_all()),
             self.table(table)?
         ))
     }
@@ -281,15 +318,15 @@ impl Sql {
     pub fn fenced_log_vs_claim(&self) -> Result<String, CheckError> {
         Ok(format!(
             "SELECT {}, {}, {}, {}, {} FROM {} l LEFT JOIN {} c ON c.{id} = l.{id} WHERE l.{fence} IS NOT NULL",
-            self.cast("l.\"app_id\""),
-            self.cast("l.\"session_id\""),
-            self.cast("l.\"fence\""),
-            self.cast("c.\"owner\""),
-            self.cast("c.\"fence\""),
+            self.cast(&format!("l.{}", self.quote("app_id")?)),
+            self.cast(&format!("l.{}", self.quote("session_id")?)),
+            self.cast(&format!("l.{}", self.quote("fence")?)),
+            self.cast(&format!("c.{}", self.quote("owner")?)),
+            self.cast(&format!("c.{}", self.quote("fence")?)),
             self.table(LOG_TABLE)?,
             self.table(CLAIM_TABLE)?,
-            id = ident("app_id")?,
-            fence = ident("fence")?,
+            id = self.quote("app_id")?,
+            fence = self.quote("fence")?,
         ))
     }
 
@@ -298,9 +335,15 @@ impl Sql {
         ident(table)?;
         Ok(match self.dialect {
             Dialect::Sqlite => format!("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '{table}'"),
-            Dialect::Postgres | Dialect::Mssql => format!(
+            Dialect::Postgres => format!(
                 "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = '{}' AND table_name = '{table}'",
                 self.schema
+            ),
+            // Upper-case view names: they resolve under a case-sensitive server collation too.
+            Dialect::Mssql => format!(
+                "SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
+                self.name_literal(&self.schema)?,
+                self.name_literal(table)?
             ),
         })
     }
@@ -311,10 +354,17 @@ impl Sql {
         ident(column)?;
         Ok(match self.dialect {
             Dialect::Sqlite => format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = '{column}'"),
-            Dialect::Postgres | Dialect::Mssql => format!(
+            Dialect::Postgres => format!(
                 "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = '{}' AND table_name = '{table}' \
                  AND column_name = '{column}'",
                 self.schema
+            ),
+            Dialect::Mssql => format!(
+                "SELECT COUNT(*) FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {} \
+                 AND COLUMN_NAME = {}",
+                self.name_literal(&self.schema)?,
+                self.name_literal(table)?,
+                self.name_literal(column)?
             ),
         })
     }
@@ -360,15 +410,112 @@ mod tests {
     }
 
     #[test]
-    fn mssql_is_unsupported_for_now() {
-        assert!(matches!(
-            open_reader("mssql://sa:pw@localhost/db"),
-            Err(CheckError::Unsupported(_))
-        ));
+    fn unknown_schemes_are_refused_without_the_password() {
         let msg = open_reader("mysql://u:secret@h/db")
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
+        assert!(msg.contains("unknown database url scheme"), "{msg}");
         assert!(!msg.contains("secret"), "{msg}");
+    }
+
+    #[test]
+    fn sql_server_urls_are_recognised_and_fail_cleanly_without_a_server() {
+        // Port 1 on loopback refuses at once: a Db error, no password in it, never Unsupported.
+        for url in [
+            "mssql://sa:TopSecret9@127.0.0.1:1/db?connect_timeout_secs=3",
+            "Server=tcp:127.0.0.1,1;Database=db;User Id=sa;Password=TopSecret9;Connect Timeout=3",
+        ] {
+            match open_reader(url) {
+                Ok(_) => panic!("connected to port 1"),
+                Err(CheckError::Db(m)) => {
+                    assert!(!m.contains("TopSecret9"), "{m}");
+                    assert!(m.contains("127.0.0.1"), "{m}");
+                }
+                Err(e) => panic!("expected a database error, got {e}"),
+            }
+        }
+    }
+
+    /// The exact T-SQL the checker sends to SQL Server: bracket quoting, schema-qualified names, N'' literals,
+    /// COUNT_BIG, and values selected bare (typed on the wire, rendered canonically by `MssqlReader`).
+    #[test]
+    fn mssql_statements() {
+        let ms = Sql::new(Dialect::Mssql, "shredproof").expect("schema ok");
+        assert_eq!(ms.table("app_base").expect("ok"), "[shredproof].[app_base]");
+        assert_eq!(ms.text("risk_band").expect("ok"), "[risk_band]");
+        assert!(ms.table("x]; DROP TABLE y; --").is_err());
+        assert!(Sql::new(Dialect::Mssql, "dbo]").is_err());
+        assert_eq!(
+            ms.source("app_xml", "xml").expect("ok"),
+            "SELECT [app_id], [xml] FROM [shredproof].[app_xml] ORDER BY [app_id]"
+        );
+        assert_eq!(
+            ms.log_rows(true).expect("ok"),
+            "SELECT [app_id], [status], [failure_reason], [session_id], [fence] FROM [shredproof].[processing_log]"
+        );
+        assert_eq!(
+            ms.log_rows(false).expect("ok"),
+            "SELECT [app_id], [status], [failure_reason], [session_id], NULL FROM [shredproof].[processing_log]"
+        );
+        assert_eq!(
+            ms.log_duplicates().expect("ok"),
+            "SELECT [app_id], COUNT_BIG(*) FROM [shredproof].[processing_log] GROUP BY [app_id] HAVING COUNT_BIG(*) > 1"
+        );
+        let cols = vec![
+            "con_id".to_owned(),
+            "birth_date".to_owned(),
+            "income".to_owned(),
+        ];
+        assert_eq!(
+            ms.all_rows("app_contact_base", &cols).expect("ok"),
+            "SELECT [con_id], [birth_date], [income] FROM [shredproof].[app_contact_base]"
+        );
+        assert_eq!(
+            ms.key_duplicates("app_contact_address", &["con_id".to_owned(), "address_tp_c".to_owned()])
+                .expect("ok"),
+            "SELECT [con_id], [address_tp_c], COUNT_BIG(*) FROM [shredproof].[app_contact_address] \
+             GROUP BY [con_id], [address_tp_c] HAVING COUNT_BIG(*) > 1"
+        );
+        assert_eq!(
+            ms.count("app_base").expect("ok"),
+            "SELECT COUNT_BIG(*) FROM [shredproof].[app_base]"
+        );
+        assert_eq!(
+            ms.fenced_log_vs_claim().expect("ok"),
+            "SELECT l.[app_id], l.[session_id], l.[fence], c.[owner], c.[fence] FROM [shredproof].[processing_log] l \
+             LEFT JOIN [shredproof].[processing_claim] c ON c.[app_id] = l.[app_id] WHERE l.[fence] IS NOT NULL"
+        );
+        assert_eq!(
+            ms.table_exists("processing_claim").expect("ok"),
+            "SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = N'shredproof' \
+             AND TABLE_NAME = N'processing_claim'"
+        );
+        assert_eq!(
+            ms.column_exists("processing_log", "fence").expect("ok"),
+            "SELECT COUNT(*) FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = N'shredproof' \
+             AND TABLE_NAME = N'processing_log' AND COLUMN_NAME = N'fence'"
+        );
+        assert!(ms.column_exists("processing_log", "fence'--").is_err());
+        // No ANSI double quotes anywhere in T-SQL: they depend on QUOTED_IDENTIFIER.
+        for q in [
+            ms.source("app_xml", "xml").expect("ok"),
+            ms.fenced_log_vs_claim().expect("ok"),
+            ms.key_duplicates("t", &["a".to_owned()]).expect("ok"),
+        ] {
+            assert!(!q.contains('"'), "{q}");
+        }
+        // The other dialects are unchanged.
+        let pg = Sql::new(Dialect::Postgres, "shredproof").expect("schema ok");
+        assert_eq!(
+            pg.fenced_log_vs_claim().expect("ok"),
+            "SELECT l.\"app_id\"::text, l.\"session_id\"::text, l.\"fence\"::text, c.\"owner\"::text, \
+             c.\"fence\"::text FROM \"shredproof\".\"processing_log\" l LEFT JOIN \"shredproof\".\"processing_claim\" c \
+             ON c.\"app_id\" = l.\"app_id\" WHERE l.\"fence\" IS NOT NULL"
+        );
+        assert_eq!(
+            pg.count("app_base").expect("ok"),
+            "SELECT COUNT(*)::text FROM \"shredproof\".\"app_base\""
+        );
     }
 }

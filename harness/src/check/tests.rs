@@ -533,17 +533,6 @@ fn reads_a_database_without_claims_or_fence_column() {
     let _ = Path::new(&db.path);
 }
 
-/// `cargo test -p harness --lib check::tests::timing -- --ignored --nocapture`: how long a 5,000-document check takes.
-#[test]
-#[ignore = "timing only"]
-fn timing_5000_documents() {
-    let db = baseline(5000, true);
-    let start = std::time::Instant::now();
-    let report = db.check(&[]);
-    eprintln!("checked 5000 documents in {:?}", start.elapsed());
-    assert!(report.violations.is_empty(), "{:#?}", report.violations);
-}
-
 fn pg_type(data_type: &str) -> String {
     let t = data_type.to_ascii_lowercase();
     match t.as_str() {

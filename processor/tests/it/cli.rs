@@ -9,15 +9,37 @@ fn processor() -> Command {
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = processor().current_dir(dir.path()).args(args).envs(env.iter().copied()).output().expect("spawn");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = processor()
+        .current_dir(dir.path())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("spawn");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn bad_instance_arguments_exit_2() {
-    let (code, err) = run(&["run", "--mode", "partitioned", "--instance-id", "3", "--instance-count", "3"], &[]);
+    let (code, err) = run(
+        &[
+            "run",
+            "--mode",
+            "partitioned",
+            "--instance-id",
+            "3",
+            "--instance-count",
+            "3",
+        ],
+        &[],
+    );
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--instance-id 3 is out of range for --instance-count 3"), "{err}");
+    assert!(
+        err.contains("--instance-id 3 is out of range for --instance-count 3"),
+        "{err}"
+    );
     let (code, err) = run(&["run", "--batch-size", "0"], &[]);
     assert_eq!(code, 2, "{err}");
     let (code, err) = run(&["run", "--mode", "sideways"], &[]);
@@ -36,7 +58,10 @@ fn a_bad_contract_names_the_entry() {
     std::fs::write(&path, v.to_string()).expect("write");
     let (code, err) = run(&["init", "--contract", path.to_str().expect("utf8")], &[]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("mappings[4]") && err.contains("unsupported mapping_type 'rot13'"), "{err}");
+    assert!(
+        err.contains("mappings[4]") && err.contains("unsupported mapping_type 'rot13'"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -48,7 +73,14 @@ fn an_unknown_crash_point_is_a_start_up_error() {
 
 #[test]
 fn passwords_are_never_printed() {
-    let (code, err) = run(&["status", "--db", "postgres://bob:hunter2@127.0.0.1:1/db?connect_timeout=1"], &[]);
+    let (code, err) = run(
+        &[
+            "status",
+            "--db",
+            "postgres://bob:hunter2@127.0.0.1:1/db?connect_timeout=1",
+        ],
+        &[],
+    );
     assert_ne!(code, 0);
     assert!(!err.contains("hunter2"), "{err}");
 }

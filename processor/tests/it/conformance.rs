@@ -11,16 +11,35 @@ fn contract() -> Contract {
 }
 
 fn docs(n: usize, seed: u64) -> Vec<(i64, String)> {
-    let cfg = fixtures::GenConfig { count: n, seed, malformed_fraction: 0.1, ..Default::default() };
-    fixtures::generate(&cfg).into_iter().map(|d| (d.app_id, d.xml)).collect()
+    let cfg = fixtures::GenConfig {
+        count: n,
+        seed,
+        malformed_fraction: 0.1,
+        ..Default::default()
+    };
+    fixtures::generate(&cfg)
+        .into_iter()
+        .map(|d| (d.app_id, d.xml))
+        .collect()
 }
 
 fn work(c: &Contract, docs: &[(i64, String)], fence: Option<i64>) -> Vec<AppWork> {
-    docs.iter().map(|(id, xml)| AppWork { app_id: *id, fence, outcome: map_document(c, *id, xml) }).collect()
+    docs.iter()
+        .map(|(id, xml)| AppWork {
+            app_id: *id,
+            fence,
+            outcome: map_document(c, *id, xml),
+        })
+        .collect()
 }
 
 fn ctx<'a>(session: &'a str, fenced: bool) -> WriteCtx<'a> {
-    WriteCtx { session_id: session, instance_id: 0, fenced, hooks: &NoHooks }
+    WriteCtx {
+        session_id: session,
+        instance_id: 0,
+        fenced,
+        hooks: &NoHooks,
+    }
 }
 
 /// Runs `test` against each available backend, each with its own fresh database.
@@ -30,7 +49,8 @@ fn each_backend(name: &str, test: impl Fn(&mut dyn FnMut() -> Box<dyn Store>)) {
     let url = DbUrl::Sqlite(path);
     test(&mut || store::open(&url, contract()).expect("open sqlite"));
     if let Some(cluster) = fixtures::pg::start_or_skip(name) {
-        let url = DbUrl::parse(&cluster.create_database("conformance").expect("create db")).expect("url");
+        let url =
+            DbUrl::parse(&cluster.create_database("conformance").expect("create db")).expect("url");
         test(&mut || store::open(&url, contract()).expect("open postgres"));
     }
 }
@@ -43,7 +63,12 @@ fn init_is_idempotent_and_load_skips_existing() {
         s.init_schema().expect("init twice");
         let d = docs(50, 1);
         assert_eq!(s.load_source(&d).expect("load"), 50);
-        assert_eq!(s.load_source(&d[..10]).expect("reload"), 0, "{}", s.backend());
+        assert_eq!(
+            s.load_source(&d[..10]).expect("reload"),
+            0,
+            "{}",
+            s.backend()
+        );
         let st = s.status(store::now_ms()).expect("status");
         assert_eq!((st.total, st.pending, st.success), (50, 50, 0));
     });
@@ -51,45 +76,75 @@ fn init_is_idempotent_and_load_skips_existing() {
 
 #[test]
 fn fetch_pending_respects_cursor_range_and_partition() {
-    each_backend("fetch_pending_respects_cursor_range_and_partition", |open| {
-        let mut s = open();
-        s.init_schema().expect("init");
-        s.load_source(&docs(30, 2)).expect("load");
-        let all = s.fetch_pending(&Selection::default(), i64::MIN, 100).expect("fetch");
-        let ids: Vec<i64> = all.iter().map(|d| d.app_id).collect();
-        assert_eq!(ids, (1..=30).collect::<Vec<_>>(), "{}", s.backend());
-        let from = s.fetch_pending(&Selection::default(), 25, 3).expect("fetch");
-        assert_eq!(from.iter().map(|d| d.app_id).collect::<Vec<_>>(), vec![25, 26, 27]);
-        let part = Selection { range: Some((5, 20)), partition: Some((3, 1)) };
-        let got: Vec<i64> = s.fetch_pending(&part, i64::MIN, 100).expect("fetch").iter().map(|d| d.app_id).collect();
-        assert_eq!(got, vec![7, 10, 13, 16, 19]);
-        assert_eq!(s.pending_count(&part).expect("count"), 5);
-        assert_eq!(s.pending_at(&part, 2).expect("at"), Some(13));
-        assert_eq!(s.pending_at(&part, 5).expect("at"), None);
-    });
+    each_backend(
+        "fetch_pending_respects_cursor_range_and_partition",
+        |open| {
+            let mut s = open();
+            s.init_schema().expect("init");
+            s.load_source(&docs(30, 2)).expect("load");
+            let all = s
+                .fetch_pending(&Selection::default(), i64::MIN, 100)
+                .expect("fetch");
+            let ids: Vec<i64> = all.iter().map(|d| d.app_id).collect();
+            assert_eq!(ids, (1..=30).collect::<Vec<_>>(), "{}", s.backend());
+            let from = s
+                .fetch_pending(&Selection::default(), 25, 3)
+                .expect("fetch");
+            assert_eq!(
+                from.iter().map(|d| d.app_id).collect::<Vec<_>>(),
+                vec![25, 26, 27]
+            );
+            let part = Selection {
+                range: Some((5, 20)),
+                partition: Some((3, 1)),
+            };
+            let got: Vec<i64> = s
+                .fetch_pending(&part, i64::MIN, 100)
+                .expect("fetch")
+                .iter()
+                .map(|d| d.app_id)
+                .collect();
+            assert_eq!(got, vec![7, 10, 13, 16, 19]);
+            assert_eq!(s.pending_count(&part).expect("count"), 5);
+            assert_eq!(s.pending_at(&part, 2).expect("at"), Some(13));
+            assert_eq!(s.pending_at(&part, 5).expect("at"), None);
+        },
+    );
 }
 
 #[test]
 fn atomic_write_commits_rows_and_log_together_and_resumes() {
-    each_backend("atomic_write_commits_rows_and_log_together_and_resumes", |open| {
-        let c = contract();
-        let mut s = open();
-        s.init_schema().expect("init");
-        let d = docs(60, 3);
-        s.load_source(&d).expect("load");
-        let w = work(&c, &d[..40], None);
-        let expected_failed = w.iter().filter(|a| a.outcome.is_err()).count();
-        let r = write_atomic(s.as_mut(), &w, &ctx("sess-a", false)).expect("write");
-        assert_eq!(r.failed.len(), expected_failed);
-        assert_eq!(r.succeeded.len() + r.failed.len(), 40);
-        assert!(!r.slow_path, "clean batch takes the fast path on {}", s.backend());
-        // Resume: only the 20 unlogged applications are pending.
-        let pending = s.fetch_pending(&Selection::default(), i64::MIN, 1000).expect("fetch");
-        assert_eq!(pending.iter().map(|p| p.app_id).collect::<Vec<_>>(), (41..=60).collect::<Vec<_>>());
-        let logged = s.logged(&[1, 2, 41]).expect("logged");
-        assert_eq!(logged.len(), 2);
-        assert!(logged.iter().all(|(_, sess)| sess == "sess-a"));
-    });
+    each_backend(
+        "atomic_write_commits_rows_and_log_together_and_resumes",
+        |open| {
+            let c = contract();
+            let mut s = open();
+            s.init_schema().expect("init");
+            let d = docs(60, 3);
+            s.load_source(&d).expect("load");
+            let w = work(&c, &d[..40], None);
+            let expected_failed = w.iter().filter(|a| a.outcome.is_err()).count();
+            let r = write_atomic(s.as_mut(), &w, &ctx("sess-a", false)).expect("write");
+            assert_eq!(r.failed.len(), expected_failed);
+            assert_eq!(r.succeeded.len() + r.failed.len(), 40);
+            assert!(
+                !r.slow_path,
+                "clean batch takes the fast path on {}",
+                s.backend()
+            );
+            // Resume: only the 20 unlogged applications are pending.
+            let pending = s
+                .fetch_pending(&Selection::default(), i64::MIN, 1000)
+                .expect("fetch");
+            assert_eq!(
+                pending.iter().map(|p| p.app_id).collect::<Vec<_>>(),
+                (41..=60).collect::<Vec<_>>()
+            );
+            let logged = s.logged(&[1, 2, 41]).expect("logged");
+            assert_eq!(logged.len(), 2);
+            assert!(logged.iter().all(|(_, sess)| sess == "sess-a"));
+        },
+    );
 }
 
 #[test]
@@ -102,12 +157,16 @@ fn a_collision_rolls_back_only_the_loser() {
         s.load_source(&d).expect("load");
         write_atomic(s.as_mut(), &work(&c, &d[..5], None), &ctx("winner", false)).expect("first");
         // A second instance that fetched the same applications before the first committed.
-        let r = write_atomic(s.as_mut(), &work(&c, &d[..10], None), &ctx("loser", false)).expect("second");
+        let r = write_atomic(s.as_mut(), &work(&c, &d[..10], None), &ctx("loser", false))
+            .expect("second");
         assert!(r.slow_path);
         assert_eq!(r.collisions, vec![1, 2, 3, 4, 5], "{}", s.backend());
         assert_eq!(r.succeeded.len() + r.failed.len(), 5);
         let logged = s.logged(&[1, 6]).expect("logged");
-        assert_eq!(logged, vec![(1, "winner".to_owned()), (6, "loser".to_owned())]);
+        assert_eq!(
+            logged,
+            vec![(1, "winner".to_owned()), (6, "loser".to_owned())]
+        );
         let st = s.status(store::now_ms()).expect("status");
         assert_eq!(st.success + st.failed, 10);
     });
@@ -138,7 +197,12 @@ fn queue_claims_are_exclusive_renewable_and_fenced() {
         let later = now + 2_000;
         let c_claim = sc.claim(&sel, "C", later, 1_000, 10).expect("claim C");
         let ids_c: Vec<i64> = c_claim.iter().map(|d| d.app_id).collect();
-        assert_eq!(ids_c, (11..=20).collect::<Vec<_>>(), "expired leases are taken over first on {}", s.backend());
+        assert_eq!(
+            ids_c,
+            (11..=20).collect::<Vec<_>>(),
+            "expired leases are taken over first on {}",
+            s.backend()
+        );
         assert!(c_claim.iter().all(|d| d.fence == Some(2)));
         // B wakes up and tries to commit: fenced, nothing committed.
         let wb: Vec<AppWork> = work(&c, &d[10..20], Some(1));
@@ -147,7 +211,8 @@ fn queue_claims_are_exclusive_renewable_and_fenced() {
         assert!(rb.committed.is_empty());
         assert!(s.logged(&ids_b).expect("logged").is_empty());
         // C commits them.
-        let rc = write_atomic(sc.as_mut(), &work(&c, &d[10..20], Some(2)), &ctx("C", true)).expect("write C");
+        let rc = write_atomic(sc.as_mut(), &work(&c, &d[10..20], Some(2)), &ctx("C", true))
+            .expect("write C");
         assert_eq!(rc.committed.len(), 10);
         assert!(rc.lease_lost.is_empty());
         // Completed claims never expire, so nobody takes them over again.
@@ -161,26 +226,42 @@ fn queue_claims_are_exclusive_renewable_and_fenced() {
 
 #[test]
 fn split_mode_reproduces_the_replaced_systems_failure() {
-    each_backend("split_mode_reproduces_the_replaced_systems_failure", |open| {
-        let c = contract();
-        let mut s = open();
-        s.init_schema().expect("init");
-        let d = docs(5, 6);
-        s.load_source(&d).expect("load");
-        let valid: Vec<(i64, String)> = d.iter().filter(|(id, x)| map_document(&c, *id, x).is_ok()).take(1).cloned().collect();
-        let w = work(&c, &valid, None);
-        // Data committed, then the process "dies" before the log row: emulate by writing data only.
-        s.begin().expect("begin");
-        for (t, rows) in w[0].outcome.as_ref().expect("valid").rows.iter().enumerate() {
-            let refs: Vec<&[processor::value::Value]> = rows.iter().map(Vec::as_slice).collect();
-            if !refs.is_empty() {
-                s.insert_rows(t, &refs).expect("rows");
+    each_backend(
+        "split_mode_reproduces_the_replaced_systems_failure",
+        |open| {
+            let c = contract();
+            let mut s = open();
+            s.init_schema().expect("init");
+            let d = docs(5, 6);
+            s.load_source(&d).expect("load");
+            let valid: Vec<(i64, String)> = d
+                .iter()
+                .filter(|(id, x)| map_document(&c, *id, x).is_ok())
+                .take(1)
+                .cloned()
+                .collect();
+            let w = work(&c, &valid, None);
+            // Data committed, then the process "dies" before the log row: emulate by writing data only.
+            s.begin().expect("begin");
+            for (t, rows) in w[0]
+                .outcome
+                .as_ref()
+                .expect("valid")
+                .rows
+                .iter()
+                .enumerate()
+            {
+                let refs: Vec<&[processor::value::Value]> =
+                    rows.iter().map(Vec::as_slice).collect();
+                if !refs.is_empty() {
+                    s.insert_rows(t, &refs).expect("rows");
+                }
             }
-        }
-        s.commit().expect("commit");
-        // The retry in split mode hits its own duplicate key and logs the application failed.
-        let r = write_split(s.as_mut(), &w, &ctx("retry", false)).expect("split retry");
-        assert_eq!(r.failed.len(), 1, "{}", s.backend());
-        assert!(r.failed[0].1.starts_with("write: "), "{}", r.failed[0].1);
-    });
+            s.commit().expect("commit");
+            // The retry in split mode hits its own duplicate key and logs the application failed.
+            let r = write_split(s.as_mut(), &w, &ctx("retry", false)).expect("split retry");
+            assert_eq!(r.failed.len(), 1, "{}", s.backend());
+            assert!(r.failed[0].1.starts_with("write: "), "{}", r.failed[0].1);
+        },
+    );
 }

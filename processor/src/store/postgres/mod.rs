@@ -27,6 +27,10 @@ pub struct PgStore {
     names: Names,
     insert_sql: Vec<String>,
     stmts: HashMap<String, Statement>,
+    /// Queue mode: where the next claim starts scanning (one past the last claimed application). Claims move
+    /// forward through the source table and wrap to the start once the rest is empty, which is when expired leases
+    /// behind the cursor are taken over.
+    claim_cursor: i64,
 }
 
 fn connect(url: &str) -> StoreResult<Client> {
@@ -53,6 +57,7 @@ impl PgStore {
             names,
             insert_sql,
             stmts: HashMap::new(),
+            claim_cursor: i64::MIN,
         })
     }
 
@@ -167,13 +172,34 @@ impl Store for PgStore {
         let st = self.stmt("claim", &q)?;
         let [lo, hi, n, i] = sel_params(sel);
         let until = now_ms.saturating_add(lease_ms);
-        let rows = self
-            .client
-            .query(
-                &st,
-                &[&now_ms, &(limit as i64), &lo, &hi, &n, &i, &owner, &until],
-            )
-            .map_err(err("claim"))?;
+        let mut rows = Vec::new();
+        // From the cursor first; if nothing is left after it, once more from the start (takeovers, wrap-around).
+        for from in [self.claim_cursor, i64::MIN] {
+            rows = self
+                .client
+                .query(
+                    &st,
+                    &[
+                        &now_ms,
+                        &(limit as i64),
+                        &lo,
+                        &hi,
+                        &n,
+                        &i,
+                        &owner,
+                        &until,
+                        &from,
+                    ],
+                )
+                .map_err(err("claim"))?;
+            if !rows.is_empty() || from == i64::MIN {
+                break;
+            }
+        }
+        self.claim_cursor = match rows.last() {
+            Some(r) => r.get::<_, i64>(0).saturating_add(1),
+            None => i64::MIN,
+        };
         Ok(rows
             .into_iter()
             .map(|r| SourceDoc {

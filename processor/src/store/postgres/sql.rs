@@ -187,11 +187,14 @@ const SEL: &str = "($3::int8 IS NULL OR s.app_id >= $3) AND ($4::int8 IS NULL OR
            AND ($5::int8 IS NULL OR mod(mod(s.app_id, $5) + $5, $5) = $6::int8)";
 
 /// `$1` from, `$2` limit, `$3`..`$6` selection.
+///
+/// The redundant `l.app_id >= $1` bounds the log side of the anti-join too: without it the planner's merge anti
+/// join reads the log index from its start on every fetch, so each batch cost grows with the log (O(n²) per run).
 pub fn fetch_pending(n: &Names) -> String {
     format!(
         "SELECT s.app_id, s.{col} FROM {src} s
          WHERE s.app_id >= $1 AND {SEL}
-           AND NOT EXISTS (SELECT 1 FROM {log} l WHERE l.app_id = s.app_id)
+           AND NOT EXISTS (SELECT 1 FROM {log} l WHERE l.app_id = s.app_id AND l.app_id >= $1)
          ORDER BY s.app_id LIMIT $2",
         col = n.src_col,
         src = n.src,
@@ -201,14 +204,21 @@ pub fn fetch_pending(n: &Names) -> String {
 
 /// Claims a batch in one statement. Candidates lock their source rows with `SKIP LOCKED`, so concurrent claimers
 /// take disjoint batches; the upsert takes over only expired leases and bumps the fence.
-/// `$1` now, `$2` limit, `$3`..`$6` selection, `$7` owner, `$8` lease expiry.
+/// `$1` now, `$2` limit, `$3`..`$6` selection, `$7` owner, `$8` lease expiry, `$9` scan from this app_id.
+///
+/// `$9` is the claimer's cursor (see `PgStore::claim`): the candidates scan starts there instead of at the first
+/// application, so a claim does not re-read every finished application before it (O(n²) over a long run). The
+/// redundant `>= $9` bounds on the log and claim sides keep those anti-joins from reading their indexes from the
+/// start too. The document travels in `cand` (joining `up` back to the source table made the planner hash the whole
+/// source table on every claim).
 pub fn claim(n: &Names) -> String {
     format!(
         "WITH cand AS (
-            SELECT s.app_id FROM {src} s
-            WHERE {SEL}
-              AND NOT EXISTS (SELECT 1 FROM {log} l WHERE l.app_id = s.app_id)
-              AND NOT EXISTS (SELECT 1 FROM {claim} c WHERE c.app_id = s.app_id AND c.lease_expires_at > $1)
+            SELECT s.app_id, s.{col} AS doc FROM {src} s
+            WHERE s.app_id >= $9 AND {SEL}
+              AND NOT EXISTS (SELECT 1 FROM {log} l WHERE l.app_id = s.app_id AND l.app_id >= $9)
+              AND NOT EXISTS (SELECT 1 FROM {claim} c
+                              WHERE c.app_id = s.app_id AND c.app_id >= $9 AND c.lease_expires_at > $1)
             ORDER BY s.app_id LIMIT $2
             FOR UPDATE OF s SKIP LOCKED
          ), up AS (
@@ -219,7 +229,7 @@ pub fn claim(n: &Names) -> String {
                WHERE {claim}.lease_expires_at <= $1
             RETURNING app_id, fence
          )
-         SELECT up.app_id, up.fence, s.{col} FROM up JOIN {src} s ON s.app_id = up.app_id ORDER BY up.app_id",
+         SELECT up.app_id, up.fence, cand.doc FROM up JOIN cand ON cand.app_id = up.app_id ORDER BY up.app_id",
         src = n.src,
         log = n.log,
         claim = n.claim,

@@ -1,0 +1,555 @@
+//! `harness explore`: draws random fault schedules from one seed, runs each as an ordinary scenario written to a
+//! file (so `harness run FILE --seed N` replays it with no hidden state), and shrinks any run that violates an
+//! invariant to a minimal scenario. Schedule generation is a pure function of (seed, target); it must not draw
+//! faults the target cannot carry out (connection and server faults only where a PostgreSQL server is in use).
+
+use crate::check::Invariant;
+use crate::db::{Backend, Launcher};
+use crate::report;
+use crate::runner::{self, RunOptions, RunnerError, ScenarioOutcome, Verdict};
+use crate::scenario::{ExpectSpec, FaultSpec, FixtureSpec, RunSpec, Scenario};
+use crate::shrink;
+use processor::engine::{CommitMode, Mode};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// What a schedule may contain on this target.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub backend: Backend,
+    /// The server can be SIGKILLed and restarted (a cluster the harness started itself).
+    pub can_restart: bool,
+    pub commit_mode: CommitMode,
+}
+
+impl Target {
+    fn proxy_faults(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+}
+
+/// The seed of run `i` of an exploration with base seed `base` (SplitMix64 of both, so neighbouring runs differ
+/// in every bit).
+pub fn run_seed(base: u64, i: u32) -> u64 {
+    let mut z = base
+        .wrapping_add(u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Crash points that exist in `mode`.
+fn points(mode: Mode) -> Vec<&'static str> {
+    let mut p = vec![
+        "before-write",
+        "mid-write",
+        "after-data",
+        "before-commit",
+        "after-commit",
+    ];
+    if mode == Mode::Queue {
+        p.push("after-claim");
+    }
+    p
+}
+
+/// Draws one scenario. Triggers are progress-based (commit counts, hit counts) and kept within the first third of
+/// the work an instance can expect, so they fire at any machine speed; each instance gets at most one process
+/// fault, because a kill before an armed crash point fires would disarm it (it is armed on the first start only).
+pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let instances: u32 = rng.random_range(1..=3);
+    let mode = [Mode::Uncoordinated, Mode::Partitioned, Mode::Queue][rng.random_range(0..3usize)];
+    let batch_size: usize = [5, 10, 20][rng.random_range(0..3usize)];
+    let apps: u64 = rng.random_range(100..=300);
+    let workers: usize = rng.random_range(1..=2);
+    let total = apps + fixtures::edge_cases().len() as u64;
+    // Split mode hits its crash points per application, atomic mode per batch; commits are per batch in both.
+    let batches = (total / batch_size as u64).max(1);
+    let per_instance = (batches / u64::from(instances)).max(1);
+    let hi = (per_instance / 3).max(1);
+    let hi_total = (batches / 3).max(1);
+    let mut faults = Vec::new();
+    for instance in 0..instances {
+        if !rng.random_bool(0.7) {
+            continue;
+        }
+        let after_commits = Some(rng.random_range(1..=hi));
+        let f = match rng.random_range(0..4u32) {
+            0 => {
+                let ps = points(mode);
+                FaultSpec::CrashPoint {
+                    instance,
+                    point: ps[rng.random_range(0..ps.len())].to_owned(),
+                    nth: rng.random_range(1..=hi),
+                    pause_ms: None,
+                }
+            }
+            1 => FaultSpec::Kill {
+                instance,
+                at_ms: None,
+                after_commits,
+            },
+            2 => FaultSpec::Pause {
+                instance,
+                duration_ms: rng.random_range(200..=1500),
+                at_ms: None,
+                after_commits,
+            },
+            _ => FaultSpec::Stop {
+                instance,
+                at_ms: None,
+                after_commits,
+            },
+        };
+        faults.push(f);
+    }
+    if t.proxy_faults() {
+        let n = rng.random_range(0..=2u32);
+        for _ in 0..n {
+            let after_commits = Some(rng.random_range(1..=hi_total));
+            let kinds = if t.can_restart { 5 } else { 4 };
+            let f = match rng.random_range(0..kinds) {
+                0 => FaultSpec::DropConnections {
+                    at_ms: None,
+                    after_commits,
+                },
+                1 => FaultSpec::Blackhole {
+                    duration_ms: rng.random_range(200..=2000),
+                    at_ms: None,
+                    after_commits,
+                },
+                2 => FaultSpec::Latency {
+                    ms: rng.random_range(1..=20),
+                    duration_ms: rng.random_range(200..=2000),
+                    at_ms: None,
+                    after_commits,
+                },
+                3 => FaultSpec::CutReply {
+                    at_ms: None,
+                    after_commits,
+                },
+                _ => FaultSpec::RestartDb {
+                    at_ms: None,
+                    after_commits,
+                },
+            };
+            faults.push(f);
+        }
+    }
+    if faults.is_empty() {
+        faults.push(FaultSpec::Kill {
+            instance: 0,
+            at_ms: None,
+            after_commits: Some(rng.random_range(1..=hi)),
+        });
+    }
+    let global = faults.iter().any(FaultSpec::is_global);
+    Scenario {
+        name: name.to_owned(),
+        description: format!(
+            "drawn by harness explore from seed {seed} ({} backend, {} commit)",
+            t.backend.as_str(),
+            t.commit_mode.as_str()
+        ),
+        fixture: FixtureSpec {
+            apps,
+            seed: None,
+            malformed_fraction: 0.05,
+            edge_cases: true,
+        },
+        run: RunSpec {
+            instances,
+            mode,
+            workers,
+            batch_size,
+            commit_mode: t.commit_mode,
+            lease_secs: 2,
+        },
+        faults,
+        restarts: true,
+        // The explored runs are many and short; a failing baseline would show up as a violation in every run.
+        baseline: false,
+        expect: ExpectSpec {
+            deadline_secs: 60,
+            ..ExpectSpec::default()
+        },
+        backends: if global {
+            vec![Backend::Postgres]
+        } else {
+            vec![]
+        },
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExploreError {
+    #[error("{0}")]
+    Runner(#[from] RunnerError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot serialise scenario {name}: {source}")]
+    Toml {
+        name: String,
+        source: toml::ser::Error,
+    },
+    /// A drawn or shrunk scenario that does not plan: a generator or shrinker bug, reported with its problem.
+    #[error("drawn scenario is invalid (a generator bug): {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ExploreOptions {
+    pub runs: u32,
+    pub seed: u64,
+    pub target: Target,
+    /// Candidate runs allowed while shrinking one failure.
+    pub shrink_attempts: usize,
+    pub run: RunOptions,
+}
+
+/// One shrunk failure.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShrinkReport {
+    pub from: String,
+    pub file: PathBuf,
+    pub seed: u64,
+    pub attempts: usize,
+    pub exhausted: bool,
+    pub violated: Vec<Invariant>,
+    /// The shrunk scenario was run once more and failed the same way.
+    pub replayed: bool,
+    pub replay: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunLine {
+    pub name: String,
+    pub seed: u64,
+    pub file: PathBuf,
+    pub verdict: Verdict,
+    pub reason: String,
+    pub faults: usize,
+    pub faults_fired: usize,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ExploreSummary {
+    pub seed: u64,
+    pub runs: Vec<RunLine>,
+    pub shrunk: Vec<ShrinkReport>,
+    pub errors: Vec<String>,
+}
+
+impl ExploreSummary {
+    pub fn count(&self, v: Verdict) -> usize {
+        self.runs.iter().filter(|r| r.verdict == v).count()
+    }
+
+    /// The exit code, as `harness run` maps it.
+    pub fn exit_code(&self) -> u8 {
+        if !self.errors.is_empty() {
+            3
+        } else if self.count(Verdict::Fail) + self.count(Verdict::Invalid) > 0 {
+            1
+        } else if self.count(Verdict::Liveness) > 0 {
+            4
+        } else {
+            0
+        }
+    }
+}
+
+fn write_scenario(s: &Scenario, path: &Path) -> Result<(), ExploreError> {
+    let text = toml::to_string(s).map_err(|source| ExploreError::Toml {
+        name: s.name.clone(),
+        source,
+    })?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| ExploreError::Write {
+            path: parent.display().to_string(),
+            source,
+        })?;
+    }
+    std::fs::write(path, text).map_err(|source| ExploreError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn run_scenario(
+    s: &Scenario,
+    seed: u64,
+    file: Option<PathBuf>,
+    launcher: &mut dyn Launcher,
+    opts: &RunOptions,
+) -> Result<ScenarioOutcome, ExploreError> {
+    let plan = s
+        .plan(seed, file)
+        .map_err(|e| ExploreError::Invalid(e.to_string()))?;
+    Ok(runner::run_plan(&plan, launcher, opts)?)
+}
+
+/// The invariants a failing run broke, without the ones that only say the run proves nothing.
+fn real_violations(o: &ScenarioOutcome) -> BTreeSet<Invariant> {
+    let mut v = o.main.violated();
+    v.remove(&Invariant::FaultsFired);
+    v
+}
+
+/// Runs the exploration. Progress and results go to the terminal; files under `<out>/explore/`.
+pub fn explore(
+    launcher: &mut dyn Launcher,
+    o: &ExploreOptions,
+) -> Result<ExploreSummary, ExploreError> {
+    let dir = o.run.out_dir.join("explore");
+    let backend = o.target.backend.as_str();
+    let mut summary = ExploreSummary {
+        seed: o.seed,
+        ..ExploreSummary::default()
+    };
+    for i in 0..o.runs {
+        let seed = run_seed(o.seed, i);
+        let name = format!("explore-{}-{i}", o.seed);
+        let sc = generate(&name, seed, &o.target);
+        let file = dir.join(format!("{name}.toml"));
+        write_scenario(&sc, &file)?;
+        let outcome = match run_scenario(&sc, seed, Some(file.clone()), launcher, &o.run) {
+            Ok(out) => out,
+            Err(ExploreError::Runner(e)) => {
+                eprintln!("ERROR    {name}: {e}");
+                summary.errors.push(format!("{name}: {e}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        println!("{}", report::terminal_line(&outcome, backend));
+        if let Err(e) = report::write_summary(&outcome, backend) {
+            eprintln!("warning: cannot write summary for {name}: {e}");
+        }
+        summary.runs.push(RunLine {
+            name: name.clone(),
+            seed,
+            file: file.clone(),
+            verdict: outcome.verdict,
+            reason: outcome.reason.clone(),
+            faults: outcome.main.faults.len(),
+            faults_fired: outcome.main.faults.iter().filter(|f| f.fired).count(),
+        });
+        let broke = real_violations(&outcome);
+        if outcome.verdict == Verdict::Fail && !broke.is_empty() {
+            summary
+                .shrunk
+                .push(shrink_failure(&sc, seed, &broke, launcher, o)?);
+        }
+    }
+    let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
+    let path = dir.join("summary.json");
+    std::fs::write(&path, text).map_err(|source| ExploreError::Write {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(summary)
+}
+
+/// Shrinks a failing scenario: a candidate "still fails" when its run violates at least one of the invariants the
+/// original broke. Writes the minimum to `<out>/explore/<name>-min.toml` and replays it once to confirm.
+pub fn shrink_failure(
+    original: &Scenario,
+    seed: u64,
+    broke: &BTreeSet<Invariant>,
+    launcher: &mut dyn Launcher,
+    o: &ExploreOptions,
+) -> Result<ShrinkReport, ExploreError> {
+    let names = |s: &BTreeSet<Invariant>| s.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ");
+    eprintln!(
+        "shrinking {} (violated {}; at most {} attempts)",
+        original.name,
+        names(broke),
+        o.shrink_attempts
+    );
+    let min_name = format!("{}-min", original.name);
+    let mut k = 0u32;
+    let mut env_error: Option<ExploreError> = None;
+    let shrunk = shrink::shrink(original, o.shrink_attempts, |c| {
+        if env_error.is_some() {
+            return false;
+        }
+        k += 1;
+        let mut c = c.clone();
+        c.name = format!("{}-shrink-{k}", original.name);
+        c.baseline = false;
+        match run_scenario(&c, seed, None, launcher, &o.run) {
+            Ok(out) => {
+                let fails = out.verdict == Verdict::Fail
+                    && real_violations(&out).intersection(broke).next().is_some();
+                eprintln!(
+                    "  attempt {k:>3}: {} fault(s), {} instance(s), {} apps → {}",
+                    c.faults.len(),
+                    c.run.instances,
+                    c.fixture.apps,
+                    if fails { "still fails" } else { "passes" }
+                );
+                fails
+            }
+            Err(e) => {
+                env_error = Some(e);
+                false
+            }
+        }
+    });
+    if let Some(e) = env_error {
+        return Err(e);
+    }
+    let mut minimal = shrunk.minimal;
+    minimal.name = min_name.clone();
+    minimal.baseline = false;
+    minimal.description = format!(
+        "shrunk by harness explore from {} (seed {seed}) in {} attempts; violated {}",
+        original.name,
+        shrunk.attempts,
+        names(broke)
+    );
+    let file = o
+        .run
+        .out_dir
+        .join("explore")
+        .join(format!("{min_name}.toml"));
+    write_scenario(&minimal, &file)?;
+    let replay_outcome = run_scenario(&minimal, seed, Some(file.clone()), launcher, &o.run)?;
+    let replayed = replay_outcome.verdict == Verdict::Fail
+        && real_violations(&replay_outcome)
+            .intersection(broke)
+            .next()
+            .is_some();
+    let backend = o.target.backend;
+    let replay = format!(
+        "harness run {} --seed {seed}{}",
+        file.display(),
+        if backend == Backend::Sqlite {
+            String::new()
+        } else {
+            format!(" --backend {}", backend.as_str())
+        }
+    );
+    let faults: Vec<String> = minimal
+        .faults
+        .iter()
+        .map(|f| {
+            toml::to_string(f)
+                .unwrap_or_default()
+                .replace('\n', " ")
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    println!(
+        "SHRUNK   {} → {} instance(s), {} apps, faults [{}]{}\n         replay: {replay}{}",
+        original.name,
+        minimal.run.instances,
+        minimal.fixture.apps,
+        faults.join("; "),
+        if shrunk.exhausted {
+            " (attempt budget ran out)"
+        } else {
+            ""
+        },
+        if replayed {
+            ""
+        } else {
+            "\n         warning: the replay did not fail the same way (flaky failure)"
+        }
+    );
+    Ok(ShrinkReport {
+        from: original.name.clone(),
+        file,
+        seed,
+        attempts: shrunk.attempts,
+        exhausted: shrunk.exhausted,
+        violated: broke.iter().copied().collect(),
+        replayed,
+        replay,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn target(backend: Backend, commit_mode: CommitMode) -> Target {
+        Target {
+            backend,
+            can_restart: true,
+            commit_mode,
+        }
+    }
+
+    #[test]
+    fn run_seeds_differ() {
+        let s: BTreeSet<u64> = (0..100).map(|i| run_seed(7, i)).collect();
+        assert_eq!(s.len(), 100);
+        assert_ne!(run_seed(7, 0), run_seed(8, 0));
+    }
+
+    #[test]
+    fn drawn_scenarios_round_trip_through_toml() {
+        for i in 0..50 {
+            let t = target(Backend::Postgres, CommitMode::Atomic);
+            let s = generate("rt", run_seed(1, i), &t);
+            let text = toml::to_string(&s).expect("serialise");
+            let back: Scenario = toml::from_str(&text).expect("parse back");
+            assert_eq!(back.faults, s.faults, "{text}");
+            assert_eq!(toml::to_string(&back).expect("again"), text);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn schedules_are_valid_and_reproducible(seed in any::<u64>(), pg in any::<bool>(), split in any::<bool>()) {
+            let t = target(
+                if pg { Backend::Postgres } else { Backend::Sqlite },
+                if split { CommitMode::Split } else { CommitMode::Atomic },
+            );
+            let a = generate("p", seed, &t);
+            let b = generate("p", seed, &t);
+            prop_assert_eq!(toml::to_string(&a).expect("ser"), toml::to_string(&b).expect("ser"));
+            let plan = a.plan(seed, None);
+            prop_assert!(plan.is_ok(), "{:?}", plan.err());
+            let plan = plan.expect("checked");
+            prop_assert!(!plan.faults.is_empty());
+            prop_assert!((1..=3).contains(&plan.instances));
+            prop_assert_eq!(plan.commit_mode, t.commit_mode);
+            // Connection and server faults only where a PostgreSQL server is in use.
+            prop_assert!(pg || !a.faults.iter().any(FaultSpec::is_global));
+            prop_assert!(crate::scenario::skip_reason(&plan, t.backend).is_none());
+        }
+
+        #[test]
+        fn shrinking_never_grows_and_stays_valid(seed in any::<u64>(), keep in 0usize..4, budget in 1usize..60) {
+            let t = target(Backend::Postgres, CommitMode::Split);
+            let s = generate("p", seed, &t);
+            // A synthetic failure: "fails" while it still has at least `keep` faults' worth of size left.
+            let r = shrink::shrink(&s, budget, |c| c.faults.len() >= keep.min(s.faults.len()));
+            prop_assert!(r.attempts <= budget);
+            prop_assert!(shrink::size(&r.minimal) <= shrink::size(&s));
+            prop_assert!(r.minimal.plan(seed, None).is_ok());
+            let mut prev = shrink::size(&s);
+            for step in &r.steps {
+                let now = shrink::size(step);
+                prop_assert!(now < prev, "a step grew: {:?} -> {:?}", prev, now);
+                prev = now;
+            }
+            for c in shrink::candidates(&s) {
+                prop_assert!(shrink::size(&c) < shrink::size(&s));
+                prop_assert!(c.plan(seed, None).is_ok());
+            }
+        }
+    }
+}

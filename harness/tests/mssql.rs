@@ -1,0 +1,178 @@
+//! SQL Server leg of the harness: real scenarios (processor child processes, crash points, the checker's
+//! `MssqlReader`) against a real server. Needs `SHREDPROOF_MSSQL_URL` (a login that may create databases), or a
+//! build with `--features testcontainers` on a machine whose Docker engine answers; otherwise each test prints
+//! why it was skipped and passes. Must not print the URL (it holds a password).
+
+use harness::db::{self, Backend, DbError, Launcher};
+use harness::runner::{self, ProcessorCmd, RunOptions, Verdict};
+use std::path::PathBuf;
+use std::process::Command;
+
+const ENV: &str = harness::db_mssql::ENV_URL;
+
+fn skip(test: &str) {
+    println!(
+        "skipped {test}: set {ENV} (or run with Docker and --features testcontainers) to run SQL Server tests"
+    );
+}
+
+fn url_from_env() -> Option<String> {
+    std::env::var(ENV).ok().filter(|s| !s.trim().is_empty())
+}
+
+/// A launcher for a server that exists, or `None` (after printing why) when none can be had here.
+fn launcher_or_skip(test: &str) -> Option<Box<dyn Launcher>> {
+    match db::launch(Backend::Mssql, None) {
+        Ok(l) => Some(l),
+        // A URL was given: failing to use it is a real failure, not a skip.
+        Err(e) if url_from_env().is_some() => panic!("{ENV} is set but unusable: {e}"),
+        Err(DbError::NoMssql) => {
+            skip(test);
+            None
+        }
+        Err(e) => {
+            // Built with testcontainers, but no Docker engine answered.
+            skip(test);
+            println!("  ({e})");
+            None
+        }
+    }
+}
+
+fn scenario(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("scenarios")
+        .join(format!("{name}.toml"))
+}
+
+/// The processor under test is this package's `harness processor …` (built with crash points), not the test binary.
+fn processor_cmd() -> ProcessorCmd {
+    ProcessorCmd {
+        program: PathBuf::from(env!("CARGO_BIN_EXE_harness")),
+        prefix: vec!["processor".into()],
+    }
+}
+
+#[test]
+fn mssql_crash_scenarios_meet_their_expectations() {
+    let test = "mssql_crash_scenarios_meet_their_expectations";
+    let Some(mut launcher) = launcher_or_skip(test) else {
+        return;
+    };
+    println!("{test}: {}", launcher.describe());
+    let out = tempfile::tempdir().expect("out dir");
+    let opts = RunOptions {
+        out_dir: out.path().to_owned(),
+        processor: processor_cmd(),
+        verbose: true,
+    };
+    // crash-a-queue: killed between data and log in queue mode, must pass every invariant after the rerun.
+    // split-crash-a: the replaced system's commit order; the checker must catch exactly these violations.
+    for name in ["crash-a-queue", "split-crash-a"] {
+        let plans = harness::cli::load_plans(&[scenario(name)], None).expect("scenario loads");
+        for plan in &plans {
+            let o = runner::run_plan(plan, launcher.as_mut(), &opts)
+                .unwrap_or_else(|e| panic!("{name}: the run did not complete: {e}"));
+            let violated: Vec<&str> = o.main.violated().iter().map(|i| i.name()).collect();
+            println!(
+                "{name}: {:?} ({}); violated [{}]; {} events",
+                o.verdict,
+                o.reason,
+                violated.join(", "),
+                o.main.events
+            );
+            assert_eq!(
+                o.verdict,
+                Verdict::Pass,
+                "{name}: {} (violations: {:#?}; logs in {})",
+                o.reason,
+                o.main.violations,
+                o.dir.display()
+            );
+            assert!(
+                o.main.faults.iter().all(|f| f.fired),
+                "{name}: a fault did not fire: {:?}",
+                o.main.faults
+            );
+            if name == "split-crash-a" {
+                // Pass above means exactly the expected set; say it again in the scenario's own words.
+                for want in ["content", "log-matches-data"] {
+                    assert!(
+                        violated.contains(&want),
+                        "{name}: {want} not caught: {violated:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn mssql_checker_reads_a_fresh_database() {
+    let test = "mssql_checker_reads_a_fresh_database";
+    let Some(mut launcher) = launcher_or_skip(test) else {
+        return;
+    };
+    let url = launcher
+        .fresh_database("checker-smoke")
+        .expect("fresh database");
+    let harness_bin = env!("CARGO_BIN_EXE_harness");
+    // init + load through the processor CLI, then the checker alone: every application is missing its log row.
+    for args in [
+        vec!["processor", "init", "--db", url.as_str()],
+        vec![
+            "processor",
+            "load",
+            "--db",
+            url.as_str(),
+            "--generate",
+            "20",
+            "--seed",
+            "3",
+        ],
+    ] {
+        let out = Command::new(harness_bin)
+            .args(&args)
+            .output()
+            .expect("spawn");
+        assert!(
+            out.status.success(),
+            "{} failed: {}",
+            args[1],
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut reader = harness::check::open_reader(&url).expect("checker connects");
+    let report = harness::check::check_database(reader.as_mut(), fixtures::CONTRACT_JSON, &[])
+        .expect("checker runs");
+    assert_eq!(report.stats.apps, 20);
+    assert_eq!(report.stats.missing, 20);
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.invariant == harness::check::Invariant::Coverage),
+        "{:?}",
+        report.violations
+    );
+}
+
+/// Without a server the CLI must fail as an environment error (exit 3) that says what to provide: never a pass.
+#[test]
+fn mssql_backend_without_a_server_is_an_environment_error() {
+    if cfg!(feature = "testcontainers") || url_from_env().is_some() {
+        // A server (or Docker) may be there; the other tests cover this build.
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["run", "--backend", "mssql"])
+        .arg(scenario("crash-a-queue"))
+        .env_remove(ENV)
+        .output()
+        .expect("spawn harness");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(ENV), "{stderr}");
+    assert!(stderr.contains("--features testcontainers"), "{stderr}");
+}
