@@ -538,7 +538,10 @@ fn emit_batch(ctx: &RunContext<'_>, iid: u32, r: &BatchResult, fenced: bool) {
             count = r.lease_lost.len(),
             "lease lost: claims were taken over; nothing committed for them"
         );
-        ctx.events
-            .emit(&ctx.event(EventKind::LeaseLost, iid, r.lease_lost.clone()));
+        ctx.events.emit(&{
+            let mut e = ctx.event(EventKind::LeaseLost, iid, r.lease_lost.clone());
+            e.fences = r.lease_lost_fences.clone();
+            e
+        });
     }
 }

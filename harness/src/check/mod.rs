@@ -878,7 +878,8 @@ type Claim<'e> = (i64, &'e str, Option<i64>);
 fn check_fencing_events(events: &[Event]) -> Vec<Violation> {
     // app → (ts, session, fence) of every claim.
     let mut claims: HashMap<i64, Vec<Claim<'_>>> = HashMap::new();
-    let mut lost: HashMap<(i64, &str), Vec<i64>> = HashMap::new();
+    // (app, session) → (ts, fence held) of every lease_lost.
+    let mut lost: HashMap<(i64, &str), Vec<(i64, Option<i64>)>> = HashMap::new();
     for e in events {
         match e.event {
             EventKind::Claimed => {
@@ -891,8 +892,10 @@ fn check_fencing_events(events: &[Event]) -> Vec<Violation> {
                 }
             }
             EventKind::LeaseLost => {
-                for app in &e.app_ids {
-                    lost.entry((*app, &e.session_id)).or_default().push(e.ts_us);
+                for (i, app) in e.app_ids.iter().enumerate() {
+                    lost.entry((*app, &e.session_id))
+                        .or_default()
+                        .push((e.ts_us, e.fences.get(i).copied()));
                 }
             }
             _ => {}
@@ -933,19 +936,27 @@ fn check_fencing_events(events: &[Event]) -> Vec<Violation> {
                 ));
                 continue;
             }
-            let lost_before = lost
-                .get(&(*app, s))
-                .and_then(|v| v.iter().filter(|ts| **ts < t).max().copied());
-            if let Some(lt) = lost_before {
-                let reclaimed = app_claims
-                    .iter()
-                    .any(|(ts, ss, _)| *ss == s && *ts > lt && *ts <= t);
-                if !reclaimed {
+            // A commit after this session lost the lease on the same fence is a commit without the lease. With
+            // fences on both events that is exact (a session may lose fence 1 and legitimately commit fence 2 after
+            // re-claiming, even when the re-claim's event precedes the loss's); without them, a re-claim between
+            // the loss and the commit is required.
+            for (lt, lost_fence) in lost.get(&(*app, s)).map(Vec::as_slice).unwrap_or(&[]) {
+                if *lt >= t {
+                    continue;
+                }
+                let bad = match (lost_fence, own_fence) {
+                    (Some(lf), Some(own)) => *lf >= own,
+                    _ => !app_claims
+                        .iter()
+                        .any(|(ts, ss, _)| *ss == s && *ts > *lt && *ts <= t),
+                };
+                if bad {
                     out.push(Violation::new(
                         Invariant::Fencing,
                         [*app],
                         format!("app {app}: session {s} reported lease_lost and then committed it"),
                     ));
+                    break;
                 }
             }
         }

@@ -479,6 +479,27 @@ fn commit_after_a_higher_fence_claim_breaks_fencing() {
         ev(EventKind::Committed, "a", 4, &[3], &[2]),
     ];
     assert!(db.check(&reclaimed).violations.is_empty());
+
+    // A pipelined instance re-claims its own expired batch (fence 2) before the write of the old one (fence 1) is
+    // refused: the loss is reported after the re-claim, and committing fence 2 is right.
+    let pipelined = [
+        ev(EventKind::Claimed, "a", 1, &[3], &[1]),
+        ev(EventKind::Claimed, "a", 2, &[3], &[2]),
+        ev(EventKind::LeaseLost, "a", 3, &[3], &[1]),
+        ev(EventKind::Committed, "a", 4, &[3], &[2]),
+    ];
+    assert!(
+        db.check(&pipelined).violations.is_empty(),
+        "{:#?}",
+        db.check(&pipelined).violations
+    );
+    // Committing the fence it lost is not.
+    let stale = [
+        ev(EventKind::Claimed, "a", 1, &[3], &[2]),
+        ev(EventKind::LeaseLost, "a", 3, &[3], &[2]),
+        ev(EventKind::Committed, "a", 4, &[3], &[2]),
+    ];
+    only(&db.check(&stale), Invariant::Fencing, 3);
 }
 
 #[test]

@@ -44,6 +44,8 @@ pub struct BatchResult {
     pub collisions: Vec<i64>,
     /// Queue mode: the claim was taken over; nothing was committed for these.
     pub lease_lost: Vec<i64>,
+    /// The fences we held on `lease_lost`, in the same order.
+    pub lease_lost_fences: Vec<i64>,
     /// Committed log rows (succeeded + failed).
     pub committed: Vec<i64>,
     /// Fences of `committed`, in the same order (queue mode).
@@ -128,6 +130,7 @@ fn begin_fenced<'w>(
             live.push(w);
         } else {
             result.lease_lost.push(w.app_id);
+            result.lease_lost_fences.push(w.fence.unwrap_or(0));
         }
     }
     Ok(live)
