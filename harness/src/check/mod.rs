@@ -873,13 +873,16 @@ fn check_fencing(
 /// (ts_us, session, fence) of one `claimed` entry.
 type Claim<'e> = (i64, &'e str, Option<i64>);
 
+/// (ts_us, fence held) of one `lease_lost` entry.
+type Loss = (i64, Option<i64>);
+
 /// From the event streams alone: a commit of X by S is fenced wrongly if another session claimed X with a higher
 /// fence before it, or if S lost the lease on X and committed it without claiming it again.
 fn check_fencing_events(events: &[Event]) -> Vec<Violation> {
     // app → (ts, session, fence) of every claim.
     let mut claims: HashMap<i64, Vec<Claim<'_>>> = HashMap::new();
     // (app, session) → (ts, fence held) of every lease_lost.
-    let mut lost: HashMap<(i64, &str), Vec<(i64, Option<i64>)>> = HashMap::new();
+    let mut lost: HashMap<(i64, &str), Vec<Loss>> = HashMap::new();
     for e in events {
         match e.event {
             EventKind::Claimed => {
