@@ -171,7 +171,7 @@ impl Store for PgStore {
         let q = sql::claim(&self.names);
         let st = self.stmt("claim", &q)?;
         let [lo, hi, n, i] = sel_params(sel);
-        let until = now_ms.saturating_add(lease_ms);
+        let until = super::lease_until(now_ms, lease_ms);
         let mut rows = Vec::new();
         // From the cursor first; if nothing is left after it, once more from the start (takeovers, wrap-around).
         for from in [self.claim_cursor, i64::MIN] {

@@ -24,6 +24,9 @@ pub struct SqliteStore {
     conn: Connection,
     contract: Contract,
     insert_sql: Vec<String>,
+    /// Queue mode: claims scan from here (just after this connection's last claim) and wrap to the start when
+    /// nothing is left after it, which is also when expired leases behind the cursor are taken over.
+    claim_cursor: i64,
 }
 
 impl SqliteStore {
@@ -35,6 +38,7 @@ impl SqliteStore {
             conn,
             contract,
             insert_sql,
+            claim_cursor: i64::MIN,
         })
     }
 }
@@ -179,13 +183,20 @@ impl Store for SqliteStore {
         let mut out = Vec::new();
         {
             let mut cand = tx.prepare_cached(&q).map_err(err("claim"))?;
-            let docs: Vec<(i64, String)> = cand
-                .query_map(params![now_ms, limit as i64, lo, hi, n, i], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .map_err(err("claim"))?
-                .collect::<Result<_, _>>()
-                .map_err(err("claim"))?;
+            let mut docs: Vec<(i64, String)> = Vec::new();
+            for from in [self.claim_cursor, i64::MIN] {
+                docs = cand
+                    .query_map(params![now_ms, limit as i64, lo, hi, n, i, from], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .map_err(err("claim"))?
+                    .collect::<Result<_, _>>()
+                    .map_err(err("claim"))?;
+                if !docs.is_empty() || from == i64::MIN {
+                    break;
+                }
+            }
+            self.claim_cursor = docs.last().map_or(i64::MIN, |d| d.0.saturating_add(1));
             let mut up = tx.prepare_cached(sql::CLAIM_UPSERT).map_err(err("claim"))?;
             for (app_id, xml) in docs {
                 let fence: Option<i64> = up

@@ -141,12 +141,13 @@ pub fn fetch_pending(c: &Contract) -> String {
     )
 }
 
-/// `?1` now, `?2` limit, `?3`..`?6` as in `fetch_pending`.
+/// `?1` now, `?2` limit, `?3`..`?6` as in `fetch_pending`, `?7` the claim cursor (scan from here: finished
+/// applications behind it are not rescanned on every claim).
 pub fn claim_candidates(c: &Contract) -> String {
     format!(
         "SELECT s.app_id, s.{col} FROM {src} s
          LEFT JOIN processing_claim c ON c.app_id = s.app_id
-         WHERE (c.app_id IS NULL OR c.lease_expires_at <= ?1)
+         WHERE s.app_id >= ?7 AND (c.app_id IS NULL OR c.lease_expires_at <= ?1)
            AND (?3 IS NULL OR s.app_id >= ?3) AND (?4 IS NULL OR s.app_id <= ?4)
            AND (?5 IS NULL OR ((s.app_id % ?5) + ?5) % ?5 = ?6)
            AND NOT EXISTS (SELECT 1 FROM processing_log l WHERE l.app_id = s.app_id)
