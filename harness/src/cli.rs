@@ -119,6 +119,16 @@ fn processor_cmd(t: &Target) -> Result<ProcessorCmd, u8> {
     }
 }
 
+/// The processor under test and a started database launcher, or the exit code saying why not (3: environment).
+fn setup(t: &Target) -> Result<(ProcessorCmd, Box<dyn db::Launcher>), u8> {
+    let processor = processor_cmd(t)?;
+    let launcher = db::launch(t.backend, t.db_url.as_deref()).map_err(|e| {
+        eprintln!("error: environment: {e}");
+        3
+    })?;
+    Ok((processor, launcher))
+}
+
 /// Loads and validates every scenario before anything starts.
 pub fn load_plans(
     paths: &[PathBuf],
@@ -156,18 +166,11 @@ fn cmd_run(a: RunArgs) -> u8 {
             return 2;
         }
     };
-    let processor = match processor_cmd(&a.target) {
-        Ok(p) => p,
-        Err(c) => return c,
+    let (processor, mut launcher) = match setup(&a.target) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
     let backend = a.target.backend;
-    let mut launcher = match db::launch(backend, a.target.db_url.as_deref()) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: environment: {e}");
-            return 3;
-        }
-    };
     eprintln!(
         "harness: {} scenario(s) on {}",
         plans.len(),
@@ -335,18 +338,11 @@ fn cmd_explore(a: ExploreArgs) -> u8 {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007)
     });
-    let processor = match processor_cmd(&a.target) {
-        Ok(p) => p,
-        Err(c) => return c,
+    let (processor, mut launcher) = match setup(&a.target) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
     let backend = a.target.backend;
-    let mut launcher = match db::launch(backend, a.target.db_url.as_deref()) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: environment: {e}");
-            return 3;
-        }
-    };
     eprintln!(
         "harness explore: {} run(s) from seed {seed} on {} ({} commit)",
         a.runs,

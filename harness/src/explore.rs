@@ -140,6 +140,48 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
             faults.push(f);
         }
     }
+    // A server restart blocks the supervisor until the server is back, and the processors may finish everything
+    // meanwhile: at most one per schedule, and after every other fault, so nothing is left waiting for work that is
+    // already done.
+    let mut restarts = faults
+        .iter()
+        .filter(|f| matches!(f, FaultSpec::RestartDb { .. }))
+        .count();
+    faults.retain(|f| {
+        let keep = !matches!(f, FaultSpec::RestartDb { .. }) || restarts == 1;
+        if !keep {
+            restarts -= 1;
+        }
+        keep
+    });
+    if let Some(pos) = faults
+        .iter()
+        .position(|f| matches!(f, FaultSpec::RestartDb { .. }))
+    {
+        let last = faults
+            .iter()
+            .filter_map(|f| match f {
+                FaultSpec::Kill { after_commits, .. }
+                | FaultSpec::Pause { after_commits, .. }
+                | FaultSpec::Stop { after_commits, .. }
+                | FaultSpec::DropConnections { after_commits, .. }
+                | FaultSpec::Blackhole { after_commits, .. }
+                | FaultSpec::Latency { after_commits, .. }
+                | FaultSpec::CutReply { after_commits, .. } => *after_commits,
+                FaultSpec::CrashPoint { nth, .. } => Some(*nth),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let f = faults.remove(pos);
+        if let FaultSpec::RestartDb { at_ms, .. } = f {
+            // Commits of all instances count for a global fault; every instance fault above is due by then.
+            faults.push(FaultSpec::RestartDb {
+                at_ms,
+                after_commits: Some(last.saturating_mul(u64::from(instances)) + 1),
+            });
+        }
+    }
     if faults.is_empty() {
         faults.push(FaultSpec::Kill {
             instance: 0,

@@ -384,7 +384,11 @@ fn run_phase(
         let mut fired_now = Vec::new();
         let total_commits: u64 = insts.iter().map(|i| i.commits).sum();
         let any_running = insts.iter().any(|i| i.child.is_some());
-        for &fi in &pending {
+        // Instance faults first: they are instant, while a server restart blocks this loop until the server is back,
+        // and an instance fault due at the same moment must not miss its chance while the run races on.
+        let mut order = pending.clone();
+        order.sort_by_key(|&fi| faults[fi].action.is_global());
+        for &fi in &order {
             let f = faults[fi];
             if f.action.is_global() {
                 let due = match f.trigger {

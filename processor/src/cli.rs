@@ -197,7 +197,9 @@ where
 }
 
 fn init_tracing(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    // The PostgreSQL driver reports server NOTICEs ("relation already exists, skipping") at info: not news.
+    let directives = format!("{level},postgres=warn,tokio_postgres=warn,tiberius=warn");
+    let filter = tracing_subscriber::EnvFilter::try_new(directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -466,14 +468,25 @@ fn run(a: RunArgs) -> Result<(), Exit> {
     let session_id = new_session_id(cfg.instance_id);
     // The database may be restarting right now: connecting is retried like any transient error.
     let mut store = connect_with_retry(&url, &contract, &cfg.retry)?;
-    store
-        .init_schema()
-        .context("failed to create the schema")
-        .map_err(runtime)?;
-    let open_hb = |/* heartbeat connection */| -> store::StoreResult<Box<dyn Store>> {
-        store::open(&url, contract.clone()).map_err(|e| match e {
-            OpenError::Connect { source, .. } => source,
-            OpenError::Url(u) => store::StoreError::new(store::ErrorKind::Fatal, "connect", u.to_string()),
+    // Idempotent DDL, so a connection lost in the middle (or at its COMMIT) is simply retried.
+    crate::retry::with_retry(
+        store.as_mut(),
+        &cfg.retry,
+        |e, attempt, wait| {
+            tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "schema check failed; retrying");
+        },
+        |s| s.init_schema(),
+    )
+    .context("failed to create the schema")
+    .map_err(runtime)?;
+    // The lease heartbeat's own connection, retried like the main one (the server may be restarting right now).
+    let open_hb = || -> store::StoreResult<Box<dyn Store>> {
+        connect_with_retry(&url, &contract, &cfg.retry).map_err(|e| {
+            store::StoreError::new(
+                store::ErrorKind::Fatal,
+                "connect heartbeat",
+                format!("{:#}", e.error),
+            )
         })
     };
     let ctx = RunContext {
