@@ -229,7 +229,7 @@ fn cmd_run(a: RunArgs) -> u8 {
         plans.len() - passed - skipped
     );
     if a.keep {
-        eprintln!("databases kept: {}", launcher.describe());
+        eprintln!("databases kept: {}", launcher.keep());
     }
     if env_error {
         return 3;

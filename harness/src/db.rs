@@ -48,6 +48,13 @@ pub trait Launcher {
     fn can_restart(&self) -> bool;
     /// One line for the terminal, without credentials.
     fn describe(&self) -> String;
+    /// Keeps the databases after the harness exits (`--keep`); says where they are.
+    fn keep(&mut self) -> String {
+        format!(
+            "{} (an external server keeps its databases anyway)",
+            self.describe()
+        )
+    }
 }
 
 /// Builds the launcher for `backend`. `db_url` points at an existing server instead of starting one.
@@ -103,7 +110,7 @@ impl SqliteDir {
     }
 
     /// Keep the directory after exit (`--keep`).
-    pub fn keep(&mut self) -> PathBuf {
+    pub fn keep_dir(&mut self) -> PathBuf {
         if let Some(t) = self._tmp.take() {
             let _ = t.keep();
         }
@@ -115,6 +122,9 @@ impl SqliteDir {
 impl Launcher for SqliteDir {
     fn backend(&self) -> Backend {
         Backend::Sqlite
+    }
+    fn keep(&mut self) -> String {
+        format!("SQLite files in {}", self.keep_dir().display())
     }
     fn fresh_database(&mut self, name: &str) -> Result<String, DbError> {
         let path = self.dir.join(format!("{name}.db"));
@@ -147,6 +157,15 @@ pub struct PgLauncher {
 }
 
 impl Launcher for PgLauncher {
+    fn keep(&mut self) -> String {
+        let dir = self.cluster.keep();
+        format!(
+            "PostgreSQL data directory {} (stopped; start it with pg_ctl -D {} start as the postgres user)",
+            dir.display(),
+            dir.display()
+        )
+    }
+
     fn backend(&self) -> Backend {
         Backend::Postgres
     }

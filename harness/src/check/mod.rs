@@ -314,6 +314,7 @@ pub fn check_database(
     violations.extend(cap(check_log_matches_data(reader, &ctx)?));
     violations.extend(cap(check_content(reader, &ctx)?));
     violations.extend(cap(check_fencing(reader, &ctx, events)?));
+    violations.extend(check_file_integrity(reader)?);
     let stats = stats(reader, &ctx)?;
     Ok(CheckReport { violations, stats })
 }
@@ -868,6 +869,31 @@ fn check_fencing(
     }
     out.extend(check_fencing_events(events));
     Ok(out)
+}
+
+/// SQLite only: the database file itself must be intact after processes were killed mid-write
+/// (`PRAGMA integrity_check`). A damaged file makes every other finding moot, so it is reported as `content`.
+fn check_file_integrity(reader: &mut dyn Reader) -> Result<Vec<Violation>, CheckError> {
+    if reader.dialect() != Dialect::Sqlite {
+        return Ok(Vec::new());
+    }
+    let rows = reader.query_text(reader::SQLITE_INTEGRITY_CHECK)?;
+    let problems: Vec<String> = rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .filter(|m| m != "ok")
+        .collect();
+    if problems.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![Violation::new(
+        Invariant::Content,
+        Vec::<i64>::new(),
+        format!(
+            "the SQLite file failed its integrity check: {}",
+            problems.join("; ")
+        ),
+    )])
 }
 
 /// (ts_us, session, fence) of one `claimed` entry.

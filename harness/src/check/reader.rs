@@ -12,6 +12,9 @@ pub enum Dialect {
     Mssql,
 }
 
+/// SQLite's own check of the file's structure: one row `ok`, or one row per problem.
+pub const SQLITE_INTEGRITY_CHECK: &str = "PRAGMA integrity_check";
+
 /// A read-only connection that returns every value as canonical text (`None` for SQL NULL).
 pub trait Reader {
     fn dialect(&self) -> Dialect;
