@@ -236,6 +236,9 @@ struct Inst {
     paused_until: Option<Instant>,
     finished: bool,
     crash_armed: bool,
+    /// An exit we did not expect was seen once: judge it on the next pass, after its last events were read (a
+    /// process writes its `crash_point` event and dies between two of our reads).
+    exit_seen: bool,
 }
 
 struct Phase<'a> {
@@ -289,6 +292,7 @@ fn run_phase(
             expecting: None,
             paused_until: None,
             finished: false,
+            exit_seen: false,
             crash_armed: faults
                 .iter()
                 .any(|f| f.instance == id && matches!(f.action, Action::CrashPoint { .. })),
@@ -525,6 +529,12 @@ fn run_phase(
                 Some(Ok(Some(s))) => s,
                 _ => continue,
             };
+            if inst.expecting.is_none() && !inst.exit_seen {
+                // `try_wait` keeps returning the reaped status, so the child stays in place until then.
+                inst.exit_seen = true;
+                continue;
+            }
+            inst.exit_seen = false;
             inst.child = None;
             let expecting = inst.expecting.take();
             let killed = status.signal() == Some(Signal::SIGKILL as i32);

@@ -53,15 +53,20 @@ fn connect(path: &Path) -> StoreResult<Connection> {
     Ok(conn)
 }
 
-/// Waits about a millisecond per try, up to `BUSY_TIMEOUT_SECS`.
+/// Mean wait between two tries for the write lock.
+const BUSY_POLL_MICROS: u64 = 150;
+
+/// Waits about `BUSY_POLL_MICROS` per try, up to `BUSY_TIMEOUT_SECS`. The holder of the lock gives it up only for the
+/// moment between its COMMIT and its next BEGIN (tens of microseconds): a waiter that polls rarely almost never
+/// sees it free, and one instance ends up doing all the work.
 fn busy_wait(tries: i32) -> bool {
-    if u64::try_from(tries).unwrap_or(0) > BUSY_TIMEOUT_SECS * 1000 {
+    if u64::try_from(tries).unwrap_or(0) > BUSY_TIMEOUT_SECS * 1_000_000 / BUSY_POLL_MICROS {
         return false;
     }
     let jitter = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() % 1000);
-    std::thread::sleep(Duration::from_micros(500 + u64::from(jitter)));
+        .map_or(0, |d| u64::from(d.subsec_nanos()) % BUSY_POLL_MICROS);
+    std::thread::sleep(Duration::from_micros(BUSY_POLL_MICROS / 2 + jitter));
     true
 }
 
