@@ -335,11 +335,13 @@ pub fn run(
                 }
                 match cfg.mode {
                     Mode::Queue => {
-                        // Others may still hold live leases on unfinished work: wait for them to finish or expire.
-                        let live = with_retry(store, &cfg.retry, retry_log, |s| {
-                            s.live_claims(&sel, now_ms())
-                        })?;
-                        if live == 0 {
+                        // Nothing claimable, but the queue is drained only when nothing is left unlogged: the
+                        // rest is held by live leases, or by a claim still being written (skipped as locked and not
+                        // yet visible as a lease) whose owner may die before committing any of it. Wait for the
+                        // owners to finish or for their leases to expire, then take over.
+                        let unfinished =
+                            with_retry(store, &cfg.retry, retry_log, |s| s.pending_count(&sel))?;
+                        if unfinished == 0 {
                             return Ok("done");
                         }
                         std::thread::sleep(Duration::from_millis(idle_wait_ms));
