@@ -129,6 +129,31 @@ pub struct StatusReport {
     pub claims: Vec<ClaimSummary>,
 }
 
+impl StatusReport {
+    /// Assembles a report from the counts every backend reads; `pending` is derived, never counted separately.
+    pub fn from_counts(
+        total: i64,
+        success: i64,
+        failed: i64,
+        instances: Vec<InstanceProgress>,
+        claims: Vec<ClaimSummary>,
+    ) -> Self {
+        let (total, success, failed) = (
+            total.max(0) as u64,
+            success.max(0) as u64,
+            failed.max(0) as u64,
+        );
+        StatusReport {
+            total,
+            success,
+            failed,
+            pending: total.saturating_sub(success + failed),
+            instances,
+            claims,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct InstanceProgress {
     pub instance_id: i64,

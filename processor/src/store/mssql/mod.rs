@@ -563,15 +563,9 @@ impl Store for MssqlStore {
                 })
             })
             .collect::<StoreResult<Vec<_>>>()?;
-        let done = (success + failed) as u64;
-        Ok(StatusReport {
-            total: total as u64,
-            success: success as u64,
-            failed: failed as u64,
-            pending: (total as u64).saturating_sub(done),
-            instances,
-            claims,
-        })
+        Ok(StatusReport::from_counts(
+            total, success, failed, instances, claims,
+        ))
     }
 
     fn reconnect(&mut self) -> StoreResult<()> {

@@ -362,15 +362,9 @@ impl Store for PgStore {
                 earliest_expiry_ms: r.get(3),
             })
             .collect();
-        let done = (success + failed) as u64;
-        Ok(StatusReport {
-            total: total as u64,
-            success: success as u64,
-            failed: failed as u64,
-            pending: (total as u64).saturating_sub(done),
-            instances,
-            claims,
-        })
+        Ok(StatusReport::from_counts(
+            total, success, failed, instances, claims,
+        ))
     }
 
     fn reconnect(&mut self) -> StoreResult<()> {

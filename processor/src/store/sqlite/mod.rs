@@ -389,15 +389,9 @@ impl Store for SqliteStore {
             .map_err(err("status"))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(err("status"))?;
-        let done = (success + failed) as u64;
-        Ok(StatusReport {
-            total: total as u64,
-            success: success as u64,
-            failed: failed as u64,
-            pending: (total as u64).saturating_sub(done),
-            instances,
-            claims,
-        })
+        Ok(StatusReport::from_counts(
+            total, success, failed, instances, claims,
+        ))
     }
 
     fn reconnect(&mut self) -> StoreResult<()> {
