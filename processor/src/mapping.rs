@@ -1,6 +1,7 @@
 //! Contract × document → rows. Pure and synchronous: no I/O, no SQL, no clocks. A document either maps to a
 //! complete `MappedApp` or fails with a stage and a reason; it never panics on any input.
 
+use crate::budget::{Budget, Interrupted};
 use crate::contract::{Column, Contract, Source, Transform};
 use crate::expr::{scalar_of, Scalar};
 use crate::value::{convert, f64_text, ColType, ConvertError, Value};
@@ -14,6 +15,11 @@ pub enum Stage {
     Parse,
     Map,
     Write,
+    /// A per-document limit (size or mapping time) was exceeded: `"limit: …"`.
+    Limit,
+    /// The process was asked to stop while this document was being parsed or mapped. Never logged: the caller
+    /// abandons the batch (nothing of it was written) and the next run redoes it.
+    Cancelled,
 }
 
 impl Stage {
@@ -22,6 +28,8 @@ impl Stage {
             Stage::Parse => "parse",
             Stage::Map => "map",
             Stage::Write => "write",
+            Stage::Limit => "limit",
+            Stage::Cancelled => "cancelled",
         }
     }
 }
@@ -40,6 +48,20 @@ impl Failure {
         Failure {
             stage,
             message: message.into(),
+        }
+    }
+
+    /// The failure for a document that `budget` stopped.
+    pub fn interrupted(why: Interrupted) -> Self {
+        match why {
+            Interrupted::Deadline(d) => Failure::new(
+                Stage::Limit,
+                format!(
+                    "mapping took longer than the {} ms per-document limit",
+                    d.as_millis()
+                ),
+            ),
+            Interrupted::Cancelled => Failure::new(Stage::Cancelled, "stop requested"),
         }
     }
 
@@ -78,7 +100,19 @@ fn map_err(msg: impl Into<String>) -> Failure {
 
 /// Parses and maps one document.
 pub fn map_document(contract: &Contract, app_id: i64, xml: &str) -> Result<MappedApp, Failure> {
-    let doc = xml::parse(xml, contract)?;
+    map_document_within(contract, app_id, xml, &Budget::unlimited())
+}
+
+/// Parses and maps one document under `budget`: a passed deadline fails it with `Stage::Limit`, a set cancel flag
+/// with `Stage::Cancelled` (see [`Stage`]).
+pub fn map_document_within(
+    contract: &Contract,
+    app_id: i64,
+    xml: &str,
+    budget: &Budget,
+) -> Result<MappedApp, Failure> {
+    let doc = xml::parse_within(xml, contract, budget)?;
+    budget.check().map_err(Failure::interrupted)?;
     map_parsed(contract, app_id, &doc)
 }
 
