@@ -169,8 +169,43 @@ impl Launcher for PgLauncher {
     fn backend(&self) -> Backend {
         Backend::Postgres
     }
+    /// Isolation: a server that an earlier scenario left broken (a restart that did not come back, a crash) is
+    /// restarted, or replaced by a new cluster, before this scenario gets its database; a failure says why.
     fn fresh_database(&mut self, name: &str) -> Result<String, DbError> {
-        Ok(self.cluster.create_database(&pg_name(name))?)
+        let db = pg_name(name);
+        let first = match self.cluster.create_database(&db) {
+            Ok(url) => return Ok(url),
+            Err(e) => e,
+        };
+        if self.cluster.connect("postgres").is_ok() {
+            // The server answers: the failure is about this database, not the server.
+            return Err(first.into());
+        }
+        eprintln!(
+            "PostgreSQL on 127.0.0.1:{} is not usable ({first}); restarting it for {name}",
+            self.cluster.port()
+        );
+        let restarted = self.cluster.restart();
+        if restarted.is_ok() {
+            if let Ok(url) = self.cluster.create_database(&db) {
+                return Ok(url);
+            }
+        }
+        eprintln!(
+            "PostgreSQL on 127.0.0.1:{} did not come back ({}); starting a new cluster for {name}",
+            self.cluster.port(),
+            restarted.err().map_or_else(
+                || "it does not accept CREATE DATABASE".into(),
+                |e| e.to_string()
+            )
+        );
+        let fresh = PgCluster::start().map_err(|e| {
+            DbError::Other(format!(
+                "the PostgreSQL server broke ({first}) and a replacement could not be started: {e}"
+            ))
+        })?;
+        self.cluster = fresh;
+        Ok(self.cluster.create_database(&db)?)
     }
     fn restart(&mut self) -> Result<(), DbError> {
         self.cluster.kill9()?;

@@ -86,6 +86,7 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
                     point: ps[rng.random_range(0..ps.len())].to_owned(),
                     nth: rng.random_range(1..=hi),
                     pause_ms: None,
+                    resume_on: None,
                 }
             }
             1 => FaultSpec::Kill {

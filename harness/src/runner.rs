@@ -5,7 +5,7 @@
 use crate::check::{self, CheckReport, Invariant, Violation};
 use crate::db::Launcher;
 use crate::proxy::{FaultProxy, ProxyStats};
-use crate::scenario::{Action, Expectation, Fault, Plan, Trigger};
+use crate::scenario::{Action, Expectation, Fault, Plan, ResumeOn, Trigger};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use processor::events::{Event, EventKind};
@@ -189,7 +189,17 @@ fn verdict(plan: &Plan, baseline: Option<&PhaseOutcome>, main: &PhaseOutcome) ->
     }
     let violated = main.violated();
     if violated.contains(&Invariant::FaultsFired) {
-        return (Verdict::Invalid, "a scheduled fault did not fire".into());
+        // Say exactly which fault and why: an INVALID run must be actionable without opening its files.
+        let why: Vec<&str> = main
+            .violations
+            .iter()
+            .filter(|v| v.invariant == Invariant::FaultsFired)
+            .map(|v| v.message.as_str())
+            .collect();
+        return (
+            Verdict::Invalid,
+            format!("a scheduled fault did not fire: {}", why.join("; ")),
+        );
     }
     match plan.expectation {
         Expectation::Pass if violated.is_empty() => (Verdict::Pass, "no violations".into()),
@@ -234,6 +244,11 @@ struct Inst {
     /// Set while we expect the process to die or exit because of a fault.
     expecting: Option<Action>,
     paused_until: Option<Instant>,
+    /// Parked at a crash point until an event resumes it: the fault index, the condition, when it parked (the
+    /// `crash_point` event's `ts_us`) and the applications it had claimed last.
+    parked_on: Option<(usize, ResumeOn, i64, BTreeSet<i64>)>,
+    /// The applications of this instance's latest `claimed` event.
+    last_claim: BTreeSet<i64>,
     finished: bool,
     crash_armed: bool,
     /// An exit we did not expect was seen once: judge it on the next pass, after its last events were read (a
@@ -291,6 +306,8 @@ fn run_phase(
             commits: 0,
             expecting: None,
             paused_until: None,
+            parked_on: None,
+            last_claim: BTreeSet::new(),
             finished: false,
             exit_seen: false,
             crash_armed: faults
@@ -324,6 +341,8 @@ fn run_phase(
     let mut busy_until: Option<Instant> = None;
     let mut cut_waiting: Option<(usize, usize)> = None;
     let mut abandoned: BTreeSet<usize> = BTreeSet::new();
+    // Event-resumed parks whose event never came: the run cannot prove what its scenario says.
+    let mut unmet: Vec<String> = Vec::new();
     loop {
         // 1. Events.
         for inst in insts.iter_mut() {
@@ -331,16 +350,23 @@ fn run_phase(
                 if ev.event == EventKind::Committed {
                     inst.commits += 1;
                 }
+                if ev.event == EventKind::Claimed {
+                    inst.last_claim = ev.app_ids.iter().copied().collect();
+                }
                 if ev.event == EventKind::CrashPoint {
                     // Crash-point faults fire inside the process; the event is the proof.
                     let mut park_ms = None;
+                    let mut park_on = None;
                     for &fi in &pending {
-                        if let Action::CrashPoint {
-                            pause_ms: Some(ms), ..
-                        } = faults[fi].action
-                        {
-                            if faults[fi].instance == inst.id {
-                                park_ms = Some(ms);
+                        if faults[fi].instance == inst.id {
+                            match faults[fi].action {
+                                Action::CrashPoint {
+                                    resume_on: Some(r), ..
+                                } => park_on = Some((fi, r)),
+                                Action::CrashPoint {
+                                    pause_ms: Some(ms), ..
+                                } => park_ms = Some(ms),
+                                _ => {}
                             }
                         }
                         if faults[fi].instance == inst.id
@@ -355,16 +381,58 @@ fn run_phase(
                             );
                         }
                     }
-                    match park_ms {
+                    match (park_on, park_ms) {
+                        // Parked until another instance's event says the moment has come (see step 3b).
+                        (Some((fi, r)), _) => {
+                            inst.parked_on = Some((fi, r, ev.ts_us, inst.last_claim.clone()))
+                        }
                         // The process stopped itself at the point; resume it when the pause is over.
-                        Some(ms) => {
+                        (None, Some(ms)) => {
                             inst.paused_until = Some(Instant::now() + Duration::from_millis(ms))
                         }
-                        None => inst.expecting = Some(Action::Kill),
+                        (None, None) => inst.expecting = Some(Action::Kill),
                     }
                 }
                 ph.all_events.push(ev);
             }
+        }
+        // 1b. Parked instances whose resume event has come (or can no longer come).
+        for i in 0..insts.len() {
+            let Some((fi, r, since, claim)) = insts[i].parked_on.clone() else {
+                continue;
+            };
+            let hit = ph.all_events.iter().find(|e| {
+                e.instance_id == r.instance
+                    && e.ts_us >= since
+                    && r.matches(e.event)
+                    && (e.app_ids.is_empty() || e.app_ids.iter().any(|a| claim.contains(a)))
+            });
+            let awaited = &insts[r.instance as usize];
+            let note = match hit {
+                Some(e) => format!(
+                    "; resumed when instance {} wrote {}",
+                    r.instance,
+                    e.event.as_str()
+                ),
+                None if awaited.finished && awaited.child.is_none() => {
+                    // It will never come: resume so the run can end, and say why the run proves nothing.
+                    unmet.push(format!(
+                        "{}: instance {} ended without writing the event that resumes instance {}",
+                        faults[fi].describe(),
+                        r.instance,
+                        insts[i].id
+                    ));
+                    format!("; instance {} ended first, resumed anyway", r.instance)
+                }
+                None => continue,
+            };
+            records[fi].note.push_str(&note);
+            let inst = &mut insts[i];
+            if let Some(c) = &inst.child {
+                let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+            }
+            inst.parked_on = None;
+            last_fault = Instant::now();
         }
         if let (Some((fi, base)), Some(p)) = (cut_waiting, proxy.as_ref()) {
             let cuts = p.cuts();
@@ -475,8 +543,10 @@ fn run_phase(
                 Trigger::AtMs(ms) => now_ms >= ms,
                 Trigger::AfterCommits(n) => inst.commits >= n,
             };
-            let running =
-                inst.child.is_some() && inst.paused_until.is_none() && inst.expecting.is_none();
+            let running = inst.child.is_some()
+                && inst.paused_until.is_none()
+                && inst.parked_on.is_none()
+                && inst.expecting.is_none();
             if !due || !running {
                 continue;
             }
@@ -616,6 +686,13 @@ fn run_phase(
                 message: format!("fault did not fire: {} (the run finished or the instance was not running when it was due)", f.describe()),
             });
         }
+    }
+    for u in &unmet {
+        violations.push(Violation {
+            invariant: Invariant::FaultsFired,
+            app_ids: vec![],
+            message: u.clone(),
+        });
     }
     if liveness_timeout {
         violations.push(Violation {
@@ -764,12 +841,14 @@ impl Phase<'_> {
                     point,
                     nth,
                     pause_ms,
+                    resume_on,
                 },
             ..
         }) = crash
         {
             if inst.crash_armed {
-                let action = if pause_ms.is_some() { ":pause" } else { "" };
+                let parks = pause_ms.is_some() || resume_on.is_some();
+                let action = if parks { ":pause" } else { "" };
                 cmd.env(
                     processor::crash::CRASH_ENV,
                     format!("{point}:{nth}{action}"),

@@ -3,6 +3,7 @@
 
 use processor::crash::CrashPoint;
 use processor::engine::{CommitMode, Mode};
+use processor::events::EventKind;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -143,7 +144,8 @@ impl Default for RunSpec {
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum FaultSpec {
     /// Arm `PROCESSOR_CRASH_AT=<point>:<nth>` on the instance's first start. With `pause_ms` the process parks
-    /// itself (SIGSTOP) exactly at the point instead of dying, and the harness resumes it after `pause_ms`.
+    /// itself (SIGSTOP) exactly at the point instead of dying, and the harness resumes it after `pause_ms`; with
+    /// `resume_on` it parks the same way and is resumed by an event instead of a clock (deterministic under load).
     CrashPoint {
         instance: u32,
         point: String,
@@ -151,6 +153,8 @@ pub enum FaultSpec {
         nth: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pause_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_on: Option<ResumeOnSpec>,
     },
     /// SIGKILL the instance's process group at a time or after N committed transactions.
     Kill {
@@ -287,6 +291,52 @@ impl Default for ExpectSpec {
     }
 }
 
+/// `resume_on = { instance = 1, events = ["crash_point"] }`: a parked instance is resumed when `instance` writes one
+/// of `events` after the park. An event that names applications counts only if it names one the parked instance
+/// claimed last (so "wake me when instance 0 has dealt with my batch" means exactly that batch).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeOnSpec {
+    pub instance: u32,
+    pub events: Vec<EventKind>,
+}
+
+/// The validated form of [`ResumeOnSpec`] (copyable, events as a set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ResumeOn {
+    pub instance: u32,
+    /// Bit `k` set: the `k`-th kind of [`EventKind::ALL`] resumes.
+    #[serde(skip)]
+    mask: u32,
+}
+
+impl ResumeOn {
+    pub fn new(instance: u32, events: &[EventKind]) -> Self {
+        let mask = events.iter().fold(0, |m, e| m | Self::bit(*e));
+        ResumeOn { instance, mask }
+    }
+    fn bit(e: EventKind) -> u32 {
+        1 << EventKind::ALL.iter().position(|k| *k == e).unwrap_or(0)
+    }
+    pub fn matches(&self, e: EventKind) -> bool {
+        self.mask & Self::bit(e) != 0
+    }
+    pub fn events(&self) -> Vec<EventKind> {
+        EventKind::ALL
+            .into_iter()
+            .filter(|e| self.matches(*e))
+            .collect()
+    }
+    pub fn describe(&self) -> String {
+        let names: Vec<&str> = self.events().iter().map(|e| e.as_str()).collect();
+        format!(
+            "until instance {} writes {}",
+            self.instance,
+            names.join(" or ")
+        )
+    }
+}
+
 /// When a fault fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -304,6 +354,7 @@ pub enum Action {
         point: &'static str,
         nth: u64,
         pause_ms: Option<u64>,
+        resume_on: Option<ResumeOn>,
     },
     Kill,
     Pause {
@@ -356,12 +407,20 @@ impl Fault {
             Action::CrashPoint {
                 point,
                 nth,
+                resume_on: Some(r),
+                ..
+            } => format!("crash-point {point}:{nth} (park {})", r.describe()),
+            Action::CrashPoint {
+                point,
+                nth,
                 pause_ms: None,
+                ..
             } => format!("crash-point {point}:{nth}"),
             Action::CrashPoint {
                 point,
                 nth,
                 pause_ms: Some(ms),
+                ..
             } => {
                 format!("crash-point {point}:{nth} (park {ms}ms)")
             }
@@ -530,11 +589,25 @@ impl Scenario {
                     point,
                     nth,
                     pause_ms,
+                    resume_on,
                 } => {
                     if *pause_ms == Some(0) {
                         return Err(bad(format!("{what}: pause_ms must be positive")));
                     }
                     check_inst(*instance)?;
+                    if let Some(r) = resume_on {
+                        if pause_ms.is_some() {
+                            return Err(bad(format!(
+                                "{what}: pause_ms and resume_on are exclusive (a clock or an event resumes it)"
+                            )));
+                        }
+                        check_inst(r.instance)?;
+                        if r.instance == *instance || r.events.is_empty() {
+                            return Err(bad(format!(
+                                "{what}: resume_on needs another instance and at least one event"
+                            )));
+                        }
+                    }
                     let p: CrashPoint = point.parse().map_err(|e| bad(format!("{what}: {e}")))?;
                     if *nth == 0 {
                         return Err(bad(format!("{what}: nth must be at least 1")));
@@ -558,6 +631,9 @@ impl Scenario {
                             point: p.name(),
                             nth: *nth,
                             pause_ms: *pause_ms,
+                            resume_on: resume_on
+                                .as_ref()
+                                .map(|r| ResumeOn::new(r.instance, &r.events)),
                         },
                         trigger: Trigger::CrashEnv,
                     });

@@ -128,6 +128,7 @@ fn fault_variants(f: &FaultSpec, mode: Mode) -> Vec<FaultSpec> {
             point,
             nth,
             pause_ms,
+            resume_on,
         } => {
             for n in smaller(nth, 1) {
                 out.push(FaultSpec::CrashPoint {
@@ -135,6 +136,7 @@ fn fault_variants(f: &FaultSpec, mode: Mode) -> Vec<FaultSpec> {
                     point: point.clone(),
                     nth: n,
                     pause_ms,
+                    resume_on: resume_on.clone(),
                 });
             }
             let rank = point_rank(&point) as usize;
@@ -147,6 +149,7 @@ fn fault_variants(f: &FaultSpec, mode: Mode) -> Vec<FaultSpec> {
                     point: p.name().to_owned(),
                     nth,
                     pause_ms,
+                    resume_on: resume_on.clone(),
                 });
             }
         }
@@ -536,6 +539,7 @@ after_commits = 3
                 point: "after-data".into(),
                 nth: 1,
                 pause_ms: None,
+                resume_on: None,
             }]
         );
         assert_eq!(m.fixture.apps, 3);

@@ -1,7 +1,10 @@
 //! Every scenario file is a test: each runs through the real runner, on SQLite always and on a private PostgreSQL
-//! cluster when the server binaries exist (required in CI), and must meet its own expectation.
+//! cluster when the server binaries exist (required in CI), and must meet its own expectation. `harness = false`:
+//! the tests are `fixtures::trial`s, so a missing server or a scenario that does not apply to a backend shows as
+//! skipped, never as passed.
 
-use harness::db::{Launcher, PgLauncher, SqliteDir};
+use fixtures::trial::{self, Need, Trial};
+use harness::db::{Backend, Launcher, PgLauncher, SqliteDir};
 use harness::runner::{run_plan, ProcessorCmd, RunOptions, Verdict};
 use harness::scenario::Scenario;
 use std::path::{Path, PathBuf};
@@ -24,13 +27,11 @@ fn run_on(file: &str, launcher: &mut dyn Launcher) {
     let plan = sc
         .plan(1, Some(path.clone()))
         .unwrap_or_else(|e| panic!("{e}"));
-    if let Some(reason) = harness::scenario::skip_reason(&plan, launcher.backend()) {
-        eprintln!(
-            "skipped {file} on {}: {reason}",
-            launcher.backend().as_str()
-        );
-        return;
-    }
+    assert!(
+        harness::scenario::skip_reason(&plan, launcher.backend()).is_none(),
+        "{file} was listed as runnable on {}",
+        launcher.backend().as_str()
+    );
     let out = tempfile::tempdir().expect("temp dir");
     let opts = RunOptions {
         out_dir: out.path().to_owned(),
@@ -65,23 +66,48 @@ fn sqlite(file: &str) {
 }
 
 fn postgres(file: &str) {
-    let Some(cluster) = fixtures::pg::start_or_skip(file) else {
-        return;
-    };
+    let cluster = fixtures::pg::PgCluster::start()
+        .unwrap_or_else(|e| panic!("{file}: could not start a private PostgreSQL cluster: {e}"));
     let mut l = PgLauncher { cluster };
     run_on(file, &mut l);
 }
 
+/// Why `file` does not apply to `backend` (e.g. a server fault on SQLite), read when the tests are listed.
+fn not_applicable(file: &str, backend: Backend) -> Option<String> {
+    let path = scenarios_dir().join(file);
+    let plan = Scenario::from_file(&path)
+        .and_then(|sc| sc.plan(1, Some(path.clone())))
+        .ok()?; // an unreadable scenario runs, and fails with its error
+    harness::scenario::skip_reason(&plan, backend)
+}
+
 macro_rules! scenario_tests {
     ($($name:ident => $file:literal),* $(,)?) => {
-        mod sqlite {
-            $( #[test] fn $name() { super::sqlite($file) } )*
-        }
-        mod postgres {
-            $( #[test] fn $name() { super::postgres($file) } )*
+        fn trials() -> Vec<Trial> {
+            let mut t = Vec::new();
+            $(
+                let name = concat!("sqlite::", stringify!($name));
+                t.push(match not_applicable($file, Backend::Sqlite) {
+                    Some(why) => trial::skipped(name, why),
+                    None => trial::trial(name, &[], || sqlite($file)),
+                });
+            )*
+            $(
+                let name = concat!("postgres::", stringify!($name));
+                t.push(match not_applicable($file, Backend::Postgres) {
+                    Some(why) => trial::skipped(name, why),
+                    None => trial::trial(name, &[Need::Postgres], || postgres($file)),
+                });
+            )*
+            t.push(trial::trial("every_scenario_file_is_a_test", &[], every_scenario_file_is_a_test));
+            t
         }
         const LISTED: &[&str] = &[$($file),*];
     };
+}
+
+fn main() {
+    trial::run(trials())
 }
 
 scenario_tests! {
@@ -113,7 +139,6 @@ scenario_tests! {
 }
 
 /// A scenario file nobody runs is a scenario nobody proves: every file must be listed above.
-#[test]
 fn every_scenario_file_is_a_test() {
     let mut missing = Vec::new();
     for entry in std::fs::read_dir(scenarios_dir()).expect("scenarios dir") {

@@ -408,6 +408,7 @@ pub fn run(
                                     apps = mine.len(),
                                     "commit outcome was unknown; the log shows it committed"
                                 );
+                                emit_resolved(ctx, iid, mine.clone(), "committed");
                                 return Ok(result_from_committed(&work, &mine));
                             }
                         }
@@ -421,12 +422,15 @@ pub fn run(
                                 unresolved = false;
                                 if mine.is_empty() {
                                     tracing::warn!(error = %e, "commit outcome was unknown; the log shows it did not commit");
+                                    let ids = work.iter().map(|w| w.app_id).collect();
+                                    emit_resolved(ctx, iid, ids, "not_committed");
                                     Err(e)
                                 } else {
                                     tracing::warn!(
                                         apps = mine.len(),
                                         "commit outcome was unknown; the log shows it committed"
                                     );
+                                    emit_resolved(ctx, iid, mine.clone(), "committed");
                                     Ok(result_from_committed(&work, &mine))
                                 }
                             }
@@ -495,6 +499,13 @@ pub fn run(
         "run finished"
     );
     Ok(summary)
+}
+
+/// The `commit_resolved` event: the harness proves the ambiguous-COMMIT path from it, never from log text.
+fn emit_resolved(ctx: &RunContext<'_>, iid: u32, app_ids: Vec<i64>, outcome: &str) {
+    let mut e = ctx.event(EventKind::CommitResolved, iid, app_ids);
+    e.reason = Some(outcome.to_owned());
+    ctx.events.emit(&e);
 }
 
 fn result_from_committed(work: &[AppWork], mine: &[i64]) -> BatchResult {

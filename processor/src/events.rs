@@ -30,6 +30,10 @@ pub enum EventKind {
     CrashPoint,
     /// The run ended: counts in `detail`, `reason` is `done` or `drained`.
     Finished,
+    /// A COMMIT whose outcome was unknown (the connection broke while it was in flight) was resolved by reading the
+    /// log back: `reason` is `committed` (`app_ids` are the applications it did commit) or `not_committed`
+    /// (`app_ids` are the batch's, which will be retried).
+    CommitResolved,
 }
 
 impl EventKind {
@@ -43,8 +47,22 @@ impl EventKind {
             EventKind::LeaseLost => "lease_lost",
             EventKind::CrashPoint => "crash_point",
             EventKind::Finished => "finished",
+            EventKind::CommitResolved => "commit_resolved",
         }
     }
+
+    /// Every kind, in declaration order.
+    pub const ALL: [EventKind; 9] = [
+        EventKind::Started,
+        EventKind::Claimed,
+        EventKind::Committed,
+        EventKind::Collision,
+        EventKind::Failed,
+        EventKind::LeaseLost,
+        EventKind::CrashPoint,
+        EventKind::Finished,
+        EventKind::CommitResolved,
+    ];
 }
 
 /// One line of the event stream.
