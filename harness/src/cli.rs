@@ -428,6 +428,10 @@ pub struct BenchArgs {
     /// Also write the results into this Markdown file (e.g. BENCHMARKS.md), replacing this command's section.
     #[arg(long)]
     pub markdown_into: Option<PathBuf>,
+    /// Real-shaped documents instead of the generated fixture set: the sample `.xml` files under DIR (e.g.
+    /// ../shared/seed/original/samples), cycled until --apps, each copy a distinct application.
+    #[arg(long, value_name = "DIR")]
+    pub real_docs: Option<PathBuf>,
 }
 
 fn cmd_bench(a: BenchArgs) -> u8 {
@@ -462,6 +466,7 @@ fn cmd_bench(a: BenchArgs) -> u8 {
         workers: a.workers,
         processor,
         markdown_into: a.markdown_into,
+        real_docs: a.real_docs,
         command,
     };
     match crate::bench::run(&cfg) {

@@ -62,6 +62,9 @@ impl CommitMode {
     }
 }
 
+/// About how many bytes of source documents one batch holds once documents are large (see `run`).
+pub const RUN_BATCH_BYTES: usize = 64 << 20;
+
 /// A validated `processor run` configuration.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -398,6 +401,10 @@ pub fn run(
     }
     let mut last_progress = Instant::now();
     let mut idle_wait_ms = 50u64;
+    // Batches shrink when documents are large, so a run holds about RUN_BATCH_BYTES per batch (two batches are in
+    // memory at once: one mapping, one writing) instead of batch size × document size. Sized from the previous
+    // batch's average document; the first batch is the configured size.
+    let mut byte_cap = usize::MAX;
     // Mapping runs on its own threads, one batch ahead of the database: while batch k is written (and batch k+1
     // fetched or claimed), batch k+1 is parsed and mapped. The write of each batch is unchanged (same steps, same
     // crash points, fenced completion inside its transaction, events after its commit); only the fetch of the next
@@ -423,7 +430,8 @@ pub fn run(
                 let want = match cfg.limit {
                     Some(l) => cfg.batch_size.min((l - done - queued) as usize).max(1),
                     None => cfg.batch_size,
-                };
+                }
+                .min(byte_cap);
                 match cfg.mode {
                     Mode::Queue => with_retry(store, &cfg.retry, retry_log, |s| {
                         s.claim(&sel, ctx.session_id, now_ms(), lease_ms, want)
@@ -466,6 +474,8 @@ pub fn run(
                 None
             } else {
                 idle_wait_ms = 50;
+                let avg = docs.iter().map(|d| d.xml.len()).sum::<usize>() / docs.len();
+                byte_cap = (RUN_BATCH_BYTES / avg.max(1)).max(1);
                 if let Some(last) = docs.last() {
                     cursor = last.app_id.saturating_add(1);
                 }
