@@ -58,11 +58,37 @@ fn is_forbidden(c: char) -> bool {
     matches!(c, '\u{0}'..='\u{8}' | '\u{B}' | '\u{C}' | '\u{E}'..='\u{1F}' | '\u{FFFE}' | '\u{FFFF}')
 }
 
-/// The first character XML 1.0 forbids in UTF-8 `bytes`, as an offset into them. One pass over the bytes: only
-/// C0 controls (one byte) and U+FFFE/U+FFFF (`EF BF BE`/`EF BF BF`) can be forbidden.
+/// The first character XML 1.0 forbids in UTF-8 `bytes`, as an offset into them. Only C0 controls (one byte) and
+/// U+FFFE/U+FFFF (`EF BF BE`/`EF BF BF`) can be forbidden, so eight bytes at a time are tested for "a byte below
+/// 0x20 or equal to 0xEF" (bit tricks on a `u64`, no `unsafe`), and only a word that has one is looked at byte by
+/// byte. Run on every document, so it must cost little next to parsing (profiled: a plain byte loop was 15 % of
+/// `run`'s CPU on the real samples).
 fn check_utf8_chars(bytes: &[u8], base: usize) -> Result<(), DecodeError> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let suspicious = |w: u64| {
+        // Some byte < 0x20 (exact existence test for thresholds ≤ 0x80) …
+        let low = w.wrapping_sub(LO * 0x20) & !w & HI;
+        // … or some byte == 0xEF (a zero byte in w ^ 0xEFEF…).
+        let e = w ^ (LO * 0xEF);
+        let ef = e.wrapping_sub(LO) & !e & HI;
+        (low | ef) != 0
+    };
     let mut i = 0;
-    while i < bytes.len() {
+    while i + 8 <= bytes.len() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[i..i + 8]);
+        if suspicious(u64::from_le_bytes(word)) {
+            check_bytes(bytes, i, i + 8, base)?;
+        }
+        i += 8;
+    }
+    check_bytes(bytes, i, bytes.len(), base)
+}
+
+/// Byte-by-byte check of `bytes[from..to]` (a sequence starting there may extend past `to`).
+fn check_bytes(bytes: &[u8], from: usize, to: usize, base: usize) -> Result<(), DecodeError> {
+    for i in from..to {
         let b = bytes[i];
         if b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r') {
             return Err(forbidden(char::from(b), base + i));
@@ -74,7 +100,6 @@ fn check_utf8_chars(bytes: &[u8], base: usize) -> Result<(), DecodeError> {
                 _ => {}
             }
         }
-        i += 1;
     }
     Ok(())
 }
@@ -467,6 +492,23 @@ mod tests {
     }
 
     proptest! {
+        /// The word-at-a-time check finds exactly what a plain scan of the characters finds.
+        #[test]
+        fn fast_check_matches_a_char_scan(
+            text in proptest::collection::vec(
+                prop_oneof![
+                    Just('\t'), Just('\n'), Just('\r'), Just('\u{1}'), Just('\u{0}'), Just('\u{1F}'),
+                    Just('\u{FFFE}'), Just('\u{FFFF}'), Just('\u{FFFD}'), Just('\u{EFFF}'), Just('a'),
+                    Just('<'), Just('é'), any::<char>()
+                ],
+                0..40,
+            )
+        ) {
+            let s: String = text.into_iter().collect();
+            let want = s.char_indices().find(|&(_, c)| is_forbidden(c)).map(|(i, _)| i);
+            prop_assert_eq!(check_text(&s).err().map(|e| e.offset), want);
+        }
+
         /// Any byte string is either accepted as exactly itself (valid UTF-8 without forbidden characters, no
         /// declaration) or refused at an offset inside it; the stored form always gives the same answer back.
         #[test]
