@@ -86,6 +86,10 @@ impl fmt::Display for Failure {
 pub struct MappedApp {
     pub app_id: i64,
     pub rows: Vec<Vec<Vec<Value>>>,
+    /// Values the mapping truncated or coerced (dropped an unconvertible value, fell back to an enum default)
+    /// rather than failing the document: the XmlConversion semantics do this; nothing is silently lost, this
+    /// count is reported per application. Always 0 for Shredproof's own contract format, which fails instead.
+    pub coerced: u32,
 }
 
 impl MappedApp {
@@ -111,6 +115,9 @@ pub fn map_document_within(
     xml: &str,
     budget: &Budget,
 ) -> Result<MappedApp, Failure> {
+    if let Some(plan) = &contract.real {
+        return crate::realmap::map_document_real(contract, plan, app_id, xml, budget);
+    }
     let doc = xml::parse_within(xml, contract, budget)?;
     budget.check().map_err(Failure::interrupted)?;
     map_parsed_within(contract, app_id, &doc, budget)
@@ -219,7 +226,11 @@ pub fn map_parsed_within(
         }
         None => return Err(map_err("application key row missing")),
     }
-    Ok(MappedApp { app_id, rows })
+    Ok(MappedApp {
+        app_id,
+        rows,
+        coerced: 0,
+    })
 }
 
 /// The ancestor of `ei` at trie node `ancestor_node`, when `ei` and every recorded element up to (not including)
@@ -494,6 +505,23 @@ pub fn extract_numeric(s: &str) -> Option<String> {
         }
     }
     Some(out)
+}
+
+/// Every table's natural key: no NULL in a key column, no two rows of one document with the same key.
+pub(crate) fn check_keys(contract: &Contract, rows: &[Vec<Vec<Value>>]) -> Result<(), Failure> {
+    for (ti, t_rows) in rows.iter().enumerate() {
+        let table = &contract.tables[ti];
+        for r in t_rows {
+            if let Some(&k) = table.key.iter().find(|&&k| r[k].is_null()) {
+                return Err(map_err(format!(
+                    "{}.{} (natural key) has no value",
+                    table.name, table.columns[k].name
+                )));
+            }
+        }
+        check_unique_keys(contract, ti, t_rows)?;
+    }
+    Ok(())
 }
 
 fn check_unique_keys(contract: &Contract, ti: usize, rows: &[Vec<Value>]) -> Result<(), Failure> {
