@@ -34,7 +34,9 @@ fn invalid(entry: impl Into<String>, problem: impl Into<String>) -> ContractErro
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawContract {
+    /// Free text for readers; not interpreted.
     #[serde(default)]
+    #[allow(dead_code)]
     pub(crate) description: Option<String>,
     pub(crate) xml_root_element: String,
     pub(crate) xml_application_path: String,
