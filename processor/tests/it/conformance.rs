@@ -79,7 +79,8 @@ fn mssql_or_skip(test: &str) -> Option<MssqlConfig> {
         }
         _ => {
             eprintln!(
-                "skipped {test} on mssql: {MSSQL_ENV} is not set (no SQL Server or Babelfish to run against;                  .ci/run starts Babelfish from ../shared/tools/babelfish when that folder exists)"
+                "skipped {test} on mssql: {MSSQL_ENV} is not set (no SQL Server or Babelfish to run against; \
+                 .ci/run starts Babelfish from ../shared/tools/babelfish when that folder exists)"
             );
             None
         }
