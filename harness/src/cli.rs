@@ -41,7 +41,7 @@ pub struct Target {
     /// Use this server instead of starting one (each run still gets a fresh database).
     #[arg(long)]
     pub db_url: Option<String>,
-    /// The processor to test (default: this harness's built-in processor, compiled with crash points).
+    /// The processor to test (default: this harness's built-in processor, the only one with crash points).
     #[arg(long, env = "SHREDPROOF_PROCESSOR_BIN")]
     pub processor_bin: Option<PathBuf>,
     /// Output directory for summaries, events, logs.
@@ -91,6 +91,7 @@ pub fn main_with(args: Vec<std::ffi::OsString>) -> ExitCode {
     if args.get(1).and_then(|a| a.to_str()) == Some("processor") {
         let rest =
             std::iter::once(std::ffi::OsString::from("processor")).chain(args.into_iter().skip(2));
+        crate::crash_hook::install();
         return processor::cli::main_with(rest);
     }
     let cli = match Cli::try_parse_from(args) {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// How the harness starts a processor: by default itself (`harness processor …`, always built with crash points),
+/// How the harness starts a processor: by default itself (`harness processor …`, the only processor with crash points),
 /// or any binary speaking the processor CLI (`--processor-bin`, `SHREDPROOF_PROCESSOR_BIN`).
 #[derive(Debug, Clone)]
 pub struct ProcessorCmd {
