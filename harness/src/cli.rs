@@ -7,7 +7,7 @@ use crate::report;
 use crate::runner::{self, ProcessorCmd, RunOptions, ScenarioOutcome, Verdict};
 use crate::scenario::{self, Plan, Scenario};
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
@@ -23,7 +23,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run scenario files (default: every scenario in ./scenarios, on SQLite).
+    /// Run scenario files (default: every scenario of this checkout's scenarios/, found from any directory, on SQLite).
     Run(RunArgs),
     /// Check the invariants of any database, on its own.
     Check(CheckArgs),
@@ -154,9 +154,38 @@ pub fn load_plans(
     Ok(plans)
 }
 
+/// Where `harness run` without arguments finds its scenarios, from any directory: `$SHREDPROOF_SCENARIOS`,
+/// `./scenarios`, the `scenarios/` of the checkout the current directory is in, then the one this binary was built
+/// from. `Err` says how to point at them.
+fn default_scenarios() -> Result<PathBuf, String> {
+    if let Some(d) = std::env::var_os("SHREDPROOF_SCENARIOS") {
+        return Ok(PathBuf::from(d));
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    for dir in cwd.ancestors() {
+        let s = dir.join("scenarios");
+        if s.is_dir() && (dir == cwd || dir.join("harness").is_dir()) {
+            return Ok(s);
+        }
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    if built.is_dir() {
+        return Ok(built);
+    }
+    Err("no scenarios/ directory found here, above here, or where this harness was built: pass scenario files \
+         or directories (`harness run path/to/scenarios`) or set SHREDPROOF_SCENARIOS"
+        .into())
+}
+
 fn cmd_run(a: RunArgs) -> u8 {
     let paths = if a.scenarios.is_empty() {
-        vec![PathBuf::from("scenarios")]
+        match default_scenarios() {
+            Ok(d) => vec![d],
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        }
     } else {
         a.scenarios.clone()
     };
@@ -429,6 +458,10 @@ pub struct BenchArgs {
     /// Also write the results into this Markdown file (e.g. BENCHMARKS.md), replacing this command's section.
     #[arg(long)]
     pub markdown_into: Option<PathBuf>,
+    /// Real-shaped documents instead of the generated fixture set: the sample `.xml` files under DIR (e.g.
+    /// ../shared/seed/original/samples), cycled until --apps, each copy a distinct application.
+    #[arg(long, value_name = "DIR")]
+    pub real_docs: Option<PathBuf>,
 }
 
 fn cmd_bench(a: BenchArgs) -> u8 {
@@ -463,6 +496,7 @@ fn cmd_bench(a: BenchArgs) -> u8 {
         workers: a.workers,
         processor,
         markdown_into: a.markdown_into,
+        real_docs: a.real_docs,
         command,
     };
     match crate::bench::run(&cfg) {

@@ -958,5 +958,17 @@ fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Resul
             "loading edge cases",
         )?;
     }
+    if let Some(contacts) = plan.stress_docs {
+        let stress = dir.join("stress-docs");
+        std::fs::create_dir_all(&stress)?;
+        for d in fixtures::stress_docs(contacts as usize) {
+            std::fs::write(stress.join(format!("{}.xml", d.app_id)), &d.bytes)?;
+        }
+        let e = stress.display().to_string();
+        run(
+            &["load", "--db", url, "--dir", &e, "--log-level", "error"],
+            "loading stress documents",
+        )?;
+    }
     Ok(())
 }

@@ -28,6 +28,9 @@ pub enum EventKind {
     LeaseLost,
     /// A crash point fired (`point`, `nth`); the process dies right after writing this line.
     CrashPoint,
+    /// SIGTERM/SIGINT arrived while `app_ids` were being mapped: nothing of them was written or logged (queue
+    /// claims released); a later run does them.
+    Abandoned,
     /// The run ended: counts in `detail`, `reason` is `done` or `drained`.
     Finished,
     /// A COMMIT whose outcome was unknown (the connection broke while it was in flight) was resolved by reading the
@@ -46,13 +49,14 @@ impl EventKind {
             EventKind::Failed => "failed",
             EventKind::LeaseLost => "lease_lost",
             EventKind::CrashPoint => "crash_point",
+            EventKind::Abandoned => "abandoned",
             EventKind::Finished => "finished",
             EventKind::CommitResolved => "commit_resolved",
         }
     }
 
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Started,
         EventKind::Claimed,
         EventKind::Committed,
@@ -60,6 +64,7 @@ impl EventKind {
         EventKind::Failed,
         EventKind::LeaseLost,
         EventKind::CrashPoint,
+        EventKind::Abandoned,
         EventKind::Finished,
         EventKind::CommitResolved,
     ];
