@@ -758,7 +758,7 @@ fn run_phase(
     // The checker, on the final database.
     ph.all_events.sort_by_key(|e| e.ts_us);
     write_events(&dir.join("events.jsonl"), &ph.all_events)?;
-    let mut reader = check::open_reader(url)?;
+    let mut reader = open_reader_patiently(url, plan.needs_restart())?;
     let report = check::check_database(reader.as_mut(), fixtures::CONTRACT_JSON, &ph.all_events)?;
     violations.extend(report.violations.iter().cloned());
     Ok(PhaseOutcome {
@@ -771,6 +771,31 @@ fn run_phase(
         events: ph.all_events.len(),
         proxy: proxy_stats,
     })
+}
+
+/// Opens the checker's reader. After a server restart the server may still be in crash recovery when the last
+/// processor exits (it accepts TCP but refuses logins until recovery ends): retry until a deadline instead of
+/// failing the scenario, and name the last error if it never comes back.
+fn open_reader_patiently(
+    url: &str,
+    after_restart: bool,
+) -> Result<Box<dyn check::Reader>, RunnerError> {
+    let deadline = Instant::now() + Duration::from_secs(if after_restart { 60 } else { 10 });
+    loop {
+        match check::open_reader(url) {
+            Ok(r) => return Ok(r),
+            Err(e) if Instant::now() < deadline && !url.starts_with("sqlite:") => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => {
+                return Err(RunnerError::Setup(format!(
+                    "the checker could not connect to {}: {e}",
+                    processor::store::url::redact_url(url)
+                )))
+            }
+        }
+    }
 }
 
 fn describe_status(s: ExitStatus) -> String {
