@@ -19,8 +19,14 @@ fn server_or_skip(test: &str) -> Option<MssqlConfig> {
             Ok(cfg) => Some(cfg),
             Err(e) => panic!("{ENV} is not a valid SQL Server connection: {e}"),
         },
+        _ if std::env::var("SHREDPROOF_REQUIRE_MSSQL").is_ok_and(|v| v == "1") => {
+            panic!("{test}: SHREDPROOF_REQUIRE_MSSQL=1 but {ENV} is not set")
+        }
         _ => {
-            println!("skipped {test}: set {ENV} to run SQL Server tests");
+            println!(
+                "skipped {test}: set {ENV} to run SQL Server tests (.ci/run starts Babelfish from \
+                 ../shared/tools/babelfish when that folder exists)"
+            );
             None
         }
     }
