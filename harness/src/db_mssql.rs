@@ -177,7 +177,7 @@ impl Launcher for BabelfishLauncher {
     }
     fn describe(&self) -> String {
         format!(
-            "private Babelfish 4.2 (SQL Server TDS endpoint, not SQL Server) on 127.0.0.1:{}",
+            "Babelfish 4.2.0, not SQL Server (a private Babelfish for PostgreSQL, TDS on 127.0.0.1:{})",
             self.server.tds_port()
         )
     }
