@@ -1,7 +1,9 @@
-//! Every scenario file is a test: each runs through the real runner, on SQLite always and on a private PostgreSQL
-//! cluster when the server binaries exist (required in CI), and must meet its own expectation. `harness = false`:
-//! the tests are `fixtures::trial`s, so a missing server or a scenario that does not apply to a backend shows as
-//! skipped, never as passed.
+//! Every scenario file is a test: each runs through the real runner, on SQLite always, on a private PostgreSQL
+//! cluster when the server binaries exist (required in CI), and on SQL Server (the server at SHREDPROOF_MSSQL_URL,
+//! or a private Babelfish from /opt/babelfish for scenarios that restart the server; required in CI with
+//! SHREDPROOF_REQUIRE_MSSQL=1), and must meet its own expectation. `harness = false`: the tests are
+//! `fixtures::trial`s, so a missing server or a scenario that does not apply to a backend shows as skipped, never
+//! as passed.
 
 use fixtures::trial::{self, Need, Trial};
 use harness::db::{Backend, Launcher, PgLauncher, SqliteDir};
@@ -81,6 +83,56 @@ fn not_applicable(file: &str, backend: Backend) -> Option<String> {
     harness::scenario::skip_reason(&plan, backend)
 }
 
+fn require_mssql() -> bool {
+    Need::Mssql.required()
+}
+
+/// Why no SQL Server can run `file` here (listing time): none at SHREDPROOF_MSSQL_URL (or, for a scenario that
+/// restarts the server, no private Babelfish in /opt/babelfish).
+fn mssql_missing(file: &str) -> Option<String> {
+    let path = scenarios_dir().join(file);
+    let restarts = Scenario::from_file(&path)
+        .and_then(|sc| sc.plan(1, Some(path.clone())))
+        .is_ok_and(|p| p.needs_restart());
+    let url = std::env::var(harness::db_mssql::ENV_URL).is_ok_and(|u| !u.trim().is_empty());
+    if (url && !restarts) || fixtures::babelfish::installed() {
+        return None;
+    }
+    Some(format!(
+        "{} is not set and no Babelfish is installed in /opt/babelfish (bash ../shared/tools/babelfish/install.sh)",
+        harness::db_mssql::ENV_URL
+    ))
+}
+
+/// SQL Server: the server at SHREDPROOF_MSSQL_URL when set (one shared server, a fresh database per run), except
+/// for scenarios that restart the server, which get a private Babelfish of their own (a restart would disturb
+/// every other test on a shared server). Listed as skipped when neither exists (a failure under
+/// SHREDPROOF_REQUIRE_MSSQL=1).
+fn mssql(file: &str) {
+    let path = scenarios_dir().join(file);
+    let sc = Scenario::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    let plan = sc.plan(1, Some(path)).unwrap_or_else(|e| panic!("{e}"));
+    let url = std::env::var(harness::db_mssql::ENV_URL)
+        .ok()
+        .filter(|u| !u.trim().is_empty());
+    let mut launcher: Box<dyn Launcher> = match url {
+        Some(u) if !plan.needs_restart() => Box::new(
+            harness::db_mssql::ExternalMssql::new(&u).unwrap_or_else(|e| panic!("{file}: {e}")),
+        ),
+        _ if fixtures::babelfish::installed() => Box::new(
+            harness::db_mssql::BabelfishLauncher::start()
+                .unwrap_or_else(|e| panic!("{file}: {e}")),
+        ),
+        // Listed as runnable only when a server exists or SHREDPROOF_REQUIRE_MSSQL=1: never a silent pass.
+        _ => panic!(
+            "{file}: SHREDPROOF_REQUIRE_MSSQL=1 but neither {} is set (for a restart: nor is Babelfish installed in \
+             /opt/babelfish)",
+            harness::db_mssql::ENV_URL
+        ),
+    };
+    run_on(file, launcher.as_mut());
+}
+
 macro_rules! scenario_tests {
     ($($name:ident => $file:literal),* $(,)?) => {
         fn trials() -> Vec<Trial> {
@@ -97,6 +149,14 @@ macro_rules! scenario_tests {
                 t.push(match not_applicable($file, Backend::Postgres) {
                     Some(why) => trial::skipped(name, why),
                     None => trial::trial(name, &[Need::Postgres], || postgres($file)),
+                });
+            )*
+            $(
+                let name = concat!("mssql::", stringify!($name));
+                t.push(match (not_applicable($file, Backend::Mssql), mssql_missing($file)) {
+                    (Some(why), _) => trial::skipped(name, why),
+                    (None, Some(why)) if !require_mssql() => trial::skipped(name, why),
+                    _ => trial::trial(name, &[], || mssql($file)),
                 });
             )*
             t.push(trial::trial("every_scenario_file_is_a_test", &[], every_scenario_file_is_a_test));
