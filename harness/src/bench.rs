@@ -483,7 +483,11 @@ fn storage_limit(
         }
         None => {
             store.commit()?;
-            "SQLite prepared inserts, one transaction"
+            if store.backend() == "mssql" {
+                "SQL Server multi-row INSERT … VALUES (sp_executesql), one transaction"
+            } else {
+                "SQLite prepared inserts, one transaction"
+            }
         }
     };
     timed += t0.elapsed();
