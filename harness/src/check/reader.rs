@@ -1,6 +1,7 @@
 //! Read-only database access for the checker: one small `Reader` trait returning every value as text, one
 //! implementation per backend, and every SQL statement the checker runs (named consts and format fns).
-//! Must not write to the database or use processor code; identifiers are validated and quoted here, nowhere else.
+//! Must not write to the database or use processor code (except its connection-string parser and redactor, which
+//! are not under judgement); identifiers are validated and quoted here, nowhere else.
 
 use super::CheckError;
 
@@ -40,12 +41,10 @@ pub fn open_reader(url: &str) -> Result<Box<dyn Reader>, CheckError> {
     )))
 }
 
-/// Hides a password in a URL before it goes into an error message.
+/// Hides a password in a URL before it goes into an error message: the processor's one redactor, so that every
+/// program masks the same part (connection-string parsing is not part of what the checker judges).
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
+    processor::store::url::redact_url(url)
 }
 
 /// SQLite, opened read-only so the checker cannot disturb the run it judges.
@@ -111,8 +110,14 @@ pub struct PgReader {
 
 impl PgReader {
     pub fn connect(url: &str) -> Result<Self, CheckError> {
-        let mut client = postgres::Client::connect(url, postgres::NoTls)
-            .map_err(|e| CheckError::Db(format!("cannot connect to {}: {e}", redact(url))))?;
+        let pg =
+            processor::store::url::PgUrl::parse(url).map_err(|e| CheckError::Db(e.to_string()))?;
+        let mut client = pg.connect().map_err(|e| {
+            CheckError::Db(format!(
+                "cannot connect to {pg}: {}",
+                processor::store::postgres::error::with_causes(&e)
+            ))
+        })?;
         // Read-only at the session level: a bug here cannot change the database under judgement.
         client
             .batch_execute(PG_READ_ONLY)
