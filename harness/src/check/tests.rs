@@ -21,7 +21,20 @@ impl Db {
 
     fn check(&self, events: &[Event]) -> CheckReport {
         let mut r = SqliteReader::open(&self.path).expect("open reader");
-        check_database(&mut r, fixtures::CONTRACT_JSON, events).expect("check runs")
+        let whole = check_database(&mut r, fixtures::CONTRACT_JSON, events).expect("check runs");
+        // Tiny chunks put chunk boundaries between the apps of every planted bug: same verdict, same apps.
+        let chunked =
+            check_database_chunked(&mut r, fixtures::CONTRACT_JSON, events, 7).expect("check runs");
+        // Compared per invariant as the union of apps: which violations are folded depends on the order.
+        let apps = |r: &CheckReport| -> BTreeMap<Invariant, BTreeSet<i64>> {
+            let mut m: BTreeMap<Invariant, BTreeSet<i64>> = BTreeMap::new();
+            for v in &r.violations {
+                m.entry(v.invariant).or_default().extend(&v.app_ids);
+            }
+            m
+        };
+        assert_eq!(apps(&whole), apps(&chunked), "chunked check differs");
+        whole
     }
 
     fn ok_apps(&self) -> impl Iterator<Item = (i64, &BTreeMap<String, Vec<RefRow>>)> {
