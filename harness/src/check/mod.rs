@@ -197,7 +197,7 @@ struct Ctx<'a> {
     refs: BTreeMap<i64, RefOutcome>,
     log: Vec<LogRow>,
     log_by_app: BTreeMap<i64, Vec<usize>>,
-    /// Table → natural key → apps of this chunk whose reference output contains it.
+    /// Shared table → natural key → apps of this chunk whose reference output contains it.
     key_refs: BTreeMap<String, HashMap<Key, Vec<i64>>>,
 }
 
@@ -247,7 +247,8 @@ struct Global {
     /// (hash of table and natural key, index into `apps`) per row of a shared table that an application whose
     /// reference mapping succeeds expects; sorted by `finish`. A 64-bit hash: a collision (odds ~1e-6 at ten
     /// million rows) could only make a row look referenced by one more application.
-    shared_refs: Vec<(u64, u32)>,
+    /// Each entry is `[hash >> 32, hash & 0xffff_ffff, app index]`: 12 bytes where a `(u64, u32)` takes 16.
+    shared_refs: Vec<[u32; 3]>,
     missing: Vec<i64>,
     multiple: Vec<i64>,
     bad_status: Vec<i64>,
@@ -260,6 +261,10 @@ fn key_hash(table: usize, key: &[Option<String>]) -> u64 {
     table.hash(&mut h);
     key.hash(&mut h);
     h.finish()
+}
+
+fn ref_entry(hash: u64, app_index: u32) -> [u32; 3] {
+    [(hash >> 32) as u32, hash as u32, app_index]
 }
 
 impl Global {
@@ -294,12 +299,14 @@ impl Global {
 
     /// Apps whose reference output contains this shared row.
     fn refs(&self, table: usize, key: &[Option<String>]) -> Vec<i64> {
-        let h = key_hash(table, key);
-        let start = self.shared_refs.partition_point(|(x, _)| *x < h);
+        let [hi, lo, _] = ref_entry(key_hash(table, key), 0);
+        let start = self
+            .shared_refs
+            .partition_point(|e| (e[0], e[1]) < (hi, lo));
         self.shared_refs[start..]
             .iter()
-            .take_while(|(x, _)| *x == h)
-            .filter_map(|(_, i)| self.apps.get(*i as usize).copied())
+            .take_while(|e| (e[0], e[1]) == (hi, lo))
+            .filter_map(|e| self.apps.get(e[2] as usize).copied())
             .collect()
     }
 
@@ -506,10 +513,14 @@ fn check_chunk(
         });
         Ok(())
     })?;
+    // Only shared tables' keys are looked up by key; app-keyed tables are read by app_id range.
     let mut key_refs: BTreeMap<String, HashMap<Key, Vec<i64>>> = BTreeMap::new();
     for (app, outcome) in &refs {
         if let RefOutcome::Success(tables) = outcome {
             for (t, rows) in tables {
+                if !contract.table(t).is_some_and(|t| t.shared) {
+                    continue;
+                }
                 let m = key_refs.entry(t.clone()).or_default();
                 for row in rows {
                     m.entry(row.key.clone()).or_default().push(*app);
@@ -542,7 +553,7 @@ fn check_chunk(
         if let RefOutcome::Success(tables) = outcome {
             for (ti, t) in contract.tables.iter().enumerate().filter(|(_, t)| t.shared) {
                 for row in tables.get(&t.name).map(Vec::as_slice).unwrap_or(&[]) {
-                    g.shared_refs.push((key_hash(ti, &row.key), idx));
+                    g.shared_refs.push(ref_entry(key_hash(ti, &row.key), idx));
                 }
             }
         }
