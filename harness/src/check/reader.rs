@@ -317,13 +317,19 @@ impl Sql {
         after: Option<i64>,
         limit: usize,
     ) -> Result<String, CheckError> {
-        let id = self.quote("app_id")?;
+        // Qualified names throughout: PostgreSQL resolves a bare `ORDER BY app_id` to the output column of the same
+        // name, which is the *text* cast, and pages ordered as text skip and repeat applications.
+        let id = format!("s.{}", self.quote("app_id")?);
         let filter = match after {
             Some(a) => format!(" WHERE {id} > {a}"),
             None => String::new(),
         };
-        let cols = format!("{}, {}", self.text("app_id")?, self.text(column)?);
-        let from = self.table(table)?;
+        let cols = format!(
+            "{}, {}",
+            self.cast(&id),
+            self.cast(&format!("s.{}", self.quote(column)?))
+        );
+        let from = format!("{} s", self.table(table)?);
         Ok(match self.dialect {
             Dialect::Sqlite | Dialect::Postgres => {
                 format!("SELECT {cols} FROM {from}{filter} ORDER BY {id} LIMIT {limit}")

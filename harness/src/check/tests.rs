@@ -704,7 +704,18 @@ fn postgres_baseline_passes_and_catches_a_changed_value() {
     let check = || {
         let mut r = open_reader(&url).expect("pg reader");
         assert_eq!(r.dialect(), Dialect::Postgres);
-        check_database(r.as_mut(), fixtures::CONTRACT_JSON, &[]).expect("check runs")
+        let whole = check_database(r.as_mut(), fixtures::CONTRACT_JSON, &[]).expect("check runs");
+        // Pages of 3: keyset paging must follow app_id order, not the order of its text (1, 10, 100, 11, …).
+        let paged = check_database_chunked(r.as_mut(), fixtures::CONTRACT_JSON, &[], 3)
+            .expect("check runs");
+        assert_eq!(whole.stats.apps, paged.stats.apps);
+        assert_eq!(
+            whole.violated(),
+            paged.violated(),
+            "{:#?}",
+            paged.violations
+        );
+        whole
     };
     let report = check();
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
