@@ -252,7 +252,7 @@ fn machine() -> Machine {
 fn database_version(url: &str, contract: &Contract) -> Result<String> {
     Ok(match DbUrl::parse(url)? {
         DbUrl::Postgres(conn) => {
-            let mut c = postgres::Client::connect(&conn, postgres::NoTls)?;
+            let mut c = conn.connect()?;
             let v: String = c.query_one("SHOW server_version", &[])?.get(0);
             let fsync: String = c.query_one("SHOW fsync", &[])?.get(0);
             let sc: String = c.query_one("SHOW synchronous_commit", &[])?.get(0);
@@ -377,7 +377,7 @@ fn storage_limit(
 ) -> Result<Limit> {
     let mut store = open_store(url, contract)?;
     let mut pg = match DbUrl::parse(url)? {
-        DbUrl::Postgres(conn) => Some(postgres::Client::connect(&conn, postgres::NoTls)?),
+        DbUrl::Postgres(conn) => Some(conn.connect()?),
         _ => None,
     };
     let mut timed = Duration::ZERO;
@@ -609,9 +609,9 @@ fn run_instances(
         let events = dir.join(format!("events-{i}.jsonl"));
         let log = std::fs::File::create(dir.join(format!("instance-{i}.log")))?;
         let mut cmd = cfg.processor.command();
+        // In the environment, not on the command line: other users can read command lines.
         cmd.arg("run")
-            .arg("--db")
-            .arg(url)
+            .env(processor::store::url::DB_ENV, url)
             .arg("--mode")
             .arg(mode.as_str())
             .arg("--instance-id")

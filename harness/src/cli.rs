@@ -39,7 +39,7 @@ pub struct Target {
     #[arg(long, value_enum, default_value = "sqlite")]
     pub backend: Backend,
     /// Use this server instead of starting one (each run still gets a fresh database).
-    #[arg(long)]
+    #[arg(long, env = "SHREDPROOF_DB_URL", hide_env_values = true)]
     pub db_url: Option<String>,
     /// The processor to test (default: this harness's built-in processor, the only one with crash points).
     #[arg(long, env = "SHREDPROOF_PROCESSOR_BIN")]
@@ -71,8 +71,8 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// sqlite:PATH or postgres://…
-    #[arg(long)]
+    /// sqlite:PATH, postgres://…, mssql://… or an ADO.NET connection string.
+    #[arg(long, env = "SHREDPROOF_DB", hide_env_values = true)]
     pub db: String,
     /// Mapping contract (default: the project's).
     #[arg(long)]
@@ -424,7 +424,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "sqlite")]
     pub backend: Backend,
     /// Use this server instead of starting one (each run still gets a fresh database).
-    #[arg(long)]
+    #[arg(long, env = "SHREDPROOF_DB_URL", hide_env_values = true)]
     pub db_url: Option<String>,
     /// Applications loaded for every run.
     #[arg(long, default_value_t = 20_000)]

@@ -248,17 +248,23 @@ pub struct ExternalPg {
 }
 
 impl ExternalPg {
-    fn url_for(&self, db: &str) -> String {
-        // postgres://user@host:port/dbname?params → replace dbname.
-        let (base, query) = match self.url.split_once('?') {
-            Some((b, q)) => (b.to_owned(), format!("?{q}")),
-            None => (self.url.clone(), String::new()),
-        };
-        let after_scheme = base.find("://").map_or(0, |i| i + 3);
-        let host_end = base[after_scheme..]
-            .find('/')
-            .map_or(base.len(), |i| after_scheme + i);
-        format!("{}/{db}{query}", &base[..host_end])
+    fn url_for(&self, db: &str) -> Result<String, DbError> {
+        Ok(self
+            .parsed()?
+            .with_database(db)
+            .map_err(|e| DbError::Other(e.to_string()))?
+            .connection_url())
+    }
+
+    fn parsed(&self) -> Result<processor::store::url::PgUrl, DbError> {
+        use processor::store::url::DbUrl;
+        match DbUrl::parse(&self.url) {
+            Ok(DbUrl::Postgres(pg)) => Ok(pg),
+            Ok(other) => Err(DbError::Other(format!(
+                "--db-url {other} is not a PostgreSQL url"
+            ))),
+            Err(e) => Err(DbError::Other(format!("--db-url: {e}"))),
+        }
     }
 }
 
@@ -268,15 +274,26 @@ impl Launcher for ExternalPg {
     }
     fn fresh_database(&mut self, name: &str) -> Result<String, DbError> {
         let db = pg_name(name);
-        let mut client = postgres::Client::connect(&self.url, postgres::NoTls)
-            .map_err(|e| DbError::Other(format!("cannot connect to --db-url: {e}")))?;
-        // Identifiers cannot be bound; `pg_name` leaves only [a-z0-9_].
-        client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE); CREATE DATABASE \"{db}\""
+        let mut client = self.parsed()?.connect().map_err(|e| {
+            DbError::Other(format!(
+                "cannot connect to --db-url: {}",
+                processor::store::postgres::error::with_causes(&e)
             ))
-            .map_err(|e| DbError::Other(format!("cannot create database {db}: {e}")))?;
-        Ok(self.url_for(&db))
+        })?;
+        // Identifiers cannot be bound; `pg_name` leaves only [a-z0-9_].
+        // Two statements: several in one simple query form one implicit transaction, which these refuse.
+        for sql in [
+            format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"),
+            format!("CREATE DATABASE \"{db}\""),
+        ] {
+            client.batch_execute(&sql).map_err(|e| {
+                DbError::Other(format!(
+                    "cannot create database {db}: {}",
+                    processor::store::postgres::error::with_causes(&e)
+                ))
+            })?;
+        }
+        self.url_for(&db)
     }
     fn restart(&mut self) -> Result<(), DbError> {
         Err(DbError::Other(
@@ -306,12 +323,17 @@ mod tests {
             url: "postgres://u:p@127.0.0.1:5432/postgres?sslmode=disable".into(),
         };
         assert_eq!(
-            e.url_for("run_1"),
+            e.url_for("run_1").expect("ok"),
             "postgres://u:p@127.0.0.1:5432/run_1?sslmode=disable"
         );
         let e = ExternalPg {
             url: "postgres://127.0.0.1".into(),
         };
-        assert_eq!(e.url_for("d"), "postgres://127.0.0.1/d");
+        assert_eq!(e.url_for("d").expect("ok"), "postgres://127.0.0.1/d");
+        // An '@' in the password stays in the password.
+        let e = ExternalPg {
+            url: "postgres://u:a@b@h:5/postgres".into(),
+        };
+        assert_eq!(e.url_for("d").expect("ok"), "postgres://u:a%40b@h:5/d");
     }
 }

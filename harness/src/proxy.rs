@@ -390,38 +390,27 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Splits a `postgres://` URL into (upstream `host:port`, the same URL pointed at `proxy`).
+/// Splits a `postgres://` URL into (upstream `host:port`, the same URL pointed at `proxy`), through the processor's
+/// own URL parser, so the proxy and the processor agree on where the password ends.
 pub fn route_url(url: &str, proxy: SocketAddr) -> Result<(String, String), ProxyError> {
-    let bad = || ProxyError::Url(processor::store::url::redact_url(url));
-    let scheme_end = url.find("://").ok_or_else(bad)?;
-    let rest_start = scheme_end + 3;
-    let rest = &url[rest_start..];
-    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..auth_end];
-    let (userinfo, hostport) = match authority.rfind('@') {
-        Some(i) => (&authority[..=i], &authority[i + 1..]),
-        None => ("", authority),
+    use processor::store::url::DbUrl;
+    let pg = match DbUrl::parse(url) {
+        Ok(DbUrl::Postgres(pg)) => pg,
+        Ok(other) => return Err(ProxyError::Url(format!("{other} is not a PostgreSQL url"))),
+        Err(e) => return Err(ProxyError::Url(e.to_string())),
     };
-    if hostport.is_empty() || hostport.contains(',') {
-        return Err(bad());
-    }
-    let upstream = if hostport.starts_with('[') {
-        // [v6]:port
-        match hostport.rfind("]:") {
-            Some(_) => hostport.to_owned(),
-            None => format!("{hostport}:5432"),
-        }
-    } else if hostport.contains(':') {
-        hostport.to_owned()
+    let (host, port) = pg
+        .host_port()
+        .ok_or_else(|| ProxyError::Url(format!("{pg} has no TCP host")))?;
+    let upstream = if host.contains(':') {
+        format!("[{host}]:{port}")
     } else {
-        format!("{hostport}:5432")
+        format!("{host}:{port}")
     };
-    let routed = format!(
-        "{}{userinfo}{proxy}{}",
-        &url[..rest_start],
-        &rest[auth_end..]
-    );
-    Ok((upstream, routed))
+    let routed = pg
+        .with_host_port(&proxy.ip().to_string(), proxy.port())
+        .map_err(|e| ProxyError::Url(e.to_string()))?;
+    Ok((upstream, routed.connection_url()))
 }
 
 #[cfg(test)]
@@ -439,9 +428,10 @@ mod tests {
             routed,
             "postgres://postgres@127.0.0.1:7000/db_1?sslmode=disable"
         );
+        // The last '@' ends the user info; the routed URL escapes the one in the password.
         let (up, routed) = route_url("postgres://u:p@w@localhost/x", p).expect("ok");
         assert_eq!(up, "localhost:5432");
-        assert_eq!(routed, "postgres://u:p@w@127.0.0.1:7000/x");
+        assert_eq!(routed, "postgres://u:p%40w@127.0.0.1:7000/x");
         assert!(route_url("host=/tmp dbname=x", p).is_err());
     }
 

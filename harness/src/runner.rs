@@ -819,47 +819,41 @@ impl Phase<'_> {
             .join(format!("events-{}-{}.jsonl", inst.id, inst.starts));
         let log = File::create(self.log_path(inst.id, inst.starts))?;
         let mut cmd = self.opts.processor.command();
-        cmd.args([
-            "run",
-            "--db",
-            self.url,
-            "--log-format",
-            "pretty",
-            "--log-level",
-            "info",
-        ])
-        .args([
-            "--mode",
-            p.mode.as_str(),
-            "--commit-mode",
-            p.commit_mode.as_str(),
-        ])
-        .args([
-            "--workers",
-            &p.workers.to_string(),
-            "--batch-size",
-            &p.batch_size.to_string(),
-        ])
-        .args([
-            "--instance-id",
-            &inst.id.to_string(),
-            "--instance-count",
-            &p.instances.to_string(),
-        ])
-        .args([
-            "--lease-secs",
-            &p.lease_secs.to_string(),
-            "--retry-give-up-secs",
-            &p.deadline_secs.to_string(),
-        ])
-        .arg("--events")
-        .arg(&events)
-        .env_remove(processor::crash::CRASH_ENV)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        // Own process group: faults signal the whole group, and the harness's terminal signals do not.
-        .process_group(0);
+        // The URL (and its password) in the environment, not on the command line: see `DB_ENV`.
+        cmd.env(processor::store::url::DB_ENV, self.url);
+        cmd.args(["run", "--log-format", "pretty", "--log-level", "info"])
+            .args([
+                "--mode",
+                p.mode.as_str(),
+                "--commit-mode",
+                p.commit_mode.as_str(),
+            ])
+            .args([
+                "--workers",
+                &p.workers.to_string(),
+                "--batch-size",
+                &p.batch_size.to_string(),
+            ])
+            .args([
+                "--instance-id",
+                &inst.id.to_string(),
+                "--instance-count",
+                &p.instances.to_string(),
+            ])
+            .args([
+                "--lease-secs",
+                &p.lease_secs.to_string(),
+                "--retry-give-up-secs",
+                &p.deadline_secs.to_string(),
+            ])
+            .arg("--events")
+            .arg(&events)
+            .env_remove(processor::crash::CRASH_ENV)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Own process group: faults signal the whole group, and the harness's terminal signals do not.
+            .process_group(0);
         if let Some(Fault {
             action:
                 Action::CrashPoint {
@@ -938,6 +932,7 @@ fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Resul
         let out = opts
             .processor
             .command()
+            .env(processor::store::url::DB_ENV, url)
             .args(args)
             .stdin(Stdio::null())
             .output()?;
@@ -958,8 +953,6 @@ fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Resul
     run(
         &[
             "load",
-            "--db",
-            url,
             "--generate",
             &n,
             "--seed",
@@ -979,7 +972,7 @@ fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Resul
         }
         let e = edge.display().to_string();
         run(
-            &["load", "--db", url, "--dir", &e, "--log-level", "warn"],
+            &["load", "--dir", &e, "--log-level", "warn"],
             "loading edge cases",
         )?;
     }

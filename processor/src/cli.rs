@@ -38,10 +38,11 @@ pub enum Command {
     Status(StatusArgs),
 }
 
-#[derive(Debug, Args, Clone)]
+#[derive(Args, Clone)]
 pub struct Common {
-    /// sqlite:PATH, postgres://…, mssql://… or an ADO.NET connection string.
-    #[arg(long, env = "SHREDPROOF_DB")]
+    /// sqlite:PATH, postgres://…, mssql://… or an ADO.NET connection string. Prefer SHREDPROOF_DB for one with
+    /// a password: other users can read command lines.
+    #[arg(long, env = store::url::DB_ENV, hide_env_values = true)]
     pub db: Option<String>,
     /// Mapping contract (JSON). Default: the project's built-in contract.
     #[arg(long)]
@@ -58,18 +59,48 @@ pub struct Common {
     /// SQL Server password (with --server). Prefer SHREDPROOF_MSSQL_PASSWORD; never logged.
     #[arg(long, env = "SHREDPROOF_MSSQL_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
-    /// error, warn, info, debug, trace.
-    #[arg(long, default_value = "info")]
+    /// Least severe log level shown.
+    #[arg(long, default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
     pub log_level: String,
     /// Human log lines (pretty) or JSON lines (json; also writes events to stdout).
     #[arg(long, value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
 }
 
+/// Passwords shown as `***`: `--db` through the one redactor, `--password` never.
+impl std::fmt::Debug for Common {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Common")
+            .field("db", &self.db.as_deref().map(store::url::redact_url))
+            .field("contract", &self.contract)
+            .field("server", &self.server)
+            .field("database", &self.database)
+            .field("username", &self.username)
+            .field(
+                "password",
+                &self.password.as_ref().map(|_| store::url::MASK),
+            )
+            .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    /// Human-readable lines on stderr; results on stdout.
     Pretty,
+    /// JSON lines on stderr (results logged there too); stdout carries only JSON.
     Json,
+}
+
+/// Prints a command's one-line result: on stdout for people, as a structured log line in JSON mode (where stdout
+/// must hold JSON only).
+fn report(format: LogFormat, line: &str) {
+    match format {
+        LogFormat::Pretty => println!("{line}"),
+        LogFormat::Json => tracing::info!(result = line, "done"),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +117,7 @@ pub struct LoadArgs {
     /// Generate N documents with the seeded fixture generator.
     #[arg(long)]
     pub generate: Option<u64>,
+    /// Seed of the generator: the same seed gives the same documents.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// First app_id of generated documents.
@@ -109,14 +141,20 @@ pub struct RunArgs {
     /// Stop after this many applications.
     #[arg(long)]
     pub limit: Option<u64>,
+    /// Only applications with app_id >= this (with --app-id-end).
     #[arg(long, requires = "app_id_end")]
     pub app_id_start: Option<i64>,
+    /// Only applications with app_id <= this (with --app-id-start).
     #[arg(long, requires = "app_id_start")]
     pub app_id_end: Option<i64>,
+    /// How instances share the work: uncoordinated (one instance), partitioned (app_id mod --instance-count) or
+    /// queue (leased claims).
     #[arg(long, value_enum, default_value = "uncoordinated")]
     pub mode: Mode,
+    /// This instance's number, 0 .. --instance-count - 1.
     #[arg(long, default_value_t = 0)]
     pub instance_id: u32,
+    /// How many instances run side by side.
     #[arg(long, default_value_t = 1)]
     pub instance_count: u32,
     /// Queue mode: lease length in seconds.
@@ -192,11 +230,21 @@ where
         Command::Status(a) => &a.common,
     };
     init_tracing(&common.log_level, common.log_format);
+    let common = common.clone();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Exit { code, error }) => {
-            tracing::error!(error = format!("{error:#}"), "processor failed");
-            eprintln!("error: {error:#}");
+            // Once: as a log line in JSON mode (stderr stays JSON), as plain text otherwise.
+            match common.log_format {
+                LogFormat::Json => {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        exit_code = code,
+                        "processor failed"
+                    )
+                }
+                LogFormat::Pretty => eprintln!("error: {error:#}"),
+            }
             ExitCode::from(code)
         }
     }
@@ -225,7 +273,10 @@ fn dispatch(cli: Cli) -> Result<(), Exit> {
             s.init_schema()
                 .context("failed to create the schema")
                 .map_err(runtime)?;
-            println!("schema ready on {}", db_url(&c)?.redacted());
+            report(
+                c.log_format,
+                &format!("schema ready on {}", db_url(&c)?.redacted()),
+            );
             Ok(())
         }
         Command::Load(a) => load(a),
@@ -316,7 +367,6 @@ impl<'s> Loader<'s> {
         if let Some(e) = why {
             self.refused += 1;
             tracing::warn!(file = %name, app_id, reason = %e, "document refused by the strict-bytes check; stored byte-exact, `run` will log it failed");
-            eprintln!("warning: {name}: {e}; stored byte-exact, `run` will log it failed (parse)");
         }
         self.push_text(app_id, name, text)
     }
@@ -357,7 +407,6 @@ impl<'s> Loader<'s> {
                         }
                         Err(e) => {
                             tracing::error!(file = %name, app_id = doc.0, error = %e, "the database refused this document");
-                            eprintln!("error: {name}: the database refused this document: {e}");
                             self.unstored.push(name.clone());
                         }
                     }
@@ -382,6 +431,7 @@ fn load(a: LoadArgs) -> Result<(), Exit> {
         .context("failed to create the schema")
         .map_err(runtime)?;
     let mut loader = Loader::new(s.as_mut());
+    let progress = progress_line(&a.common);
     if let Some(dir) = &a.dir {
         // One file in memory at a time besides the bounded batch.
         for (id, path) in list_xml_files(dir).map_err(usage)? {
@@ -405,13 +455,13 @@ fn load(a: LoadArgs) -> Result<(), Exit> {
                 format!("generated app_id {}", doc.app_id),
                 doc.xml.into_bytes(),
             )?;
-            if loader.total != before && std::io::stderr().is_terminal() {
+            if loader.total != before && progress {
                 eprint!("\rloaded {}/{n}", loader.total);
             }
         }
     }
     loader.flush()?;
-    if std::io::stderr().is_terminal() {
+    if progress && a.generate.is_some() {
         eprintln!();
     }
     let refused = if loader.refused > 0 {
@@ -423,10 +473,13 @@ fn load(a: LoadArgs) -> Result<(), Exit> {
         String::new()
     };
     let stored = loader.total - loader.unstored.len() as u64;
-    println!(
-        "loaded {} new documents ({} already present{refused})",
-        loader.new,
-        stored - loader.new
+    report(
+        a.common.log_format,
+        &format!(
+            "loaded {} new documents ({} already present{refused})",
+            loader.new,
+            stored - loader.new
+        ),
     );
     if !loader.unstored.is_empty() {
         return Err(runtime(anyhow!(
@@ -545,12 +598,17 @@ pub fn run_config(a: &RunArgs) -> Result<RunConfig, Exit> {
             give_up_after_secs: a.retry_give_up_secs,
             ..RetryPolicy::default()
         },
-        progress: std::io::stderr().is_terminal(),
+        progress: progress_line(&a.common),
         limits: engine::DocLimits {
             max_doc_bytes: a.max_doc_bytes,
             max_map: std::time::Duration::from_millis(a.max_map_ms),
         },
     })
+}
+
+/// A `\r` progress line only for a person at a terminal reading pretty logs; otherwise progress is logged.
+fn progress_line(c: &Common) -> bool {
+    c.log_format == LogFormat::Pretty && std::io::stderr().is_terminal()
 }
 
 /// Unique per process start: instance, pid and random bits.
@@ -613,7 +671,7 @@ fn run(a: RunArgs) -> Result<(), Exit> {
     let summary = engine::run(store.as_mut(), &cfg, &ctx)
         .context("run failed")
         .map_err(runtime)?;
-    println!(
+    let line = format!(
         "{}: {} succeeded, {} failed, {} collisions, {} lease lost in {:.1}s ({:.0} applications/s)",
         summary.reason,
         summary.succeeded,
@@ -623,6 +681,10 @@ fn run(a: RunArgs) -> Result<(), Exit> {
         summary.elapsed_secs,
         (summary.succeeded + summary.failed) as f64 / summary.elapsed_secs.max(1e-9)
     );
+    // JSON mode: stdout holds only events (the `finished` event carries the same summary).
+    if a.common.log_format == LogFormat::Pretty {
+        println!("{line}");
+    }
     Ok(())
 }
 
@@ -636,11 +698,11 @@ fn connect_with_retry(
     loop {
         match store::open(url, contract.clone()) {
             Ok(s) => return Ok(s),
-            Err(OpenError::Connect { source, .. })
-                if source.is_retryable()
+            Err(OpenError::Connect { cause, .. })
+                if cause.is_retryable()
                     && start.elapsed().as_secs() < policy.give_up_after_secs =>
             {
-                tracing::warn!(error = %source, url = %url.redacted(), "database unreachable; retrying");
+                tracing::warn!(error = %cause, url = %url.redacted(), "database unreachable; retrying");
                 std::thread::sleep(std::time::Duration::from_millis(delay));
                 delay = (delay * 2).min(policy.max_delay_ms);
             }
@@ -656,11 +718,29 @@ fn connect_with_retry(
 }
 
 fn status(a: StatusArgs) -> Result<(), Exit> {
+    // Opening a SQLite file that does not exist would create it: say what is wrong instead.
+    if let DbUrl::Sqlite(p) = db_url(&a.common)? {
+        if !p.exists() {
+            return Err(usage(anyhow!(
+                "{} does not exist: the database is not initialised (run `processor init` or `processor load` first)",
+                p.display()
+            )));
+        }
+    }
     let mut s = open_store(&a.common)?;
-    let r = s
-        .status(store::now_ms())
-        .context("failed to read status")
-        .map_err(runtime)?;
+    let r = match s.status(store::now_ms()) {
+        Ok(r) => r,
+        Err(e) if e.kind == store::ErrorKind::Missing => {
+            return Err(usage(anyhow!(
+            "the database is not initialised ({e}): run `processor init` or `processor load` first"
+        )))
+        }
+        Err(e) => {
+            return Err(runtime(
+                anyhow::Error::new(e).context("failed to read status"),
+            ))
+        }
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r).map_err(runtime)?);
         return Ok(());

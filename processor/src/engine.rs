@@ -78,7 +78,7 @@ pub struct RunConfig {
     pub instance_count: u32,
     pub lease_secs: u64,
     pub retry: RetryPolicy,
-    /// Print a progress line to stderr about once a second.
+    /// Print a `\r` progress line to stderr about once a second (instead of the `progress` log line).
     pub progress: bool,
     /// Per-document limits: a document over either is logged `failed` with `limit: …`.
     pub limits: DocLimits,
@@ -608,18 +608,20 @@ pub fn run(
                 last_progress = Instant::now();
                 let done = summary.succeeded + summary.failed;
                 let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-9);
-                tracing::info!(
-                    done,
-                    succeeded = summary.succeeded,
-                    failed = summary.failed,
-                    collisions = summary.collisions,
-                    rate = rate as u64,
-                    "progress"
-                );
+                // One or the other: a log line would break the `\r` line it lands in.
                 if cfg.progress {
                     eprint!(
                         "\r{done} applications ({} ok, {} failed, {} collisions) {rate:.0}/s   ",
                         summary.succeeded, summary.failed, summary.collisions
+                    );
+                } else {
+                    tracing::info!(
+                        done,
+                        succeeded = summary.succeeded,
+                        failed = summary.failed,
+                        collisions = summary.collisions,
+                        rate = rate as u64,
+                        "progress"
                     );
                 }
             }

@@ -171,7 +171,17 @@ fn show(v: &Option<String>) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Shared inputs: contract, source documents with their reference outcomes, the log.
+// Streaming. The database is read in chunks of `chunk_apps` source applications in app_id order (keyset pages):
+// each chunk's documents are mapped, and compared with the chunk's log rows and stored rows (app-keyed tables by
+// app_id range, shared-entity tables by the natural keys the chunk's documents expect), then dropped. What
+// outlives a chunk is compact: one status byte per application, and one (key hash, application) pair per expected
+// row of a shared-entity table, needed afterwards by the pass over every stored shared row (which application
+// references a row is known only from documents, which are gone by then). Every other query streams.
+
+/// Source applications read, mapped and compared at a time.
+pub const CHUNK_APPS: usize = 2000;
+/// Values in one `IN (…)` list of a shared-row lookup.
+const IN_LIST_MAX: usize = 1000;
 
 type Key = Vec<Option<String>>;
 
@@ -180,18 +190,18 @@ struct LogRow {
     reason: Option<String>,
 }
 
-struct Ctx {
-    contract: RefContract,
-    sql: Sql,
+/// One chunk: its applications' reference outcomes and the log rows of its app_id range.
+struct Ctx<'a> {
+    contract: &'a RefContract,
     /// Source app → reference outcome.
     refs: BTreeMap<i64, RefOutcome>,
     log: Vec<LogRow>,
     log_by_app: BTreeMap<i64, Vec<usize>>,
-    /// Table → natural key → apps whose reference output contains it.
+    /// Shared table → natural key → apps of this chunk whose reference output contains it.
     key_refs: BTreeMap<String, HashMap<Key, Vec<i64>>>,
 }
 
-impl Ctx {
+impl Ctx<'_> {
     /// The app's log status when it has a log row (the first one if duplicated; coverage reports duplicates).
     fn status(&self, app: i64) -> Option<&str> {
         let idx = self.log_by_app.get(&app)?.first()?;
@@ -216,13 +226,157 @@ impl Ctx {
     }
 }
 
+// Per-application flags kept for the whole check.
+const ST_MASK: u8 = 0b11;
+const ST_NONE: u8 = 0;
+const ST_SUCCESS: u8 = 1;
+const ST_FAILED: u8 = 2;
+const ST_OTHER: u8 = 3;
+/// Some log row of the app says success (there may be several: coverage reports that).
+const ANY_SUCCESS: u8 = 4;
+
+/// What outlives the chunks: compact per-application state, the shared-row reference index, coverage findings.
+#[derive(Default)]
+struct Global {
+    /// Source app_ids, ascending (appended chunk by chunk).
+    apps: Vec<i64>,
+    /// Per app: first log status (`ST_*`) and `ANY_SUCCESS`.
+    flags: Vec<u8>,
+    /// Log rows that name no source application but say success (owners may still be such apps).
+    unknown_success: Vec<i64>,
+    /// (hash of table and natural key, index into `apps`) per row of a shared table that an application whose
+    /// reference mapping succeeds expects; sorted by `finish`. A 64-bit hash: a collision (odds ~1e-6 at ten
+    /// million rows) could only make a row look referenced by one more application.
+    /// Each entry is `[hash >> 32, hash & 0xffff_ffff, app index]`: 12 bytes where a `(u64, u32)` takes 16.
+    shared_refs: Vec<[u32; 3]>,
+    missing: Vec<i64>,
+    multiple: Vec<i64>,
+    bad_status: Vec<i64>,
+    unknown: Vec<i64>,
+}
+
+fn key_hash(table: usize, key: &[Option<String>]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    table.hash(&mut h);
+    key.hash(&mut h);
+    h.finish()
+}
+
+fn ref_entry(hash: u64, app_index: u32) -> [u32; 3] {
+    [(hash >> 32) as u32, hash as u32, app_index]
+}
+
+impl Global {
+    fn flags(&self, app: i64) -> Option<u8> {
+        self.apps
+            .binary_search(&app)
+            .ok()
+            .and_then(|i| self.flags.get(i).copied())
+    }
+
+    fn is_success(&self, app: i64) -> bool {
+        match self.flags(app) {
+            Some(f) => f & ANY_SUCCESS != 0,
+            None => self.unknown_success.binary_search(&app).is_ok(),
+        }
+    }
+
+    fn status(&self, app: i64) -> Option<&'static str> {
+        match self.flags(app).map(|f| f & ST_MASK) {
+            Some(ST_SUCCESS) => Some("success"),
+            Some(ST_FAILED) => Some("failed"),
+            _ => None,
+        }
+    }
+
+    fn has_log(&self, app: i64) -> bool {
+        match self.flags(app) {
+            Some(f) => f & ST_MASK != ST_NONE,
+            None => self.unknown.binary_search(&app).is_ok(),
+        }
+    }
+
+    /// Apps whose reference output contains this shared row.
+    fn refs(&self, table: usize, key: &[Option<String>]) -> Vec<i64> {
+        let [hi, lo, _] = ref_entry(key_hash(table, key), 0);
+        let start = self
+            .shared_refs
+            .partition_point(|e| (e[0], e[1]) < (hi, lo));
+        self.shared_refs[start..]
+            .iter()
+            .take_while(|e| (e[0], e[1]) == (hi, lo))
+            .filter_map(|e| self.apps.get(e[2] as usize).copied())
+            .collect()
+    }
+
+    fn finish(&mut self) {
+        self.shared_refs.sort_unstable();
+        self.shared_refs.dedup();
+        self.unknown.sort_unstable();
+        self.unknown_success.sort_unstable();
+    }
+}
+
+/// Violations as they stream in, each invariant capped at `MAX_PER_INVARIANT` (the rest folded into one summary,
+/// keeping only their app ids).
+#[derive(Default)]
+struct Collector {
+    kept: BTreeMap<Invariant, Vec<Violation>>,
+    folded: BTreeMap<Invariant, (usize, Vec<i64>)>,
+}
+
+impl Collector {
+    fn push(&mut self, v: Violation) {
+        let inv = v.invariant;
+        let kept = self.kept.entry(inv).or_default();
+        if kept.len() < MAX_PER_INVARIANT && !self.folded.contains_key(&inv) {
+            kept.push(v);
+            return;
+        }
+        let f = self.folded.entry(inv).or_default();
+        if f.0 == 0 {
+            // The summary takes the last kept slot: MAX_PER_INVARIANT - 1 in full, then the summary.
+            if let Some(last) = kept.pop() {
+                f.0 += 1;
+                f.1.extend(last.app_ids);
+            }
+        }
+        f.0 += 1;
+        f.1.extend(v.app_ids);
+    }
+
+    fn extend(&mut self, vs: impl IntoIterator<Item = Violation>) {
+        for v in vs {
+            self.push(v);
+        }
+    }
+
+    fn finish(mut self) -> Vec<Violation> {
+        let mut out = Vec::new();
+        for inv in Invariant::ALL {
+            out.extend(self.kept.remove(&inv).unwrap_or_default());
+            if let Some((n, mut apps)) = self.folded.remove(&inv) {
+                apps.sort_unstable();
+                apps.dedup();
+                out.push(Violation {
+                    invariant: inv,
+                    message: format!("{n} more {inv} violations, apps: {}", id_list(&apps)),
+                    app_ids: apps,
+                });
+            }
+        }
+        out
+    }
+}
+
 fn parse_id(v: &Option<String>, what: &str) -> Result<i64, CheckError> {
     v.as_deref()
         .and_then(|s| s.trim().parse().ok())
         .ok_or_else(|| CheckError::Db(format!("{what}: app_id {} is not an integer", show(v))))
 }
 
-/// Maps every document, using every core: the reference is the slow part of a check.
+/// Maps every document of a chunk, using every core: the reference is the slow part of a check.
 fn map_all(contract: &RefContract, docs: Vec<(i64, String)>) -> BTreeMap<i64, RefOutcome> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -257,32 +411,116 @@ fn map_all(contract: &RefContract, docs: Vec<(i64, String)>) -> BTreeMap<i64, Re
     out
 }
 
-fn load_ctx(reader: &mut dyn Reader, contract_json: &str) -> Result<Ctx, CheckError> {
+/// Runs every database invariant (coverage, no-duplicates, log-matches-data, content, fencing) on a final database.
+/// `events` are the processors' event streams, merged (order does not matter). Memory stays bounded by the chunk
+/// size plus a few bytes per application (see "Streaming" above).
+pub fn check_database(
+    reader: &mut dyn Reader,
+    contract_json: &str,
+    events: &[Event],
+) -> Result<CheckReport, CheckError> {
+    check_database_chunked(reader, contract_json, events, CHUNK_APPS)
+}
+
+/// [`check_database`] with a chosen chunk size (tests use tiny ones, so chunk boundaries are exercised).
+pub fn check_database_chunked(
+    reader: &mut dyn Reader,
+    contract_json: &str,
+    events: &[Event],
+    chunk_apps: usize,
+) -> Result<CheckReport, CheckError> {
     let contract = RefContract::parse(contract_json)?;
     let sql = Sql::new(reader.dialect(), &contract.target_schema)?;
-    let mut docs = Vec::new();
-    for r in reader.query_text(&sql.source(&contract.source_table, &contract.source_column)?)? {
-        let id = parse_id(&r[0], "source")?;
-        docs.push((id, r.get(1).cloned().flatten().unwrap_or_default()));
-    }
-    let refs = map_all(&contract, docs);
-
     let with_fence = exists(reader, &sql.column_exists(LOG_TABLE, "fence")?)?;
+    let mut g = Global::default();
+    let mut out = Collector::default();
+    let chunk_apps = chunk_apps.max(1);
+    let mut after: Option<i64> = None;
+    loop {
+        let mut docs = Vec::with_capacity(chunk_apps);
+        reader.query_each(
+            &sql.source_page(
+                &contract.source_table,
+                &contract.source_column,
+                after,
+                chunk_apps,
+            )?,
+            &mut |r| {
+                let id = parse_id(&r[0], "source")?;
+                docs.push((id, r.get(1).cloned().flatten().unwrap_or_default()));
+                Ok(())
+            },
+        )?;
+        // The range this chunk answers for: (after, last] — or to the end when the source is exhausted, so that
+        // log and target rows of applications that are not in the source are seen too.
+        let last_page = docs.len() < chunk_apps;
+        let hi = if last_page {
+            None
+        } else {
+            docs.last().map(|d| d.0)
+        };
+        check_chunk(
+            reader,
+            &contract,
+            &sql,
+            with_fence,
+            docs,
+            (after, hi),
+            &mut g,
+            &mut out,
+        )?;
+        match hi {
+            Some(h) => after = Some(h),
+            None => break,
+        }
+    }
+    g.finish();
+    out.extend(coverage_violations(&mut g));
+    for (ti, t) in contract.tables.iter().enumerate() {
+        if t.shared {
+            check_shared_rows(reader, &contract, &sql, ti, &g, &mut out)?;
+        }
+    }
+    out.extend(check_no_duplicates(reader, &contract, &sql, &g)?);
+    out.extend(check_fencing(reader, &sql, events)?);
+    let mut violations = out.finish();
+    violations.extend(check_file_integrity(reader)?);
+    let stats = stats(reader, &contract, &sql, &g)?;
+    Ok(CheckReport { violations, stats })
+}
+
+/// One chunk: map its documents, read its log rows and stored rows, run the per-application checks.
+#[allow(clippy::too_many_arguments)]
+fn check_chunk(
+    reader: &mut dyn Reader,
+    contract: &RefContract,
+    sql: &Sql,
+    with_fence: bool,
+    docs: Vec<(i64, String)>,
+    range: (Option<i64>, Option<i64>),
+    g: &mut Global,
+    out: &mut Collector,
+) -> Result<(), CheckError> {
+    let refs = map_all(contract, docs);
     let mut log = Vec::new();
     let mut log_by_app: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
-    for r in reader.query_text(&sql.log_rows(with_fence)?)? {
+    reader.query_each(&sql.log_rows_in(with_fence, range)?, &mut |r| {
         let app_id = parse_id(&r[0], "processing_log")?;
         log_by_app.entry(app_id).or_default().push(log.len());
         log.push(LogRow {
             status: r[1].clone(),
             reason: r[2].clone(),
         });
-    }
-
+        Ok(())
+    })?;
+    // Only shared tables' keys are looked up by key; app-keyed tables are read by app_id range.
     let mut key_refs: BTreeMap<String, HashMap<Key, Vec<i64>>> = BTreeMap::new();
     for (app, outcome) in &refs {
         if let RefOutcome::Success(tables) = outcome {
             for (t, rows) in tables {
+                if !contract.table(t).is_some_and(|t| t.shared) {
+                    continue;
+                }
                 let m = key_refs.entry(t.clone()).or_default();
                 for row in rows {
                     m.entry(row.key.clone()).or_default().push(*app);
@@ -290,73 +528,68 @@ fn load_ctx(reader: &mut dyn Reader, contract_json: &str) -> Result<Ctx, CheckEr
             }
         }
     }
-    Ok(Ctx {
+    let ctx = Ctx {
         contract,
-        sql,
         refs,
         log,
         log_by_app,
         key_refs,
-    })
-}
-
-/// Runs every database invariant (coverage, no-duplicates, log-matches-data, content, fencing) on a final database.
-/// `events` are the processors' event streams, merged (order does not matter).
-pub fn check_database(
-    reader: &mut dyn Reader,
-    contract_json: &str,
-    events: &[Event],
-) -> Result<CheckReport, CheckError> {
-    let ctx = load_ctx(reader, contract_json)?;
-    let mut violations = Vec::new();
-    violations.extend(cap(check_coverage(&ctx)));
-    violations.extend(cap(check_no_duplicates(reader, &ctx)?));
-    violations.extend(cap(check_log_matches_data(reader, &ctx)?));
-    violations.extend(cap(check_content(reader, &ctx)?));
-    violations.extend(cap(check_fencing(reader, &ctx, events)?));
-    violations.extend(check_file_integrity(reader)?);
-    let stats = stats(reader, &ctx)?;
-    Ok(CheckReport { violations, stats })
-}
-
-fn cap(mut v: Vec<Violation>) -> Vec<Violation> {
-    if v.len() <= MAX_PER_INVARIANT {
-        return v;
+    };
+    // What outlives the chunk.
+    for (app, outcome) in &ctx.refs {
+        let mut f = match ctx.status(*app) {
+            Some("success") => ST_SUCCESS,
+            Some("failed") => ST_FAILED,
+            _ if ctx.log_by_app.contains_key(app) => ST_OTHER,
+            _ => ST_NONE,
+        };
+        if ctx.is_success(*app) {
+            f |= ANY_SUCCESS;
+        }
+        let idx = u32::try_from(g.apps.len())
+            .map_err(|_| CheckError::Unsupported("more than 4 billion applications".into()))?;
+        g.apps.push(*app);
+        g.flags.push(f);
+        if let RefOutcome::Success(tables) = outcome {
+            for (ti, t) in contract.tables.iter().enumerate().filter(|(_, t)| t.shared) {
+                for row in tables.get(&t.name).map(Vec::as_slice).unwrap_or(&[]) {
+                    g.shared_refs.push(ref_entry(key_hash(ti, &row.key), idx));
+                }
+            }
+        }
     }
-    let rest = v.split_off(MAX_PER_INVARIANT - 1);
-    let inv = rest[0].invariant;
-    let apps: BTreeSet<i64> = rest
-        .iter()
-        .flat_map(|x| x.app_ids.iter().copied())
-        .collect();
-    let apps: Vec<i64> = apps.into_iter().collect();
-    v.push(Violation {
-        invariant: inv,
-        message: format!(
-            "{} more {inv} violations, apps: {}",
-            rest.len(),
-            id_list(&apps)
-        ),
-        app_ids: apps,
-    });
-    v
+    for app in ctx.log_by_app.keys().filter(|a| !ctx.refs.contains_key(a)) {
+        if ctx.is_success(*app) {
+            g.unknown_success.push(*app);
+        }
+    }
+    check_coverage(&ctx, g);
+    let stored = load_stored(reader, &ctx, sql, range)?;
+    out.extend(check_log_matches_data(&ctx, &stored));
+    out.extend(check_content(&ctx, &stored));
+    Ok(())
 }
 
-fn stats(reader: &mut dyn Reader, ctx: &Ctx) -> Result<CheckStats, CheckError> {
+fn stats(
+    reader: &mut dyn Reader,
+    contract: &RefContract,
+    sql: &Sql,
+    g: &Global,
+) -> Result<CheckStats, CheckError> {
     let mut s = CheckStats {
-        apps: ctx.refs.len() as u64,
+        apps: g.apps.len() as u64,
         ..CheckStats::default()
     };
-    for app in ctx.refs.keys() {
-        match ctx.status(*app) {
-            None if !ctx.log_by_app.contains_key(app) => s.missing += 1,
-            Some("success") => s.success += 1,
-            Some("failed") => s.failed += 1,
+    for f in &g.flags {
+        match f & ST_MASK {
+            ST_NONE => s.missing += 1,
+            ST_SUCCESS => s.success += 1,
+            ST_FAILED => s.failed += 1,
             _ => {}
         }
     }
-    for t in &ctx.contract.tables {
-        let rows = reader.query_text(&ctx.sql.count(&t.name)?)?;
+    for t in &contract.tables {
+        let rows = reader.query_text(&sql.count(&t.name)?)?;
         let n = rows
             .first()
             .and_then(|r| r.first())
@@ -372,29 +605,30 @@ fn stats(reader: &mut dyn Reader, ctx: &Ctx) -> Result<CheckStats, CheckError> {
 // ---------------------------------------------------------------------------------------------------------------
 // coverage
 
-/// Every source app has exactly one log row with status success|failed; no log rows for unknown apps.
-fn check_coverage(ctx: &Ctx) -> Vec<Violation> {
-    let mut missing = Vec::new();
-    let mut multiple = Vec::new();
-    let mut bad_status = Vec::new();
+/// Every source app has exactly one log row with status success|failed; no log rows for unknown apps. Collected
+/// per chunk, reported once.
+fn check_coverage(ctx: &Ctx, g: &mut Global) {
     for app in ctx.refs.keys() {
         match ctx.log_by_app.get(app).map(Vec::as_slice) {
-            None | Some([]) => missing.push(*app),
+            None | Some([]) => g.missing.push(*app),
             Some([one]) => {
                 let st = ctx.log.get(*one).and_then(|l| l.status.as_deref());
                 if !matches!(st, Some("success" | "failed")) {
-                    bad_status.push(*app);
+                    g.bad_status.push(*app);
                 }
             }
-            Some(_) => multiple.push(*app),
+            Some(_) => g.multiple.push(*app),
         }
     }
-    let unknown: Vec<i64> = ctx
-        .log_by_app
-        .keys()
-        .filter(|a| !ctx.refs.contains_key(a))
-        .copied()
-        .collect();
+    g.unknown.extend(
+        ctx.log_by_app
+            .keys()
+            .filter(|a| !ctx.refs.contains_key(a))
+            .copied(),
+    );
+}
+
+fn coverage_violations(g: &mut Global) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut push = |apps: Vec<i64>, what: &str| {
         if !apps.is_empty() {
@@ -402,14 +636,20 @@ fn check_coverage(ctx: &Ctx) -> Vec<Violation> {
             out.push(Violation::new(Invariant::Coverage, apps, msg));
         }
     };
-    push(missing, "source applications have no log row");
-    push(multiple, "source applications have more than one log row");
     push(
-        bad_status,
+        std::mem::take(&mut g.missing),
+        "source applications have no log row",
+    );
+    push(
+        std::mem::take(&mut g.multiple),
+        "source applications have more than one log row",
+    );
+    push(
+        std::mem::take(&mut g.bad_status),
         "source applications have a log status other than success or failed",
     );
     push(
-        unknown,
+        g.unknown.clone(),
         "log rows name applications that are not in the source table",
     );
     out
@@ -419,19 +659,23 @@ fn check_coverage(ctx: &Ctx) -> Vec<Violation> {
 // no-duplicates
 
 /// Counted by content with GROUP BY, so it holds also where the schema has no unique constraint.
-fn check_no_duplicates(reader: &mut dyn Reader, ctx: &Ctx) -> Result<Vec<Violation>, CheckError> {
-    let mut out = Vec::new();
-    for t in &ctx.contract.tables {
-        let app_pos = t.key.iter().position(|k| *k == ctx.contract.app_key);
-        for r in reader.query_text(&ctx.sql.key_duplicates(&t.name, &t.key)?)? {
+fn check_no_duplicates(
+    reader: &mut dyn Reader,
+    contract: &RefContract,
+    sql: &Sql,
+    g: &Global,
+) -> Result<Vec<Violation>, CheckError> {
+    let mut out = Collector::default();
+    for (ti, t) in contract.tables.iter().enumerate() {
+        let app_pos = t.key.iter().position(|k| *k == contract.app_key);
+        reader.query_each(&sql.key_duplicates(&t.name, &t.key)?, &mut |r| {
             let key: Key = r[..t.key.len()].to_vec();
             let count = r.get(t.key.len()).cloned().flatten().unwrap_or_default();
-            let mut apps: Vec<i64> = ctx
-                .key_refs
-                .get(&t.name)
-                .and_then(|m| m.get(&key))
-                .cloned()
-                .unwrap_or_default();
+            let mut apps: Vec<i64> = if t.shared {
+                g.refs(ti, &key)
+            } else {
+                Vec::new()
+            };
             if let Some(p) = app_pos {
                 apps.extend(key[p].as_deref().and_then(|v| v.parse::<i64>().ok()));
             }
@@ -442,9 +686,10 @@ fn check_no_duplicates(reader: &mut dyn Reader, ctx: &Ctx) -> Result<Vec<Violati
                 key_text(&key)
             );
             out.push(Violation::new(Invariant::NoDuplicates, apps, msg));
-        }
+            Ok(())
+        })?;
     }
-    for r in reader.query_text(&ctx.sql.log_duplicates()?)? {
+    reader.query_each(&sql.log_duplicates()?, &mut |r| {
         let app = parse_id(&r[0], "processing_log")?;
         let count = r.get(1).cloned().flatten().unwrap_or_default();
         out.push(Violation::new(
@@ -452,12 +697,13 @@ fn check_no_duplicates(reader: &mut dyn Reader, ctx: &Ctx) -> Result<Vec<Violati
             [app],
             format!("{LOG_TABLE}: app {app} has {count} log rows"),
         ));
-    }
-    Ok(out)
+        Ok(())
+    })?;
+    Ok(out.finish())
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Stored rows with their owners, shared by log-matches-data and content (each loads its own copy).
+// Stored rows of one chunk with their owners, shared by log-matches-data and content.
 
 struct StoredTable {
     columns: Vec<String>,
@@ -468,22 +714,50 @@ struct StoredTable {
     by_key: HashMap<Key, Vec<usize>>,
 }
 
-impl StoredTable {
-    fn get<'a>(&self, row: &'a [Option<String>], col: &str) -> Option<&'a Option<String>> {
-        self.columns
-            .iter()
-            .position(|c| c == col)
-            .and_then(|i| row.get(i))
-    }
-}
-
+/// A chunk's stored rows: of app-keyed tables, those in the chunk's app_id range; of shared tables, those whose
+/// natural key the chunk's documents expect (looked up by the key's first column).
 fn load_stored(
     reader: &mut dyn Reader,
     ctx: &Ctx,
+    sql: &Sql,
+    range: (Option<i64>, Option<i64>),
 ) -> Result<BTreeMap<String, StoredTable>, CheckError> {
     let mut out: BTreeMap<String, StoredTable> = BTreeMap::new();
     for t in &ctx.contract.tables {
-        let rows = reader.query_text(&ctx.sql.all_rows(&t.name, &t.columns)?)?;
+        let mut rows = Vec::new();
+        if t.shared {
+            let mut wanted: Vec<String> = ctx
+                .key_refs
+                .get(&t.name)
+                .map(|m| {
+                    m.keys()
+                        .filter_map(|k| k.first().cloned().flatten())
+                        .collect()
+                })
+                .unwrap_or_default();
+            wanted.sort_unstable();
+            wanted.dedup();
+            let Some(first_key) = t.key.first() else {
+                continue;
+            };
+            for part in wanted.chunks(IN_LIST_MAX) {
+                reader.query_each(
+                    &sql.rows_with(&t.name, &t.columns, first_key, part)?,
+                    &mut |r| {
+                        rows.push(r);
+                        Ok(())
+                    },
+                )?;
+            }
+        } else {
+            reader.query_each(
+                &sql.rows_in(&t.name, &t.columns, &ctx.contract.app_key, range)?,
+                &mut |r| {
+                    rows.push(r);
+                    Ok(())
+                },
+            )?;
+        }
         let pos: Vec<usize> = t
             .key
             .iter()
@@ -546,15 +820,21 @@ fn load_stored(
     Ok(out)
 }
 
+impl StoredTable {
+    fn get<'a>(&self, row: &'a [Option<String>], col: &str) -> Option<&'a Option<String>> {
+        self.columns
+            .iter()
+            .position(|c| c == col)
+            .and_then(|i| row.get(i))
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // log-matches-data
 
-/// `success` ⇒ every expected row present; `failed` ⇒ no rows; no row without an owner logged success.
-fn check_log_matches_data(
-    reader: &mut dyn Reader,
-    ctx: &Ctx,
-) -> Result<Vec<Violation>, CheckError> {
-    let stored = load_stored(reader, ctx)?;
+/// `success` ⇒ every expected row present; `failed` ⇒ no rows; no row without an owner logged success. Per chunk;
+/// the rows of shared tables are judged by `check_shared_rows`.
+fn check_log_matches_data(ctx: &Ctx, stored: &BTreeMap<String, StoredTable>) -> Vec<Violation> {
     let mut out = Vec::new();
 
     // success ⇒ every expected row present (by natural key; shared rows may have been written by another app).
@@ -582,68 +862,68 @@ fn check_log_matches_data(
         }
     }
 
-    // Every stored row must belong to an application logged success.
-    for t in &ctx.contract.tables {
+    // Every stored row of an app-keyed table must belong to an application logged success.
+    for t in ctx.contract.tables.iter().filter(|t| !t.shared) {
         let Some(st) = stored.get(&t.name) else {
             continue;
         };
         // Per owner: rows that it may not own, reported once per (owner, table).
-        let mut bad: BTreeMap<Option<i64>, (usize, String, Vec<i64>)> = BTreeMap::new();
+        let mut bad: BTreeMap<Option<i64>, (usize, String)> = BTreeMap::new();
         for (i, key) in st.keys.iter().enumerate() {
             let owner = st.owners.get(i).copied().flatten();
-            let problem = if t.shared {
-                let refs = ctx
-                    .key_refs
-                    .get(&t.name)
-                    .and_then(|m| m.get(key))
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]);
-                if refs.iter().any(|a| ctx.is_success(*a)) {
-                    None
-                } else if owner.is_some_and(|o| ctx.is_success(o)) {
-                    // An unexpected row of a successful app: a content problem, reported there.
-                    None
-                } else {
-                    Some(refs.to_vec())
-                }
-            } else if owner.is_some_and(|o| ctx.is_success(o)) {
-                None
-            } else {
-                Some(Vec::new())
-            };
-            if let Some(refs) = problem {
+            if !owner.is_some_and(|o| ctx.is_success(o)) {
                 let e = bad
                     .entry(owner)
-                    .or_insert_with(|| (0, format!("{} {}", t.name, key_text(key)), Vec::new()));
+                    .or_insert_with(|| (0, format!("{} {}", t.name, key_text(key))));
                 e.0 += 1;
-                e.2.extend(refs);
             }
         }
-        for (owner, (n, first, refs)) in bad {
-            let state = owner_state(ctx, owner);
-            let who = match owner {
-                Some(o) => format!("app {o}"),
-                None => "no application".to_owned(),
-            };
-            let msg = format!(
-                "{n} {} rows owned by {who} ({state}), first {first}",
-                t.name
+        for (owner, (n, first)) in bad {
+            let state = owner_state(
+                ctx.status_of(owner),
+                owner.is_some_and(|o| ctx.log_by_app.contains_key(&o)),
+                owner,
             );
-            out.push(Violation::new(
-                Invariant::LogMatchesData,
-                owner.into_iter().chain(refs),
-                msg,
-            ));
+            out.push(owner_violation(t, owner, n, &first, state, Vec::new()));
         }
     }
-    Ok(out)
+    out
 }
 
-fn owner_state(ctx: &Ctx, owner: Option<i64>) -> &'static str {
+impl Ctx<'_> {
+    fn status_of(&self, owner: Option<i64>) -> Option<&str> {
+        owner.and_then(|o| self.status(o))
+    }
+}
+
+fn owner_violation(
+    t: &RefTable,
+    owner: Option<i64>,
+    n: usize,
+    first: &str,
+    state: &'static str,
+    refs: Vec<i64>,
+) -> Violation {
+    let who = match owner {
+        Some(o) => format!("app {o}"),
+        None => "no application".to_owned(),
+    };
+    let msg = format!(
+        "{n} {} rows owned by {who} ({state}), first {first}",
+        t.name
+    );
+    Violation::new(
+        Invariant::LogMatchesData,
+        owner.into_iter().chain(refs),
+        msg,
+    )
+}
+
+fn owner_state(status: Option<&str>, has_log: bool, owner: Option<i64>) -> &'static str {
     match owner {
         None => "orphan row: no owning application found",
-        Some(o) => match ctx.status(o) {
-            None if !ctx.log_by_app.contains_key(&o) => "which has no log row",
+        Some(_) => match status {
+            None if !has_log => "which has no log row",
             Some("success") => "logged success",
             Some("failed") => "which is logged failed",
             _ => "which has no terminal log status",
@@ -654,11 +934,10 @@ fn owner_state(ctx: &Ctx, owner: Option<i64>) -> &'static str {
 // ---------------------------------------------------------------------------------------------------------------
 // content
 
-/// Log status equals the reference outcome; stored columns equal the reference's canonical text.
-fn check_content(reader: &mut dyn Reader, ctx: &Ctx) -> Result<Vec<Violation>, CheckError> {
-    let stored = load_stored(reader, ctx)?;
+/// Log status equals the reference outcome; stored columns equal the reference's canonical text. Per chunk; the
+/// rows of shared tables are judged by `check_shared_rows`.
+fn check_content(ctx: &Ctx, stored: &BTreeMap<String, StoredTable>) -> Vec<Violation> {
     let mut out = Vec::new();
-    let app_key = ctx.contract.app_key.as_str();
 
     for (app, outcome) in &ctx.refs {
         let Some(ix) = ctx.log_by_app.get(app) else {
@@ -695,7 +974,7 @@ fn check_content(reader: &mut dyn Reader, ctx: &Ctx) -> Result<Vec<Violation>, C
                 }
             }
             (Some("success"), RefOutcome::Success(tables)) => {
-                if let Some(msg) = first_difference(ctx, &stored, *app, tables) {
+                if let Some(msg) = first_difference(ctx, stored, *app, tables) {
                     out.push(Violation::new(Invariant::Content, [*app], msg));
                 }
             }
@@ -703,12 +982,11 @@ fn check_content(reader: &mut dyn Reader, ctx: &Ctx) -> Result<Vec<Violation>, C
         }
     }
 
-    // Rows the reference does not expect from the successful app that owns them.
-    for t in &ctx.contract.tables {
+    // Rows of app-keyed tables the reference does not expect from the successful app that owns them.
+    for t in ctx.contract.tables.iter().filter(|t| !t.shared) {
         let Some(st) = stored.get(&t.name) else {
             continue;
         };
-        let refs_for_table = ctx.key_refs.get(&t.name);
         let mut extra: BTreeMap<i64, (usize, String)> = BTreeMap::new();
         for (i, key) in st.keys.iter().enumerate() {
             let Some(owner) = st.owners.get(i).copied().flatten() else {
@@ -717,68 +995,27 @@ fn check_content(reader: &mut dyn Reader, ctx: &Ctx) -> Result<Vec<Violation>, C
             if !ctx.is_success(owner) {
                 continue;
             }
-            let expected = if t.shared {
-                refs_for_table
-                    .and_then(|m| m.get(key))
-                    .is_some_and(|r| !r.is_empty())
-            } else {
-                ctx.ref_rows(owner, &t.name)
-                    .is_some_and(|rows| rows.iter().any(|r| &r.key == key))
-            };
+            let expected = ctx
+                .ref_rows(owner, &t.name)
+                .is_some_and(|rows| rows.iter().any(|r| &r.key == key));
             if !expected {
                 let e = extra.entry(owner).or_insert_with(|| (0, key_text(key)));
                 e.0 += 1;
             }
         }
         for (owner, (n, first)) in extra {
-            out.push(Violation::new(
-                Invariant::Content,
-                [owner],
-                format!("app {owner}: {n} unexpected {} rows, first {first}", t.name),
-            ));
-        }
-
-        // A shared row's app key must name a successful app that references the key.
-        if t.shared && t.columns.iter().any(|c| c == app_key) {
-            for (i, key) in st.keys.iter().enumerate() {
-                let refs = refs_for_table
-                    .and_then(|m| m.get(key))
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]);
-                let good: Vec<i64> = refs
-                    .iter()
-                    .copied()
-                    .filter(|a| ctx.is_success(*a))
-                    .collect();
-                if good.is_empty() {
-                    // No successful app references it: log-matches-data or the extra-row check reports it.
-                    continue;
-                }
-                let named = st
-                    .rows
-                    .get(i)
-                    .and_then(|r| st.get(r, app_key))
-                    .cloned()
-                    .flatten();
-                let named_id = named.as_deref().and_then(|v| v.trim().parse::<i64>().ok());
-                if !named_id.is_some_and(|n| good.contains(&n)) {
-                    let msg = format!(
-                        "{} {}: {app_key} = {}, which is not a successful application referencing this key (those are: {})",
-                        t.name,
-                        key_text(key),
-                        show(&named),
-                        id_list(&good)
-                    );
-                    out.push(Violation::new(
-                        Invariant::Content,
-                        named_id.into_iter().chain(good),
-                        msg,
-                    ));
-                }
-            }
+            out.push(extra_rows_violation(t, owner, n, &first));
         }
     }
-    Ok(out)
+    out
+}
+
+fn extra_rows_violation(t: &RefTable, owner: i64, n: usize, first: &str) -> Violation {
+    Violation::new(
+        Invariant::Content,
+        [owner],
+        format!("app {owner}: {n} unexpected {} rows, first {first}", t.name),
+    )
 }
 
 /// The first column of a successful app's expected rows that differs from what is stored.
@@ -820,16 +1057,104 @@ fn first_difference(
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// shared-entity rows (log-matches-data and content), one streaming pass per table after the chunks
+
+/// Every stored row of a shared table, streamed with its owner: it must be referenced by a successful application
+/// (or owned by one: then an unexpected row is content's finding), and its app key must name a successful
+/// application that references it.
+fn check_shared_rows(
+    reader: &mut dyn Reader,
+    contract: &RefContract,
+    sql: &Sql,
+    ti: usize,
+    g: &Global,
+    out: &mut Collector,
+) -> Result<(), CheckError> {
+    let Some(t) = contract.tables.get(ti) else {
+        return Ok(());
+    };
+    let app_key = contract.app_key.as_str();
+    let pos: Vec<usize> = t
+        .key
+        .iter()
+        .map(|k| t.columns.iter().position(|c| c == k).unwrap_or(0))
+        .collect();
+    let app_col = t.columns.iter().position(|c| c == app_key);
+    let owner_col = t.columns.len();
+    let mut bad: BTreeMap<Option<i64>, (usize, String, Vec<i64>)> = BTreeMap::new();
+    let mut extra: BTreeMap<i64, (usize, String)> = BTreeMap::new();
+    reader.query_each(&sql.rows_with_owner(contract, t)?, &mut |r| {
+        let key: Key = pos.iter().map(|p| r.get(*p).cloned().flatten()).collect();
+        let owner = r
+            .get(owner_col)
+            .cloned()
+            .flatten()
+            .and_then(|v| v.trim().parse::<i64>().ok());
+        let refs = g.refs(ti, &key);
+        let owner_ok = owner.is_some_and(|o| g.is_success(o));
+        // log-matches-data: referenced by a successful app, or owned by one.
+        if !refs.iter().any(|a| g.is_success(*a)) && !owner_ok {
+            let e = bad
+                .entry(owner)
+                .or_insert_with(|| (0, format!("{} {}", t.name, key_text(&key)), Vec::new()));
+            e.0 += 1;
+            e.2.extend(refs.iter().copied());
+        }
+        // content: a successful owner's row that no application expects.
+        if let (Some(o), true) = (owner, owner_ok) {
+            if refs.is_empty() {
+                let e = extra.entry(o).or_insert_with(|| (0, key_text(&key)));
+                e.0 += 1;
+            }
+        }
+        // content: the app key names a successful application that references the row.
+        if let Some(ac) = app_col {
+            let good: Vec<i64> = refs.iter().copied().filter(|a| g.is_success(*a)).collect();
+            if !good.is_empty() {
+                let named = r.get(ac).cloned().flatten();
+                let named_id = named.as_deref().and_then(|v| v.trim().parse::<i64>().ok());
+                if !named_id.is_some_and(|n| good.contains(&n)) {
+                    let msg = format!(
+                        "{} {}: {app_key} = {}, which is not a successful application referencing this key (those are: {})",
+                        t.name,
+                        key_text(&key),
+                        show(&named),
+                        id_list(&good)
+                    );
+                    out.push(Violation::new(
+                        Invariant::Content,
+                        named_id.into_iter().chain(good),
+                        msg,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    for (owner, (n, first, refs)) in bad {
+        let state = owner_state(
+            owner.and_then(|o| g.status(o)),
+            owner.is_some_and(|o| g.has_log(o)),
+            owner,
+        );
+        out.push(owner_violation(t, owner, n, &first, state, refs));
+    }
+    for (owner, (n, first)) in extra {
+        out.push(extra_rows_violation(t, owner, n, &first));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // fencing
 
 /// (a) every fenced log row matches its claim's final owner and fence; (b) no commit after losing the lease.
 fn check_fencing(
     reader: &mut dyn Reader,
-    ctx: &Ctx,
+    sql: &Sql,
     events: &[Event],
 ) -> Result<Vec<Violation>, CheckError> {
-    let mut out = Vec::new();
-    let sql = &ctx.sql;
+    let mut out = Collector::default();
     let claims_present = exists(reader, &sql.table_exists(CLAIM_TABLE)?)?
         && exists(reader, &sql.column_exists(LOG_TABLE, "fence")?)?
         && reader
@@ -840,7 +1165,7 @@ fn check_fencing(
             .unwrap_or(0)
             > 0;
     if claims_present {
-        for r in reader.query_text(&sql.fenced_log_vs_claim()?)? {
+        reader.query_each(&sql.fenced_log_vs_claim()?, &mut |r| {
             let app = parse_id(&r[0], "processing_log")?;
             let (session, fence, owner, cfence) = (&r[1], &r[2], &r[3], &r[4]);
             if owner.is_none() {
@@ -865,10 +1190,11 @@ fn check_fencing(
                     ),
                 ));
             }
-        }
+            Ok(())
+        })?;
     }
     out.extend(check_fencing_events(events));
-    Ok(out)
+    Ok(out.finish())
 }
 
 /// SQLite only: the database file itself must be intact after processes were killed mid-write

@@ -1,6 +1,7 @@
 //! Read-only database access for the checker: one small `Reader` trait returning every value as text, one
 //! implementation per backend, and every SQL statement the checker runs (named consts and format fns).
-//! Must not write to the database or use processor code; identifiers are validated and quoted here, nowhere else.
+//! Must not write to the database or use processor code (except its connection-string parser and redactor, which
+//! are not under judgement); identifiers are validated and quoted here, nowhere else.
 
 use super::CheckError;
 
@@ -19,6 +20,19 @@ pub const SQLITE_INTEGRITY_CHECK: &str = "PRAGMA integrity_check";
 pub trait Reader {
     fn dialect(&self) -> Dialect;
     fn query_text(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, CheckError>;
+    /// Hands each row of `sql` to `row` as it arrives, so a query over a whole table needs memory for one row, not
+    /// for the table. Every selected column must be text (the `Sql` builders cast them). The default reads the
+    /// whole result first: correct, but not bounded; readers override it to stream.
+    fn query_each(
+        &mut self,
+        sql: &str,
+        row: &mut dyn FnMut(Vec<Option<String>>) -> Result<(), CheckError>,
+    ) -> Result<(), CheckError> {
+        for r in self.query_text(sql)? {
+            row(r)?;
+        }
+        Ok(())
+    }
 }
 
 /// Opens `sqlite:PATH` read-only, or connects to `postgres://…`, `mssql://…` / `sqlserver://…` or an ADO.NET
@@ -40,12 +54,10 @@ pub fn open_reader(url: &str) -> Result<Box<dyn Reader>, CheckError> {
     )))
 }
 
-/// Hides a password in a URL before it goes into an error message.
+/// Hides a password in a URL before it goes into an error message: the processor's one redactor, so that every
+/// program masks the same part (connection-string parsing is not part of what the checker judges).
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
+    processor::store::url::redact_url(url)
 }
 
 /// SQLite, opened read-only so the checker cannot disturb the run it judges.
@@ -79,12 +91,24 @@ impl Reader for SqliteReader {
     }
 
     fn query_text(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, CheckError> {
+        let mut out = Vec::new();
+        self.query_each(sql, &mut |r| {
+            out.push(r);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn query_each(
+        &mut self,
+        sql: &str,
+        each: &mut dyn FnMut(Vec<Option<String>>) -> Result<(), CheckError>,
+    ) -> Result<(), CheckError> {
         use rusqlite::types::ValueRef;
         let err = |e: rusqlite::Error| CheckError::Db(format!("query failed: {e}: {sql}"));
         let mut stmt = self.conn.prepare(sql).map_err(err)?;
         let n = stmt.column_count();
         let mut rows = stmt.query([]).map_err(err)?;
-        let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(err)? {
             let mut vals = Vec::with_capacity(n);
             for i in 0..n {
@@ -98,9 +122,9 @@ impl Reader for SqliteReader {
                 };
                 vals.push(v);
             }
-            out.push(vals);
+            each(vals)?;
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -111,8 +135,14 @@ pub struct PgReader {
 
 impl PgReader {
     pub fn connect(url: &str) -> Result<Self, CheckError> {
-        let mut client = postgres::Client::connect(url, postgres::NoTls)
-            .map_err(|e| CheckError::Db(format!("cannot connect to {}: {e}", redact(url))))?;
+        let pg =
+            processor::store::url::PgUrl::parse(url).map_err(|e| CheckError::Db(e.to_string()))?;
+        let mut client = pg.connect().map_err(|e| {
+            CheckError::Db(format!(
+                "cannot connect to {pg}: {}",
+                processor::store::postgres::error::with_causes(&e)
+            ))
+        })?;
         // Read-only at the session level: a bug here cannot change the database under judgement.
         client
             .batch_execute(PG_READ_ONLY)
@@ -138,6 +168,36 @@ impl Reader for PgReader {
             }
         }
         Ok(out)
+    }
+
+    /// The extended protocol's row stream (rows are read off the socket as they are handed on); the columns are
+    /// `::text` casts, so each arrives as text.
+    fn query_each(
+        &mut self,
+        sql: &str,
+        each: &mut dyn FnMut(Vec<Option<String>>) -> Result<(), CheckError>,
+    ) -> Result<(), CheckError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let err = |e: postgres::Error| {
+            CheckError::Db(format!(
+                "query failed: {}: {sql}",
+                processor::store::postgres::error::with_causes(&e)
+            ))
+        };
+        let none: [&(dyn postgres::types::ToSql + Sync); 0] = [];
+        let mut rows = self.client.query_raw(sql, none).map_err(err)?;
+        while let Some(r) = rows.next().map_err(err)? {
+            let mut vals = Vec::with_capacity(r.len());
+            for i in 0..r.len() {
+                vals.push(
+                    r.try_get::<_, Option<&str>>(i)
+                        .map_err(err)?
+                        .map(str::to_owned),
+                );
+            }
+            each(vals)?;
+        }
+        Ok(())
     }
 }
 
@@ -247,6 +307,166 @@ impl Sql {
             self.table(table)?,
             self.quote("app_id")?
         ))
+    }
+
+    /// One keyset page of the source: `app_id > after`, ascending, at most `limit` rows.
+    pub fn source_page(
+        &self,
+        table: &str,
+        column: &str,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<String, CheckError> {
+        // Qualified names throughout: PostgreSQL resolves a bare `ORDER BY app_id` to the output column of the same
+        // name, which is the *text* cast, and pages ordered as text skip and repeat applications.
+        let id = format!("s.{}", self.quote("app_id")?);
+        let filter = match after {
+            Some(a) => format!(" WHERE {id} > {a}"),
+            None => String::new(),
+        };
+        let cols = format!(
+            "{}, {}",
+            self.cast(&id),
+            self.cast(&format!("s.{}", self.quote(column)?))
+        );
+        let from = format!("{} s", self.table(table)?);
+        Ok(match self.dialect {
+            Dialect::Sqlite | Dialect::Postgres => {
+                format!("SELECT {cols} FROM {from}{filter} ORDER BY {id} LIMIT {limit}")
+            }
+            Dialect::Mssql => {
+                format!("SELECT TOP ({limit}) {cols} FROM {from}{filter} ORDER BY {id}")
+            }
+        })
+    }
+
+    /// `WHERE col > lo AND col <= hi`, each bound only when given.
+    fn range_filter(
+        &self,
+        col: &str,
+        (lo, hi): (Option<i64>, Option<i64>),
+    ) -> Result<String, CheckError> {
+        let c = self.quote(col)?;
+        let mut parts = Vec::new();
+        if let Some(l) = lo {
+            parts.push(format!("{c} > {l}"));
+        }
+        if let Some(h) = hi {
+            parts.push(format!("{c} <= {h}"));
+        }
+        Ok(if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", parts.join(" AND "))
+        })
+    }
+
+    /// The log rows of an app_id range (see `log_rows`).
+    pub fn log_rows_in(
+        &self,
+        with_fence: bool,
+        range: (Option<i64>, Option<i64>),
+    ) -> Result<String, CheckError> {
+        Ok(format!(
+            "{}{}",
+            self.log_rows(with_fence)?,
+            self.range_filter("app_id", range)?
+        ))
+    }
+
+    /// The rows of a target table whose app key column lies in an app_id range.
+    pub fn rows_in(
+        &self,
+        table: &str,
+        columns: &[String],
+        app_key: &str,
+        range: (Option<i64>, Option<i64>),
+    ) -> Result<String, CheckError> {
+        Ok(format!(
+            "{}{}",
+            self.all_rows(table, columns)?,
+            self.range_filter(app_key, range)?
+        ))
+    }
+
+    /// A value read from the database, as a string literal (`'` doubled; `N'…'` on SQL Server). The server
+    /// converts it to the column's type, so the comparison can use the column's index.
+    fn literal(&self, v: &str) -> String {
+        let q = v.replace('\'', "''");
+        match self.dialect {
+            Dialect::Sqlite | Dialect::Postgres => format!("'{q}'"),
+            Dialect::Mssql => format!("N'{q}'"),
+        }
+    }
+
+    /// The rows of a target table whose `column` is one of `values` (values as read back from the database).
+    pub fn rows_with(
+        &self,
+        table: &str,
+        columns: &[String],
+        column: &str,
+        values: &[String],
+    ) -> Result<String, CheckError> {
+        let list: Vec<String> = values.iter().map(|v| self.literal(v)).collect();
+        Ok(format!(
+            "{} WHERE {} IN ({})",
+            self.all_rows(table, columns)?,
+            self.quote(column)?,
+            list.join(", ")
+        ))
+    }
+
+    /// Every row of a table (its columns as text), then its owner: its app key column, or the smallest app key of
+    /// the parent rows its foreign key names, up the chain (correlated subqueries, each an index lookup on the
+    /// parent's natural key).
+    pub fn rows_with_owner(
+        &self,
+        contract: &super::RefContract,
+        t: &super::RefTable,
+    ) -> Result<String, CheckError> {
+        let cols = t
+            .columns
+            .iter()
+            .map(|c| Ok(self.cast(&format!("t0.{}", self.quote(c)?))))
+            .collect::<Result<Vec<_>, CheckError>>()?;
+        let owner = self.owner_expr(contract, t, "t0", 1)?;
+        Ok(format!(
+            "SELECT {}, {} FROM {} t0",
+            cols.join(", "),
+            self.cast(&owner),
+            self.table(&t.name)?
+        ))
+    }
+
+    fn owner_expr(
+        &self,
+        contract: &super::RefContract,
+        t: &super::RefTable,
+        alias: &str,
+        depth: usize,
+    ) -> Result<String, CheckError> {
+        if t.columns.contains(&contract.app_key) {
+            return Ok(format!("{alias}.{}", self.quote(&contract.app_key)?));
+        }
+        let (Some(link), true) = (&t.parent, depth < 8) else {
+            return Ok("NULL".to_owned());
+        };
+        let Some(parent) = contract.table(&link.table) else {
+            return Ok("NULL".to_owned());
+        };
+        let pa = format!("t{depth}");
+        let fk = self.quote(&link.fk_column)?;
+        let inner = self.owner_expr(contract, parent, &pa, depth + 1)?;
+        let from = format!(
+            "{} {pa} WHERE {pa}.{fk} = {alias}.{fk}",
+            self.table(&parent.name)?
+        );
+        Ok(if parent.columns.contains(&contract.app_key) {
+            format!("(SELECT MIN({inner}) FROM {from})")
+        } else {
+            // An aggregate over a subquery is refused by SQL Server: aggregate a derived table instead.
+            format!("(SELECT MIN(s{depth}.o) FROM (SELECT {inner} AS o FROM {from}) s{depth})")
+        })
     }
 
     /// Every processing_log row: app_id, status, failure_reason, session_id, fence.

@@ -23,6 +23,8 @@ pub enum ErrorKind {
     Constraint,
     /// Anything else: give up with a clear message.
     Fatal,
+    /// A table the command needs does not exist: the database was never initialised (`init` or `load`).
+    Missing,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -233,16 +235,18 @@ pub trait Store: Send {
 pub enum OpenError {
     #[error(transparent)]
     Url(#[from] UrlError),
-    #[error("cannot connect to {url}: {source}")]
-    Connect { url: String, source: StoreError },
+    /// `cause` is not a `#[source]`: it is part of this message already, and printing the chain (`{:#}`) must not
+    /// repeat it.
+    #[error("cannot connect to {url}: {cause}")]
+    Connect { url: String, cause: StoreError },
 }
 
 /// Opens the store named by `url`.
 pub fn open(url: &DbUrl, contract: Contract) -> Result<Box<dyn Store>, OpenError> {
     let redacted = url.redacted();
-    let map = |source| OpenError::Connect {
+    let map = |cause| OpenError::Connect {
         url: redacted.clone(),
-        source,
+        cause,
     };
     Ok(match url {
         DbUrl::Sqlite(path) => Box::new(sqlite::SqliteStore::open(path, contract).map_err(map)?),

@@ -30,16 +30,20 @@ pub enum Encrypt {
     Plaintext,
 }
 
+/// The settings listed in an unknown-setting error (aliases accepted too: see `parse_ado`).
+const KNOWN_KEYS: &str = "Server, Database, User Id, Password, Encrypt, TrustServerCertificate, Connect Timeout, \
+                          Command Timeout (URLs: encrypt, trust_server_certificate, connect_timeout_secs, \
+                          command_timeout_secs, instance)";
+
 impl Encrypt {
-    fn parse(key: &str, v: &str) -> Result<Self, MssqlConfigError> {
+    fn parse(key: &'static str, v: &str) -> Result<Self, MssqlConfigError> {
         match v.trim().to_ascii_lowercase().as_str() {
             "true" | "yes" | "on" | "mandatory" | "required" => Ok(Encrypt::On),
             "false" | "no" | "off" | "optional" => Ok(Encrypt::Off),
             "strict" => Ok(Encrypt::Strict),
             "danger_plaintext" | "plaintext" => Ok(Encrypt::Plaintext),
             _ => Err(MssqlConfigError::BadValue {
-                key: key.to_owned(),
-                value: v.to_owned(),
+                key,
                 expected: "true, false, strict or danger_plaintext",
             }),
         }
@@ -89,14 +93,15 @@ pub enum MssqlConfigError {
     MissingUser,
     #[error("integrated (Windows) authentication is not supported by this build; use a SQL login (User Id / Password)")]
     IntegratedAuth,
-    #[error("invalid port '{0}' (expected 1-65535)")]
-    BadPort(String),
-    #[error("unknown connection setting '{0}'")]
-    UnknownKey(String),
-    #[error("invalid value '{value}' for '{key}' (expected {expected})")]
+    #[error("invalid port (expected a number from 1 to 65535)")]
+    BadPort,
+    /// The setting's position: its name is not quoted, since an unknown "key" may be a fragment of a password
+    /// that held an unquoted `;` or `&`.
+    #[error("connection setting number {0} is not a known setting (known: {KNOWN_KEYS})")]
+    UnknownKey(usize),
+    #[error("invalid value for '{key}' (expected {expected})")]
     BadValue {
-        key: String,
-        value: String,
+        key: &'static str,
         expected: &'static str,
     },
     #[error("malformed connection string: {0}")]
@@ -204,16 +209,16 @@ impl Draft {
         let (host, port) = match (host.strip_prefix('['), port) {
             // [::1]:1433 or [::1]
             (Some(v6), _) => {
-                let (addr, tail) = v6
-                    .split_once(']')
-                    .ok_or_else(|| MssqlConfigError::Malformed(format!("unclosed '[' in '{s}'")))?;
+                let (addr, tail) = v6.split_once(']').ok_or_else(|| {
+                    MssqlConfigError::Malformed("unclosed '[' in the server address".to_owned())
+                })?;
                 let port = match tail.strip_prefix(':') {
                     Some(p) => Some(parse_port(p)?),
                     None if tail.is_empty() => port,
                     None => {
-                        return Err(MssqlConfigError::Malformed(format!(
-                            "unexpected '{tail}' after IPv6 address"
-                        )))
+                        return Err(MssqlConfigError::Malformed(
+                            "unexpected text after the IPv6 address".to_owned(),
+                        ))
                     }
                 };
                 (addr.to_owned(), port)
@@ -233,9 +238,9 @@ impl Draft {
         }
         if let Some(i) = instance {
             if i.is_empty() {
-                return Err(MssqlConfigError::Malformed(format!(
-                    "empty instance name in '{s}'"
-                )));
+                return Err(MssqlConfigError::Malformed(
+                    "empty instance name in the server address".to_owned(),
+                ));
             }
             self.instance = Some(i.to_owned());
         }
@@ -250,65 +255,49 @@ impl Draft {
 fn parse_port(p: &str) -> Result<u16, MssqlConfigError> {
     match p.trim().parse::<u16>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => Err(MssqlConfigError::BadPort(p.to_owned())),
+        _ => Err(MssqlConfigError::BadPort),
     }
 }
 
-fn parse_bool(key: &str, v: &str) -> Result<bool, MssqlConfigError> {
+fn parse_bool(key: &'static str, v: &str) -> Result<bool, MssqlConfigError> {
     match v.trim().to_ascii_lowercase().as_str() {
         "true" | "yes" | "1" | "on" => Ok(true),
         "false" | "no" | "0" | "off" => Ok(false),
         _ => Err(MssqlConfigError::BadValue {
-            key: key.to_owned(),
-            value: v.to_owned(),
+            key,
             expected: "true or false",
         }),
     }
 }
 
-fn parse_secs(key: &str, v: &str) -> Result<u64, MssqlConfigError> {
+fn parse_secs(key: &'static str, v: &str) -> Result<u64, MssqlConfigError> {
     match v.trim().parse::<u64>() {
         Ok(n) if (1..=86_400).contains(&n) => Ok(n),
         _ => Err(MssqlConfigError::BadValue {
-            key: key.to_owned(),
-            value: v.to_owned(),
+            key,
             expected: "a number of seconds from 1 to 86400",
         }),
     }
 }
 
-/// `%XX` decoding for the user, password and database of a URL.
+/// `%XX` decoding for the user, password and database of a URL. A `%` not followed by two hex digits stays as it
+/// is (as in browsers); the result must be UTF-8.
 fn percent_decode(s: &str) -> Result<String, MssqlConfigError> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| MssqlConfigError::Malformed("bad %-escape in URL".to_owned()))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out)
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(std::borrow::Cow::into_owned)
         .map_err(|_| MssqlConfigError::Malformed("%-escapes are not UTF-8".to_owned()))
 }
 
+/// Everything but RFC 3986's unreserved characters is escaped, so the rendering parses back unambiguously.
+const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, COMPONENT).to_string()
 }
 
 /// Lower-cased key with spaces and underscores removed: `User Id` = `userid` = `USER_ID`.
@@ -335,7 +324,11 @@ fn ado_pairs(s: &str) -> Result<Vec<(String, String)>, MssqlConfigError> {
         let key = key.trim().to_owned();
         if i >= chars.len() || chars[i] == ';' {
             if !key.is_empty() {
-                return Err(MssqlConfigError::Malformed(format!("'{key}' has no value")));
+                // Not quoted: text without '=' is most likely the tail of a value that held an unquoted ';'.
+                return Err(MssqlConfigError::Malformed(format!(
+                    "setting number {} has no '=' (a value containing ';' must be quoted: Password='a;b')",
+                    pairs.len() + 1
+                )));
             }
             i += 1;
             continue;
@@ -353,7 +346,8 @@ fn ado_pairs(s: &str) -> Result<Vec<(String, String)>, MssqlConfigError> {
                     match chars.get(i) {
                         None => {
                             return Err(MssqlConfigError::Malformed(format!(
-                                "unterminated quoted value for '{key}'"
+                                "unterminated quoted value in setting number {}",
+                                pairs.len() + 1
                             )))
                         }
                         Some(&c) if c == close => {
@@ -374,7 +368,8 @@ fn ado_pairs(s: &str) -> Result<Vec<(String, String)>, MssqlConfigError> {
                 while i < chars.len() && chars[i] != ';' {
                     if !chars[i].is_whitespace() {
                         return Err(MssqlConfigError::Malformed(format!(
-                            "text after the quoted value of '{key}'"
+                            "text after the quoted value of setting number {}",
+                            pairs.len() + 1
                         )));
                     }
                     i += 1;
@@ -417,14 +412,15 @@ impl MssqlConfig {
     /// command_timeout_secs=N` (the part after the scheme). User, password and database are %-decoded.
     fn parse_url(rest: &str) -> Result<Self, MssqlConfigError> {
         let mut d = Draft::default();
-        let (main, query) = match rest.split_once('?') {
-            Some((m, q)) => (m, Some(q)),
-            None => (rest, None),
+        // The last '@' of the whole string ends the credentials, so an unescaped '@', '/' or '?' in a password
+        // still parses (none of the query options takes a value with an '@').
+        let (userinfo, after) = match rest.rfind('@') {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
         };
-        // The last '@' ends the credentials, so an unescaped '@' or '/' in a password still parses.
-        let (userinfo, hostpath) = match main.rfind('@') {
-            Some(at) => (Some(&main[..at]), &main[at + 1..]),
-            None => (None, main),
+        let (hostpath, query) = match after.split_once('?') {
+            Some((m, q)) => (m, Some(q)),
+            None => (after, None),
         };
         if let Some(ui) = userinfo {
             let (u, p) = match ui.split_once(':') {
@@ -446,17 +442,21 @@ impl MssqlConfig {
         if let Some(db) = db {
             d.database = Some(percent_decode(db)?);
         }
-        for kv in query.into_iter().flat_map(|q| q.split('&')) {
+        for (i, kv) in query.into_iter().flat_map(|q| q.split('&')).enumerate() {
             if kv.is_empty() {
                 continue;
             }
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             let v = percent_decode(v)?;
             match norm_key(k).as_str() {
-                "encrypt" => d.encrypt = Encrypt::parse(k, &v)?,
-                "trustservercertificate" => d.trust = parse_bool(k, &v)?,
-                "connecttimeoutsecs" | "connecttimeout" => d.connect_timeout = parse_secs(k, &v)?,
-                "commandtimeoutsecs" | "commandtimeout" => d.command_timeout = parse_secs(k, &v)?,
+                "encrypt" => d.encrypt = Encrypt::parse("encrypt", &v)?,
+                "trustservercertificate" => d.trust = parse_bool("trust_server_certificate", &v)?,
+                "connecttimeoutsecs" | "connecttimeout" => {
+                    d.connect_timeout = parse_secs("connect_timeout_secs", &v)?
+                }
+                "commandtimeoutsecs" | "commandtimeout" => {
+                    d.command_timeout = parse_secs("command_timeout_secs", &v)?
+                }
                 "instance" | "instancename" => {
                     if v.is_empty() {
                         return Err(MssqlConfigError::Malformed(
@@ -466,7 +466,7 @@ impl MssqlConfig {
                     d.instance = Some(v);
                 }
                 "database" => d.database = Some(v),
-                _ => return Err(MssqlConfigError::UnknownKey(k.to_owned())),
+                _ => return Err(MssqlConfigError::UnknownKey(i + 1)),
             }
         }
         d.finish()
@@ -476,20 +476,21 @@ impl MssqlConfig {
     /// Connect Timeout=…;Command Timeout=…` with the common aliases; keys are case-insensitive.
     fn parse_ado(s: &str) -> Result<Self, MssqlConfigError> {
         let mut d = Draft::default();
-        for (k, v) in ado_pairs(s)? {
+        for (i, (k, v)) in ado_pairs(s)?.into_iter().enumerate() {
             match norm_key(&k).as_str() {
                 "server" | "datasource" | "address" | "addr" | "networkaddress" => d.server(&v)?,
                 "database" | "initialcatalog" => d.database = Some(v),
                 "userid" | "uid" | "user" | "username" => d.user = Some(v),
                 "password" | "pwd" => d.password = Some(v),
-                "encrypt" => d.encrypt = Encrypt::parse(&k, &v)?,
-                "trustservercertificate" => d.trust = parse_bool(&k, &v)?,
+                "encrypt" => d.encrypt = Encrypt::parse("Encrypt", &v)?,
+                "trustservercertificate" => d.trust = parse_bool("TrustServerCertificate", &v)?,
                 "connecttimeout" | "connectiontimeout" | "timeout" => {
-                    d.connect_timeout = parse_secs(&k, &v)?
+                    d.connect_timeout = parse_secs("Connect Timeout", &v)?
                 }
-                "commandtimeout" => d.command_timeout = parse_secs(&k, &v)?,
+                "commandtimeout" => d.command_timeout = parse_secs("Command Timeout", &v)?,
                 "integratedsecurity" | "trustedconnection" => {
-                    let on = v.eq_ignore_ascii_case("sspi") || parse_bool(&k, &v)?;
+                    let on =
+                        v.eq_ignore_ascii_case("sspi") || parse_bool("Integrated Security", &v)?;
                     if on {
                         return Err(MssqlConfigError::IntegratedAuth);
                     }
@@ -502,7 +503,7 @@ impl MssqlConfig {
                 | "multipleactiveresultsets"
                 | "applicationname"
                 | "workstationid" => {}
-                _ => return Err(MssqlConfigError::UnknownKey(k)),
+                _ => return Err(MssqlConfigError::UnknownKey(i + 1)),
             }
         }
         d.finish()
@@ -790,20 +791,15 @@ mod tests {
             MssqlConfigError::MissingHost
         );
         assert_eq!(err("Database=x;User Id=u"), MssqlConfigError::MissingHost);
-        assert_eq!(
-            err("mssql://sa:pw@h:99999/db"),
-            MssqlConfigError::BadPort("99999".into())
-        );
-        assert_eq!(
-            err("Server=h,abc;User Id=u"),
-            MssqlConfigError::BadPort("abc".into())
-        );
+        assert_eq!(err("mssql://sa:pw@h:99999/db"), MssqlConfigError::BadPort);
+        assert_eq!(err("Server=h,abc;User Id=u"), MssqlConfigError::BadPort);
         let e = err("Server=h;User Id=u;Colour=blue");
-        assert_eq!(e, MssqlConfigError::UnknownKey("Colour".into()));
-        assert!(e.to_string().contains("'Colour'"));
+        assert_eq!(e, MssqlConfigError::UnknownKey(3));
+        assert!(e.to_string().contains("number 3"), "{e}");
+        assert!(!e.to_string().contains("Colour"), "{e}");
         assert_eq!(
             err("mssql://u:p@h/db?colour=blue"),
-            MssqlConfigError::UnknownKey("colour".into())
+            MssqlConfigError::UnknownKey(1)
         );
         assert!(matches!(
             err("mssql://u:p@h/db?encrypt=maybe"),
@@ -822,8 +818,33 @@ mod tests {
             err("Server=h;User Id=u;Password='abc"),
             MssqlConfigError::Malformed(_)
         ));
-        // Errors never echo a password.
-        let e = err("Server=h;User Id=u;Password=hunter2;Bogus=1");
-        assert!(!e.to_string().contains("hunter2"));
+        // Errors never echo a password, nor a fragment of one.
+        for bad in [
+            "Server=h;User Id=u;Password=hunter2;Bogus=1",
+            "Server=h;User Id=u;Password=hunter2;PwXyz",
+            "Server=h;User Id=u;Password=hunter2;PwXyz=1",
+            "Server=h;User Id=u;Password='hunter2;PwXyz",
+            "Server=h;User Id=u;Password='hunter2'PwXyz",
+            "Server=h;User Id=u;Password=hunter2;Encrypt=PwXyz",
+            "Server=[PwXyz;User Id=u;Password=hunter2",
+        ] {
+            let e = err(bad).to_string();
+            assert!(!e.contains("hunter2") && !e.contains("PwXyz"), "{bad}: {e}");
+        }
+        // A '?' or '@' in an unescaped URL password stays in the password.
+        let c = p("mssql://sa:S3cret?PwXyz@h:1433/db?encrypt=false");
+        assert_eq!(c.password, "S3cret?PwXyz");
+        assert_eq!((c.host.as_str(), c.port), ("h", Some(1433)));
+        assert_eq!(c.encrypt, Encrypt::Off);
+        for bad in [
+            "mssql://sa:S3cret?PwXyz@h:99999/db",
+            "mssql://sa:S3cret@PwXyz:notaport/db",
+            "mssql://sa:S3cret@h/db?encrypt=PwXyz",
+            "mssql://sa:S3cret@h/db?PwXyz=1",
+            "mssql://sa:S3cret@h/db?PwXyz",
+        ] {
+            let e = err(bad).to_string();
+            assert!(!e.contains("S3cret") && !e.contains("PwXyz"), "{bad}: {e}");
+        }
     }
 }

@@ -12,6 +12,9 @@ pub fn classify(op: &'static str, e: &postgres::Error) -> StoreError {
             } else if c == "40001" || c == "40P01" || c == "55P03" {
                 // Serialization failure, deadlock victim, lock not available.
                 ErrorKind::Conflict
+            } else if c == "42P01" || c == "3F000" {
+                // Undefined table, undefined schema: never initialised.
+                ErrorKind::Missing
             } else if c.starts_with("08") || c.starts_with("57P") || c == "53300" {
                 // Connection exception, operator intervention (shutdown, restart), too many connections.
                 ErrorKind::Transient
@@ -28,9 +31,26 @@ pub fn classify(op: &'static str, e: &postgres::Error) -> StoreError {
             Some(d) => format!("{} ({d})", db.message()),
             None => db.message().to_owned(),
         },
-        None => e.to_string(),
+        // The driver's own text is terse ("error connecting to server"); the cause ("Connection refused") is in
+        // its source chain.
+        None => with_causes(e),
     };
     StoreError::new(kind, op, message)
+}
+
+/// An error's message followed by each of its causes: `a: b: c`, a cause repeating its parent's text omitted.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !out.ends_with(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 pub fn err(op: &'static str) -> impl Fn(postgres::Error) -> StoreError {

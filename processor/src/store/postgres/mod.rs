@@ -4,9 +4,10 @@
 pub mod error;
 pub mod sql;
 
+use super::url::PgUrl;
 use super::{
-    ClaimSummary, InstanceProgress, LogRow, Selection, SourceDoc, StatusReport, Store, StoreResult,
-    LEASE_DONE,
+    ClaimSummary, ErrorKind, InstanceProgress, LogRow, Selection, SourceDoc, StatusReport, Store,
+    StoreError, StoreResult, LEASE_DONE,
 };
 use crate::contract::Contract;
 use crate::value::Value;
@@ -21,7 +22,7 @@ use std::time::Duration;
 pub const CONNECT_TIMEOUT_SECS: u64 = 10;
 
 pub struct PgStore {
-    url: String,
+    url: PgUrl,
     client: Client,
     contract: Contract,
     names: Names,
@@ -33,8 +34,9 @@ pub struct PgStore {
     claim_cursor: i64,
 }
 
-fn connect(url: &str) -> StoreResult<Client> {
-    let mut cfg: postgres::Config = url.parse().map_err(err("parse url"))?;
+fn connect(url: &PgUrl) -> StoreResult<Client> {
+    // Parsed and validated once, by `DbUrl::parse`: a malformed URL never gets this far.
+    let mut cfg = url.driver_config().clone();
     cfg.connect_timeout(Duration::from_secs(CONNECT_TIMEOUT_SECS));
     cfg.keepalives(true);
     cfg.application_name("shredproof-processor");
@@ -42,7 +44,7 @@ fn connect(url: &str) -> StoreResult<Client> {
 }
 
 impl PgStore {
-    pub fn open(url: &str, contract: Contract) -> StoreResult<Self> {
+    pub fn open(url: &PgUrl, contract: Contract) -> StoreResult<Self> {
         let client = connect(url)?;
         let names = Names::new(&contract);
         let insert_sql = contract
@@ -51,7 +53,7 @@ impl PgStore {
             .map(|t| sql::insert_rows(t, &names))
             .collect();
         Ok(PgStore {
-            url: url.to_owned(),
+            url: url.clone(),
             client,
             contract,
             names,
@@ -69,6 +71,27 @@ impl PgStore {
         self.stmts.insert(q.to_owned(), s.clone());
         Ok(s)
     }
+}
+
+/// Column `i` of `row` as `T`. A type the schema should not have (a table created by hand, a changed column) is a
+/// fatal error naming the column, never a panic.
+fn col<'a, T: postgres::types::FromSql<'a>>(
+    row: &'a postgres::Row,
+    i: usize,
+    op: &'static str,
+) -> StoreResult<T> {
+    row.try_get(i).map_err(|e| {
+        let name = row.columns().get(i).map_or("?", |c| c.name());
+        let ty = row
+            .columns()
+            .get(i)
+            .map_or_else(String::new, |c| format!(" of type {}", c.type_()));
+        StoreError::new(
+            ErrorKind::Fatal,
+            op,
+            format!("unexpected value in column {name}{ty}: {e}"),
+        )
+    })
 }
 
 fn sel_params(sel: &Selection) -> [Option<i64>; 4] {
@@ -128,14 +151,15 @@ impl Store for PgStore {
             .client
             .query(&st, &[&from, &(limit as i64), &lo, &hi, &n, &i])
             .map_err(err("fetch pending"))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| SourceDoc {
-                app_id: r.get(0),
-                xml: r.get(1),
-                fence: None,
+        rows.iter()
+            .map(|r| {
+                Ok(SourceDoc {
+                    app_id: col(r, 0, "fetch pending")?,
+                    xml: col(r, 1, "fetch pending")?,
+                    fence: None,
+                })
             })
-            .collect())
+            .collect()
     }
 
     fn pending_count(&mut self, sel: &Selection) -> StoreResult<u64> {
@@ -146,7 +170,7 @@ impl Store for PgStore {
             .client
             .query_one(&st, &[&lo, &hi, &n, &i])
             .map_err(err("pending count"))?;
-        Ok(row.get::<_, i64>(0) as u64)
+        Ok(col::<i64>(&row, 0, "pending count")? as u64)
     }
 
     fn pending_at(&mut self, sel: &Selection, offset: u64) -> StoreResult<Option<i64>> {
@@ -157,7 +181,7 @@ impl Store for PgStore {
             .client
             .query(&st, &[&lo, &hi, &n, &i, &(offset as i64)])
             .map_err(err("pending at"))?;
-        Ok(rows.first().map(|r| r.get(0)))
+        rows.first().map(|r| col(r, 0, "pending at")).transpose()
     }
 
     fn claim(
@@ -197,17 +221,18 @@ impl Store for PgStore {
             }
         }
         self.claim_cursor = match rows.last() {
-            Some(r) => r.get::<_, i64>(0).saturating_add(1),
+            Some(r) => col::<i64>(r, 0, "claim")?.saturating_add(1),
             None => i64::MIN,
         };
-        Ok(rows
-            .into_iter()
-            .map(|r| SourceDoc {
-                app_id: r.get(0),
-                fence: Some(r.get(1)),
-                xml: r.get(2),
+        rows.iter()
+            .map(|r| {
+                Ok(SourceDoc {
+                    app_id: col(r, 0, "claim")?,
+                    fence: Some(col(r, 1, "claim")?),
+                    xml: col(r, 2, "claim")?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     fn renew(&mut self, owner: &str, app_ids: &[i64], until_ms: i64) -> StoreResult<u64> {
@@ -226,7 +251,7 @@ impl Store for PgStore {
             .client
             .query_one(&st, &[&now_ms, &LEASE_DONE, &lo, &hi, &n, &i])
             .map_err(err("live claims"))?;
-        Ok(row.get::<_, i64>(0) as u64)
+        Ok(col::<i64>(&row, 0, "live claims")? as u64)
     }
 
     fn begin(&mut self) -> StoreResult<()> {
@@ -318,7 +343,7 @@ impl Store for PgStore {
             .client
             .query(&st, &[&ids, &fences, &owner, &LEASE_DONE])
             .map_err(err("complete claims"))?;
-        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        rows.iter().map(|r| col(r, 0, "complete claims")).collect()
     }
 
     fn logged(&mut self, app_ids: &[i64]) -> StoreResult<Vec<(i64, String)>> {
@@ -328,7 +353,9 @@ impl Store for PgStore {
             .client
             .query(&st, &[&app_ids])
             .map_err(err("read log"))?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        rows.iter()
+            .map(|r| Ok((col(r, 0, "read log")?, col(r, 1, "read log")?)))
+            .collect()
     }
 
     fn status(&mut self, now_ms: i64) -> StoreResult<StatusReport> {
@@ -336,32 +363,38 @@ impl Store for PgStore {
             .client
             .query_one(&sql::status_counts(&self.names), &[])
             .map_err(err("status"))?;
-        let (total, success, failed): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        let op = "status";
+        let (total, success, failed): (i64, i64, i64) =
+            (col(&row, 0, op)?, col(&row, 1, op)?, col(&row, 2, op)?);
         let instances = self
             .client
             .query(&sql::status_instances(&self.names), &[])
-            .map_err(err("status"))?
-            .into_iter()
-            .map(|r| InstanceProgress {
-                instance_id: r.get(0),
-                sessions: r.get::<_, i64>(1) as u64,
-                success: r.get::<_, i64>(2) as u64,
-                failed: r.get::<_, i64>(3) as u64,
-                last_processed_at: r.get(4),
+            .map_err(err(op))?
+            .iter()
+            .map(|r| {
+                Ok(InstanceProgress {
+                    instance_id: col(r, 0, op)?,
+                    sessions: col::<i64>(r, 1, op)? as u64,
+                    success: col::<i64>(r, 2, op)? as u64,
+                    failed: col::<i64>(r, 3, op)? as u64,
+                    last_processed_at: col(r, 4, op)?,
+                })
             })
-            .collect();
+            .collect::<StoreResult<_>>()?;
         let claims = self
             .client
             .query(&sql::status_claims(&self.names), &[&now_ms, &LEASE_DONE])
-            .map_err(err("status"))?
-            .into_iter()
-            .map(|r| ClaimSummary {
-                owner: r.get(0),
-                live: r.get::<_, i64>(1) as u64,
-                expired: r.get::<_, i64>(2) as u64,
-                earliest_expiry_ms: r.get(3),
+            .map_err(err(op))?
+            .iter()
+            .map(|r| {
+                Ok(ClaimSummary {
+                    owner: col(r, 0, op)?,
+                    live: col::<i64>(r, 1, op)? as u64,
+                    expired: col::<i64>(r, 2, op)? as u64,
+                    earliest_expiry_ms: col(r, 3, op)?,
+                })
             })
-            .collect();
+            .collect::<StoreResult<_>>()?;
         Ok(StatusReport::from_counts(
             total, success, failed, instances, claims,
         ))

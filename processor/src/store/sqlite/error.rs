@@ -5,6 +5,9 @@ use rusqlite::ErrorCode;
 
 pub fn classify(op: &'static str, e: &rusqlite::Error) -> StoreError {
     let kind = match e {
+        rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("no such table") => {
+            ErrorKind::Missing
+        }
         rusqlite::Error::SqliteFailure(f, _) => match f.code {
             ErrorCode::ConstraintViolation => ErrorKind::Constraint,
             ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => ErrorKind::Transient,
