@@ -388,6 +388,13 @@ def main():
     ap.add_argument("--seed", required=True, help="the shared seed folder (../shared/seed/original)")
     ap.add_argument("--out", required=True, help="output folder (fixtures/golden)")
     ap.add_argument("--only", help="only sample files whose name contains this")
+    ap.add_argument(
+        "--generated",
+        nargs=3,
+        metavar=("SHAPE", "SEED", "DIR"),
+        help="instead of the samples: the real-shaped documents in DIR (cargo run -p fixtures --example "
+        "realshape_dump -- SHAPE N SEED DIR), under SHAPE's contract only, into OUT/gen-SHAPE/",
+    )
     args = ap.parse_args()
 
     repo = Path(args.repo).resolve()
@@ -406,6 +413,10 @@ def main():
     samples += sorted((seed / "samples/reclending").glob("*.xml"))
     if args.only:
         samples = [s for s in samples if args.only in s.name]
+
+    if args.generated:
+        run_generated(args, seed, out, schema, enum_ids, (DataMapper, XMLParser, PreProcessingValidator))
+        return
 
     summary = {}
     for key, fname in CONTRACTS.items():
@@ -438,6 +449,50 @@ def main():
             target.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         summary[key] = counts
     print(json.dumps(summary))
+
+
+def fnv1a64(data):
+    h = 0xCBF29CE484222325
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def run_generated(args, seed, out, schema, enum_ids, classes):
+    """Goldens for generated documents: the test regenerates each from (shape, seed, app_id) and checks its bytes
+    against `xml_bytes`/`xml_fnv1a64` first, so a changed generator is reported as such, not as a mapping diff."""
+    DataMapper, XMLParser, PreProcessingValidator = classes
+    shape, gen_seed, folder = args.generated
+    cpath = seed / "contracts" / CONTRACTS[shape]
+    contract_json = json.loads(cpath.read_text(encoding="utf-8"))
+    components = (
+        PreProcessingValidator(mapping_contract_path=str(cpath)),
+        XMLParser(),
+        DataMapper(mapping_contract_path=str(cpath), log_level="CRITICAL"),
+    )
+    target_dir = out / f"gen-{shape}"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    counts = {"success": 0, "failed": 0}
+    for f in sorted(Path(folder).glob("*.xml"), key=lambda p: int(p.stem)):
+        raw = f.read_bytes()
+        xml = raw.decode("utf-8-sig")
+        app_id, verdict, reason, tables = run_document(components, contract_json, schema, enum_ids, xml)
+        counts[verdict] += 1
+        doc = {
+            "source": f"generated:realshape:{shape}:seed={gen_seed}:app_id={int(f.stem)}",
+            "contract": f"contracts/{CONTRACTS[shape]}",
+            "app_id": int(app_id) if app_id is not None and str(app_id).lstrip("-").isdigit() else int(f.stem),
+            "xml_bytes": len(raw),
+            "xml_fnv1a64": fnv1a64(raw),
+            "verdict": verdict,
+        }
+        if reason is not None:
+            doc["reason"] = reason
+        doc["tables"] = tables
+        (target_dir / f"{int(f.stem):08}.json").write_text(
+            json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+    print(json.dumps({f"gen-{shape}": counts}))
 
 
 if __name__ == "__main__":
