@@ -921,8 +921,8 @@ fn parse_doc<'a>(xml: &'a str, root: &str, budget: &Budget) -> Result<Doc<'a>, F
             // The key is borrowed from the body: find it by position (attributes are in order).
             let key: &'a str = find_key(body, a.key.as_ref()).unwrap_or("");
             let _ = key_len;
-            // The replaced parser strips and HTML-unescapes values once more (xml_parser.py).
-            attrs.push((key, html_unescape(v.trim())));
+            // Raw (XML-unescaped) as lxml gives it; `xd` is the replaced parser's processed form.
+            attrs.push((key, v.into_owned()));
         }
         let id = doc.elems.len();
         let parent = stack.last().map(|(p, _)| *p);
@@ -966,6 +966,12 @@ fn find_key<'a>(body: &'a str, k: &str) -> Option<&'a str> {
         from = s + k.len();
     }
     None
+}
+
+/// The value as the replaced parser's `extract_elements` stores it (stripped, HTML-unescaped once more); contacts
+/// and their children are read from the lxml tree instead, raw.
+fn xd(v: &str) -> String {
+    html_unescape(v.trim())
 }
 
 /// Python's `html.unescape` for the references that survive XML unescaping (`&amp;lt;` → `&lt;` → `<`).
@@ -1072,6 +1078,12 @@ fn quantize(text: &str, places: i64) -> Option<f64> {
 }
 
 fn parse_dt(s: &str) -> Option<chrono::NaiveDateTime> {
+    use chrono::Datelike;
+    // Python's %Y takes exactly four digits; chrono's takes fewer ("5/4/20" is no date there).
+    parse_dt_any(s).filter(|d| d.year() >= 1000)
+}
+
+fn parse_dt_any(s: &str) -> Option<chrono::NaiveDateTime> {
     use chrono::NaiveDateTime as N;
     let s = s.trim();
     // _clean_datetime_string: seconds above 59 become 59.
@@ -1883,6 +1895,10 @@ struct Mapper<'m, 'd> {
     doc: &'d Doc<'d>,
     app_id: i64,
     contacts: Vec<Contact>,
+    /// con_ids of `contacts`.
+    valid_con_ids: std::collections::HashSet<String>,
+    /// con_id → the last `<contact>` element with it (the replaced `//contact[@con_id=X]` lookup, indexed once).
+    last_contact_by_con: HashMap<String, usize>,
 }
 
 fn map_fail(msg: impl Into<String>) -> Failure {
@@ -1916,7 +1932,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
             .get(&format!("/{}/Request", contract.root_element))
             .map(|&i| doc.paths[i].1);
         let id = req.and_then(|r| doc.elems[r].get_ci("id").or_else(|| doc.elems[r].get("ID")));
-        match id.map(str::trim) {
+        match id.map(xd).as_deref() {
             None | Some("") => {
                 return Err(map_fail(
                     "missing required attribute ID of /Provenir/Request",
@@ -1929,6 +1945,36 @@ impl<'m, 'd> Mapper<'m, 'd> {
                 )))
             }
         }
+        // PreProcessingValidator: the contract's application element must be there.
+        let root = &contract.root_element;
+        let want = format!("/{root}/Request/CustData/{}", plan.app_elem);
+        if !doc.path_idx.contains_key(&want) {
+            let other = if plan.app_elem == "application" {
+                "IL_application"
+            } else {
+                "application"
+            };
+            return Err(map_fail(
+                if doc
+                    .path_idx
+                    .contains_key(&format!("/{root}/Request/CustData/{other}"))
+                {
+                    let line = if other == "application" {
+                        "Credit Card"
+                    } else {
+                        "Rec Lending"
+                    };
+                    format!("validation: Wrong product line: Found {line} XML (/{other}) but contract expects '{}'", plan.app_elem)
+                } else {
+                    format!("validation: Missing required application element: {want}")
+                },
+            ));
+        }
+        if app_id <= 0 {
+            return Err(map_fail(format!(
+                "validation: Invalid app_id value: {app_id} (must be positive integer)"
+            )));
+        }
         let mut m = Mapper {
             ctx: Ctx {
                 plan,
@@ -1937,8 +1983,16 @@ impl<'m, 'd> Mapper<'m, 'd> {
             doc,
             app_id,
             contacts: vec![],
+            valid_con_ids: Default::default(),
+            last_contact_by_con: HashMap::new(),
         };
         m.contacts = m.valid_contacts();
+        m.valid_con_ids = m.contacts.iter().map(|c| c.con_id.clone()).collect();
+        for &e in doc.by_name.get("contact").map(Vec::as_slice).unwrap_or(&[]) {
+            if let Some(c) = doc.elems[e].get("con_id") {
+                m.last_contact_by_con.insert(c.to_owned(), e);
+            }
+        }
         Ok(m)
     }
 
@@ -1962,6 +2016,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
         let p = self.ctx.plan;
         let prio = |t: &str| p.contact_types.iter().position(|x| x == t).unwrap_or(999);
         let mut out: Vec<Contact> = Vec::new();
+        let mut at: HashMap<String, usize> = HashMap::new();
         for e in self.all_contacts() {
             let el = &self.doc.elems[e];
             let con = el.get("con_id").unwrap_or("").trim();
@@ -1975,11 +2030,14 @@ impl<'m, 'd> Mapper<'m, 'd> {
             if !meaningful {
                 continue;
             }
-            match out.iter_mut().find(|c| c.con_id == con) {
-                None => out.push(Contact {
-                    elem: e,
-                    con_id: con.to_owned(),
-                }),
+            match at.get(con).map(|&i| &mut out[i]) {
+                None => {
+                    at.insert(con.to_owned(), out.len());
+                    out.push(Contact {
+                        elem: e,
+                        con_id: con.to_owned(),
+                    })
+                }
                 Some(c) => {
                     let old = self.doc.elems[c.elem]
                         .get(&p.contact_type_attr)
@@ -2033,19 +2091,20 @@ impl<'m, 'd> Mapper<'m, 'd> {
         for (path, ei) in &self.doc.paths {
             let seg = path.rsplit('/').next().unwrap_or("");
             let el = &self.doc.elems[*ei];
+            let attrs: Vec<(&str, String)> = el.attrs.iter().map(|(k, v)| (*k, xd(v))).collect();
             if seg == p.app_elem {
-                for (k, v) in &el.attrs {
+                for (k, v) in &attrs {
                     c.set(&format!("application.{}", k.to_lowercase()), v);
                     if seg != "application" {
                         c.set(&format!("{seg}.{k}"), v);
                     }
                 }
             } else {
-                for (k, v) in &el.attrs {
+                for (k, v) in &attrs {
                     c.set(&format!("{seg}.{}", k.to_lowercase()), v);
                 }
             }
-            for (k, v) in &el.attrs {
+            for (k, v) in &attrs {
                 c.set(k, v);
             }
         }
@@ -2171,11 +2230,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
     fn curr_address(&self, m: &RMap, con_id: &str) -> Py {
         let p = self.ctx.plan;
         // //contact[@con_id=X] (the literal element name 'contact', as the replaced code has it), the last one.
-        let Some(&c) = self.doc.by_name.get("contact").and_then(|v| {
-            v.iter()
-                .rev()
-                .find(|&&e| self.doc.elems[e].get("con_id") == Some(con_id))
-        }) else {
+        let Some(&c) = self.last_contact_by_con.get(con_id) else {
             return Py::None;
         };
         let last = self.doc.elems[c].children.iter().rev().copied().find(|&a| {
@@ -2208,7 +2263,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
             if table == "app_contact_base" && m.path == "/Provenir/Request/CustData/application" {
                 return self
                     .elem_at(&m.path)
-                    .map_or(Py::None, |e| py_opt(e.get(&m.attr)));
+                    .map_or(Py::None, |e| py_opt(e.get(&m.attr).map(xd).as_deref()));
             }
             let child_table = matches!(table, "app_contact_address" | "app_contact_employment");
             if m.path.contains("contact") || child_table {
@@ -2237,7 +2292,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
             }
         }
         match self.elem_at(&m.path) {
-            Some(e) if !m.attr.is_empty() => py_opt(e.get_ci(&m.attr)),
+            Some(e) if !m.attr.is_empty() => py_opt(e.get_ci(&m.attr).map(xd).as_deref()),
             _ => Py::None,
         }
     }
@@ -2498,7 +2553,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
                     // type; the parent's con_id must be among the valid contacts' con_ids.
                     for &ce in &self.all_contacts_filtered() {
                         let con = self.doc.elems[ce].get("con_id").unwrap_or("");
-                        if !self.contacts.iter().any(|c| c.con_id == con) {
+                        if !self.valid_con_ids.contains(con) {
                             continue;
                         }
                         for &ch in &self.doc.elems[ce].children {
@@ -2960,20 +3015,20 @@ fn clip(s: &str) -> String {
     s.chars().take(60).collect()
 }
 
-/// SQL Server `datetime` keeps 1/300 s; the canonical text shows whole milliseconds, trailing zeros dropped.
+/// Shredproof's canonical datetime: whole seconds (ARCHITECTURE.md); the replaced system's milliseconds are the
+/// golden test's departure D1.
+/// The fraction is rounded to SQL Server's 1/300 s first, as the replaced system stores it, so `…:45.999` is `…:46`.
 fn dt_canonical(d: chrono::NaiveDateTime) -> String {
     use chrono::Timelike;
-    let micros = i64::from(d.nanosecond() / 1000);
+    let micros = u64::from(d.nanosecond() / 1000);
     let ticks = (micros * 300 + 500_000) / 1_000_000;
-    let ms = (ticks * 1000 * 2 + 300) / 600;
-    let base = d.with_nanosecond(0).unwrap_or(d) + chrono::Duration::milliseconds(ms);
-    let s = base.format("%Y-%m-%d %H:%M:%S").to_string();
-    let frac = base.nanosecond() / 1_000_000;
-    if frac == 0 {
-        s
+    let base = d.with_nanosecond(0).unwrap_or(d);
+    let base = if ticks >= 300 {
+        base + chrono::Duration::seconds(1)
     } else {
-        format!("{s}.{}", format!("{frac:03}").trim_end_matches('0'))
-    }
+        base
+    };
+    base.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 fn iso_dt(s: &str) -> Option<chrono::NaiveDateTime> {
