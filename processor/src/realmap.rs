@@ -637,20 +637,62 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
         Some(s) => Some(Ident::new(s).map_err(|e| invalid("target_schema", e.to_string()))?),
     };
     let address_preferred = address_types.first().cloned().unwrap_or_default();
+    // The element paths the contract names, as a trie (reports and the generator's shape detection read it; the
+    // XmlConversion mapping itself reads the whole document).
+    let mut nodes = vec![PathNode {
+        name: root.clone(),
+        parent: None,
+        children: vec![],
+        attrs: vec![],
+        filters: vec![],
+    }];
+    let mut insert = |path: &str| -> usize {
+        let mut cur = 0;
+        for part in path
+            .trim_matches('/')
+            .split('/')
+            .skip(1)
+            .filter(|p| !p.is_empty())
+        {
+            cur = match nodes[cur]
+                .children
+                .iter()
+                .copied()
+                .find(|&c| nodes[c].name == part)
+            {
+                Some(c) => c,
+                None => {
+                    nodes.push(PathNode {
+                        name: part.to_owned(),
+                        parent: Some(cur),
+                        children: vec![],
+                        attrs: vec![],
+                        filters: vec![],
+                    });
+                    let id = nodes.len() - 1;
+                    nodes[cur].children.push(id);
+                    id
+                }
+            };
+        }
+        cur
+    };
+    let app_node = insert(&app_path);
+    for t in &rtables {
+        for m in &t.maps {
+            if !m.path.is_empty() {
+                insert(&m.path);
+            }
+        }
+    }
     Ok(Contract {
         root_element: root.clone(),
         source_table,
         source_column,
         schema,
         tables,
-        nodes: vec![PathNode {
-            name: root,
-            parent: None,
-            children: vec![],
-            attrs: vec![],
-            filters: vec![],
-        }],
-        app_node: 0,
+        nodes,
+        app_node,
         app_key,
         json: text.to_owned(),
         real: Some(std::sync::Arc::new(Plan {
