@@ -1365,17 +1365,25 @@ impl Ctx<'_> {
     }
 }
 
-/// Key → value context of the calculated-field engine (a flattened dictionary, later keys overwriting).
+/// Key → value context of the calculated-field engine (a flattened dictionary, later keys overwriting). The
+/// case-insensitive lookups resolve to the first key in insertion order, as the replaced code's scans do, through
+/// indexes built as keys arrive (no scan per lookup).
 #[derive(Default, Clone)]
 struct Context {
     map: HashMap<String, String>,
-    order: Vec<String>,
+    upper: HashMap<String, String>,
+    lower: HashMap<String, String>,
 }
 
 impl Context {
     fn set(&mut self, k: &str, v: &str) {
         if self.map.insert(k.to_owned(), v.to_owned()).is_none() {
-            self.order.push(k.to_owned());
+            self.upper
+                .entry(k.to_uppercase())
+                .or_insert_with(|| k.to_owned());
+            self.lower
+                .entry(k.to_lowercase())
+                .or_insert_with(|| k.to_owned());
         }
     }
     fn get(&self, k: &str) -> Option<&str> {
@@ -1386,22 +1394,18 @@ impl Context {
         if let Some(v) = self.get(k) {
             return Some(v);
         }
-        let up = k.to_uppercase();
-        self.order
-            .iter()
-            .find(|x| x.to_uppercase() == up)
-            .and_then(|x| self.get(x))
+        self.upper.get(&k.to_uppercase()).and_then(|x| self.get(x))
+    }
+    /// The key whose upper case is `up` (first inserted).
+    fn key_upper(&self, up: &str) -> Option<&str> {
+        self.upper.get(up).map(String::as_str)
     }
     /// `_get_attribute_case_insensitive` on the dictionary.
     fn attr_ci(&self, k: &str) -> Option<&str> {
         if let Some(v) = self.get(k) {
             return Some(v);
         }
-        let low = k.to_lowercase();
-        self.order
-            .iter()
-            .find(|x| x.to_lowercase() == low)
-            .and_then(|x| self.get(x))
+        self.lower.get(&k.to_lowercase()).and_then(|x| self.get(x))
     }
 }
 
@@ -1547,12 +1551,7 @@ fn eval_simple(cond: &str, ctx: &Context) -> bool {
         if let Some((l, p)) = up.split_once(" LIKE ") {
             let left = l.trim();
             let pat = p.trim().trim_matches(|c| c == '\'' || c == '"');
-            let val = ctx
-                .order
-                .iter()
-                .find(|k| k.to_uppercase() == left)
-                .and_then(|k| ctx.get(k))
-                .unwrap_or("");
+            let val = ctx.key_upper(left).and_then(|k| ctx.get(k)).unwrap_or("");
             return like(val, pat);
         }
     }
