@@ -1371,41 +1371,49 @@ impl Ctx<'_> {
 #[derive(Default, Clone)]
 struct Context {
     map: HashMap<String, String>,
-    upper: HashMap<String, String>,
-    lower: HashMap<String, String>,
+    order: Vec<String>,
+    /// Upper- and lower-case key → first key in insertion order; built on the first case-insensitive miss.
+    folded: std::cell::OnceCell<(HashMap<String, usize>, HashMap<String, usize>)>,
 }
 
 impl Context {
     fn set(&mut self, k: &str, v: &str) {
         if self.map.insert(k.to_owned(), v.to_owned()).is_none() {
-            self.upper
-                .entry(k.to_uppercase())
-                .or_insert_with(|| k.to_owned());
-            self.lower
-                .entry(k.to_lowercase())
-                .or_insert_with(|| k.to_owned());
+            self.order.push(k.to_owned());
+            self.folded = std::cell::OnceCell::new();
         }
     }
     fn get(&self, k: &str) -> Option<&str> {
         self.map.get(k).map(String::as_str)
+    }
+    fn folded(&self) -> &(HashMap<String, usize>, HashMap<String, usize>) {
+        self.folded.get_or_init(|| {
+            let (mut up, mut low) = (HashMap::new(), HashMap::new());
+            for (i, k) in self.order.iter().enumerate() {
+                up.entry(k.to_uppercase()).or_insert(i);
+                low.entry(k.to_lowercase()).or_insert(i);
+            }
+            (up, low)
+        })
     }
     /// `_find_field_case_insensitive` then `.get`.
     fn get_ci(&self, k: &str) -> Option<&str> {
         if let Some(v) = self.get(k) {
             return Some(v);
         }
-        self.upper.get(&k.to_uppercase()).and_then(|x| self.get(x))
+        self.key_upper(&k.to_uppercase()).and_then(|x| self.get(x))
     }
     /// The key whose upper case is `up` (first inserted).
     fn key_upper(&self, up: &str) -> Option<&str> {
-        self.upper.get(up).map(String::as_str)
+        self.folded().0.get(up).map(|&i| self.order[i].as_str())
     }
     /// `_get_attribute_case_insensitive` on the dictionary.
     fn attr_ci(&self, k: &str) -> Option<&str> {
         if let Some(v) = self.get(k) {
             return Some(v);
         }
-        self.lower.get(&k.to_lowercase()).and_then(|x| self.get(x))
+        let i = *self.folded().1.get(&k.to_lowercase())?;
+        self.get(&self.order[i])
     }
 }
 
