@@ -663,6 +663,8 @@ fn result_from_committed(work: &[AppWork], mine: &[i64]) -> BatchResult {
         }
         r.committed.push(w.app_id);
         r.committed_fences.push(w.fence.unwrap_or(0));
+        r.committed_coerced
+            .push(w.outcome.as_ref().map_or(0, |a| a.coerced));
     }
     r
 }
@@ -672,6 +674,10 @@ fn emit_batch(ctx: &RunContext<'_>, iid: u32, r: &BatchResult, fenced: bool) {
         let mut e = ctx.event(EventKind::Committed, iid, r.committed.clone());
         if fenced {
             e.fences = r.committed_fences.clone();
+        }
+        // Truncations/coercions per committed application (XmlConversion semantics), so none is silent.
+        if r.committed_coerced.iter().any(|&n| n > 0) {
+            e.detail = serde_json::json!({ "coerced": r.committed_coerced });
         }
         ctx.events.emit(&e);
     }

@@ -637,20 +637,62 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
         Some(s) => Some(Ident::new(s).map_err(|e| invalid("target_schema", e.to_string()))?),
     };
     let address_preferred = address_types.first().cloned().unwrap_or_default();
+    // The element paths the contract names, as a trie (reports and the generator's shape detection read it; the
+    // XmlConversion mapping itself reads the whole document).
+    let mut nodes = vec![PathNode {
+        name: root.clone(),
+        parent: None,
+        children: vec![],
+        attrs: vec![],
+        filters: vec![],
+    }];
+    let mut insert = |path: &str| -> usize {
+        let mut cur = 0;
+        for part in path
+            .trim_matches('/')
+            .split('/')
+            .skip(1)
+            .filter(|p| !p.is_empty())
+        {
+            cur = match nodes[cur]
+                .children
+                .iter()
+                .copied()
+                .find(|&c| nodes[c].name == part)
+            {
+                Some(c) => c,
+                None => {
+                    nodes.push(PathNode {
+                        name: part.to_owned(),
+                        parent: Some(cur),
+                        children: vec![],
+                        attrs: vec![],
+                        filters: vec![],
+                    });
+                    let id = nodes.len() - 1;
+                    nodes[cur].children.push(id);
+                    id
+                }
+            };
+        }
+        cur
+    };
+    let app_node = insert(&app_path);
+    for t in &rtables {
+        for m in &t.maps {
+            if !m.path.is_empty() {
+                insert(&m.path);
+            }
+        }
+    }
     Ok(Contract {
         root_element: root.clone(),
         source_table,
         source_column,
         schema,
         tables,
-        nodes: vec![PathNode {
-            name: root,
-            parent: None,
-            children: vec![],
-            attrs: vec![],
-            filters: vec![],
-        }],
-        app_node: 0,
+        nodes,
+        app_node,
         app_key,
         json: text.to_owned(),
         real: Some(std::sync::Arc::new(Plan {
@@ -921,8 +963,8 @@ fn parse_doc<'a>(xml: &'a str, root: &str, budget: &Budget) -> Result<Doc<'a>, F
             // The key is borrowed from the body: find it by position (attributes are in order).
             let key: &'a str = find_key(body, a.key.as_ref()).unwrap_or("");
             let _ = key_len;
-            // The replaced parser strips and HTML-unescapes values once more (xml_parser.py).
-            attrs.push((key, html_unescape(v.trim())));
+            // Raw (XML-unescaped) as lxml gives it; `xd` is the replaced parser's processed form.
+            attrs.push((key, v.into_owned()));
         }
         let id = doc.elems.len();
         let parent = stack.last().map(|(p, _)| *p);
@@ -966,6 +1008,12 @@ fn find_key<'a>(body: &'a str, k: &str) -> Option<&'a str> {
         from = s + k.len();
     }
     None
+}
+
+/// The value as the replaced parser's `extract_elements` stores it (stripped, HTML-unescaped once more); contacts
+/// and their children are read from the lxml tree instead, raw.
+fn xd(v: &str) -> String {
+    html_unescape(v.trim())
 }
 
 /// Python's `html.unescape` for the references that survive XML unescaping (`&amp;lt;` → `&lt;` → `<`).
@@ -1072,6 +1120,12 @@ fn quantize(text: &str, places: i64) -> Option<f64> {
 }
 
 fn parse_dt(s: &str) -> Option<chrono::NaiveDateTime> {
+    use chrono::Datelike;
+    // Python's %Y takes exactly four digits; chrono's takes fewer ("5/4/20" is no date there).
+    parse_dt_any(s).filter(|d| d.year() >= 1000)
+}
+
+fn parse_dt_any(s: &str) -> Option<chrono::NaiveDateTime> {
     use chrono::NaiveDateTime as N;
     let s = s.trim();
     // _clean_datetime_string: seconds above 59 become 59.
@@ -1311,43 +1365,55 @@ impl Ctx<'_> {
     }
 }
 
-/// Key → value context of the calculated-field engine (a flattened dictionary, later keys overwriting).
+/// Key → value context of the calculated-field engine (a flattened dictionary, later keys overwriting). The
+/// case-insensitive lookups resolve to the first key in insertion order, as the replaced code's scans do, through
+/// indexes built as keys arrive (no scan per lookup).
 #[derive(Default, Clone)]
 struct Context {
     map: HashMap<String, String>,
     order: Vec<String>,
+    /// Upper- and lower-case key → first key in insertion order; built on the first case-insensitive miss.
+    folded: std::cell::OnceCell<(HashMap<String, usize>, HashMap<String, usize>)>,
 }
 
 impl Context {
     fn set(&mut self, k: &str, v: &str) {
         if self.map.insert(k.to_owned(), v.to_owned()).is_none() {
             self.order.push(k.to_owned());
+            self.folded = std::cell::OnceCell::new();
         }
     }
     fn get(&self, k: &str) -> Option<&str> {
         self.map.get(k).map(String::as_str)
+    }
+    fn folded(&self) -> &(HashMap<String, usize>, HashMap<String, usize>) {
+        self.folded.get_or_init(|| {
+            let (mut up, mut low) = (HashMap::new(), HashMap::new());
+            for (i, k) in self.order.iter().enumerate() {
+                up.entry(k.to_uppercase()).or_insert(i);
+                low.entry(k.to_lowercase()).or_insert(i);
+            }
+            (up, low)
+        })
     }
     /// `_find_field_case_insensitive` then `.get`.
     fn get_ci(&self, k: &str) -> Option<&str> {
         if let Some(v) = self.get(k) {
             return Some(v);
         }
-        let up = k.to_uppercase();
-        self.order
-            .iter()
-            .find(|x| x.to_uppercase() == up)
-            .and_then(|x| self.get(x))
+        self.key_upper(&k.to_uppercase()).and_then(|x| self.get(x))
+    }
+    /// The key whose upper case is `up` (first inserted).
+    fn key_upper(&self, up: &str) -> Option<&str> {
+        self.folded().0.get(up).map(|&i| self.order[i].as_str())
     }
     /// `_get_attribute_case_insensitive` on the dictionary.
     fn attr_ci(&self, k: &str) -> Option<&str> {
         if let Some(v) = self.get(k) {
             return Some(v);
         }
-        let low = k.to_lowercase();
-        self.order
-            .iter()
-            .find(|x| x.to_lowercase() == low)
-            .and_then(|x| self.get(x))
+        let i = *self.folded().1.get(&k.to_lowercase())?;
+        self.get(&self.order[i])
     }
 }
 
@@ -1493,12 +1559,7 @@ fn eval_simple(cond: &str, ctx: &Context) -> bool {
         if let Some((l, p)) = up.split_once(" LIKE ") {
             let left = l.trim();
             let pat = p.trim().trim_matches(|c| c == '\'' || c == '"');
-            let val = ctx
-                .order
-                .iter()
-                .find(|k| k.to_uppercase() == left)
-                .and_then(|k| ctx.get(k))
-                .unwrap_or("");
+            let val = ctx.key_upper(left).and_then(|k| ctx.get(k)).unwrap_or("");
             return like(val, pat);
         }
     }
@@ -1883,6 +1944,10 @@ struct Mapper<'m, 'd> {
     doc: &'d Doc<'d>,
     app_id: i64,
     contacts: Vec<Contact>,
+    /// con_ids of `contacts`.
+    valid_con_ids: std::collections::HashSet<String>,
+    /// con_id → the last `<contact>` element with it (the replaced `//contact[@con_id=X]` lookup, indexed once).
+    last_contact_by_con: HashMap<String, usize>,
 }
 
 fn map_fail(msg: impl Into<String>) -> Failure {
@@ -1916,7 +1981,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
             .get(&format!("/{}/Request", contract.root_element))
             .map(|&i| doc.paths[i].1);
         let id = req.and_then(|r| doc.elems[r].get_ci("id").or_else(|| doc.elems[r].get("ID")));
-        match id.map(str::trim) {
+        match id.map(xd).as_deref() {
             None | Some("") => {
                 return Err(map_fail(
                     "missing required attribute ID of /Provenir/Request",
@@ -1929,6 +1994,36 @@ impl<'m, 'd> Mapper<'m, 'd> {
                 )))
             }
         }
+        // PreProcessingValidator: the contract's application element must be there.
+        let root = &contract.root_element;
+        let want = format!("/{root}/Request/CustData/{}", plan.app_elem);
+        if !doc.path_idx.contains_key(&want) {
+            let other = if plan.app_elem == "application" {
+                "IL_application"
+            } else {
+                "application"
+            };
+            return Err(map_fail(
+                if doc
+                    .path_idx
+                    .contains_key(&format!("/{root}/Request/CustData/{other}"))
+                {
+                    let line = if other == "application" {
+                        "Credit Card"
+                    } else {
+                        "Rec Lending"
+                    };
+                    format!("validation: Wrong product line: Found {line} XML (/{other}) but contract expects '{}'", plan.app_elem)
+                } else {
+                    format!("validation: Missing required application element: {want}")
+                },
+            ));
+        }
+        if app_id <= 0 {
+            return Err(map_fail(format!(
+                "validation: Invalid app_id value: {app_id} (must be positive integer)"
+            )));
+        }
         let mut m = Mapper {
             ctx: Ctx {
                 plan,
@@ -1937,8 +2032,16 @@ impl<'m, 'd> Mapper<'m, 'd> {
             doc,
             app_id,
             contacts: vec![],
+            valid_con_ids: Default::default(),
+            last_contact_by_con: HashMap::new(),
         };
         m.contacts = m.valid_contacts();
+        m.valid_con_ids = m.contacts.iter().map(|c| c.con_id.clone()).collect();
+        for &e in doc.by_name.get("contact").map(Vec::as_slice).unwrap_or(&[]) {
+            if let Some(c) = doc.elems[e].get("con_id") {
+                m.last_contact_by_con.insert(c.to_owned(), e);
+            }
+        }
         Ok(m)
     }
 
@@ -1962,6 +2065,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
         let p = self.ctx.plan;
         let prio = |t: &str| p.contact_types.iter().position(|x| x == t).unwrap_or(999);
         let mut out: Vec<Contact> = Vec::new();
+        let mut at: HashMap<String, usize> = HashMap::new();
         for e in self.all_contacts() {
             let el = &self.doc.elems[e];
             let con = el.get("con_id").unwrap_or("").trim();
@@ -1975,11 +2079,14 @@ impl<'m, 'd> Mapper<'m, 'd> {
             if !meaningful {
                 continue;
             }
-            match out.iter_mut().find(|c| c.con_id == con) {
-                None => out.push(Contact {
-                    elem: e,
-                    con_id: con.to_owned(),
-                }),
+            match at.get(con).map(|&i| &mut out[i]) {
+                None => {
+                    at.insert(con.to_owned(), out.len());
+                    out.push(Contact {
+                        elem: e,
+                        con_id: con.to_owned(),
+                    })
+                }
                 Some(c) => {
                     let old = self.doc.elems[c.elem]
                         .get(&p.contact_type_attr)
@@ -2033,19 +2140,20 @@ impl<'m, 'd> Mapper<'m, 'd> {
         for (path, ei) in &self.doc.paths {
             let seg = path.rsplit('/').next().unwrap_or("");
             let el = &self.doc.elems[*ei];
+            let attrs: Vec<(&str, String)> = el.attrs.iter().map(|(k, v)| (*k, xd(v))).collect();
             if seg == p.app_elem {
-                for (k, v) in &el.attrs {
+                for (k, v) in &attrs {
                     c.set(&format!("application.{}", k.to_lowercase()), v);
                     if seg != "application" {
                         c.set(&format!("{seg}.{k}"), v);
                     }
                 }
             } else {
-                for (k, v) in &el.attrs {
+                for (k, v) in &attrs {
                     c.set(&format!("{seg}.{}", k.to_lowercase()), v);
                 }
             }
-            for (k, v) in &el.attrs {
+            for (k, v) in &attrs {
                 c.set(k, v);
             }
         }
@@ -2171,11 +2279,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
     fn curr_address(&self, m: &RMap, con_id: &str) -> Py {
         let p = self.ctx.plan;
         // //contact[@con_id=X] (the literal element name 'contact', as the replaced code has it), the last one.
-        let Some(&c) = self.doc.by_name.get("contact").and_then(|v| {
-            v.iter()
-                .rev()
-                .find(|&&e| self.doc.elems[e].get("con_id") == Some(con_id))
-        }) else {
+        let Some(&c) = self.last_contact_by_con.get(con_id) else {
             return Py::None;
         };
         let last = self.doc.elems[c].children.iter().rev().copied().find(|&a| {
@@ -2208,7 +2312,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
             if table == "app_contact_base" && m.path == "/Provenir/Request/CustData/application" {
                 return self
                     .elem_at(&m.path)
-                    .map_or(Py::None, |e| py_opt(e.get(&m.attr)));
+                    .map_or(Py::None, |e| py_opt(e.get(&m.attr).map(xd).as_deref()));
             }
             let child_table = matches!(table, "app_contact_address" | "app_contact_employment");
             if m.path.contains("contact") || child_table {
@@ -2237,7 +2341,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
             }
         }
         match self.elem_at(&m.path) {
-            Some(e) if !m.attr.is_empty() => py_opt(e.get_ci(&m.attr)),
+            Some(e) if !m.attr.is_empty() => py_opt(e.get_ci(&m.attr).map(xd).as_deref()),
             _ => Py::None,
         }
     }
@@ -2498,7 +2602,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
                     // type; the parent's con_id must be among the valid contacts' con_ids.
                     for &ce in &self.all_contacts_filtered() {
                         let con = self.doc.elems[ce].get("con_id").unwrap_or("");
-                        if !self.contacts.iter().any(|c| c.con_id == con) {
+                        if !self.valid_con_ids.contains(con) {
                             continue;
                         }
                         for &ch in &self.doc.elems[ce].children {
@@ -2960,20 +3064,20 @@ fn clip(s: &str) -> String {
     s.chars().take(60).collect()
 }
 
-/// SQL Server `datetime` keeps 1/300 s; the canonical text shows whole milliseconds, trailing zeros dropped.
+/// Shredproof's canonical datetime: whole seconds (ARCHITECTURE.md); the replaced system's milliseconds are the
+/// golden test's departure D1.
+/// The fraction is rounded to SQL Server's 1/300 s first, as the replaced system stores it, so `…:45.999` is `…:46`.
 fn dt_canonical(d: chrono::NaiveDateTime) -> String {
     use chrono::Timelike;
-    let micros = i64::from(d.nanosecond() / 1000);
+    let micros = u64::from(d.nanosecond() / 1000);
     let ticks = (micros * 300 + 500_000) / 1_000_000;
-    let ms = (ticks * 1000 * 2 + 300) / 600;
-    let base = d.with_nanosecond(0).unwrap_or(d) + chrono::Duration::milliseconds(ms);
-    let s = base.format("%Y-%m-%d %H:%M:%S").to_string();
-    let frac = base.nanosecond() / 1_000_000;
-    if frac == 0 {
-        s
+    let base = d.with_nanosecond(0).unwrap_or(d);
+    let base = if ticks >= 300 {
+        base + chrono::Duration::seconds(1)
     } else {
-        format!("{s}.{}", format!("{frac:03}").trim_end_matches('0'))
-    }
+        base
+    };
+    base.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 fn iso_dt(s: &str) -> Option<chrono::NaiveDateTime> {

@@ -50,6 +50,8 @@ pub struct BatchResult {
     pub committed: Vec<i64>,
     /// Fences of `committed`, in the same order (queue mode).
     pub committed_fences: Vec<i64>,
+    /// Values truncated or coerced while mapping each of `committed`, same order (`MappedApp::coerced`).
+    pub committed_coerced: Vec<u32>,
     /// The batch needed the per-application savepoint path.
     pub slow_path: bool,
 }
@@ -77,6 +79,9 @@ fn finish(result: &mut BatchResult, work: &[&AppWork]) {
         if committed.contains(&w.app_id) {
             result.committed.push(w.app_id);
             result.committed_fences.push(w.fence.unwrap_or(0));
+            result
+                .committed_coerced
+                .push(w.outcome.as_ref().map_or(0, |a| a.coerced));
         }
     }
 }
