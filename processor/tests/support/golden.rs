@@ -311,9 +311,17 @@ fn row_diff(golden: &Row, actual: &Row, used: &mut [usize]) -> Option<Vec<String
     }
 }
 
+/// A cell for a diff line: long texts are cut to their first 60 characters, their length and their last 12, which is
+/// enough to see where two long values differ (truncation, a lost character) without flooding the output.
 fn show(v: Option<&Option<String>>) -> String {
     match v.cloned().flatten() {
         None => "NULL".into(),
+        Some(s) if s.chars().count() > 80 => {
+            let n = s.chars().count();
+            let head: String = s.chars().take(60).collect();
+            let tail: String = s.chars().skip(n - 12).collect();
+            format!("{head:?}…{tail:?} ({n} chars)")
+        }
         Some(s) => format!("{s:?}"),
     }
 }
