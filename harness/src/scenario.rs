@@ -69,6 +69,10 @@ pub struct FixtureSpec {
     /// Also load the hand-written edge-case documents.
     #[serde(default = "yes")]
     pub edge_cases: bool,
+    /// Also load the stress documents (`fixtures::stress_docs`: huge, pathological, broken bytes), the
+    /// many-contacts one with this many contacts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stress_docs: Option<u32>,
 }
 
 fn default_apps() -> u64 {
@@ -85,6 +89,7 @@ impl Default for FixtureSpec {
             seed: None,
             malformed_fraction: default_malformed(),
             edge_cases: true,
+            stress_docs: None,
         }
     }
 }
@@ -406,6 +411,7 @@ pub struct Plan {
     pub apps: u64,
     pub malformed_fraction: f64,
     pub edge_cases: bool,
+    pub stress_docs: Option<u32>,
     pub instances: u32,
     pub mode: Mode,
     pub workers: usize,
@@ -748,6 +754,7 @@ impl Scenario {
             apps: f.apps,
             malformed_fraction: f.malformed_fraction,
             edge_cases: f.edge_cases,
+            stress_docs: f.stress_docs,
             instances: r.instances,
             mode: r.mode,
             workers: r.workers,
