@@ -505,9 +505,20 @@ fn generated_docs(
     let shape = match a.shape.to_ascii_lowercase().as_str() {
         "classic" => None,
         "auto" => {
+            // From the contract's own JSON (application path and mapped element names), which every contract
+            // loader keeps, rather than from one loader's internal element tree.
             let c = load_contract(&a.common)?;
-            let names: Vec<&str> = c.nodes.iter().map(|n| n.name.as_str()).collect();
-            Shape::for_contract(&c.nodes[c.app_node].name, &names)
+            let v: serde_json::Value = serde_json::from_str(&c.json).unwrap_or_default();
+            let app = v["xml_application_path"].as_str().unwrap_or("");
+            let app = app.rsplit('/').next().unwrap_or("");
+            let names: Vec<&str> = v["mappings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["xml_path"].as_str())
+                .flat_map(|p| p.split('/'))
+                .collect();
+            Shape::for_contract(app, &names)
         }
         other => Some(Shape::parse(other).ok_or_else(|| {
             usage(anyhow!(

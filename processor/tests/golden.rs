@@ -76,6 +76,7 @@ fn golden_rows_equal_replaced_system() {
     let mut per_table: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut per_column: BTreeMap<String, usize> = BTreeMap::new();
     let mut verdicts = 0usize;
+    let mut verdict_kinds: BTreeMap<String, usize> = BTreeMap::new();
     let mut departures = vec![0usize; DEPARTURES.len()];
     let mut out = String::new();
     let mut compared = 0usize;
@@ -105,6 +106,9 @@ fn golden_rows_equal_replaced_system() {
             .to_string();
         if let Some(v) = &d.verdict {
             verdicts += 1;
+            // Grouped by the golden's reason (up to its first 100 characters), so 193 alike lines read as one.
+            let kind: String = v.chars().take(100).collect();
+            *verdict_kinds.entry(kind).or_default() += 1;
             if shown < SHOW {
                 out.push_str(&format!("{name}: {v}\n"));
                 shown += 1;
@@ -150,6 +154,9 @@ fn golden_rows_equal_replaced_system() {
     for (p, n) in &distinct {
         summary.push_str(&format!("  {n} × {p}\n"));
     }
+    for (k, n) in &verdict_kinds {
+        summary.push_str(&format!("  {n} × {k}…\n"));
+    }
     for (t, (missing, extra)) in &per_table {
         summary.push_str(&format!(
             "  {t}: {missing} golden rows unmatched, {extra} Shredproof rows unmatched\n"
@@ -194,9 +201,7 @@ fn golden_comparison_reports_every_kind_of_difference() {
             ],
         )],
     };
-    let ok = |rows: Vec<Row>| Actual {
-        result: Ok(vec![("t".into(), rows)]),
-    };
+    let ok = |rows: Vec<Row>| Actual::of(Ok(vec![("t".into(), rows)]));
 
     // Equal, with D1 and D2 each applied once; a column absent on one side is NULL.
     let same = compare(
@@ -208,7 +213,7 @@ fn golden_comparison_reports_every_kind_of_difference() {
         ]),
     );
     assert!(same.is_empty(), "{same:?}");
-    assert_eq!(same.departures, vec![1, 1]);
+    assert_eq!(same.departures, vec![1, 1, 0, 0]);
 
     // D1 does not excuse a different second, D2 does not excuse NULL.
     let d = compare(
@@ -242,25 +247,47 @@ fn golden_comparison_reports_every_kind_of_difference() {
     );
     assert_eq!((d.tables["t"].missing, d.tables["t"].extra), (0, 1));
 
-    // Verdicts.
-    let d = compare(
-        &g,
-        &Actual {
-            result: Err("map: no".into()),
-        },
+    // D3 only on data_length -1 columns and only for the one lost character; D4 only at midnight.
+    let g3 = Golden {
+        tables: vec![(
+            "t".into(),
+            vec![row(&[
+                ("s", Some("hello lovel")),
+                ("b", Some("1994-08-06")),
+            ])],
+        )],
+        ..Golden::load_fields_for_test()
+    };
+    let mut act = ok(vec![row(&[
+        ("s", Some("hello lovely")),
+        ("b", Some("1994-08-06 00:00:00")),
+    ])]);
+    let d = compare(&g3, &act);
+    assert_eq!(
+        d.columns.get("t.s"),
+        Some(&1),
+        "D3 must not apply to a bounded column"
     );
+    act.unbounded.insert("t.s".into());
+    let d = compare(&g3, &act);
+    assert!(d.is_empty(), "{d:?}");
+    assert_eq!(d.departures, vec![0, 0, 1, 1]);
+    let mut act = ok(vec![row(&[
+        ("s", Some("hello lovelyy")),
+        ("b", Some("1994-08-06 00:00:01")),
+    ])]);
+    act.unbounded.insert("t.s".into());
+    let d = compare(&g3, &act);
+    assert_eq!(d.columns.len(), 2);
+
+    // Verdicts.
+    let d = compare(&g, &Actual::of(Err("map: no".into())));
     assert!(d.verdict.is_some());
     let failed = Golden {
         success: false,
         tables: Vec::new(),
         ..g
     };
-    assert!(compare(
-        &failed,
-        &Actual {
-            result: Err("map: no".into())
-        }
-    )
-    .is_empty());
+    assert!(compare(&failed, &Actual::of(Err("map: no".into()))).is_empty());
     assert!(compare(&failed, &ok(Vec::new())).verdict.is_some());
 }

@@ -126,8 +126,9 @@ def parse_enum_ids(path):
 
 
 def sqlserver_datetime_ms(d):
-    """SQL Server `datetime` keeps 1/300 s: round the fraction to the nearest tick, shown in whole ms."""
-    ticks = round(Decimal(d.microsecond) * 300 / Decimal(1_000_000))
+    """SQL Server `datetime` keeps 1/300 s: round the fraction to the nearest tick, a tie upwards (its documented
+    table: .995 -> .997, .994 -> .993, .999 -> next second), shown in whole ms."""
+    ticks = (Decimal(d.microsecond) * 300 / Decimal(1_000_000)).quantize(Decimal(1), rounding=ROUND_HALF_UP)
     base = d.replace(microsecond=0)
     ms = int((Decimal(ticks) * 1000 / 300).quantize(Decimal(1), rounding=ROUND_HALF_UP))
     if ms >= 1000:

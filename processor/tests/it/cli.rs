@@ -110,3 +110,64 @@ fn passwords_are_never_printed() {
     assert_ne!(code, 0);
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[test]
+fn load_generates_real_shaped_documents_on_request() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("shape.db");
+    let url = format!("sqlite:{}", db.display());
+    let (code, err) = run(
+        &[
+            "load",
+            "--db",
+            &url,
+            "--generate",
+            "4",
+            "--shape",
+            "rl",
+            "--malformed-fraction",
+            "0",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let xml: Vec<String> = conn
+        .prepare("SELECT xml FROM app_xml ORDER BY app_id")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect("read app_xml");
+    assert_eq!(xml.len(), 4);
+    assert!(
+        xml.iter().all(|x| x.contains("<IL_application ")),
+        "not RL-shaped"
+    );
+    // The project's own contract, shape auto: the classic generator.
+    let (code, err) = run(
+        &[
+            "load",
+            "--db",
+            &url,
+            "--generate",
+            "2",
+            "--first-app-id",
+            "10",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let classic: String = conn
+        .query_row("SELECT xml FROM app_xml WHERE app_id = 10", [], |r| {
+            r.get(0)
+        })
+        .expect("row 10");
+    assert!(!classic.contains("<IL_application"), "{classic:.200}");
+    let (code, err) = run(
+        &["load", "--db", &url, "--generate", "1", "--shape", "xx"],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--shape must be cc, rl, classic or auto"),
+        "{err}"
+    );
+}

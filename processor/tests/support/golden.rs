@@ -4,7 +4,7 @@
 
 #![allow(dead_code)] // each includer uses a different part
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -25,6 +25,15 @@ pub const DEPARTURES: &[(&str, &str)] = &[
         "D2 getutcdate-default",
         "golden \"<GETUTCDATE>\" (database clock) matches any non-NULL value",
     ),
+    (
+        "D3 unbounded-string-last-char",
+        "data_length -1: the replaced system drops the last character (value[:-1]); Shredproof keeps it",
+    ),
+    (
+        "D4 date-as-datetime",
+        "golden YYYY-MM-DD (the replaced system's DDL says date) equals Shredproof's YYYY-MM-DD 00:00:00 (the \
+         contract says datetime)",
+    ),
 ];
 
 /// One golden file.
@@ -43,6 +52,20 @@ pub struct Golden {
 }
 
 impl Golden {
+    /// An empty success golden, for tests of the comparison.
+    pub fn load_fields_for_test() -> Golden {
+        Golden {
+            file: "test.json".into(),
+            source: "samples/test.xml".into(),
+            contract: "contracts/test.json".into(),
+            app_id: Some(1),
+            success: true,
+            reason: None,
+            xml_check: None,
+            tables: Vec::new(),
+        }
+    }
+
     pub fn load(file: &Path) -> Result<Golden, String> {
         let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
         let v: serde_json::Value =
@@ -192,6 +215,35 @@ impl Contracts {
 /// Shredproof's verdict and rows for one document, as canonical text, tables keyed by name.
 pub struct Actual {
     pub result: Result<Vec<(String, Vec<Row>)>, String>,
+    /// `table.column` of the contract's `data_length: -1` strings (departure D3 applies only there).
+    pub unbounded: HashSet<String>,
+}
+
+impl Actual {
+    pub fn of(result: Result<Vec<(String, Vec<Row>)>, String>) -> Actual {
+        Actual {
+            result,
+            unbounded: HashSet::new(),
+        }
+    }
+}
+
+/// `table.column` of every mapping with `data_length: -1` in the contract's JSON.
+pub fn unbounded_columns(contract_json: &str) -> HashSet<String> {
+    let v: serde_json::Value = serde_json::from_str(contract_json).unwrap_or_default();
+    v.get("mappings")
+        .and_then(|m| m.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|m| m.get("data_length").and_then(|x| x.as_i64()) == Some(-1))
+        .filter_map(|m| {
+            Some(format!(
+                "{}.{}",
+                m.get("target_table")?.as_str()?,
+                m.get("target_column")?.as_str()?
+            ))
+        })
+        .collect()
 }
 
 /// Reads a sample as the processor's `load` does for UTF-8 text: the byte-order mark is not part of the document.
@@ -223,10 +275,14 @@ pub fn app_id_for(g: &Golden) -> i64 {
 }
 
 pub fn map_actual(contract: &Contract, app_id: i64, xml: &str) -> Actual {
+    let mut actual = map_rows(contract, app_id, xml);
+    actual.unbounded = unbounded_columns(&contract.json);
+    actual
+}
+
+fn map_rows(contract: &Contract, app_id: i64, xml: &str) -> Actual {
     match map_document(contract, app_id, xml) {
-        Err(f) => Actual {
-            result: Err(f.reason()),
-        },
+        Err(f) => Actual::of(Err(f.reason())),
         Ok(app) => {
             let mut tables = Vec::new();
             for (t, rows) in contract.tables.iter().zip(app.rows.iter()) {
@@ -245,7 +301,7 @@ pub fn map_actual(contract: &Contract, app_id: i64, xml: &str) -> Actual {
                     .collect();
                 tables.push((t.name.as_str().to_owned(), rendered));
             }
-            Actual { result: Ok(tables) }
+            Actual::of(Ok(tables))
         }
     }
 }
@@ -259,12 +315,32 @@ enum Cell {
     Differs,
 }
 
-fn cell(golden: Option<&str>, actual: Option<&str>) -> Cell {
+fn cell(golden: Option<&str>, actual: Option<&str>, unbounded: bool) -> Cell {
     if golden == actual {
         return Cell::Equal;
     }
+    if unbounded {
+        if let Some(a) = actual {
+            // value.strip()[:-1].strip(), '' -> NULL
+            let t = a.trim();
+            let cut = t.char_indices().last().map_or(0, |(i, _)| i);
+            let lost = t[..cut].trim();
+            if golden.unwrap_or("") == lost {
+                return Cell::Departure(2);
+            }
+        }
+    }
     match (golden, actual) {
         (Some("<GETUTCDATE>"), Some(_)) => Cell::Departure(1),
+        (Some(g), Some(a))
+            if g.len() == 10
+                && g.as_bytes()[4] == b'-'
+                && a.len() == 19
+                && a.starts_with(g)
+                && a.ends_with(" 00:00:00") =>
+        {
+            Cell::Departure(3)
+        }
         (Some(g), Some(a))
             if g.len() > 20
                 && g.as_bytes()[19] == b'.'
@@ -289,13 +365,20 @@ fn columns_of<'a>(a: &'a Row, b: &'a Row) -> Vec<&'a str> {
 }
 
 /// `None` when the rows are equal (counting departures into `used`), else the differing columns.
-fn row_diff(golden: &Row, actual: &Row, used: &mut [usize]) -> Option<Vec<String>> {
+fn row_diff(
+    golden: &Row,
+    actual: &Row,
+    table: &str,
+    unbounded: &HashSet<String>,
+    used: &mut [usize],
+) -> Option<Vec<String>> {
     let mut diffs = Vec::new();
     let mut deps = Vec::new();
     for c in columns_of(golden, actual) {
         let g = golden.get(c).cloned().flatten();
         let a = actual.get(c).cloned().flatten();
-        match cell(g.as_deref(), a.as_deref()) {
+        let ub = unbounded.contains(&format!("{table}.{c}"));
+        match cell(g.as_deref(), a.as_deref(), ub) {
             Cell::Equal => {}
             Cell::Departure(i) => deps.push(i),
             Cell::Differs => diffs.push(c.to_owned()),
@@ -311,9 +394,17 @@ fn row_diff(golden: &Row, actual: &Row, used: &mut [usize]) -> Option<Vec<String
     }
 }
 
+/// A cell for a diff line: long texts are cut to their first 60 characters, their length and their last 12, which is
+/// enough to see where two long values differ (truncation, a lost character) without flooding the output.
 fn show(v: Option<&Option<String>>) -> String {
     match v.cloned().flatten() {
         None => "NULL".into(),
+        Some(s) if s.chars().count() > 80 => {
+            let n = s.chars().count();
+            let head: String = s.chars().take(60).collect();
+            let tail: String = s.chars().skip(n - 12).collect();
+            format!("{head:?}…{tail:?} ({n} chars)")
+        }
         Some(s) => format!("{s:?}"),
     }
 }
@@ -405,7 +496,9 @@ pub fn compare(g: &Golden, actual: &Actual) -> DocDiff {
         for gr in golden {
             let mut found = false;
             for (i, ar) in act.iter().enumerate() {
-                if !taken[i] && row_diff(gr, ar, &mut d.departures).is_none() {
+                if !taken[i]
+                    && row_diff(gr, ar, name, &actual.unbounded, &mut d.departures).is_none()
+                {
                     taken[i] = true;
                     found = true;
                     break;
@@ -432,7 +525,9 @@ pub fn compare(g: &Golden, actual: &Actual) -> DocDiff {
             let best = extra
                 .iter()
                 .enumerate()
-                .filter_map(|(k, &i)| row_diff(gr, &act[i], &mut scratch).map(|c| (k, i, c)))
+                .filter_map(|(k, &i)| {
+                    row_diff(gr, &act[i], name, &actual.unbounded, &mut scratch).map(|c| (k, i, c))
+                })
                 .min_by_key(|(_, _, c)| c.len());
             match best {
                 Some((k, i, cols)) => {
