@@ -23,7 +23,7 @@ pub const DEPARTURES: &[(&str, &str)] = &[
     ),
     (
         "D2 getutcdate-default",
-        "golden \"<GETUTCDATE>\" (database clock) matches any non-NULL value",
+        "golden \"<GETUTCDATE>\" (database clock) matches any value: Shredproof does not apply the replaced DDL's defaults (NULL where the replaced insert left the column out)",
     ),
     (
         "D3 unbounded-string-last-char",
@@ -331,7 +331,7 @@ fn cell(golden: Option<&str>, actual: Option<&str>, unbounded: bool) -> Cell {
         }
     }
     match (golden, actual) {
-        (Some("<GETUTCDATE>"), Some(_)) => Cell::Departure(1),
+        (Some("<GETUTCDATE>"), _) => Cell::Departure(1),
         (Some(g), Some(a))
             if g.len() == 10
                 && g.as_bytes()[4] == b'-'
