@@ -568,6 +568,7 @@ after_commits = 3
                 seed: None,
                 malformed_fraction: 0.0,
                 edge_cases: false,
+                ..FixtureSpec::default()
             },
             run: RunSpec::default(),
             faults: vec![],

@@ -85,6 +85,8 @@ macro_rules! scenario_tests {
 }
 
 scenario_tests! {
+    any_contract_crash_a_queue => "any-contract-crash-a-queue.toml",
+    any_contract_split_crash_a => "any-contract-split-crash-a.toml",
     crash_a_partitioned => "crash-a-partitioned.toml",
     crash_a_queue => "crash-a-queue.toml",
     crash_a_uncoordinated => "crash-a-uncoordinated.toml",
