@@ -32,27 +32,36 @@ fn invalid(entry: impl Into<String>, problem: impl Into<String>) -> ContractErro
 // ---- The JSON shape (unknown keys tolerated at the top level for compatibility; strict inside entries). ----
 
 #[derive(Debug, Deserialize)]
-struct RawContract {
-    xml_root_element: String,
-    xml_application_path: String,
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawContract {
+    /// Free text for readers; not interpreted.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub(crate) description: Option<String>,
+    pub(crate) xml_root_element: String,
+    pub(crate) xml_application_path: String,
     #[serde(default = "default_source_table")]
-    source_table: String,
+    pub(crate) source_table: String,
     #[serde(default = "default_source_column")]
-    source_column: String,
+    pub(crate) source_column: String,
+    /// XmlConversion format: the application element's name (its presence selects that format's semantics).
     #[serde(default)]
-    target_schema: Option<String>,
-    table_insertion_order: Vec<String>,
+    pub(crate) source_application_table: Option<String>,
     #[serde(default)]
-    element_filtering: Option<RawFiltering>,
-    mappings: Vec<RawMapping>,
+    pub(crate) target_schema: Option<String>,
+    pub(crate) table_insertion_order: Vec<String>,
     #[serde(default)]
-    relationships: Vec<RawRelationship>,
+    pub(crate) element_filtering: Option<RawFiltering>,
+    pub(crate) mappings: Vec<RawMapping>,
     #[serde(default)]
-    enum_mappings: BTreeMap<String, BTreeMap<String, i64>>,
+    pub(crate) relationships: Vec<RawRelationship>,
+    /// Name → { source value → integer (or, in the XmlConversion format, a string) }.
     #[serde(default)]
-    bit_conversions: BTreeMap<String, BTreeMap<String, i64>>,
+    pub(crate) enum_mappings: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
     #[serde(default)]
-    table_keys: BTreeMap<String, Vec<String>>,
+    pub(crate) bit_conversions: BTreeMap<String, BTreeMap<String, i64>>,
+    #[serde(default)]
+    pub(crate) table_keys: BTreeMap<String, Vec<String>>,
 }
 
 fn default_source_table() -> String {
@@ -63,64 +72,88 @@ fn default_source_column() -> String {
 }
 
 #[derive(Debug, Deserialize)]
-struct RawFiltering {
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFiltering {
     #[serde(default)]
-    filter_rules: Vec<RawFilterRule>,
+    pub(crate) filter_rules: Vec<RawFilterRule>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawFilterRule {
+pub(crate) struct RawFilterRule {
     #[serde(default)]
-    element_type: Option<String>,
-    xml_path: String,
+    pub(crate) element_type: Option<String>,
+    /// Shredproof format: the filtered element's path.
     #[serde(default)]
-    required_attributes: BTreeMap<String, serde_json::Value>,
+    pub(crate) xml_path: Option<String>,
+    /// XmlConversion format: the parent and the filtered element's paths.
     #[serde(default)]
-    description: Option<String>,
+    pub(crate) xml_parent_path: Option<String>,
+    #[serde(default)]
+    pub(crate) xml_child_path: Option<String>,
+    #[serde(default)]
+    pub(crate) required_attributes: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub(crate) description: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum RawMappingType {
+pub(crate) enum RawMappingType {
     One(String),
     Chain(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawMapping {
+pub(crate) struct RawMapping {
     #[serde(default)]
-    xml_path: Option<String>,
+    pub(crate) xml_path: Option<String>,
     #[serde(default)]
-    xml_attribute: Option<String>,
-    target_table: String,
-    target_column: String,
-    data_type: String,
+    pub(crate) xml_attribute: Option<String>,
+    pub(crate) target_table: String,
+    pub(crate) target_column: String,
+    pub(crate) data_type: String,
+    /// Characters (strings) or decimal places (decimals); -1: unlimited.
     #[serde(default)]
-    data_length: Option<u32>,
+    pub(crate) data_length: Option<i64>,
     #[serde(default)]
-    mapping_type: Option<RawMappingType>,
+    pub(crate) mapping_type: Option<RawMappingType>,
     #[serde(default)]
-    nullable: Option<bool>,
+    pub(crate) nullable: Option<bool>,
     #[serde(default)]
-    required: Option<bool>,
+    pub(crate) required: Option<bool>,
+    /// A string, or a number in the XmlConversion format.
     #[serde(default)]
-    default_value: Option<String>,
+    pub(crate) default_value: Option<serde_json::Value>,
     #[serde(default)]
-    expression: Option<String>,
+    pub(crate) expression: Option<String>,
     #[serde(default)]
-    description: Option<String>,
+    pub(crate) description: Option<String>,
+    #[serde(default)]
+    pub(crate) enum_name: Option<String>,
+    #[serde(default)]
+    pub(crate) exclude_default_when_record_empty: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRelationship {
-    parent_table: String,
-    child_table: String,
-    foreign_key_column: String,
-    xml_parent_path: String,
-    xml_child_path: String,
+pub(crate) struct RawRelationship {
+    pub(crate) parent_table: String,
+    pub(crate) child_table: String,
+    pub(crate) foreign_key_column: String,
+    pub(crate) xml_parent_path: String,
+    pub(crate) xml_child_path: String,
+}
+
+/// A JSON scalar as contract text: strings as they are, numbers in their JSON spelling.
+pub(crate) fn scalar_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
 }
 
 // ---- The typed, validated model. ----
@@ -203,6 +236,8 @@ pub struct Contract {
     pub app_key: (usize, usize),
     /// The raw JSON text, for reports.
     pub json: String,
+    /// XmlConversion-format contracts map with that system's semantics (`realmap`); `None` for Shredproof's own.
+    pub real: Option<std::sync::Arc<crate::realmap::Plan>>,
 }
 
 impl Contract {
@@ -215,7 +250,20 @@ impl Contract {
     }
 
     pub fn from_json(text: &str) -> Result<Self, ContractError> {
-        let raw: RawContract = serde_json::from_str(text)?;
+        let raw: RawContract = serde_json::from_str(text).map_err(|e| {
+            if e.is_data() {
+                // Valid JSON of the wrong shape (unknown key, wrong type): name the entry, not "invalid JSON".
+                invalid(
+                    format!("contract (line {}, column {})", e.line(), e.column()),
+                    e.to_string(),
+                )
+            } else {
+                ContractError::Json(e)
+            }
+        })?;
+        if raw.source_application_table.is_some() {
+            return crate::realmap::build(raw, text);
+        }
         build(raw, text)
     }
 
@@ -425,7 +473,14 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
         for (i, rule) in f.filter_rules.iter().enumerate() {
             let entry = format!("element_filtering.filter_rules[{i}]");
             let _ = (&rule.element_type, &rule.description);
-            let parts = split_path(&entry, &rule.xml_path)?;
+            if rule.xml_parent_path.is_some() || rule.xml_child_path.is_some() {
+                return Err(invalid(&entry, "xml_parent_path/xml_child_path belong to the XmlConversion format (a contract with source_application_table); this format names the element with xml_path"));
+            }
+            let xml_path = rule
+                .xml_path
+                .as_deref()
+                .ok_or_else(|| invalid(&entry, "xml_path is required"))?;
+            let parts = split_path(&entry, xml_path)?;
             let node = trie.insert(&entry, &parts, &root)?;
             for (attr, v) in &rule.required_attributes {
                 let allowed = match v {
@@ -464,12 +519,21 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
     for (i, m) in raw.mappings.iter().enumerate() {
         let entry = format!("mappings[{i}] ({}.{})", m.target_table, m.target_column);
         let _ = &m.description;
+        if m.enum_name.is_some() || m.exclude_default_when_record_empty.is_some() {
+            return Err(invalid(&entry, "enum_name and exclude_default_when_record_empty belong to the XmlConversion format (a contract with source_application_table)"));
+        }
         let t = table_idx(&entry, &m.target_table, &tables)?;
         let name = Ident::new(&m.target_column).map_err(|e| invalid(&entry, e.to_string()))?;
         if tables[t].columns.iter().any(|c| c.name == name) {
             return Err(invalid(&entry, "column is mapped twice"));
         }
-        let ty = ColType::parse(&m.data_type, m.data_length).map_err(|p| invalid(&entry, p))?;
+        let data_length = match m.data_length {
+            None => None,
+            Some(n) => Some(u32::try_from(n).map_err(|_| {
+                invalid(&entry, format!("data_length {n} must be a positive number"))
+            })?),
+        };
+        let ty = ColType::parse(&m.data_type, data_length).map_err(|p| invalid(&entry, p))?;
         let names: Vec<String> = match &m.mapping_type {
             None => vec![],
             Some(RawMappingType::One(s)) if s.trim().is_empty() || s == "none" || s == "direct" => {
@@ -501,9 +565,17 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
                                 ),
                             )
                         })?;
-                    transforms.push(Transform::Enum(
-                        map.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-                    ));
+                    let mut ints = HashMap::new();
+                    for (k, v) in map {
+                        let n = v.as_i64().ok_or_else(|| {
+                            invalid(
+                                &entry,
+                                format!("enum_mappings.{}.{k} must be an integer", m.target_column),
+                            )
+                        })?;
+                        ints.insert(k.clone(), n);
+                    }
+                    transforms.push(Transform::Enum(ints));
                 }
                 "char_to_bit" | "boolean_to_bit" => {
                     let map = raw.bit_conversions.get(n.as_str()).ok_or_else(|| {
@@ -619,7 +691,13 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
             ty,
             nullable: m.nullable.unwrap_or(true),
             required: m.required.unwrap_or(false),
-            default: m.default_value.clone(),
+            default: match &m.default_value {
+                None => None,
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(_) => {
+                    return Err(invalid(&entry, "default_value must be a string"));
+                }
+            },
             source,
             transforms,
             identity,
@@ -762,6 +840,7 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
         app_node,
         app_key,
         json: text.to_owned(),
+        real: None,
     })
 }
 
@@ -845,5 +924,67 @@ mod tests {
         let e =
             with(|v| v["mappings"][0]["target_column"] = "app id".into()).expect_err("bad ident");
         assert!(e.to_string().contains("not a valid identifier"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_at_every_level_and_only_bad_json_is_called_bad_json() {
+        let e = with(|v| v["element_filtrering"] = serde_json::json!({})).expect_err("top level");
+        assert!(
+            matches!(e, ContractError::Invalid { .. })
+                && e.to_string().contains("element_filtrering"),
+            "{e}"
+        );
+        let e = with(|v| v["element_filtering"]["filter_rules"][0]["bogus"] = 1.into())
+            .expect_err("filter rule");
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = Contract::from_json("{ not json").expect_err("syntax");
+        assert!(
+            e.to_string().starts_with("contract is not valid JSON"),
+            "{e}"
+        );
+    }
+
+    /// The replaced system's two contracts, unmodified (../shared/seed/original; skipped with a reason where absent).
+    #[test]
+    fn xmlconversion_contracts_load_unmodified() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/seed/original/contracts");
+        let dir = if dir.exists() {
+            dir
+        } else {
+            std::path::Path::new("/work/shared/seed/original/contracts").to_path_buf()
+        };
+        if !dir.exists() {
+            eprintln!("skipped: {} is absent (the replaced system's contracts are not part of the project)", dir.display());
+            return;
+        }
+        for (file, tables) in [
+            ("mapping_contract.json", 12),
+            ("mapping_contract_rl.json", 16),
+        ] {
+            let c = Contract::from_file(&dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(c.real.is_some(), "{file}: XmlConversion semantics");
+            assert_eq!(
+                c.tables.len(),
+                tables,
+                "{file}: processing_log is not a target table"
+            );
+            assert!(
+                c.tables.iter().all(|t| !t.key.is_empty()),
+                "{file}: derived keys"
+            );
+        }
+        let text = std::fs::read_to_string(dir.join("mapping_contract.json")).expect("readable");
+        let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        v["mappings"][3]["mapping_type"] = serde_json::json!(["rot13"]);
+        let e = Contract::from_json(&v.to_string()).expect_err("unsupported type");
+        assert!(
+            e.to_string().contains("mappings[3]") && e.to_string().contains("rot13"),
+            "{e}"
+        );
+        v["mappings"][3]["mapping_type"] = serde_json::json!(["calculated_field"]);
+        v["mappings"][3]["expression"] = "CASE WHEN a > 1 THEN LOWER(a) END".into();
+        let e = Contract::from_json(&v.to_string()).expect_err("unsupported function");
+        assert!(e.to_string().contains("LOWER"), "{e}");
     }
 }

@@ -12,6 +12,7 @@ pub mod events;
 pub mod expr;
 pub mod ident;
 pub mod mapping;
+pub mod realmap;
 pub mod retry;
 pub mod store;
 pub mod value;

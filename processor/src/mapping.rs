@@ -6,7 +6,7 @@ use crate::contract::{Column, Contract, Source, Transform};
 use crate::expr::{scalar_of, Scalar};
 use crate::value::{convert, f64_text, ColType, ConvertError, Value};
 use crate::xml::{self, ParsedDoc};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 /// Where processing failed; the first word of `processing_log.failure_reason`.
@@ -86,6 +86,10 @@ impl fmt::Display for Failure {
 pub struct MappedApp {
     pub app_id: i64,
     pub rows: Vec<Vec<Vec<Value>>>,
+    /// Values the mapping truncated or coerced (dropped an unconvertible value, fell back to an enum default)
+    /// rather than failing the document: the XmlConversion semantics do this; nothing is silently lost, this
+    /// count is reported per application. Always 0 for Shredproof's own contract format, which fails instead.
+    pub coerced: u32,
 }
 
 impl MappedApp {
@@ -111,9 +115,34 @@ pub fn map_document_within(
     xml: &str,
     budget: &Budget,
 ) -> Result<MappedApp, Failure> {
+    if let Some(plan) = &contract.real {
+        return crate::realmap::map_document_real(contract, plan, app_id, xml, budget);
+    }
     let doc = xml::parse_within(xml, contract, budget)?;
     budget.check().map_err(Failure::interrupted)?;
-    map_parsed(contract, app_id, &doc)
+    map_parsed_within(contract, app_id, &doc, budget)
+}
+
+/// Rows between two budget checks while mapping.
+const ROWS_PER_BUDGET_CHECK: usize = 2048;
+
+/// Per-document indexes built once, so no row scans the document (issue 11: mapping is linear in its size).
+struct DocIndex {
+    /// Elements of each trie node, in document order.
+    by_node: Vec<Vec<usize>>,
+}
+
+impl DocIndex {
+    fn new(contract: &Contract, doc: &ParsedDoc<'_>) -> Self {
+        let mut by_node = vec![Vec::new(); contract.nodes.len()];
+        for (ei, e) in doc.elems.iter().enumerate() {
+            by_node[e.node].push(ei);
+        }
+        DocIndex { by_node }
+    }
+    fn first(&self, node: usize) -> Option<usize> {
+        self.by_node[node].first().copied()
+    }
 }
 
 /// Maps an already parsed document.
@@ -122,44 +151,68 @@ pub fn map_parsed(
     app_id: i64,
     doc: &ParsedDoc<'_>,
 ) -> Result<MappedApp, Failure> {
-    let app_elem = doc
-        .elems
-        .iter()
-        .position(|e| e.node == contract.app_node)
-        .ok_or_else(|| {
-            map_err(format!(
-                "application element {} not found",
-                contract.node_path(contract.app_node)
-            ))
-        })?;
+    map_parsed_within(contract, app_id, doc, &Budget::unlimited())
+}
+
+/// [`map_parsed`] under `budget`, checked every few thousand rows.
+pub fn map_parsed_within(
+    contract: &Contract,
+    app_id: i64,
+    doc: &ParsedDoc<'_>,
+    budget: &Budget,
+) -> Result<MappedApp, Failure> {
+    let index = DocIndex::new(contract, doc);
+    let app_elem = index.first(contract.app_node).ok_or_else(|| {
+        map_err(format!(
+            "application element {} not found",
+            contract.node_path(contract.app_node)
+        ))
+    })?;
     let mut rows: Vec<Vec<Vec<Value>>> = Vec::with_capacity(contract.tables.len());
-    // Per table: the element each row came from, so children can find their parent row.
-    let mut row_elems: Vec<Vec<usize>> = Vec::with_capacity(contract.tables.len());
+    // Per table: element → row index, so children find their parent row without a search.
+    let mut row_of_elem: Vec<HashMap<usize, usize>> = Vec::with_capacity(contract.tables.len());
+    let mut since_check = 0usize;
     for (ti, table) in contract.tables.iter().enumerate() {
         let mut t_rows = Vec::new();
-        let mut t_elems = Vec::new();
+        let mut t_elems: HashMap<usize, usize> = HashMap::new();
+        let curr = curr_address_index(contract, ti, doc, &index);
         match (table.row_node, table.parent) {
             (Some(row_node), Some(parent)) => {
-                for (pi, &pelem) in row_elems[parent].iter().enumerate() {
-                    for (ei, e) in doc.elems.iter().enumerate() {
-                        if e.node != row_node || !descends_through_kept(doc, contract, ei, pelem) {
-                            continue;
+                let parent_node = contract.tables[parent]
+                    .row_node
+                    .unwrap_or(contract.app_node);
+                // (parent row, element) for every kept element, then stable-sorted by parent row: the same order
+                // as walking parents and, under each, the document.
+                let mut found: Vec<(usize, usize)> = Vec::new();
+                for &ei in &index.by_node[row_node] {
+                    if let Some(pelem) = kept_ancestor(doc, contract, ei, parent_node) {
+                        if let Some(&pi) = row_of_elem[parent].get(&pelem) {
+                            found.push((pi, ei));
                         }
-                        let parent_row = &rows[parent][pi];
-                        let row = map_row(contract, ti, doc, Some(ei), Some(parent_row))?;
-                        t_rows.push(row);
-                        t_elems.push(ei);
                     }
+                }
+                found.sort_by_key(|&(pi, _)| pi);
+                for (pi, ei) in found {
+                    since_check += 1;
+                    if since_check >= ROWS_PER_BUDGET_CHECK {
+                        since_check = 0;
+                        budget.check().map_err(Failure::interrupted)?;
+                    }
+                    let parent_row = &rows[parent][pi];
+                    let row =
+                        map_row(contract, ti, doc, &index, &curr, Some(ei), Some(parent_row))?;
+                    t_elems.insert(ei, t_rows.len());
+                    t_rows.push(row);
                 }
             }
             _ => {
-                t_rows.push(map_row(contract, ti, doc, None, None)?);
-                t_elems.push(app_elem);
+                t_rows.push(map_row(contract, ti, doc, &index, &curr, None, None)?);
+                t_elems.insert(app_elem, 0);
             }
         }
         check_unique_keys(contract, ti, &t_rows)?;
         rows.push(t_rows);
-        row_elems.push(t_elems);
+        row_of_elem.push(t_elems);
     }
     let (kt, kc) = contract.app_key;
     match rows[kt].first().map(|r| &r[kc]) {
@@ -173,27 +226,58 @@ pub fn map_parsed(
         }
         None => return Err(map_err("application key row missing")),
     }
-    Ok(MappedApp { app_id, rows })
+    Ok(MappedApp {
+        app_id,
+        rows,
+        coerced: 0,
+    })
 }
 
-/// True when element `ei` lies below `ancestor` and it and every recorded element between them pass their filters.
-fn descends_through_kept(
+/// The ancestor of `ei` at trie node `ancestor_node`, when `ei` and every recorded element up to (not including)
+/// that ancestor pass their filters.
+fn kept_ancestor(
     doc: &ParsedDoc<'_>,
     contract: &Contract,
     ei: usize,
-    ancestor: usize,
-) -> bool {
+    ancestor_node: usize,
+) -> Option<usize> {
     let mut cur = ei;
     loop {
         if !passes_filters(doc, contract, cur) {
-            return false;
+            return None;
         }
-        match doc.elems[cur].parent {
-            Some(p) if p == ancestor => return true,
-            Some(p) => cur = p,
-            None => return false,
+        let p = doc.elems[cur].parent?;
+        if doc.elems[p].node == ancestor_node {
+            return Some(p);
+        }
+        cur = p;
+    }
+}
+
+/// Per `curr_address_only` column of table `ti`: row element → its first child at the column's node whose
+/// `address_tp_c` is `CURR`. Built in one pass over those elements.
+type CurrIndex = HashMap<(usize, usize), usize>;
+
+fn curr_address_index(
+    contract: &Contract,
+    ti: usize,
+    doc: &ParsedDoc<'_>,
+    index: &DocIndex,
+) -> CurrIndex {
+    let mut out = CurrIndex::new();
+    for col in &contract.tables[ti].columns {
+        if let Source::CurrAddress { node, .. } = &col.source {
+            for &ei in &index.by_node[*node] {
+                let Some(p) = doc.elems[ei].parent else {
+                    continue;
+                };
+                if raw_attr(doc, contract, ei, "address_tp_c") == Some("CURR") {
+                    out.entry((*node, p)).or_insert(ei);
+                }
+            }
         }
     }
+    out
 }
 
 fn passes_filters(doc: &ParsedDoc<'_>, contract: &Contract, ei: usize) -> bool {
@@ -228,6 +312,8 @@ fn map_row(
     contract: &Contract,
     ti: usize,
     doc: &ParsedDoc<'_>,
+    index: &DocIndex,
+    curr: &CurrIndex,
     row_elem: Option<usize>,
     parent_row: Option<&Vec<Value>>,
 ) -> Result<Vec<Value>, Failure> {
@@ -239,22 +325,13 @@ fn map_row(
             Source::Attr { node, attr } => {
                 let ei = match row_elem {
                     Some(r) => Some(r),
-                    None => doc.elems.iter().position(|e| e.node == *node),
+                    None => index.first(*node),
                 };
                 ei.and_then(|ei| raw_attr(doc, contract, ei, attr))
             }
-            Source::CurrAddress { node, attr } => row_elem.and_then(|r| {
-                doc.elems
-                    .iter()
-                    .enumerate()
-                    .find(|(_, e)| {
-                        e.node == *node
-                            && e.parent == Some(r)
-                            && raw_attr(doc, contract, e_idx(doc, e), "address_tp_c")
-                                == Some("CURR")
-                    })
-                    .and_then(|(ei, _)| raw_attr(doc, contract, ei, attr))
-            }),
+            Source::CurrAddress { node, attr } => row_elem
+                .and_then(|r| curr.get(&(*node, r)))
+                .and_then(|&ei| raw_attr(doc, contract, ei, attr)),
             Source::ForeignKey { parent_col } => {
                 values[ci] = parent_row
                     .map(|r| r[*parent_col].clone())
@@ -288,14 +365,6 @@ fn map_row(
         values[ci] = not_null(table.name.as_str(), col, v)?;
     }
     Ok(values)
-}
-
-fn e_idx(doc: &ParsedDoc<'_>, e: &xml::Element<'_>) -> usize {
-    // Elements are compared by address: `e` is always borrowed from `doc.elems`.
-    doc.elems
-        .iter()
-        .position(|x| std::ptr::eq(x, e))
-        .unwrap_or(usize::MAX)
 }
 
 /// Intermediate value while a transform chain runs.
@@ -436,6 +505,23 @@ pub fn extract_numeric(s: &str) -> Option<String> {
         }
     }
     Some(out)
+}
+
+/// Every table's natural key: no NULL in a key column, no two rows of one document with the same key.
+pub(crate) fn check_keys(contract: &Contract, rows: &[Vec<Vec<Value>>]) -> Result<(), Failure> {
+    for (ti, t_rows) in rows.iter().enumerate() {
+        let table = &contract.tables[ti];
+        for r in t_rows {
+            if let Some(&k) = table.key.iter().find(|&&k| r[k].is_null()) {
+                return Err(map_err(format!(
+                    "{}.{} (natural key) has no value",
+                    table.name, table.columns[k].name
+                )));
+            }
+        }
+        check_unique_keys(contract, ti, t_rows)?;
+    }
+    Ok(())
 }
 
 fn check_unique_keys(contract: &Contract, ti: usize, rows: &[Vec<Value>]) -> Result<(), Failure> {
