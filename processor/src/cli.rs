@@ -94,6 +94,11 @@ pub struct LoadArgs {
     /// Fraction of generated documents that are malformed (0..1).
     #[arg(long, default_value_t = 0.05)]
     pub malformed_fraction: f64,
+    /// Shape of generated documents: `cc` or `rl` (the replaced system's credit-card or recreational-lending
+    /// documents, `fixtures::realshape`), `classic` (the project's own generator), or `auto`: the real shape the
+    /// contract reads (`IL_application` → rl; `application` with `app_product`/`rmts_info` → cc), else classic.
+    #[arg(long, default_value = "auto", requires = "generate")]
+    pub shape: String,
 }
 
 #[derive(Debug, Args)]
@@ -316,7 +321,7 @@ fn load(a: LoadArgs) -> Result<(), Exit> {
             malformed_fraction: a.malformed_fraction,
             ..fixtures::GenConfig::default()
         };
-        for doc in fixtures::generate_iter(&cfg) {
+        for doc in generated_docs(&a, &cfg)? {
             batch.push((doc.app_id, doc.xml));
             if batch.len() == 1000 {
                 flush(&mut s, &mut batch, &mut total, &mut new)?;
@@ -335,6 +340,35 @@ fn load(a: LoadArgs) -> Result<(), Exit> {
         total - new
     );
     Ok(())
+}
+
+/// The documents `load --generate` writes: the real-shaped generator or the classic one (`--shape`).
+fn generated_docs(
+    a: &LoadArgs,
+    cfg: &fixtures::GenConfig,
+) -> Result<Box<dyn Iterator<Item = fixtures::Doc>>, Exit> {
+    use fixtures::realshape::{real_generate_iter, RealConfig, Shape};
+    let shape = match a.shape.to_ascii_lowercase().as_str() {
+        "classic" => None,
+        "auto" => {
+            let c = load_contract(&a.common)?;
+            let names: Vec<&str> = c.nodes.iter().map(|n| n.name.as_str()).collect();
+            Shape::for_contract(&c.nodes[c.app_node].name, &names)
+        }
+        other => Some(Shape::parse(other).ok_or_else(|| {
+            usage(anyhow!(
+                "--shape must be cc, rl, classic or auto, not '{other}'"
+            ))
+        })?),
+    };
+    Ok(match shape {
+        None => Box::new(fixtures::generate_iter(cfg)),
+        Some(shape) => Box::new(real_generate_iter(&RealConfig {
+            first_app_id: cfg.first_app_id,
+            malformed_fraction: cfg.malformed_fraction,
+            ..RealConfig::new(shape, cfg.count, cfg.seed)
+        })),
+    })
 }
 
 /// `<app_id>.xml` files of `dir`, sorted by app_id.
