@@ -922,7 +922,7 @@ fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Resul
     }
     if let Some(src) = &plan.docs_dir {
         let staged = dir.join("documents");
-        let n = stage_dir(src, &staged, &taken)?;
+        let n = stage_dir(src, &staged, &taken, plan.docs_take)?;
         if n == 0 {
             return Err(RunnerError::Setup(format!(
                 "fixture.dir {} holds no *.xml documents",
@@ -967,6 +967,7 @@ pub fn stage_dir(
     src: &Path,
     out: &Path,
     taken: &std::collections::BTreeSet<i64>,
+    take: Option<usize>,
 ) -> Result<usize, RunnerError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(src)
         .map_err(|e| RunnerError::Setup(format!("cannot read fixture.dir {}: {e}", src.display())))?
@@ -974,6 +975,7 @@ pub fn stage_dir(
         .filter(|p| p.is_file() && p.extension().and_then(|e| e.to_str()) == Some("xml"))
         .collect();
     files.sort();
+    files.truncate(take.unwrap_or(usize::MAX));
     std::fs::create_dir_all(out)?;
     let mut used = taken.clone();
     let mut next = 990_000_001_i64;
@@ -1085,7 +1087,7 @@ mod stage_tests {
         std::fs::write(src.path().join("d.xml"), "<x/>").expect("w");
         std::fs::write(src.path().join("notes.txt"), "skip me").expect("w");
         let taken = [3_i64].into_iter().collect();
-        let n = stage_dir(src.path(), out.path(), &taken).expect("staged");
+        let n = stage_dir(src.path(), out.path(), &taken, None).expect("staged");
         assert_eq!(n, 4);
         let mut names: Vec<String> = std::fs::read_dir(out.path())
             .expect("read")
@@ -1113,5 +1115,8 @@ mod stage_tests {
             std::fs::read(out.path().join(format!("{c_id}.xml"))).expect("r"),
             b"\xff\xfe not xml"
         );
+        let out2 = tempfile::tempdir().expect("tmp");
+        let n = stage_dir(src.path(), out2.path(), &taken, Some(2)).expect("staged");
+        assert_eq!(n, 2);
     }
 }

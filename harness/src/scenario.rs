@@ -78,6 +78,9 @@ pub struct FixtureSpec {
     /// application id is its `Request@ID` (or the file name's last digits); see `runner::stage_dir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<String>,
+    /// Only the first N documents of `dir`, in file-name order (keeps a scenario on a large folder small).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub take: Option<usize>,
 }
 
 fn default_apps() -> u64 {
@@ -96,6 +99,7 @@ impl Default for FixtureSpec {
             edge_cases: true,
             contract: None,
             dir: None,
+            take: None,
         }
     }
 }
@@ -421,6 +425,9 @@ pub struct Plan {
     pub contract: Option<PathBuf>,
     /// `fixture.dir`, resolved.
     pub docs_dir: Option<PathBuf>,
+    /// `fixture.take`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docs_take: Option<usize>,
     /// Why this plan cannot run here (its contract or document folder is absent): it is skipped, never passed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
@@ -536,6 +543,11 @@ impl Scenario {
                 }
             }
         };
+        match (f.take, &f.dir) {
+            (Some(0), _) => return Err(bad("fixture.take must be at least 1".into())),
+            (Some(_), None) => return Err(bad("fixture.take needs fixture.dir".into())),
+            _ => {}
+        }
         let contract = resolve("contract", &f.contract, false)?;
         let docs_dir = resolve("dir", &f.dir, true)?;
         if let Some(c) = &contract {
@@ -818,6 +830,7 @@ impl Scenario {
             edge_cases: f.edge_cases,
             contract,
             docs_dir,
+            docs_take: f.take,
             unavailable,
             instances: r.instances,
             mode: r.mode,
@@ -1044,6 +1057,11 @@ mod tests {
             ),
             ("dir = \"seed:\"", "fixture.dir = \"seed:\""),
             ("apps = 0\nedge_cases = false", "fixture.apps"),
+            ("take = 3", "fixture.take needs fixture.dir"),
+            (
+                "dir = \"docs\"\ntake = 0",
+                "fixture.take must be at least 1",
+            ),
         ] {
             let e = plan(body).expect_err(body);
             assert!(e.contains(want), "{body}: {e}");
