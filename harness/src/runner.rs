@@ -920,6 +920,26 @@ fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Resul
     if plan.edge_cases {
         taken.extend(fixtures::edge_cases().iter().map(|d| d.app_id));
     }
+    if let Some((n, shape)) = &plan.real_generate {
+        let shape = fixtures::realshape::Shape::parse(shape)
+            .ok_or_else(|| RunnerError::Setup(format!("unknown document shape '{shape}'")))?;
+        let cfg = fixtures::realshape::RealConfig {
+            first_app_id: REAL_FIRST_APP_ID,
+            malformed_fraction: plan.malformed_fraction,
+            ..fixtures::realshape::RealConfig::new(shape, *n, plan.fixture_seed)
+        };
+        let gen = dir.join("generated");
+        std::fs::create_dir_all(&gen)?;
+        for d in fixtures::realshape::real_generate_iter(&cfg) {
+            std::fs::write(gen.join(format!("{}.xml", d.app_id)), d.xml)?;
+            taken.insert(d.app_id);
+        }
+        let e = gen.display().to_string();
+        run(
+            with_contract(&["load", "--db", url, "--dir", &e, "--log-level", "warn"]),
+            "loading fixture.generate documents",
+        )?;
+    }
     if let Some(src) = &plan.docs_dir {
         let staged = dir.join("documents");
         let n = stage_dir(src, &staged, &taken, plan.docs_take)?;
@@ -949,6 +969,9 @@ fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Resul
     }
     Ok(())
 }
+
+/// First app_id of `fixture.generate` documents: clear of generated project documents, edge cases and samples.
+const REAL_FIRST_APP_ID: i64 = 800_000_001;
 
 /// `--contract FILE` when the plan names one.
 fn contract_args(plan: &Plan) -> Vec<String> {

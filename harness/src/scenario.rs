@@ -81,6 +81,11 @@ pub struct FixtureSpec {
     /// Only the first N documents of `dir`, in file-name order (keeps a scenario on a large folder small).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub take: Option<usize>,
+    /// Also load N documents shaped like the replaced system's samples for the contract's product line
+    /// (`fixtures::realshape`, 2 KB to 2 MB, drawn from the fixture seed; app_ids from 800000001). Needs a
+    /// `contract` the real-shaped generator has a shape for (the replaced system's `cc` or `rl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate: Option<usize>,
 }
 
 fn default_apps() -> u64 {
@@ -100,6 +105,7 @@ impl Default for FixtureSpec {
             contract: None,
             dir: None,
             take: None,
+            generate: None,
         }
     }
 }
@@ -428,6 +434,9 @@ pub struct Plan {
     /// `fixture.take`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub docs_take: Option<usize>,
+    /// `fixture.generate`: how many real-shaped documents, and of which shape (`cc`, `rl`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub real_generate: Option<(usize, String)>,
     /// Why this plan cannot run here (its contract or document folder is absent): it is skipped, never passed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
@@ -511,7 +520,9 @@ impl Scenario {
             return Err(bad("run.lease_secs must be at least 1".into()));
         }
         let f = &self.fixture;
-        if f.apps > 5_000_000 || (f.apps == 0 && !f.edge_cases && f.dir.is_none()) {
+        if f.apps > 5_000_000
+            || (f.apps == 0 && !f.edge_cases && f.dir.is_none() && f.generate.is_none())
+        {
             return Err(bad(format!(
                 "fixture.apps must be 1..=5000000, or 0 when fixture.dir or fixture.edge_cases gives documents (got {})",
                 f.apps
@@ -548,7 +559,44 @@ impl Scenario {
             (Some(_), None) => return Err(bad("fixture.take needs fixture.dir".into())),
             _ => {}
         }
-        let contract = resolve("contract", &f.contract, false)?;
+        // `cc` and `rl` name the replaced system's two contracts in its seed folder.
+        let named = f.contract.as_deref().map(|c| match c {
+            "cc" => format!("{SEED_PREFIX}contracts/mapping_contract.json"),
+            "rl" => format!("{SEED_PREFIX}contracts/mapping_contract_rl.json"),
+            other => other.to_owned(),
+        });
+        let contract = resolve("contract", &named, false)?;
+        let mut real_generate = None;
+        match (f.generate, &f.contract) {
+            (Some(0), _) => return Err(bad("fixture.generate must be at least 1".into())),
+            (Some(n), _) if n > 100_000 => {
+                return Err(bad(format!("fixture.generate must be at most 100000 (got {n})")))
+            }
+            (Some(_), None) => {
+                return Err(bad(
+                    "fixture.generate needs fixture.contract (\"cc\", \"rl\" or a file of either): the \
+                     project's own documents are fixture.apps"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        if let (Some(n), Some(c)) = (f.generate, &contract) {
+            let text = std::fs::read_to_string(c).map_err(|e| {
+                bad(format!(
+                    "fixture.contract: cannot read {}: {e}",
+                    c.display()
+                ))
+            })?;
+            let shape = real_shape(&text).ok_or_else(|| {
+                bad(format!(
+                    "fixture.generate: the real-shaped generator has no document shape for {} (it has the replaced \
+                     system's cc and rl)",
+                    c.display()
+                ))
+            })?;
+            real_generate = Some((n, shape.name().to_owned()));
+        }
         let docs_dir = resolve("dir", &f.dir, true)?;
         if let Some(c) = &contract {
             let text = std::fs::read_to_string(c).map_err(|e| {
@@ -831,6 +879,7 @@ impl Scenario {
             contract,
             docs_dir,
             docs_take: f.take,
+            real_generate,
             unavailable,
             instances: r.instances,
             mode: r.mode,
@@ -868,6 +917,27 @@ pub fn skip_reason(plan: &Plan, backend: crate::db::Backend) -> Option<String> {
         names.join(" or "),
         backend.as_str()
     ))
+}
+
+/// The real-shaped generator's shape for a contract: from its application element and the element names its
+/// mappings read (`fixtures::realshape::Shape::for_contract`).
+pub fn real_shape(contract_json: &str) -> Option<fixtures::realshape::Shape> {
+    let v: serde_json::Value = serde_json::from_str(contract_json).ok()?;
+    let app = v
+        .get("xml_application_path")?
+        .as_str()?
+        .rsplit('/')
+        .next()?
+        .to_owned();
+    let names: Vec<String> = v
+        .get("mappings")?
+        .as_array()?
+        .iter()
+        .filter_map(|m| m.get("xml_path").and_then(|p| p.as_str()))
+        .flat_map(|p| p.split('/').map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    fixtures::realshape::Shape::for_contract(&app, &refs)
 }
 
 /// `fixture.contract = "seed:…"`: inside the replaced system's seed folder, wherever it is on this machine.
@@ -1058,6 +1128,12 @@ mod tests {
             ("dir = \"seed:\"", "fixture.dir = \"seed:\""),
             ("apps = 0\nedge_cases = false", "fixture.apps"),
             ("take = 3", "fixture.take needs fixture.dir"),
+            ("generate = 3", "fixture.generate needs fixture.contract"),
+            ("contract = \"c.json\"\ngenerate = 3", "no document shape"),
+            (
+                "contract = \"cc\"\ngenerate = 0",
+                "fixture.generate must be at least 1",
+            ),
             (
                 "dir = \"docs\"\ntake = 0",
                 "fixture.take must be at least 1",
