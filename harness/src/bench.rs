@@ -52,6 +52,8 @@ pub struct BenchConfig {
     pub workers: Option<usize>,
     pub processor: ProcessorCmd,
     pub markdown_into: Option<PathBuf>,
+    /// Real-shaped documents: the samples under this folder, cycled (see [`Workload`]).
+    pub real_docs: Option<PathBuf>,
     /// The command line that produced this report, for reproduction.
     pub command: String,
 }
@@ -107,6 +109,8 @@ pub struct BenchReport {
     pub machine: Machine,
     pub backend: String,
     pub apps: usize,
+    /// What the documents are (generated fixture set or real-shaped samples).
+    pub workload: String,
     pub seed: u64,
     pub batch_size: usize,
     pub workers: Option<usize>,
@@ -133,11 +137,12 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         launcher.describe()
     );
     let mut machine = machine();
+    let work = Workload::new(cfg)?;
 
     eprint!("[limit] bulk load of the same rows … ");
     let url = launcher.fresh_database("bench_limit")?;
     machine.database = database_version(&url, &contract)?;
-    let limit = storage_limit(&url, &contract, cfg)?;
+    let limit = storage_limit(&url, &contract, cfg, &work)?;
     eprintln!(
         "{:.0} apps/s ({} rows in {:.2} s, {})",
         limit.apps_per_sec, limit.rows, limit.secs, limit.method
@@ -151,7 +156,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             let name = format!("bench_{}_{n}", mode.as_str());
             eprint!("[{k}/{total}] {} × {n}: loading … ", mode.as_str());
             let url = launcher.fresh_database(&name)?;
-            load(&url, &contract, cfg)?;
+            load(&url, &contract, cfg, &work)?;
             let dir = cfg.out.join(&name);
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)?;
@@ -183,6 +188,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         machine,
         backend: cfg.backend.as_str().to_owned(),
         apps: cfg.apps,
+        workload: work.describe(cfg),
         seed: cfg.seed,
         batch_size: cfg.batch_size,
         workers: cfg.workers,
@@ -267,6 +273,68 @@ fn open_store(url: &str, contract: &Contract) -> Result<Box<dyn Store>> {
     Ok(s)
 }
 
+/// Where the benchmark's documents come from: the seeded generator, or real samples cycled into distinct
+/// applications (made mappable by the project's contract, see `fixtures::samples::fit_project_contract`).
+enum Workload {
+    Generated,
+    Real(Vec<fixtures::samples::Sample>),
+}
+
+impl Workload {
+    fn new(cfg: &BenchConfig) -> Result<Self> {
+        let Some(dir) = &cfg.real_docs else {
+            return Ok(Workload::Generated);
+        };
+        let samples: Vec<_> = fixtures::samples::read_samples(dir)
+            .into_iter()
+            .map(|s| fixtures::samples::Sample {
+                xml: fixtures::samples::fit_project_contract(&s.xml),
+                name: s.name,
+            })
+            .collect();
+        if samples.is_empty() {
+            bail!("no usable sample document under {}", dir.display());
+        }
+        Ok(Workload::Real(samples))
+    }
+
+    fn describe(&self, cfg: &BenchConfig) -> String {
+        match self {
+            Workload::Generated => format!(
+                "the standard fixture set (seed {}, 5 % malformed, 1 % large)",
+                cfg.seed
+            ),
+            Workload::Real(s) => {
+                let avg = s.iter().map(|x| x.xml.len()).sum::<usize>() / s.len().max(1);
+                format!(
+                    "real-shaped documents: {} samples from {} cycled (average {:.0} KB)",
+                    s.len(),
+                    cfg.real_docs.as_deref().unwrap_or(Path::new("?")).display(),
+                    avg as f64 / 1000.0
+                )
+            }
+        }
+    }
+
+    /// Documents `first .. first + n` (app_ids from 1).
+    fn chunk(&self, cfg: &BenchConfig, first: usize, n: usize) -> Vec<(i64, String)> {
+        match self {
+            Workload::Generated => fixtures::generate_iter(&gen_cfg(cfg, first, n))
+                .map(|d| (d.app_id, d.xml))
+                .collect(),
+            Workload::Real(s) => (first..first + n)
+                .map(|i| {
+                    let id = 1 + i as i64;
+                    (
+                        id,
+                        fixtures::samples::as_application(&s[i % s.len()].xml, id),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
 fn gen_cfg(cfg: &BenchConfig, first: usize, count: usize) -> fixtures::GenConfig {
     fixtures::GenConfig {
         count,
@@ -276,22 +344,29 @@ fn gen_cfg(cfg: &BenchConfig, first: usize, count: usize) -> fixtures::GenConfig
     }
 }
 
-/// Loads the standard fixture set (seeded, 5 % malformed) into `app_xml`.
-fn load(url: &str, contract: &Contract, cfg: &BenchConfig) -> Result<()> {
+/// Loads the workload's documents into `app_xml`.
+fn load(url: &str, contract: &Contract, cfg: &BenchConfig, work: &Workload) -> Result<()> {
     let mut s = open_store(url, contract)?;
-    for first in (0..cfg.apps).step_by(CHUNK_APPS) {
-        let n = CHUNK_APPS.min(cfg.apps - first);
-        let docs: Vec<(i64, String)> = fixtures::generate_iter(&gen_cfg(cfg, first, n))
-            .map(|d| (d.app_id, d.xml))
-            .collect();
-        s.load_source(&docs)?;
+    // Real documents are ~100× larger: smaller chunks keep memory bounded.
+    let step = match work {
+        Workload::Generated => CHUNK_APPS,
+        Workload::Real(_) => 100,
+    };
+    for first in (0..cfg.apps).step_by(step) {
+        let n = step.min(cfg.apps - first);
+        s.load_source(&work.chunk(cfg, first, n))?;
     }
     Ok(())
 }
 
 /// The storage path's limit: the rows the processor would write for the same applications, loaded in bulk in one
 /// transaction. Generation and mapping happen between the timed database calls.
-fn storage_limit(url: &str, contract: &Contract, cfg: &BenchConfig) -> Result<Limit> {
+fn storage_limit(
+    url: &str,
+    contract: &Contract,
+    cfg: &BenchConfig,
+    work: &Workload,
+) -> Result<Limit> {
     let mut store = open_store(url, contract)?;
     let mut pg = match DbUrl::parse(url)? {
         DbUrl::Postgres(conn) => Some(postgres::Client::connect(&conn, postgres::NoTls)?),
@@ -307,37 +382,40 @@ fn storage_limit(url: &str, contract: &Contract, cfg: &BenchConfig) -> Result<Li
             None
         }
     };
-    for first in (0..cfg.apps).step_by(CHUNK_APPS) {
-        let n = CHUNK_APPS.min(cfg.apps - first);
+    let step = match work {
+        Workload::Generated => CHUNK_APPS,
+        Workload::Real(_) => 100,
+    };
+    for first in (0..cfg.apps).step_by(step) {
+        let n = step.min(cfg.apps - first);
         let mut per_table: Vec<Vec<Vec<Value>>> = vec![Vec::new(); contract.tables.len()];
         let mut logs = Vec::with_capacity(n);
-        for d in fixtures::generate_iter(&gen_cfg(cfg, first, n)) {
-            let (status, reason) =
-                match processor::mapping::map_document(contract, d.app_id, &d.xml) {
-                    Ok(m) => {
-                        for (t, trows) in m.rows.into_iter().enumerate() {
-                            for r in trows {
-                                // Shared entities are insert-if-absent in the processor; COPY cannot skip, so
-                                // duplicates are dropped here by natural key.
-                                if contract.tables[t].shared {
-                                    let key: Vec<Option<String>> = contract.tables[t]
-                                        .key
-                                        .iter()
-                                        .map(|&k| r[k].canonical())
-                                        .collect();
-                                    if !seen[t].insert(key) {
-                                        continue;
-                                    }
+        for (app_id, xml) in work.chunk(cfg, first, n) {
+            let (status, reason) = match processor::mapping::map_document(contract, app_id, &xml) {
+                Ok(m) => {
+                    for (t, trows) in m.rows.into_iter().enumerate() {
+                        for r in trows {
+                            // Shared entities are insert-if-absent in the processor; COPY cannot skip, so
+                            // duplicates are dropped here by natural key.
+                            if contract.tables[t].shared {
+                                let key: Vec<Option<String>> = contract.tables[t]
+                                    .key
+                                    .iter()
+                                    .map(|&k| r[k].canonical())
+                                    .collect();
+                                if !seen[t].insert(key) {
+                                    continue;
                                 }
-                                per_table[t].push(r);
                             }
+                            per_table[t].push(r);
                         }
-                        (LogStatus::Success, None)
                     }
-                    Err(f) => (LogStatus::Failed, Some(f.reason())),
-                };
+                    (LogStatus::Success, None)
+                }
+                Err(f) => (LogStatus::Failed, Some(f.reason())),
+            };
             logs.push(LogRow {
-                app_id: d.app_id,
+                app_id,
                 status,
                 reason,
                 attempts: 1,
@@ -745,7 +823,7 @@ pub fn markdown(r: &BenchReport) -> String {
         "### `{}` — {} on {}\n\n\
          Generated by `harness bench` at {}; do not edit by hand.\n\n\
          * Machine: {} cores, {}, {:.1} GiB RAM, Linux {}; database: {} (on the same machine).\n\
-         * Workload: {} applications of the standard fixture set (seed {}, 5 % malformed, 1 % large), batch size {}, \
+         * Workload: {} applications of {}, batch size {}, \
          workers {}.\n\
          * Storage limit: {} — {} rows in {:.2} s = **{:.0} applications/s**.\n\n\
          {}\n\
@@ -767,7 +845,7 @@ pub fn markdown(r: &BenchReport) -> String {
         m.kernel,
         m.database,
         r.apps,
-        r.seed,
+        r.workload,
         r.batch_size,
         r.workers
             .map_or_else(|| "= cores (default)".into(), |w| w.to_string()),

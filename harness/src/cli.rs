@@ -41,7 +41,7 @@ pub struct Target {
     /// Use this server instead of starting one (each run still gets a fresh database).
     #[arg(long)]
     pub db_url: Option<String>,
-    /// The processor to test (default: this harness's built-in processor, compiled with crash points).
+    /// The processor to test (default: this harness's built-in processor, the only one with crash points).
     #[arg(long, env = "SHREDPROOF_PROCESSOR_BIN")]
     pub processor_bin: Option<PathBuf>,
     /// Output directory for summaries, events, logs.
@@ -95,6 +95,7 @@ pub fn main_with(args: Vec<std::ffi::OsString>) -> ExitCode {
     if args.get(1).and_then(|a| a.to_str()) == Some("processor") {
         let rest =
             std::iter::once(std::ffi::OsString::from("processor")).chain(args.into_iter().skip(2));
+        crate::crash_hook::install();
         return processor::cli::main_with(rest);
     }
     let cli = match Cli::try_parse_from(args) {
@@ -477,6 +478,10 @@ pub struct BenchArgs {
     /// Also write the results into this Markdown file (e.g. BENCHMARKS.md), replacing this command's section.
     #[arg(long)]
     pub markdown_into: Option<PathBuf>,
+    /// Real-shaped documents instead of the generated fixture set: the sample `.xml` files under DIR (e.g.
+    /// ../shared/seed/original/samples), cycled until --apps, each copy a distinct application.
+    #[arg(long, value_name = "DIR")]
+    pub real_docs: Option<PathBuf>,
 }
 
 fn cmd_bench(a: BenchArgs) -> u8 {
@@ -511,6 +516,7 @@ fn cmd_bench(a: BenchArgs) -> u8 {
         workers: a.workers,
         processor,
         markdown_into: a.markdown_into,
+        real_docs: a.real_docs,
         command,
     };
     match crate::bench::run(&cfg) {

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod check;
 pub mod cli;
+pub mod crash_hook;
 pub mod db;
 pub mod db_mssql;
 pub mod explore;

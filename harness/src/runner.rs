@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// How the harness starts a processor: by default itself (`harness processor …`, always built with crash points),
+/// How the harness starts a processor: by default itself (`harness processor …`, the only processor with crash points),
 /// or any binary speaking the processor CLI (`--processor-bin`, `SHREDPROOF_PROCESSOR_BIN`).
 #[derive(Debug, Clone)]
 pub struct ProcessorCmd {
@@ -965,6 +965,18 @@ fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Resul
         run(
             with_contract(&["load", "--db", url, "--dir", &e, "--log-level", "warn"]),
             "loading edge cases",
+        )?;
+    }
+    if let Some(contacts) = plan.stress_docs {
+        let stress = dir.join("stress-docs");
+        std::fs::create_dir_all(&stress)?;
+        for d in fixtures::stress_docs(contacts as usize) {
+            std::fs::write(stress.join(format!("{}.xml", d.app_id)), &d.bytes)?;
+        }
+        let e = stress.display().to_string();
+        run(
+            with_contract(&["load", "--db", url, "--dir", &e, "--log-level", "error"]),
+            "loading stress documents",
         )?;
     }
     Ok(())

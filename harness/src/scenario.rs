@@ -86,6 +86,10 @@ pub struct FixtureSpec {
     /// `contract` the real-shaped generator has a shape for (the replaced system's `cc` or `rl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generate: Option<usize>,
+    /// Also load the stress documents (`fixtures::stress_docs`: huge, pathological, broken bytes), the
+    /// many-contacts one with this many contacts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stress_docs: Option<u32>,
 }
 
 fn default_apps() -> u64 {
@@ -106,6 +110,7 @@ impl Default for FixtureSpec {
             dir: None,
             take: None,
             generate: None,
+            stress_docs: None,
         }
     }
 }
@@ -440,6 +445,7 @@ pub struct Plan {
     /// Why this plan cannot run here (its contract or document folder is absent): it is skipped, never passed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
+    pub stress_docs: Option<u32>,
     pub instances: u32,
     pub mode: Mode,
     pub workers: usize,
@@ -881,6 +887,7 @@ impl Scenario {
             docs_take: f.take,
             real_generate,
             unavailable,
+            stress_docs: f.stress_docs,
             instances: r.instances,
             mode: r.mode,
             workers: r.workers,

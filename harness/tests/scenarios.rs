@@ -115,6 +115,8 @@ scenario_tests! {
     real_rl_split_crash_a => "real-rl-split-crash-a.toml",
     split_crash_a => "split-crash-a.toml",
     split_three_instances => "split-three-instances.toml",
+    stress_docs_queue => "stress-docs-queue.toml",
+    stress_docs_uncoordinated => "stress-docs-uncoordinated.toml",
     three_instances_partitioned => "three-instances-partitioned.toml",
     three_instances_queue => "three-instances-queue.toml",
     three_instances_uncoordinated => "three-instances-uncoordinated.toml",

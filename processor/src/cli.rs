@@ -136,6 +136,12 @@ pub struct RunArgs {
     /// Give up on a database that stays unreachable this long.
     #[arg(long, default_value_t = 120)]
     pub retry_give_up_secs: u64,
+    /// A stored document larger than this many bytes is logged failed (`limit: …`) without being parsed.
+    #[arg(long, default_value_t = engine::DocLimits::DEFAULT_MAX_DOC_BYTES)]
+    pub max_doc_bytes: usize,
+    /// A document whose parse + map takes longer than this many milliseconds is logged failed (`limit: …`).
+    #[arg(long, default_value_t = engine::DocLimits::DEFAULT_MAX_MAP_MS)]
+    pub max_map_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -276,6 +282,100 @@ fn open_store(c: &Common) -> Result<Box<dyn Store>, Exit> {
     })
 }
 
+/// A `load` batch is written once it holds this many documents…
+const LOAD_BATCH_DOCS: usize = 1000;
+/// …or this many bytes, so `load`'s memory stays near this plus the largest single document, whatever the number
+/// and sizes of the files.
+const LOAD_BATCH_BYTES: usize = 16 << 20;
+
+/// Streams documents into the source table in bounded batches. Each document passes the strict-bytes check first
+/// ([`crate::decode`]): a refused one is stored byte-exact in its undecodable form (so `run` logs it `failed` with
+/// the offset) and named here. A document the database still refuses is named too, and the others load.
+struct Loader<'s> {
+    store: &'s mut dyn Store,
+    batch: Vec<(i64, String)>,
+    names: Vec<String>,
+    bytes: usize,
+    total: u64,
+    new: u64,
+    refused: u64,
+    unstored: Vec<String>,
+}
+
+impl<'s> Loader<'s> {
+    fn new(store: &'s mut dyn Store) -> Self {
+        Loader {
+            store,
+            batch: Vec::new(),
+            names: Vec::new(),
+            bytes: 0,
+            total: 0,
+            new: 0,
+            refused: 0,
+            unstored: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, app_id: i64, name: String, bytes: Vec<u8>) -> Result<(), Exit> {
+        let (text, why) = crate::decode::stored_form(bytes);
+        if let Some(e) = why {
+            self.refused += 1;
+            tracing::warn!(file = %name, app_id, reason = %e, "document refused by the strict-bytes check; stored byte-exact, `run` will log it failed");
+            eprintln!("warning: {name}: {e}; stored byte-exact, `run` will log it failed (parse)");
+        }
+        self.push_text(app_id, name, text)
+    }
+
+    /// Queues text as it will be stored (already through the strict-bytes check).
+    fn push_text(&mut self, app_id: i64, name: String, text: String) -> Result<(), Exit> {
+        self.bytes += text.len();
+        self.batch.push((app_id, text));
+        self.names.push(name);
+        if self.batch.len() >= LOAD_BATCH_DOCS || self.bytes >= LOAD_BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Exit> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.total += self.batch.len() as u64;
+        match self.store.load_source(&self.batch) {
+            Ok(n) => self.new += n,
+            Err(e) if e.is_retryable() => {
+                return Err(runtime(
+                    anyhow::Error::new(e).context("failed to load documents"),
+                ))
+            }
+            Err(_) => {
+                // Some document of the batch cannot be stored: store them one by one to name it and keep the rest
+                // (rows already stored are skipped as present, so the counts stay right).
+                for (doc, name) in self.batch.iter().zip(&self.names) {
+                    match self.store.load_source(std::slice::from_ref(doc)) {
+                        Ok(n) => self.new += n,
+                        Err(e) if e.is_retryable() => {
+                            return Err(runtime(
+                                anyhow::Error::new(e).context("failed to load documents"),
+                            ))
+                        }
+                        Err(e) => {
+                            tracing::error!(file = %name, app_id = doc.0, error = %e, "the database refused this document");
+                            eprintln!("error: {name}: the database refused this document: {e}");
+                            self.unstored.push(name.clone());
+                        }
+                    }
+                }
+            }
+        }
+        self.batch.clear();
+        self.names.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
 fn load(a: LoadArgs) -> Result<(), Exit> {
     if !(0.0..=1.0).contains(&a.malformed_fraction) {
         return Err(usage(anyhow!(
@@ -286,32 +386,14 @@ fn load(a: LoadArgs) -> Result<(), Exit> {
     s.init_schema()
         .context("failed to create the schema")
         .map_err(runtime)?;
-    let mut total = 0u64;
-    let mut new = 0u64;
-    let flush = |s: &mut Box<dyn Store>,
-                 batch: &mut Vec<(i64, String)>,
-                 total: &mut u64,
-                 new: &mut u64|
-     -> Result<(), Exit> {
-        *total += batch.len() as u64;
-        *new += s
-            .load_source(batch)
-            .context("failed to load documents")
-            .map_err(runtime)?;
-        batch.clear();
-        Ok(())
-    };
-    let mut batch = Vec::with_capacity(1000);
+    let mut loader = Loader::new(s.as_mut());
     if let Some(dir) = &a.dir {
+        // One file in memory at a time besides the bounded batch.
         for (id, path) in list_xml_files(dir).map_err(usage)? {
             let bytes = std::fs::read(&path)
                 .with_context(|| format!("cannot read {}", path.display()))
                 .map_err(runtime)?;
-            // Keep undecodable bytes visible to the parser (it will fail the document) rather than refusing to load.
-            batch.push((id, String::from_utf8_lossy(&bytes).into_owned()));
-            if batch.len() == 1000 {
-                flush(&mut s, &mut batch, &mut total, &mut new)?;
-            }
+            loader.push(id, path.display().to_string(), bytes)?;
         }
     } else if let Some(n) = a.generate {
         let cfg = fixtures::GenConfig {
@@ -322,23 +404,42 @@ fn load(a: LoadArgs) -> Result<(), Exit> {
             ..fixtures::GenConfig::default()
         };
         for doc in generated_docs(&a, &cfg)? {
-            batch.push((doc.app_id, doc.xml));
-            if batch.len() == 1000 {
-                flush(&mut s, &mut batch, &mut total, &mut new)?;
-                if std::io::stderr().is_terminal() {
-                    eprint!("\rloaded {total}/{n}");
-                }
+            let before = loader.total;
+            loader.push(
+                doc.app_id,
+                format!("generated app_id {}", doc.app_id),
+                doc.xml.into_bytes(),
+            )?;
+            if loader.total != before && std::io::stderr().is_terminal() {
+                eprint!("\rloaded {}/{n}", loader.total);
             }
         }
     }
-    flush(&mut s, &mut batch, &mut total, &mut new)?;
+    loader.flush()?;
     if std::io::stderr().is_terminal() {
         eprintln!();
     }
+    let refused = if loader.refused > 0 {
+        format!(
+            "; {} refused by the strict-bytes check, stored byte-exact to be logged failed",
+            loader.refused
+        )
+    } else {
+        String::new()
+    };
+    let stored = loader.total - loader.unstored.len() as u64;
     println!(
-        "loaded {new} new documents ({} already present)",
-        total - new
+        "loaded {} new documents ({} already present{refused})",
+        loader.new,
+        stored - loader.new
     );
+    if !loader.unstored.is_empty() {
+        return Err(runtime(anyhow!(
+            "{} document(s) could not be stored (the others loaded): {}",
+            loader.unstored.len(),
+            loader.unstored.join(", ")
+        )));
+    }
     Ok(())
 }
 
@@ -448,6 +549,15 @@ pub fn run_config(a: &RunArgs) -> Result<RunConfig, Exit> {
     if a.limit == Some(0) {
         return fail("--limit must be at least 1".into());
     }
+    if a.max_doc_bytes == 0 {
+        return fail("--max-doc-bytes must be at least 1".into());
+    }
+    if a.max_map_ms == 0 || a.max_map_ms > 86_400_000 {
+        return fail(format!(
+            "--max-map-ms must be between 1 and 86400000 (got {})",
+            a.max_map_ms
+        ));
+    }
     let range = match (a.app_id_start, a.app_id_end) {
         (Some(s), Some(e)) if s > e => {
             return fail(format!("--app-id-start {s} is after --app-id-end {e}"))
@@ -470,6 +580,10 @@ pub fn run_config(a: &RunArgs) -> Result<RunConfig, Exit> {
             ..RetryPolicy::default()
         },
         progress: std::io::stderr().is_terminal(),
+        limits: engine::DocLimits {
+            max_doc_bytes: a.max_doc_bytes,
+            max_map: std::time::Duration::from_millis(a.max_map_ms),
+        },
     })
 }
 
@@ -619,4 +733,39 @@ fn status(a: StatusArgs) -> Result<(), Exit> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod loader_tests {
+    use super::*;
+
+    /// A document the database itself refuses (text with NUL, as if the strict-bytes check had let it through) is
+    /// named, and every other document of its batch still loads.
+    #[test]
+    fn a_document_the_database_refuses_is_named_and_the_rest_load() {
+        let Some(cluster) = fixtures::pg::start_or_skip(
+            "a_document_the_database_refuses_is_named_and_the_rest_load",
+        ) else {
+            return;
+        };
+        let url = cluster.create_database("loader").expect("database");
+        let contract = Contract::from_json(fixtures::CONTRACT_JSON).expect("contract");
+        let mut store =
+            store::open(&DbUrl::parse(&url).expect("url"), contract).expect("store opens");
+        store.init_schema().expect("schema");
+        let mut loader = Loader::new(store.as_mut());
+        for id in 1..=5 {
+            let text = if id == 3 { "<a>\0</a>" } else { "<a/>" };
+            loader
+                .push_text(id, format!("{id}.xml"), text.to_owned())
+                .expect("queued");
+        }
+        loader
+            .flush()
+            .expect("flush goes on past the refused document");
+        assert_eq!(loader.unstored, vec!["3.xml".to_owned()]);
+        assert_eq!((loader.total, loader.new), (5, 4));
+        let r = store.status(store::now_ms()).expect("status");
+        assert_eq!(r.total, 4);
+    }
 }

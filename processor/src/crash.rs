@@ -1,9 +1,15 @@
 //! Named crash points (SPEC §6): a closed set shared by processor and harness, armed by `PROCESSOR_CRASH_AT`.
 //! Must not accept unknown names: a typo would turn a crash test into a silent pass.
+//!
+//! This library cannot kill or stop its own process: what a fired point does is a [`CrashHook`] that only the
+//! harness's entry point (`harness processor …`) installs. A cargo feature would not do: cargo unifies features
+//! across a workspace build, so `cargo build --release` armed the shipped `processor` binary too. The shipped
+//! binary never installs a hook, so it refuses `PROCESSOR_CRASH_AT` with a usage error (exit 2).
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// The environment variable that arms a crash point: `<name>[:<nth>]`.
 pub const CRASH_ENV: &str = "PROCESSOR_CRASH_AT";
@@ -65,9 +71,10 @@ pub enum CrashSpecError {
     #[error("crash point hit count '{0}' is not a whole number of at least 1")]
     BadNth(String),
     #[error(
-        "crash points are not compiled into this build (rebuild with the 'failpoints' feature)"
+        "crash points are only available in the harness's processor (`harness processor run …`); \
+         this binary does not have them: unset PROCESSOR_CRASH_AT"
     )]
-    NotCompiled,
+    NoHook,
 }
 
 impl FromStr for CrashPoint {
@@ -144,7 +151,7 @@ pub struct Crasher {
 }
 
 impl Crasher {
-    /// Reads `PROCESSOR_CRASH_AT`. Unset or empty: disarmed. Anything else must parse, and needs the feature.
+    /// Reads `PROCESSOR_CRASH_AT`. Unset or empty: disarmed. Anything else must parse, and needs an installed hook.
     pub fn from_env() -> Result<Self, CrashSpecError> {
         match std::env::var(CRASH_ENV) {
             Ok(v) if !v.trim().is_empty() => Self::armed(v.trim().parse()?),
@@ -152,14 +159,18 @@ impl Crasher {
         }
     }
 
+    /// Arms `spec`; refused unless this process installed a [`CrashHook`] (the harness's processor did).
     pub fn armed(spec: CrashSpec) -> Result<Self, CrashSpecError> {
-        if cfg!(feature = "failpoints") {
-            Ok(Crasher {
-                spec: Some(spec),
-                hits: AtomicU64::new(0),
-            })
-        } else {
-            Err(CrashSpecError::NotCompiled)
+        if HOOK.get().is_none() {
+            return Err(CrashSpecError::NoHook);
+        }
+        Ok(Self::counting(spec))
+    }
+
+    fn counting(spec: CrashSpec) -> Self {
+        Crasher {
+            spec: Some(spec),
+            hits: AtomicU64::new(0),
         }
     }
 
@@ -179,26 +190,41 @@ impl Crasher {
     }
 }
 
-/// Stops the whole process (every thread, the lease heartbeat included) until SIGCONT.
-#[cfg(feature = "failpoints")]
+/// What a fired crash point does to the process. Installed once, by the harness's entry point only.
+#[derive(Debug, Clone, Copy)]
+pub struct CrashHook {
+    /// Stops the whole process (every thread, the lease heartbeat included) until SIGCONT.
+    pub park: fn(),
+    /// Dies at once without cleanup, exactly as `kill -9` would: no destructors, no rollback, no flush.
+    pub die: fn() -> !,
+}
+
+static HOOK: OnceLock<CrashHook> = OnceLock::new();
+
+/// Installs the crash hook for this process (first call wins). Only `harness processor …` calls this.
+pub fn install_hook(hook: CrashHook) {
+    let _ = HOOK.set(hook);
+}
+
+/// Whether this process can fire crash points at all.
+pub fn hook_installed() -> bool {
+    HOOK.get().is_some()
+}
+
+/// Parks the process through the hook. Unreachable without one: a [`Crasher`] cannot be armed then.
 pub fn park() {
-    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    if let Some(h) = HOOK.get() {
+        (h.park)()
+    }
 }
 
-#[cfg(not(feature = "failpoints"))]
-pub fn park() {}
-
-/// Dies at once without cleanup, exactly as `kill -9` would: no destructors, no rollback, no flush.
-#[cfg(feature = "failpoints")]
+/// Kills the process through the hook.
 pub fn die() -> ! {
-    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-    // SIGKILL cannot be caught; if raise somehow failed, abort is the next closest thing.
-    std::process::abort()
-}
-
-#[cfg(not(feature = "failpoints"))]
-pub fn die() -> ! {
-    unreachable!("crash points cannot be armed without the failpoints feature")
+    match HOOK.get() {
+        Some(h) => (h.die)(),
+        // A Crasher cannot be armed without a hook; if it somehow was, abort rather than carry on.
+        None => std::process::abort(),
+    }
 }
 
 #[cfg(test)]
@@ -247,10 +273,19 @@ mod tests {
         }
     }
 
-    #[cfg(feature = "failpoints")]
+    #[test]
+    fn refused_without_a_hook() {
+        // The library's own tests never install a hook, exactly like the shipped binary.
+        assert!(!hook_installed());
+        assert_eq!(
+            Crasher::armed("after-data".parse().expect("valid")).err(),
+            Some(CrashSpecError::NoHook)
+        );
+    }
+
     #[test]
     fn fires_on_nth_hit_only() {
-        let c = Crasher::armed("after-commit:2".parse().expect("valid")).expect("feature on");
+        let c = Crasher::counting("after-commit:2".parse().expect("valid"));
         assert_eq!(c.should_fire(CrashPoint::AfterData), None);
         assert_eq!(c.should_fire(CrashPoint::AfterCommit), None);
         assert_eq!(c.should_fire(CrashPoint::AfterCommit), Some(2));

@@ -1,10 +1,17 @@
 //! The run loop: select or claim work, parse and map it on worker threads, write it through the store with the
 //! chosen commit mode, emit events, hit crash points, drain on SIGTERM. No SQL and no backend checks here.
+//!
+//! Every document is checked for strict bytes ([`crate::decode`]) and mapped under per-document limits (size, and a
+//! [`Budget`] with the mapping-time limit and the process's cancel flag), so one pathological document becomes a
+//! `failed` row instead of a stalled instance, and SIGTERM stops a batch in the middle of a huge document: that
+//! batch is abandoned before anything of it is written (its queue claims are released) and the run drains.
 
+use crate::budget::Budget;
 use crate::contract::Contract;
 use crate::crash::{self, CrashPoint, Crasher};
+use crate::decode;
 use crate::events::{Event, EventKind, EventSink};
-use crate::mapping::map_document;
+use crate::mapping::{map_document_within, Failure, Stage};
 use crate::retry::{with_retry, RetryPolicy};
 use crate::store::write::{self, AppWork, BatchResult, Hooks, WriteCtx};
 use crate::store::{now_ms, Selection, SourceDoc, Store, StoreError, StoreResult};
@@ -55,6 +62,9 @@ impl CommitMode {
     }
 }
 
+/// About how many bytes of source documents one batch holds once documents are large (see `run`).
+pub const RUN_BATCH_BYTES: usize = 64 << 20;
+
 /// A validated `processor run` configuration.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -70,6 +80,33 @@ pub struct RunConfig {
     pub retry: RetryPolicy,
     /// Print a progress line to stderr about once a second.
     pub progress: bool,
+    /// Per-document limits: a document over either is logged `failed` with `limit: …`.
+    pub limits: DocLimits,
+}
+
+/// Per-document limits (`--max-doc-bytes`, `--max-map-ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocLimits {
+    /// Largest stored document mapped, in bytes.
+    pub max_doc_bytes: usize,
+    /// Longest parse + map of one document.
+    pub max_map: Duration,
+}
+
+impl DocLimits {
+    /// 256 MiB: five times the largest real-shaped document benchmarked (50 MB), far below what breaks a worker.
+    pub const DEFAULT_MAX_DOC_BYTES: usize = 256 << 20;
+    /// 60 s: a 50 MB document maps in about a second, so only a pathological one comes near it.
+    pub const DEFAULT_MAX_MAP_MS: u64 = 60_000;
+}
+
+impl Default for DocLimits {
+    fn default() -> Self {
+        DocLimits {
+            max_doc_bytes: Self::DEFAULT_MAX_DOC_BYTES,
+            max_map: Duration::from_millis(Self::DEFAULT_MAX_MAP_MS),
+        }
+    }
 }
 
 impl RunConfig {
@@ -108,7 +145,8 @@ pub struct RunContext<'a> {
     pub session_id: &'a str,
     pub events: &'a EventSink,
     pub crasher: &'a Crasher,
-    pub shutdown: &'a AtomicBool,
+    /// Set by the SIGTERM/SIGINT handler; shared with the mapping threads' budgets.
+    pub shutdown: &'a Arc<AtomicBool>,
     /// Opens a second connection for the lease heartbeat (queue mode).
     pub open_heartbeat_store: Option<&'a (dyn Fn() -> StoreResult<Box<dyn Store>> + Sync)>,
 }
@@ -151,21 +189,90 @@ impl Hooks for CrashHooks<'_> {
     }
 }
 
-/// Parses and maps a batch on up to `workers` threads, keeping document order.
+/// Parses and maps a batch on up to `workers` threads, keeping document order, with default limits and no cancel
+/// flag.
 pub fn map_batch(contract: &Contract, docs: Vec<SourceDoc>, workers: usize) -> Vec<AppWork> {
+    map_batch_within(contract, docs, workers, &DocLimits::default(), None)
+}
+
+/// One stored document: strict bytes, the size limit, then parse + map under its own budget.
+fn map_one(
+    contract: &Contract,
+    d: &SourceDoc,
+    limits: &DocLimits,
+    cancel: Option<&Arc<AtomicBool>>,
+) -> Result<crate::mapping::MappedApp, Failure> {
+    if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+        return Err(Failure::new(Stage::Cancelled, "stop requested"));
+    }
+    if d.xml.len() > limits.max_doc_bytes {
+        return Err(Failure::new(
+            Stage::Limit,
+            format!(
+                "document is {} bytes, over the {}-byte per-document limit (--max-doc-bytes)",
+                d.xml.len(),
+                limits.max_doc_bytes
+            ),
+        ));
+    }
+    let text =
+        decode::stored_document(&d.xml).map_err(|e| Failure::new(Stage::Parse, e.to_string()))?;
+    let budget = Budget::new(Some(limits.max_map), cancel.cloned());
+    map_document_within(contract, d.app_id, &text, &budget).map_err(|mut f| {
+        if f.stage == Stage::Limit {
+            f.message.push_str(" (--max-map-ms)");
+        }
+        f
+    })
+}
+
+/// Whether mapping `work` was cancelled part-way (then none of it may be written).
+pub fn is_cancelled(work: &[AppWork]) -> bool {
+    work.iter()
+        .any(|w| matches!(&w.outcome, Err(f) if f.stage == Stage::Cancelled))
+}
+
+/// [`map_batch`] under per-document `limits`; a set `cancel` flag makes documents fail with `Stage::Cancelled`
+/// within milliseconds, even in the middle of a huge one (see [`is_cancelled`]).
+pub fn map_batch_within(
+    contract: &Contract,
+    docs: Vec<SourceDoc>,
+    workers: usize,
+    limits: &DocLimits,
+    cancel: Option<&Arc<AtomicBool>>,
+) -> Vec<AppWork> {
     let map_one = |d: &SourceDoc| AppWork {
         app_id: d.app_id,
         fence: d.fence,
-        outcome: map_document(contract, d.app_id, &d.xml),
+        outcome: map_one(contract, d, limits, cancel),
     };
-    if workers <= 1 || docs.len() < 8 {
+    if workers <= 1 || docs.len() < 2 {
         return docs.iter().map(map_one).collect();
     }
-    let chunk = docs.len().div_ceil(workers);
+    // Chunks balanced by bytes, not by count: one huge document among small ones gets a thread of its own instead
+    // of serialising the small ones queued behind it on the same thread.
+    let total: usize = docs.iter().map(|d| d.xml.len()).sum();
+    let share = total.div_ceil(workers).max(1);
+    let mut bounds = vec![0usize];
+    let mut acc = 0usize;
+    for (i, d) in docs.iter().enumerate() {
+        acc += d.xml.len();
+        if acc >= share && i + 1 < docs.len() && bounds.len() < workers {
+            bounds.push(i + 1);
+            acc = 0;
+        }
+    }
+    bounds.push(docs.len());
+    if bounds.len() == 2 {
+        return docs.iter().map(map_one).collect();
+    }
     std::thread::scope(|s| {
-        let handles: Vec<_> = docs
-            .chunks(chunk)
-            .map(|c| s.spawn(move || c.iter().map(map_one).collect::<Vec<_>>()))
+        let handles: Vec<_> = bounds
+            .windows(2)
+            .map(|w| {
+                let c = &docs[w[0]..w[1]];
+                s.spawn(move || c.iter().map(map_one).collect::<Vec<_>>())
+            })
             .collect();
         handles
             .into_iter()
@@ -294,6 +401,10 @@ pub fn run(
     }
     let mut last_progress = Instant::now();
     let mut idle_wait_ms = 50u64;
+    // Batches shrink when documents are large, so a run holds about RUN_BATCH_BYTES per batch (two batches are in
+    // memory at once: one mapping, one writing) instead of batch size × document size. Sized from the previous
+    // batch's average document; the first batch is the configured size.
+    let mut byte_cap = usize::MAX;
     // Mapping runs on its own threads, one batch ahead of the database: while batch k is written (and batch k+1
     // fetched or claimed), batch k+1 is parsed and mapped. The write of each batch is unchanged (same steps, same
     // crash points, fenced completion inside its transaction, events after its commit); only the fetch of the next
@@ -319,7 +430,8 @@ pub fn run(
                 let want = match cfg.limit {
                     Some(l) => cfg.batch_size.min((l - done - queued) as usize).max(1),
                     None => cfg.batch_size,
-                };
+                }
+                .min(byte_cap);
                 match cfg.mode {
                     Mode::Queue => with_retry(store, &cfg.retry, retry_log, |s| {
                         s.claim(&sel, ctx.session_id, now_ms(), lease_ms, want)
@@ -362,6 +474,8 @@ pub fn run(
                 None
             } else {
                 idle_wait_ms = 50;
+                let avg = docs.iter().map(|d| d.xml.len()).sum::<usize>() / docs.len();
+                byte_cap = (RUN_BATCH_BYTES / avg.max(1)).max(1);
                 if let Some(last) = docs.last() {
                     cursor = last.app_id.saturating_add(1);
                 }
@@ -381,9 +495,13 @@ pub fn run(
                     }
                 }
                 let workers = cfg.workers;
+                let limits = cfg.limits;
+                let cancel = ctx.shutdown;
                 Some(InFlight {
                     ids,
-                    handle: scope.spawn(move || map_batch(contract, docs, workers)),
+                    handle: scope.spawn(move || {
+                        map_batch_within(contract, docs, workers, &limits, Some(cancel))
+                    }),
                 })
             };
             let Some(prev) = std::mem::replace(&mut inflight, next) else {
@@ -393,6 +511,32 @@ pub fn run(
                 .handle
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            if is_cancelled(&work) {
+                // SIGTERM/SIGINT arrived while this batch was being mapped: nothing of it was written, and none of it
+                // is logged; the next run (or another instance) does it. Queue claims are released at once (the
+                // lease set to end now) rather than held until they expire.
+                tracing::info!(
+                    apps = work.len(),
+                    "stop requested: batch abandoned before writing"
+                );
+                if cfg.mode == Mode::Queue {
+                    if let Some(hb) = &heartbeat {
+                        hb.set(inflight.as_ref().map_or_else(Vec::new, |f| f.ids.clone()));
+                    }
+                    let ids: Vec<i64> = work.iter().map(|w| w.app_id).collect();
+                    if let Err(e) = store.renew(ctx.session_id, &ids, now_ms()) {
+                        tracing::warn!(error = %e, "could not release abandoned claims; they expire with their lease");
+                    }
+                }
+                let mut e = ctx.event(
+                    EventKind::Abandoned,
+                    iid,
+                    work.iter().map(|w| w.app_id).collect(),
+                );
+                e.reason = Some("stop requested while mapping".into());
+                ctx.events.emit(&e);
+                continue;
+            }
             // Set while a COMMIT of this batch has an outcome we could not read back yet (the reconnect or the read
             // failed too): the next attempt asks the log before writing, so a commit that did land is reported as
             // ours instead of being rewritten and mistaken for another instance's collision.

@@ -28,6 +28,9 @@ pub enum EventKind {
     LeaseLost,
     /// A crash point fired (`point`, `nth`); the process dies right after writing this line.
     CrashPoint,
+    /// SIGTERM/SIGINT arrived while `app_ids` were being mapped: nothing of them was written or logged (queue
+    /// claims released); a later run does them.
+    Abandoned,
     /// The run ended: counts in `detail`, `reason` is `done` or `drained`.
     Finished,
 }
@@ -42,6 +45,7 @@ impl EventKind {
             EventKind::Failed => "failed",
             EventKind::LeaseLost => "lease_lost",
             EventKind::CrashPoint => "crash_point",
+            EventKind::Abandoned => "abandoned",
             EventKind::Finished => "finished",
         }
     }

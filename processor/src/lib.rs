@@ -7,6 +7,7 @@ pub mod budget;
 pub mod cli;
 pub mod contract;
 pub mod crash;
+pub mod decode;
 pub mod engine;
 pub mod events;
 pub mod expr;

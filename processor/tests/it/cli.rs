@@ -71,6 +71,32 @@ fn an_unknown_crash_point_is_a_start_up_error() {
     assert!(err.contains("unknown crash point 'after_data'"), "{err}");
 }
 
+/// The shipped binary has no crash points (only `harness processor …` installs the hook that fires them): a valid
+/// crash point is refused loudly, before any database is touched, instead of killing the user's run.
+#[test]
+fn the_shipped_binary_refuses_crash_points() {
+    for spec in ["after-data", "after-commit:2", "after-claim:1:pause"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("x.db");
+        let db = format!("sqlite:{}", db.display());
+        let out = processor()
+            .args(["run", "--db", &db])
+            .env("PROCESSOR_CRASH_AT", spec)
+            .output()
+            .expect("spawn");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{spec}: {:?} {err}", out.status);
+        assert!(
+            err.contains("crash points are only available in the harness's processor"),
+            "{spec}: {err}"
+        );
+        assert!(
+            !dir.path().join("x.db").exists(),
+            "{spec}: touched the database"
+        );
+    }
+}
+
 #[test]
 fn passwords_are_never_printed() {
     let (code, err) = run(

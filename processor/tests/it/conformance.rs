@@ -1,8 +1,11 @@
-//! One store conformance suite, run against SQLite always and a private PostgreSQL cluster (skipped with a printed
-//! reason only when the server binaries are absent and SHREDPROOF_REQUIRE_PG is unset).
+//! One store conformance suite, run against SQLite always, a private PostgreSQL cluster (skipped with a printed
+//! reason only when the server binaries are absent and SHREDPROOF_REQUIRE_PG is unset) and the SQL Server at
+//! `SHREDPROOF_MSSQL_URL` (real SQL Server or Babelfish; skipped with a printed reason when unset, unless
+//! SHREDPROOF_REQUIRE_MSSQL=1), each test on its own fresh database.
 
 use processor::contract::Contract;
 use processor::mapping::map_document;
+use processor::store::mssql::config::MssqlConfig;
 use processor::store::write::{write_atomic, write_split, AppWork, NoHooks, WriteCtx};
 use processor::store::{self, DbUrl, Selection, Store};
 
@@ -52,6 +55,64 @@ fn each_backend(name: &str, test: impl Fn(&mut dyn FnMut() -> Box<dyn Store>)) {
         let url =
             DbUrl::parse(&cluster.create_database("conformance").expect("create db")).expect("url");
         test(&mut || store::open(&url, contract()).expect("open postgres"));
+    }
+    if let Some(server) = mssql_or_skip(name) {
+        let db = MssqlScratch::create(&server);
+        let url = DbUrl::Mssql(server.with_database(&db.name));
+        test(&mut || store::open(&url, contract()).expect("open mssql"));
+    }
+}
+
+const MSSQL_ENV: &str = "SHREDPROOF_MSSQL_URL";
+
+/// The SQL Server named by `SHREDPROOF_MSSQL_URL`, or None after saying why; with SHREDPROOF_REQUIRE_MSSQL=1 a
+/// missing server fails the test instead (CI starts Babelfish and sets both).
+fn mssql_or_skip(test: &str) -> Option<MssqlConfig> {
+    match std::env::var(MSSQL_ENV) {
+        Ok(url) if !url.trim().is_empty() => match DbUrl::parse(&url) {
+            Ok(DbUrl::Mssql(cfg)) => Some(cfg),
+            Ok(_) => panic!("{MSSQL_ENV} is not a SQL Server connection"),
+            Err(e) => panic!("{MSSQL_ENV} is not a valid SQL Server connection: {e}"),
+        },
+        _ if std::env::var("SHREDPROOF_REQUIRE_MSSQL").is_ok_and(|v| v == "1") => {
+            panic!("{test}: SHREDPROOF_REQUIRE_MSSQL=1 but {MSSQL_ENV} is not set")
+        }
+        _ => {
+            eprintln!(
+                "skipped {test} on mssql: {MSSQL_ENV} is not set (no SQL Server or Babelfish to run against; \
+                 .ci/run starts Babelfish from ../shared/tools/babelfish when that folder exists)"
+            );
+            None
+        }
+    }
+}
+
+/// A `shredproof_conf_…` database on the SQL Server, dropped when the test ends (also on panic).
+struct MssqlScratch {
+    server: MssqlConfig,
+    name: String,
+}
+
+impl MssqlScratch {
+    fn create(server: &MssqlConfig) -> Self {
+        let name = format!(
+            "shredproof_conf_{}_{}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        processor::store::mssql::create_database(server, &name).expect("create mssql database");
+        MssqlScratch {
+            server: server.clone(),
+            name,
+        }
+    }
+}
+
+impl Drop for MssqlScratch {
+    fn drop(&mut self) {
+        if let Err(e) = processor::store::mssql::drop_database(&self.server, &self.name) {
+            eprintln!("could not drop {}: {e}", self.name);
+        }
     }
 }
 

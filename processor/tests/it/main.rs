@@ -4,6 +4,7 @@
 mod cli;
 mod conformance;
 mod e2e;
+mod strict;
 
 use std::time::{Duration, Instant};
 

@@ -72,6 +72,11 @@ pub fn classify(op: &'static str, e: &tiberius::error::Error) -> StoreError {
     StoreError::new(kind_of(e), op, message)
 }
 
+/// A unique or primary key violation (2627, 2601).
+pub fn is_duplicate(e: &tiberius::error::Error) -> bool {
+    matches!(e, tiberius::error::Error::Server(t) if matches!(t.code(), 2627 | 2601))
+}
+
 /// `map_err` helper: `.map_err(err("insert rows"))`.
 pub fn err(op: &'static str) -> impl Fn(tiberius::error::Error) -> StoreError {
     move |e| classify(op, &e)

@@ -26,11 +26,15 @@ use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 type Conn = Client<Compat<TcpStream>>;
 type TResult<T> = Result<T, tiberius::error::Error>;
 
+/// How often a shared-entity insert is re-run after losing a race on the natural key.
+const SHARED_RETRIES: u32 = 5;
+
 /// At most this many bytes of XML per `load_source` request.
 const LOAD_CHUNK_BYTES: usize = 8 << 20;
 
 pub struct MssqlStore {
     cfg: MssqlConfig,
+    kind: ServerKind,
     rt: Runtime,
     client: Conn,
     contract: Contract,
@@ -52,7 +56,7 @@ fn lock_timeout_ms(cfg: &MssqlConfig) -> u128 {
 
 /// TCP (through the SQL Browser for a named instance), TLS and login within the connect timeout, then the
 /// session settings. Follows one server redirect (Azure gateway).
-async fn connect(cfg: &MssqlConfig) -> StoreResult<Conn> {
+async fn connect(cfg: &MssqlConfig) -> StoreResult<(Conn, ServerKind)> {
     match tokio::time::timeout(cfg.connect_timeout, connect_inner(cfg)).await {
         Ok(r) => r,
         Err(_) => Err(StoreError::new(
@@ -67,7 +71,7 @@ async fn connect(cfg: &MssqlConfig) -> StoreResult<Conn> {
     }
 }
 
-async fn connect_inner(cfg: &MssqlConfig) -> StoreResult<Conn> {
+async fn connect_inner(cfg: &MssqlConfig) -> StoreResult<(Conn, ServerKind)> {
     let mut cfg = cfg.clone();
     let mut redirects = 0;
     loop {
@@ -85,7 +89,10 @@ async fn connect_inner(cfg: &MssqlConfig) -> StoreResult<Conn> {
                 batch(&mut client, &setup)
                     .await
                     .map_err(err("session setup"))?;
-                return Ok(client);
+                let kind = server_kind(&mut client)
+                    .await
+                    .map_err(err("session setup"))?;
+                return Ok((client, kind));
             }
             Err(tiberius::error::Error::Routing { host, port }) if redirects < 2 => {
                 redirects += 1;
@@ -94,6 +101,42 @@ async fn connect_inner(cfg: &MssqlConfig) -> StoreResult<Conn> {
             Err(e) => return Err(classify("connect", &e)),
         }
     }
+}
+
+/// Which engine answers the TDS login. The T-SQL is one text for both; the kind is detected once per connection
+/// for what differs in behaviour, not in syntax (Babelfish ignores locking hints: docs/sqlserver.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    SqlServer,
+    /// Babelfish for PostgreSQL (`SERVERPROPERTY('Babelfish') = 1`).
+    Babelfish,
+}
+
+impl ServerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerKind::SqlServer => "SQL Server",
+            ServerKind::Babelfish => "Babelfish",
+        }
+    }
+}
+
+/// `SERVERPROPERTY('Babelfish')` is 1 on Babelfish and NULL on SQL Server (an unknown property name).
+async fn server_kind(c: &mut Conn) -> TResult<ServerKind> {
+    let rows = c
+        .simple_query(sql::SERVER_KIND)
+        .await?
+        .into_first_result()
+        .await?;
+    let babelfish = rows
+        .first()
+        .and_then(|r| r.try_get::<i32, _>(0).ok().flatten())
+        == Some(1);
+    Ok(if babelfish {
+        ServerKind::Babelfish
+    } else {
+        ServerKind::SqlServer
+    })
 }
 
 /// A plain SQL batch (not `sp_executesql`): session `SET`s and transaction statements must run at the session's
@@ -142,6 +185,17 @@ fn bind_sel(q: &mut Query<'_>, sel: &Selection) {
     q.bind(sel.partition.map(|p| i64::from(p.1)));
 }
 
+/// Binds a text value whose SQL expression is `CAST(@Pn AS NVARCHAR(MAX))` (`sql::param_expr`). NULL goes as a
+/// typed integer NULL (INTN, length 0): tiberius 0.13 sends `Option<&str>::None` (and every other NULL string or
+/// binary form) with the TDS NULLTYPE 0x1F, which SQL Server accepts and Babelfish refuses ("Data type 0x1F is
+/// unknown", 8009). The cast makes both servers see an NVARCHAR NULL.
+fn bind_text<'a>(q: &mut Query<'a>, v: Option<&'a str>) {
+    match v {
+        Some(s) => q.bind(s),
+        None => q.bind(Option::<i64>::None),
+    }
+}
+
 fn limit_i64(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
@@ -169,15 +223,21 @@ fn load_chunks(docs: &[(i64, &str)]) -> Vec<std::ops::Range<usize>> {
 impl MssqlStore {
     pub fn open(cfg: &MssqlConfig, contract: Contract) -> StoreResult<Self> {
         let rt = runtime()?;
-        let client = rt.block_on(connect(cfg))?;
+        let (client, kind) = rt.block_on(connect(cfg))?;
         let names = Names::new(&contract);
         Ok(MssqlStore {
             cfg: cfg.clone(),
+            kind,
             rt,
             client,
             contract,
             names,
         })
+    }
+
+    /// The engine behind the connection, detected at login.
+    pub fn server_kind(&self) -> ServerKind {
+        self.kind
     }
 
     /// Row count of contract table `table` (tests and diagnostics).
@@ -206,7 +266,7 @@ impl MssqlStore {
 fn admin(cfg: &MssqlConfig, op: &'static str, sql: &str) -> StoreResult<()> {
     let rt = runtime()?;
     rt.block_on(async {
-        let mut c = connect(cfg).await?;
+        let (mut c, _) = connect(cfg).await?;
         batch(&mut c, sql).await.map_err(err(op))?;
         let _ = c.close().await;
         Ok(())
@@ -437,18 +497,28 @@ impl Store for MssqlStore {
         };
         let carriers: Vec<Carrier> = t.columns.iter().map(|c| sql::carrier(c.ty)).collect();
         for r in chunk_rows(t.columns.len(), rows.len()) {
-            let mut q = Query::new(sql::insert_rows(t, &self.names, r.len()));
-            for row in &rows[r] {
-                for (v, c) in row.iter().zip(&carriers) {
-                    match c {
-                        Carrier::Int => q.bind(v.as_i64()),
-                        Carrier::Text => q.bind(v.as_text()),
+            let mut retries = 0;
+            loop {
+                let mut q = Query::new(sql::insert_rows(t, &self.names, r.len()));
+                for row in &rows[r.clone()] {
+                    for (v, c) in row.iter().zip(&carriers) {
+                        match c {
+                            Carrier::Int => q.bind(v.as_i64()),
+                            Carrier::Text => bind_text(&mut q, v.as_text()),
+                        }
                     }
                 }
+                match self.rt.block_on(exec(&mut self.client, q)) {
+                    Ok(_) => break,
+                    // A shared entity another writer inserted after our NOT EXISTS looked: possible where the
+                    // `UPDLOCK, HOLDLOCK` hints are ignored (Babelfish). Only the statement failed (XACT_ABORT
+                    // is OFF); run it again and NOT EXISTS now sees the committed row.
+                    Err(e) if t.shared && retries < SHARED_RETRIES && error::is_duplicate(&e) => {
+                        retries += 1;
+                    }
+                    Err(e) => return Err(classify("insert rows", &e)),
+                }
             }
-            self.rt
-                .block_on(exec(&mut self.client, q))
-                .map_err(err("insert rows"))?;
         }
         Ok(())
     }
@@ -459,7 +529,7 @@ impl Store for MssqlStore {
             for l in &rows[r] {
                 q.bind(l.app_id);
                 q.bind(l.status.as_str());
-                q.bind(l.reason.as_deref());
+                bind_text(&mut q, l.reason.as_deref());
                 q.bind(l.attempts);
                 q.bind(l.instance_id);
                 q.bind(l.session_id.as_str());
@@ -570,7 +640,7 @@ impl Store for MssqlStore {
 
     fn reconnect(&mut self) -> StoreResult<()> {
         // The old connection is dropped (and its open transaction rolled back by the server) on success.
-        self.client = self.rt.block_on(connect(&self.cfg))?;
+        (self.client, self.kind) = self.rt.block_on(connect(&self.cfg))?;
         Ok(())
     }
 }

@@ -34,6 +34,9 @@ pub const SESSION_SETUP: &str = "SET NOCOUNT OFF; SET XACT_ABORT OFF; SET ANSI_N
      SET ANSI_PADDING ON; SET ARITHABORT ON; SET CONCAT_NULL_YIELDS_NULL ON; SET QUOTED_IDENTIFIER ON; \
      SET TRANSACTION ISOLATION LEVEL READ COMMITTED; SET LOCK_TIMEOUT {lock_timeout_ms};";
 
+/// Sent after the session setup: 1 on Babelfish, NULL on SQL Server (see `ServerKind`).
+pub const SERVER_KIND: &str = "SELECT CAST(SERVERPROPERTY('Babelfish') AS INT);";
+
 /// Rolls back anything a failed earlier call left open (XACT_ABORT is OFF), so COMMIT never just decrements a
 /// nested `@@TRANCOUNT`. Re-asserts `XACT_ABORT OFF` in case a batch's scoped setting ever leaked.
 pub const BEGIN: &str =
@@ -130,15 +133,15 @@ pub fn create_all(c: &Contract, n: &Names) -> Vec<String> {
              fence BIGINT NULL,
              processed_at DATETIME2(3) NOT NULL",
         ),
-        // IGNORE_DUP_KEY: the claim inserts placeholder rows for new candidates; when two claimers race on the
-        // same app_id the loser's duplicate is dropped with a warning instead of failing its whole claim.
+        // No IGNORE_DUP_KEY (Babelfish refuses it, or ignores it behind an escape hatch): the claim's placeholder
+        // insert catches a racing claimer's duplicate itself (see `claim`).
         create_if_missing(
             &n.claim,
             "app_id BIGINT NOT NULL,
              owner VARCHAR(64) NOT NULL,
              lease_expires_at BIGINT NOT NULL,
              fence BIGINT NOT NULL,
-             CONSTRAINT [pk_processing_claim] PRIMARY KEY CLUSTERED (app_id) WITH (IGNORE_DUP_KEY = ON)",
+             CONSTRAINT [pk_processing_claim] PRIMARY KEY CLUSTERED (app_id)",
         ),
     ];
     for t in &c.tables {
@@ -199,6 +202,15 @@ pub fn carrier(t: ColType) -> Carrier {
     }
 }
 
+/// A text-carried parameter as `NVARCHAR(MAX)`. A NULL text value travels as a typed *integer* NULL
+/// ([`bind_text`](super::bind_text)), because tiberius sends a NULL string with the TDS NULLTYPE (0x1F), which
+/// Babelfish refuses (error 8009). The explicit cast keeps the expression text-typed either way: without it, one
+/// bigint NULL in a multi-row `VALUES` list would make the whole column bigint (data type precedence) and every
+/// text value in it a conversion error; and `CONVERT(DATE, <bigint>, 23)` does not compile at all.
+fn text_param(p: usize) -> String {
+    format!("CAST(@P{p} AS NVARCHAR(MAX))")
+}
+
 /// The SQL expression for parameter `@P{p}` of a column of type `t`. Dates and datetimes use explicit ISO
 /// styles (23: `yyyy-mm-dd`, 120: `yyyy-mm-dd hh:mi:ss`) so no language or DATEFORMAT setting can reinterpret them.
 pub fn param_expr(t: ColType, p: usize) -> String {
@@ -206,11 +218,11 @@ pub fn param_expr(t: ColType, p: usize) -> String {
         ColType::SmallInt | ColType::Int | ColType::BigInt => format!("@P{p}"),
         ColType::Bit => format!("CAST(@P{p} AS BIT)"),
         ColType::Decimal { precision, scale } => {
-            format!("CAST(@P{p} AS DECIMAL({precision},{scale}))")
+            format!("CAST({} AS DECIMAL({precision},{scale}))", text_param(p))
         }
-        ColType::Text { .. } => format!("@P{p}"),
-        ColType::Date => format!("CONVERT(DATE, @P{p}, 23)"),
-        ColType::DateTime => format!("CONVERT(DATETIME2(0), @P{p}, 120)"),
+        ColType::Text { .. } => text_param(p),
+        ColType::Date => format!("CONVERT(DATE, {}, 23)", text_param(p)),
+        ColType::DateTime => format!("CONVERT(DATETIME2(0), {}, 120)", text_param(p)),
     }
 }
 
@@ -271,10 +283,10 @@ pub fn insert_logs(n: &Names, nrows: usize) -> String {
     let values = values_rows(nrows, |r| {
         let b = r * LOG_COLS;
         format!(
-            "@P{}, @P{}, LEFT(@P{}, 500), @P{}, @P{}, @P{}, @P{}, SYSUTCDATETIME()",
+            "@P{}, @P{}, LEFT({}, 500), @P{}, @P{}, @P{}, @P{}, SYSUTCDATETIME()",
             b + 1,
             b + 2,
-            b + 3,
+            text_param(b + 3),
             b + 4,
             b + 5,
             b + 6,
@@ -348,34 +360,57 @@ pub fn pending_at(n: &Names) -> String {
     )
 }
 
-/// Claims a batch in one all-or-nothing request. `@P1` now, `@P2` limit, `@P3`..`@P6` selection, `@P7` owner,
-/// `@P8` lease expiry.
+/// Claims a batch in one request. `@P1` now, `@P2` limit, `@P3`..`@P6` selection, `@P7` owner, `@P8` lease
+/// expiry.
 ///
-/// 1. Candidates that never had a claim row get an expired placeholder (`owner ''`, lease 0, fence 0). The
-///    existence probes read uncommitted data so they never wait; a racing duplicate is dropped by the primary
-///    key's `IGNORE_DUP_KEY`.
-/// 2. `UPDATE TOP (n) … WITH (ROWLOCK, READPAST, UPDLOCK)` takes unlogged rows whose lease expired (placeholders
-///    included), skipping rows another session holds — concurrent claimers get disjoint batches without waiting —
-///    bumps the fence and records the winners with `OUTPUT inserted.app_id, inserted.fence`.
+/// 1. Candidates that never had a claim row get an expired placeholder (`owner ''`, lease 0, fence 0), in their
+///    own autocommitted statement before the claim transaction (a placeholder is nobody's claim, so committing it
+///    early changes nothing). The existence probes read uncommitted data so they never wait on SQL Server; when
+///    two claimers still race on an app_id the loser's statement fails with a duplicate key (2627/2601), which
+///    the `CATCH` swallows: the winner's rows exist, and this claimer's other new candidates get their
+///    placeholders on its next claim. (No `IGNORE_DUP_KEY`: Babelfish refuses or ignores it.)
+/// 2. In an all-or-nothing transaction (`XACT_ABORT ON`): `SELECT TOP (n) … WITH (ROWLOCK, READPAST, UPDLOCK)`
+///    picks unlogged rows whose lease expired (placeholders included) into `@pick`, skipping and locking rows
+///    so concurrent claimers get disjoint batches without waiting on SQL Server; then a plain `UPDATE … JOIN
+///    @pick` re-checks the lease and the log, bumps the fence and records the winners with `OUTPUT`. The claim
+///    does not rest on `UPDATE TOP` with a correlated `NOT EXISTS`, which Babelfish 4.2 evaluates wrongly (it
+///    updated 1 row of 10). On Babelfish the hints are ignored: a concurrent claimer picks the same rows, waits
+///    on the row locks of the `UPDATE`, and the re-check then drops the rows the first claimer took, so its
+///    batch may come back smaller or empty (the engine waits and claims again); it never double-claims.
 /// 3. The documents of the winners are returned in app_id order.
+///
+/// No `SET NOCOUNT ON` here: SQL Server undoes a `SET` when the `sp_executesql` scope ends, Babelfish keeps it
+/// for the session, and every later row count (`renew`, the write path) would read 0. `XACT_ABORT` is turned
+/// off again at the end, and `BEGIN` re-asserts it in case an error ended the batch early.
 pub fn claim(n: &Names) -> String {
     format!(
-        "SET NOCOUNT ON;
-         SET XACT_ABORT ON;
+        "DECLARE @pick TABLE (app_id BIGINT PRIMARY KEY);
          DECLARE @won TABLE (app_id BIGINT PRIMARY KEY, fence BIGINT NOT NULL);
+         BEGIN TRY
+           INSERT INTO {claim} (app_id, owner, lease_expires_at, fence)
+           SELECT TOP (@P2) s.app_id, '', 0, 0 FROM {src} AS s
+           WHERE {sel_s}
+             AND NOT EXISTS (SELECT 1 FROM {claim} AS c WITH (READUNCOMMITTED) WHERE c.app_id = s.app_id)
+             AND NOT EXISTS (SELECT 1 FROM {log} AS l WITH (READUNCOMMITTED) WHERE l.app_id = s.app_id)
+           ORDER BY s.app_id;
+         END TRY
+         BEGIN CATCH
+           IF ERROR_NUMBER() NOT IN (2601, 2627) THROW;
+         END CATCH;
+         SET XACT_ABORT ON;
          BEGIN TRANSACTION;
-         INSERT INTO {claim} (app_id, owner, lease_expires_at, fence)
-         SELECT TOP (@P2) s.app_id, '', 0, 0 FROM {src} AS s
-         WHERE {sel_s}
-           AND NOT EXISTS (SELECT 1 FROM {claim} AS c WITH (READUNCOMMITTED) WHERE c.app_id = s.app_id)
-           AND NOT EXISTS (SELECT 1 FROM {log} AS l WITH (READUNCOMMITTED) WHERE l.app_id = s.app_id)
-         ORDER BY s.app_id;
-         UPDATE TOP (@P2) c SET c.owner = @P7, c.lease_expires_at = @P8, c.fence = c.fence + 1
-         OUTPUT inserted.app_id, inserted.fence INTO @won (app_id, fence)
-         FROM {claim} AS c WITH (ROWLOCK, READPAST, UPDLOCK)
+         INSERT INTO @pick (app_id)
+         SELECT TOP (@P2) c.app_id FROM {claim} AS c WITH (ROWLOCK, READPAST, UPDLOCK)
          WHERE c.lease_expires_at <= @P1 AND {sel_c}
-           AND NOT EXISTS (SELECT 1 FROM {log} AS l WITH (READPAST) WHERE l.app_id = c.app_id);
+           AND NOT EXISTS (SELECT 1 FROM {log} AS l WITH (READPAST) WHERE l.app_id = c.app_id)
+         ORDER BY c.app_id;
+         UPDATE c SET c.owner = @P7, c.lease_expires_at = @P8, c.fence = c.fence + 1
+         OUTPUT inserted.app_id, inserted.fence INTO @won (app_id, fence)
+         FROM {claim} AS c WITH (ROWLOCK) JOIN @pick AS p ON p.app_id = c.app_id
+         WHERE c.lease_expires_at <= @P1
+           AND NOT EXISTS (SELECT 1 FROM {log} AS l WHERE l.app_id = c.app_id);
          COMMIT TRANSACTION;
+         SET XACT_ABORT OFF;
          SELECT w.app_id, w.fence, CAST(s.{col} AS NVARCHAR(MAX))
          FROM @won AS w JOIN {src} AS s ON s.app_id = w.app_id ORDER BY w.app_id;",
         claim = n.claim,
@@ -486,10 +521,20 @@ pub fn create_database(name: &Ident) -> String {
     )
 }
 
+/// Ends the database's other sessions with `KILL` (their open transactions roll back), then drops it. Not
+/// `ALTER DATABASE … SET SINGLE_USER WITH ROLLBACK IMMEDIATE`: Babelfish refuses `ALTER DATABASE` when it parses
+/// the batch, even inside an `IF` branch that would not run. A session that logs in between the `KILL` and the
+/// `DROP` makes the drop fail (3702, database in use) with a clear error; the harness and tests drop only
+/// databases whose processors have exited.
 pub fn drop_database(name: &Ident) -> String {
     format!(
-        "IF DB_ID(N'{n}') IS NOT NULL BEGIN ALTER DATABASE {b} SET SINGLE_USER WITH ROLLBACK IMMEDIATE; \
-         DROP DATABASE {b}; END;",
+        "IF DB_ID(N'{n}') IS NOT NULL BEGIN \
+           DECLARE @kill NVARCHAR(MAX) = N''; \
+           SELECT @kill = @kill + N'KILL ' + CAST(session_id AS NVARCHAR(10)) + N'; ' \
+           FROM sys.dm_exec_sessions WHERE database_id = DB_ID(N'{n}') AND session_id <> @@SPID; \
+           IF @kill <> N'' EXEC(@kill); \
+           DROP DATABASE {b}; \
+         END;",
         n = name.as_str(),
         b = name.bracket()
     )
@@ -547,7 +592,11 @@ mod tests {
         assert!(all.contains("status VARCHAR(10) NOT NULL CHECK (status IN ('success','failed'))"));
         assert!(all.contains("session_id VARCHAR(64) NOT NULL"));
         assert!(all.contains("fence BIGINT NULL"));
-        assert!(all.contains("PRIMARY KEY CLUSTERED (app_id) WITH (IGNORE_DUP_KEY = ON)"));
+        assert!(all.contains("PRIMARY KEY CLUSTERED (app_id)"));
+        assert!(
+            !all.contains("IGNORE_DUP_KEY"),
+            "Babelfish refuses it: {all}"
+        );
         assert!(all.contains(&format!(
             "{} NVARCHAR(MAX) NOT NULL",
             c.source_column.bracket()
@@ -598,13 +647,20 @@ mod tests {
                 },
                 4
             ),
-            "CAST(@P4 AS DECIMAL(12,2))"
+            "CAST(CAST(@P4 AS NVARCHAR(MAX)) AS DECIMAL(12,2))"
         );
         assert_eq!(param_expr(ColType::Bit, 1), "CAST(@P1 AS BIT)");
-        assert_eq!(param_expr(ColType::Date, 2), "CONVERT(DATE, @P2, 23)");
+        assert_eq!(
+            param_expr(ColType::Date, 2),
+            "CONVERT(DATE, CAST(@P2 AS NVARCHAR(MAX)), 23)"
+        );
         assert_eq!(
             param_expr(ColType::DateTime, 3),
-            "CONVERT(DATETIME2(0), @P3, 120)"
+            "CONVERT(DATETIME2(0), CAST(@P3 AS NVARCHAR(MAX)), 120)"
+        );
+        assert_eq!(
+            param_expr(ColType::Text { max_chars: None }, 5),
+            "CAST(@P5 AS NVARCHAR(MAX))"
         );
         assert_eq!(param_expr(ColType::BigInt, 9), "@P9");
     }
@@ -632,7 +688,10 @@ mod tests {
         }
 
         let q = insert_logs(&n, 2);
-        assert!(q.contains("@P8, @P9, LEFT(@P10, 500)"), "{q}");
+        assert!(
+            q.contains("@P8, @P9, LEFT(CAST(@P10 AS NVARCHAR(MAX)), 500)"),
+            "{q}"
+        );
         assert!(q.contains("@P14, SYSUTCDATETIME()"), "{q}");
         let q = insert_source(&n, 2);
         assert!(q.contains("(@P1, @P2), (@P3, @P4)"), "{q}");
@@ -645,16 +704,21 @@ mod tests {
         let n = Names::new(&c);
         let q = claim(&n);
         assert!(q.contains("SET XACT_ABORT ON"));
-        assert!(q.contains("UPDATE TOP (@P2) c"));
+        // Babelfish 4.2 evaluates UPDATE TOP with a correlated NOT EXISTS wrongly: pick first, then update.
+        assert!(!q.contains("UPDATE TOP"), "{q}");
+        assert!(q.contains("SELECT TOP (@P2) c.app_id FROM"));
+        assert!(q.contains("JOIN @pick AS p ON p.app_id = c.app_id"));
         assert!(q.contains("WITH (ROWLOCK, READPAST, UPDLOCK)"));
         assert!(q.contains("OUTPUT inserted.app_id, inserted.fence INTO @won"));
         assert!(q.contains("c.fence = c.fence + 1"));
         assert!(q.contains("c.lease_expires_at <= @P1"));
         assert!(q.contains("c.owner = @P7, c.lease_expires_at = @P8"));
-        // Placeholder claim rows before the UPDATE, so first-time candidates can be claimed.
+        // Placeholder claim rows before the transaction, a racing duplicate swallowed (no IGNORE_DUP_KEY).
         let ins = q.find("INSERT INTO").expect("insert");
-        let upd = q.find("UPDATE TOP").expect("update");
-        assert!(ins < upd);
+        let begin = q.find("BEGIN TRANSACTION").expect("begin");
+        let upd = q.find("UPDATE c SET").expect("update");
+        assert!(ins < begin && begin < upd);
+        assert!(q.contains("IF ERROR_NUMBER() NOT IN (2601, 2627) THROW;"));
         assert!(q.contains("((c.app_id % @P5) + @P5) % @P5 = @P6"));
 
         let q = complete_claims(&n, 2);
@@ -691,6 +755,11 @@ mod tests {
             create_database(&name),
             "IF DB_ID(N'shredproof_test_1') IS NULL CREATE DATABASE [shredproof_test_1];"
         );
-        assert!(drop_database(&name).contains("DROP DATABASE [shredproof_test_1]"));
+        let drop = drop_database(&name);
+        assert!(drop.contains("DROP DATABASE [shredproof_test_1]"));
+        assert!(drop
+            .contains("FROM sys.dm_exec_sessions WHERE database_id = DB_ID(N'shredproof_test_1')"));
+        // Babelfish refuses ALTER DATABASE at parse time, even in a branch that would not run.
+        assert!(!drop.contains("ALTER DATABASE"), "{drop}");
     }
 }
