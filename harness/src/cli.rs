@@ -342,7 +342,7 @@ fn cmd_check(a: CheckArgs) -> u8 {
         match &report.content_by {
             check::ContentBy::Reference => {}
             check::ContentBy::Baseline(why) => {
-                println!("content judged against the baseline --baseline: {why}")
+                println!("content judged by comparison with --baseline: {why}")
             }
             check::ContentBy::NotChecked(why) => println!(
                 "content NOT checked: {why}; give --baseline DB (a no-fault run of the same documents) to judge it"

@@ -234,12 +234,30 @@ pub fn snapshot(reader: &mut dyn Reader, layout: &Layout) -> Result<Snapshot, Ch
     Ok(snap)
 }
 
+/// `col = 'stored' (baseline 'expected')` for every column where two rows differ.
+fn column_diff(columns: &[String], got: &Row, want: &Row) -> String {
+    let d: Vec<String> = columns
+        .iter()
+        .zip(got.iter().zip(want))
+        .filter(|(_, (g, w))| g != w)
+        .map(|(c, (g, w))| format!("{c} = {} (baseline {})", show(g), show(w)))
+        .collect();
+    d.join(", ")
+}
+
 fn row_text(columns: &[String], row: &Row) -> String {
-    let parts: Vec<String> = columns
+    // Non-NULL columns only, and a few of them: real tables have a hundred columns, a message names the row.
+    const SHOWN: usize = 8;
+    let set: Vec<String> = columns
         .iter()
         .zip(row)
-        .map(|(c, v)| format!("{c}={}", show(v)))
+        .filter_map(|(c, v)| v.as_ref().map(|v| format!("{c}='{v}'")))
         .collect();
+    let more = set.len().saturating_sub(SHOWN);
+    let mut parts: Vec<String> = set.into_iter().take(SHOWN).collect();
+    if more > 0 {
+        parts.push(format!("… {more} more"));
+    }
     format!("({})", parts.join(", "))
 }
 
@@ -504,9 +522,9 @@ fn compare_table(
                 Invariant::Content,
                 owner,
                 format!(
-                    "{who}: {} {t} rows differ from the baseline, e.g. stored {}, baseline has {}",
+                    "{who}: {} {t} rows differ from the baseline, e.g. {} in the row {}",
                     d.new.len().max(d.missing.len()),
-                    row_text(&rt.columns, got),
+                    column_diff(&rt.columns, got, want),
                     row_text(&bt.columns, want)
                 ),
             )),

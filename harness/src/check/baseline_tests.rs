@@ -110,7 +110,8 @@ fn a_changed_value_breaks_content() {
     only(&rep, Invariant::Content, app);
     let msg = &rep.violations[0].message;
     assert!(
-        msg.contains(&format!("risk_band='{other}'")) && msg.contains("differ from the baseline"),
+        msg.contains(&format!("risk_band = '{other}' (baseline "))
+            && msg.contains("differ from the baseline"),
         "{msg}"
     );
 }
