@@ -29,7 +29,7 @@ impl Backend {
 pub enum DbError {
     #[error("cannot start PostgreSQL: {0}")]
     Postgres(#[from] fixtures::pg::PgError),
-    #[error("no SQL Server available: set SHREDPROOF_MSSQL_URL (e.g. mssql://sa:Passw0rd!@127.0.0.1:1433/master?trust_server_certificate=true), pass --db-url, or build with --features testcontainers on a machine with a Docker engine")]
+    #[error("no SQL Server available: set SHREDPROOF_MSSQL_URL (e.g. mssql://sa:Passw0rd!@127.0.0.1:1433/master?trust_server_certificate=true), pass --db-url, install the prebuilt Babelfish into /opt/babelfish (bash ../shared/tools/babelfish/install.sh; the harness then starts a private one), or build with --features testcontainers on a machine with a Docker engine")]
     NoMssql,
     #[error("{0}")]
     Other(String),
@@ -83,7 +83,7 @@ pub fn launch(backend: Backend, db_url: Option<&str>) -> Result<Box<dyn Launcher
             });
             match url {
                 Some(u) => Ok(Box::new(crate::db_mssql::ExternalMssql::new(&u)?)),
-                None => crate::db_mssql::from_container(),
+                None => crate::db_mssql::without_url(),
             }
         }
     }

@@ -1,5 +1,6 @@
-//! SQL Server launchers: an existing server (`SHREDPROOF_MSSQL_URL` / `--db-url`), or, built with the
-//! `testcontainers` feature, a `mcr.microsoft.com/mssql/server` container started when a Docker engine answers.
+//! SQL Server launchers: an existing server (`SHREDPROOF_MSSQL_URL` / `--db-url`), a private Babelfish when the
+//! prebuilt install is in /opt/babelfish, or, built with the `testcontainers` feature, a
+//! `mcr.microsoft.com/mssql/server` container started when a Docker engine answers.
 //! Each run gets a fresh database created through the processor's own admin functions.
 //! Must not print or log a password: whatever is shown goes through `MssqlConfig::redacted`; the full URL goes
 //! only to the processor child processes (`--db`).
@@ -7,6 +8,7 @@
 use crate::db::{Backend, DbError, Launcher};
 use processor::store::mssql::{self, config::MssqlConfig};
 use processor::store::DbUrl;
+use std::time::{Duration, Instant};
 
 /// The environment variable naming an existing SQL Server (a `mssql://…` URL or an ADO.NET string whose login may
 /// create and drop databases).
@@ -87,8 +89,110 @@ impl Launcher for ExternalMssql {
     }
 }
 
-/// The launcher used when no URL is given: a container where this build can start one, otherwise an environment
-/// error (exit 3) that says what to provide.
+/// The launcher used when no URL is given: a private Babelfish when one is installed, else a container where
+/// this build can start one, otherwise an environment error (exit 3) that says what to provide.
+pub fn without_url() -> Result<Box<dyn Launcher>, DbError> {
+    if fixtures::babelfish::installed() {
+        return Ok(Box::new(BabelfishLauncher::start()?));
+    }
+    from_container()
+}
+
+/// Login must work within this long after the server (re)starts.
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// Between readiness probes (each probe is a real login).
+const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Logs in until it works or `timeout` passes: readiness by probing.
+fn wait_ready(cfg: &MssqlConfig, timeout: Duration) -> Result<(), DbError> {
+    let contract = processor::contract::Contract::from_json(fixtures::CONTRACT_JSON)
+        .map_err(|e| DbError::Other(format!("built-in contract: {e}")))?;
+    let mut probe = cfg.clone();
+    probe.connect_timeout = Duration::from_secs(5);
+    let deadline = Instant::now() + timeout;
+    loop {
+        match mssql::MssqlStore::open(&probe, contract.clone()) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(DbError::Other(format!(
+                    "SQL Server at {} did not accept a login within {} s: {e}",
+                    cfg.redacted(),
+                    timeout.as_secs()
+                )))
+            }
+            Err(_) => std::thread::sleep(PROBE_INTERVAL),
+        }
+    }
+}
+
+/// A private Babelfish for PostgreSQL 4.2 (a SQL Server TDS endpoint, not SQL Server) from the prebuilt install
+/// in /opt/babelfish: free loopback ports, a fresh sysadmin password, removed when dropped. It can be crashed and
+/// restarted on the same data and ports, so `restart-db` runs on the SQL Server backend too.
+pub struct BabelfishLauncher {
+    server: fixtures::babelfish::Babelfish,
+    inner: ExternalMssql,
+    /// The database of the current run: after a restart, readiness means *it* accepts logins again.
+    last_db: Option<String>,
+}
+
+impl BabelfishLauncher {
+    pub fn start() -> Result<Self, DbError> {
+        let server = fixtures::babelfish::Babelfish::start()
+            .map_err(|e| DbError::Other(format!("cannot start a private Babelfish: {e}")))?;
+        let inner = ExternalMssql::new(&server.url("master"))?;
+        wait_ready(&inner.server, READY_TIMEOUT)?;
+        Ok(BabelfishLauncher {
+            server,
+            inner,
+            last_db: None,
+        })
+    }
+}
+
+impl Launcher for BabelfishLauncher {
+    fn backend(&self) -> Backend {
+        Backend::Mssql
+    }
+    fn fresh_database(&mut self, name: &str) -> Result<String, DbError> {
+        let db = self.inner.create_fresh(name)?;
+        self.last_db = Some(db.clone());
+        Ok(self.inner.url_for(&db))
+    }
+    /// SIGKILL to the whole server (no shutdown, like a power cut), then a start on the same data and ports;
+    /// returns once the current run's database accepts logins again.
+    fn restart(&mut self) -> Result<(), DbError> {
+        let fail = |what: &str, e: fixtures::pg::PgError| {
+            DbError::Other(format!("cannot {what} the private Babelfish: {e}"))
+        };
+        self.server.kill9().map_err(|e| fail("kill", e))?;
+        self.server.restart().map_err(|e| fail("restart", e))?;
+        let cfg = match &self.last_db {
+            Some(db) => self.inner.server.with_database(db),
+            None => self.inner.server.clone(),
+        };
+        wait_ready(&cfg, READY_TIMEOUT)
+    }
+    fn can_restart(&self) -> bool {
+        true
+    }
+    fn describe(&self) -> String {
+        format!(
+            "Babelfish 4.2.0, not SQL Server (a private Babelfish for PostgreSQL, TDS on 127.0.0.1:{})",
+            self.server.tds_port()
+        )
+    }
+    fn keep(&mut self) -> String {
+        let dir = self.server.keep();
+        format!(
+            "Babelfish data directory {} (stopped; start it with {}/bin/pg_ctl -D {} start as the postgres user)",
+            dir.display(),
+            fixtures::babelfish::prefix().display(),
+            dir.display()
+        )
+    }
+}
+
+/// The container launcher, or the error saying what to provide.
 pub fn from_container() -> Result<Box<dyn Launcher>, DbError> {
     #[cfg(feature = "testcontainers")]
     {
@@ -190,8 +294,7 @@ impl std::fmt::Display for DockerEndpoint {
 mod container {
     use super::{DockerEndpoint, ExternalMssql};
     use crate::db::{Backend, DbError, Launcher};
-    use processor::store::mssql::{config::MssqlConfig, MssqlStore};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     use testcontainers_modules::mssql_server::MssqlServer;
     use testcontainers_modules::testcontainers::core::IntoContainerPort;
     use testcontainers_modules::testcontainers::runners::SyncRunner;
@@ -201,22 +304,6 @@ mod container {
     const IMAGE_TAG: &str = "2022-latest";
     /// First start may include pulling the image (~1.5 GB).
     const STARTUP_TIMEOUT_SECS: u64 = 600;
-    /// Login must work within this long after the container (re)starts.
-    const READY_TIMEOUT_SECS: u64 = 180;
-    /// Between readiness probes (each probe is a real login).
-    const PROBE_INTERVAL_MS: u64 = 500;
-
-    /// A SQL Server container owned by this harness run, removed when dropped. Its host port is fixed at start, so
-    /// a restart (the restart-db fault) keeps the URL the processors were given.
-    pub struct ContainerMssql {
-        container: Container<MssqlServer>,
-        inner: ExternalMssql,
-        port: u16,
-        /// The database of the current run: after a restart, readiness means *it* is recovered and online.
-        last_db: Option<String>,
-        password: String,
-    }
-
     /// Meets SQL Server's password policy (upper, lower, digit, symbol, 8+) and needs no quoting in ADO strings.
     fn fresh_password() -> String {
         let n: u64 = rand::random();
@@ -235,28 +322,6 @@ mod container {
             "{what}: {}",
             e.to_string().replace(password, "***")
         ))
-    }
-
-    /// Logs in until it works or `timeout` passes: readiness by probing.
-    fn wait_ready(cfg: &MssqlConfig, timeout: Duration) -> Result<(), DbError> {
-        let contract = processor::contract::Contract::from_json(fixtures::CONTRACT_JSON)
-            .map_err(|e| DbError::Other(format!("built-in contract: {e}")))?;
-        let mut probe = cfg.clone();
-        probe.connect_timeout = Duration::from_secs(5);
-        let deadline = Instant::now() + timeout;
-        loop {
-            match MssqlStore::open(&probe, contract.clone()) {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(DbError::Other(format!(
-                        "SQL Server at {} did not accept a login within {} s: {e}",
-                        cfg.redacted(),
-                        timeout.as_secs()
-                    )))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(PROBE_INTERVAL_MS)),
-            }
-        }
     }
 
     impl ContainerMssql {
@@ -286,7 +351,7 @@ mod container {
                 "Server=tcp:{host},{port};Database=master;User Id=sa;Password={password};TrustServerCertificate=true"
             );
             let server = super::server_config(&ado)?;
-            wait_ready(&server, Duration::from_secs(READY_TIMEOUT_SECS))?;
+            super::wait_ready(&server, super::READY_TIMEOUT)?;
             Ok(ContainerMssql {
                 container,
                 inner: ExternalMssql { server },
@@ -328,7 +393,7 @@ mod container {
                 Some(db) => self.inner.server.with_database(db),
                 None => self.inner.server.clone(),
             };
-            wait_ready(&cfg, Duration::from_secs(READY_TIMEOUT_SECS))
+            super::wait_ready(&cfg, super::READY_TIMEOUT)
         }
         fn can_restart(&self) -> bool {
             true

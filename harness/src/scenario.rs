@@ -828,16 +828,23 @@ impl Scenario {
                     });
                 }
             }
-            if fs.is_global()
-                && (self.backends.is_empty()
-                    || self
-                        .backends
-                        .iter()
-                        .any(|b| *b != crate::db::Backend::Postgres))
-            {
+            // cut-reply spots a PostgreSQL COMMIT in the bytes it forwards (TDS traffic is TLS-encrypted after
+            // login, so it cannot spot a SQL Server one); the other global faults need any database server.
+            let allowed = |b: &crate::db::Backend| match fs {
+                FaultSpec::CutReply { .. } => *b == crate::db::Backend::Postgres,
+                _ => *b != crate::db::Backend::Sqlite,
+            };
+            if fs.is_global() && (self.backends.is_empty() || !self.backends.iter().all(allowed)) {
+                let (server, list) = match fs {
+                    FaultSpec::CutReply { .. } => ("a PostgreSQL server", "[\"postgres\"]"),
+                    _ => (
+                        "a database server",
+                        "[\"postgres\"] or [\"postgres\", \"mssql\"]",
+                    ),
+                };
                 return Err(bad(format!(
-                    "{what}: {} needs a PostgreSQL server (the fault proxy speaks to it, restart-db restarts it); \
-                     declare backends = [\"postgres\"] so other backends skip this scenario",
+                    "{what}: {} needs {server} (the fault proxy speaks to it, restart-db restarts it); \
+                     declare backends = {list} so other backends skip this scenario",
                     fs.kind()
                 )));
             }

@@ -11,6 +11,9 @@ use std::process::Command;
 const ENV: &str = harness::db_mssql::ENV_URL;
 
 fn skip(test: &str) {
+    if std::env::var("SHREDPROOF_REQUIRE_MSSQL").is_ok_and(|v| v == "1") {
+        panic!("{test}: SHREDPROOF_REQUIRE_MSSQL=1 but no SQL Server could be had");
+    }
     println!(
         "skipped {test}: set {ENV} (or run with Docker and --features testcontainers) to run SQL Server tests"
     );
@@ -161,18 +164,22 @@ fn mssql_checker_reads_a_fresh_database() {
 /// Without a server the CLI must fail as an environment error (exit 3) that says what to provide: never a pass.
 #[test]
 fn mssql_backend_without_a_server_is_an_environment_error() {
-    if cfg!(feature = "testcontainers") || url_from_env().is_some() {
-        // A server (or Docker) may be there; the other tests cover this build.
+    if cfg!(feature = "testcontainers") {
+        // Docker may be there; the other tests cover this build.
         return;
     }
+    // No URL, and a Babelfish prefix with nothing installed in it (the real one may be in /opt/babelfish).
+    let empty = tempfile::tempdir().expect("temp dir");
     let out = Command::new(env!("CARGO_BIN_EXE_harness"))
         .args(["run", "--backend", "mssql"])
         .arg(scenario("crash-a-queue"))
         .env_remove(ENV)
+        .env("SHREDPROOF_BABELFISH_PREFIX", empty.path())
         .output()
         .expect("spawn harness");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains(ENV), "{stderr}");
+    assert!(stderr.contains("babelfish/install.sh"), "{stderr}");
     assert!(stderr.contains("--features testcontainers"), "{stderr}");
 }

@@ -1,7 +1,9 @@
-//! Every scenario file is a test: each runs through the real runner, on SQLite always and on a private PostgreSQL
-//! cluster when the server binaries exist (required in CI), and must meet its own expectation.
+//! Every scenario file is a test: each runs through the real runner, on SQLite always, on a private PostgreSQL
+//! cluster when the server binaries exist (required in CI), and on SQL Server (the server at SHREDPROOF_MSSQL_URL,
+//! or a private Babelfish from /opt/babelfish for scenarios that restart the server; required in CI with
+//! SHREDPROOF_REQUIRE_MSSQL=1), and must meet its own expectation.
 
-use harness::db::{Launcher, PgLauncher, SqliteDir};
+use harness::db::{Backend, Launcher, PgLauncher, SqliteDir};
 use harness::runner::{run_plan, ProcessorCmd, RunOptions, Verdict};
 use harness::scenario::Scenario;
 use std::path::{Path, PathBuf};
@@ -72,6 +74,49 @@ fn postgres(file: &str) {
     run_on(file, &mut l);
 }
 
+fn require_mssql() -> bool {
+    std::env::var("SHREDPROOF_REQUIRE_MSSQL").is_ok_and(|v| v == "1")
+}
+
+/// SQL Server: the server at SHREDPROOF_MSSQL_URL when set (one shared server, a fresh database per run), except
+/// for scenarios that restart the server, which get a private Babelfish of their own (a restart would disturb
+/// every other test on a shared server); without either, a printed skip (a failure under SHREDPROOF_REQUIRE_MSSQL).
+fn mssql(file: &str) {
+    let path = scenarios_dir().join(file);
+    let sc = Scenario::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    let plan = sc.plan(1, Some(path)).unwrap_or_else(|e| panic!("{e}"));
+    if let Some(reason) = harness::scenario::skip_reason(&plan, Backend::Mssql) {
+        eprintln!("skipped {file} on mssql: {reason}");
+        return;
+    }
+    let url = std::env::var(harness::db_mssql::ENV_URL)
+        .ok()
+        .filter(|u| !u.trim().is_empty());
+    let mut launcher: Box<dyn Launcher> = match url {
+        Some(u) if !plan.needs_restart() => Box::new(
+            harness::db_mssql::ExternalMssql::new(&u).unwrap_or_else(|e| panic!("{file}: {e}")),
+        ),
+        _ if fixtures::babelfish::installed() => Box::new(
+            harness::db_mssql::BabelfishLauncher::start()
+                .unwrap_or_else(|e| panic!("{file}: {e}")),
+        ),
+        _ if require_mssql() => panic!(
+            "{file}: SHREDPROOF_REQUIRE_MSSQL=1 but neither {} is set (for a restart: nor is Babelfish installed in \
+             /opt/babelfish)",
+            harness::db_mssql::ENV_URL
+        ),
+        _ => {
+            eprintln!(
+                "skipped {file} on mssql: {} is not set and no Babelfish is installed in /opt/babelfish \
+                 (bash ../shared/tools/babelfish/install.sh)",
+                harness::db_mssql::ENV_URL
+            );
+            return;
+        }
+    };
+    run_on(file, launcher.as_mut());
+}
+
 macro_rules! scenario_tests {
     ($($name:ident => $file:literal),* $(,)?) => {
         mod sqlite {
@@ -79,6 +124,9 @@ macro_rules! scenario_tests {
         }
         mod postgres {
             $( #[test] fn $name() { super::postgres($file) } )*
+        }
+        mod mssql {
+            $( #[test] fn $name() { super::mssql($file) } )*
         }
         const LISTED: &[&str] = &[$($file),*];
     };
