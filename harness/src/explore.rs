@@ -203,7 +203,7 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
             seed: None,
             malformed_fraction: 0.05,
             edge_cases: true,
-            stress_docs: None,
+            ..FixtureSpec::default()
         },
         run: RunSpec {
             instances,

@@ -155,16 +155,45 @@ pub fn run_plan(
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir)?;
+    let contract = match &plan.contract {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| {
+            RunnerError::Setup(format!("cannot read contract {}: {e}", p.display()))
+        })?,
+        None => fixtures::CONTRACT_JSON.to_owned(),
+    };
     let baseline = if plan.baseline {
         let bdir = dir.join("baseline");
         std::fs::create_dir_all(&bdir)?;
         let url = launcher.fresh_database(&format!("{}_baseline", plan.name))?;
-        Some(run_phase(plan, &url, &[], &bdir, opts, launcher)?)
+        Some(run_phase(
+            plan,
+            &url,
+            &[],
+            &bdir,
+            opts,
+            launcher,
+            &contract,
+            None,
+        )?)
     } else {
         None
     };
     let url = launcher.fresh_database(&plan.name)?;
-    let main = run_phase(plan, &url, &plan.faults, &dir, opts, launcher)?;
+    // Under a contract outside the reference mapping's format, content is judged against the baseline's rows.
+    let base_snap = baseline
+        .as_ref()
+        .and_then(|b| b.check.as_ref())
+        .and_then(|c| c.snapshot.as_ref());
+    let main = run_phase(
+        plan,
+        &url,
+        &plan.faults,
+        &dir,
+        opts,
+        launcher,
+        &contract,
+        base_snap,
+    )?;
     let (verdict, reason) = verdict(plan, baseline.as_ref(), &main);
     Ok(ScenarioOutcome {
         plan: plan.clone(),
@@ -266,6 +295,7 @@ struct Phase<'a> {
     stats: PhaseStats,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_phase(
     plan: &Plan,
     url: &str,
@@ -273,6 +303,8 @@ fn run_phase(
     dir: &Path,
     opts: &RunOptions,
     launcher: &mut dyn Launcher,
+    contract_json: &str,
+    baseline: Option<&check::baseline::Snapshot>,
 ) -> Result<PhaseOutcome, RunnerError> {
     load_fixtures(plan, url, dir, opts)?;
     // Connection faults need the proxy in the path; the baseline of such a plan goes through it too (as a control).
@@ -759,7 +791,8 @@ fn run_phase(
     ph.all_events.sort_by_key(|e| e.ts_us);
     write_events(&dir.join("events.jsonl"), &ph.all_events)?;
     let mut reader = open_reader_patiently(url, plan.needs_restart())?;
-    let report = check::check_database(reader.as_mut(), fixtures::CONTRACT_JSON, &ph.all_events)?;
+    let report =
+        check::check_database_with(reader.as_mut(), contract_json, &ph.all_events, baseline)?;
     violations.extend(report.violations.iter().cloned());
     Ok(PhaseOutcome {
         url_redacted: processor::store::url::redact_url(url),
@@ -846,6 +879,7 @@ impl Phase<'_> {
                 "--retry-give-up-secs",
                 &p.deadline_secs.to_string(),
             ])
+            .args(contract_args(p))
             .arg("--events")
             .arg(&events)
             .env_remove(processor::crash::CRASH_ENV)
@@ -950,20 +984,74 @@ fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Resul
         plan.fixture_seed.to_string(),
         plan.malformed_fraction.to_string(),
     );
-    run(
-        &[
-            "load",
-            "--generate",
-            &n,
-            "--seed",
-            &seed,
-            "--malformed-fraction",
-            &frac,
-            "--log-level",
-            "warn",
-        ],
-        "loading fixtures",
-    )?;
+    let contract = contract_args(plan);
+    let with_contract = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .map(|a| (*a).to_owned())
+            .chain(contract.iter().cloned())
+            .collect()
+    };
+    let as_strs = |v: &[String]| -> Vec<String> { v.to_vec() };
+    let run = |args: Vec<String>, what: &str| -> Result<(), RunnerError> {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&refs, what)
+    };
+    // Generated documents come first so their ids (1..=apps) are known before a folder is staged around them.
+    if plan.apps > 0 {
+        run(
+            as_strs(&with_contract(&[
+                "load",
+                "--generate",
+                &n,
+                "--seed",
+                &seed,
+                "--malformed-fraction",
+                &frac,
+                "--log-level",
+                "warn",
+            ])),
+            "loading fixtures",
+        )?;
+    }
+    let mut taken: std::collections::BTreeSet<i64> = (1..=plan.apps as i64).collect();
+    if plan.edge_cases {
+        taken.extend(fixtures::edge_cases().iter().map(|d| d.app_id));
+    }
+    if let Some((n, shape)) = &plan.real_generate {
+        let shape = fixtures::realshape::Shape::parse(shape)
+            .ok_or_else(|| RunnerError::Setup(format!("unknown document shape '{shape}'")))?;
+        let cfg = fixtures::realshape::RealConfig {
+            first_app_id: REAL_FIRST_APP_ID,
+            malformed_fraction: plan.malformed_fraction,
+            ..fixtures::realshape::RealConfig::new(shape, *n, plan.fixture_seed)
+        };
+        let gen = dir.join("generated");
+        std::fs::create_dir_all(&gen)?;
+        for d in fixtures::realshape::real_generate_iter(&cfg) {
+            std::fs::write(gen.join(format!("{}.xml", d.app_id)), d.xml)?;
+            taken.insert(d.app_id);
+        }
+        let e = gen.display().to_string();
+        run(
+            with_contract(&["load", "--dir", &e, "--log-level", "warn"]),
+            "loading fixture.generate documents",
+        )?;
+    }
+    if let Some(src) = &plan.docs_dir {
+        let staged = dir.join("documents");
+        let n = stage_dir(src, &staged, &taken, plan.docs_take)?;
+        if n == 0 {
+            return Err(RunnerError::Setup(format!(
+                "fixture.dir {} holds no *.xml documents",
+                src.display()
+            )));
+        }
+        let e = staged.display().to_string();
+        run(
+            with_contract(&["load", "--dir", &e, "--log-level", "warn"]),
+            "loading fixture.dir documents",
+        )?;
+    }
     if plan.edge_cases {
         let edge = dir.join("edge-cases");
         std::fs::create_dir_all(&edge)?;
@@ -972,7 +1060,7 @@ fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Resul
         }
         let e = edge.display().to_string();
         run(
-            &["load", "--dir", &e, "--log-level", "warn"],
+            with_contract(&["load", "--dir", &e, "--log-level", "warn"]),
             "loading edge cases",
         )?;
     }
@@ -984,9 +1072,183 @@ fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Resul
         }
         let e = stress.display().to_string();
         run(
-            &["load", "--db", url, "--dir", &e, "--log-level", "error"],
+            with_contract(&["load", "--dir", &e, "--log-level", "error"]),
             "loading stress documents",
         )?;
     }
     Ok(())
+}
+
+/// First app_id of `fixture.generate` documents: clear of generated project documents, edge cases and samples.
+const REAL_FIRST_APP_ID: i64 = 800_000_001;
+
+/// `--contract FILE` when the plan names one.
+fn contract_args(plan: &Plan) -> Vec<String> {
+    match &plan.contract {
+        Some(p) => vec!["--contract".into(), p.display().to_string()],
+        None => vec![],
+    }
+}
+
+/// Copies every `*.xml` of `src` (bytes unchanged) into `out` as `<app_id>.xml`, the names `processor load --dir`
+/// reads. The id is the document's `Request@ID` when it is an integer (the replaced system's application id), else
+/// the file name's last digits; a document without either, or whose id is already taken (by generated or edge-case
+/// documents, or an earlier file), gets the next free id from 990000001 on, so no document is left out. The
+/// assignment is written to `out/ids.tsv`. Returns the number of documents.
+pub fn stage_dir(
+    src: &Path,
+    out: &Path,
+    taken: &std::collections::BTreeSet<i64>,
+    take: Option<usize>,
+) -> Result<usize, RunnerError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(src)
+        .map_err(|e| RunnerError::Setup(format!("cannot read fixture.dir {}: {e}", src.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().and_then(|e| e.to_str()) == Some("xml"))
+        .collect();
+    files.sort();
+    files.truncate(take.unwrap_or(usize::MAX));
+    std::fs::create_dir_all(out)?;
+    let mut used = taken.clone();
+    let mut next = 990_000_001_i64;
+    let mut tsv = String::from("app_id\tfile\n");
+    for f in &files {
+        let bytes = std::fs::read(f)?;
+        let stem = f.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let id = request_id(&bytes)
+            .or_else(|| trailing_digits(stem))
+            .filter(|id| *id > 0 && !used.contains(id))
+            .unwrap_or_else(|| {
+                while used.contains(&next) {
+                    next += 1;
+                }
+                next
+            });
+        used.insert(id);
+        std::fs::write(out.join(format!("{id}.xml")), &bytes)?;
+        tsv.push_str(&format!("{id}\t{}\n", f.display()));
+    }
+    std::fs::write(out.join("ids.tsv"), tsv)?;
+    Ok(files.len())
+}
+
+fn trailing_digits(s: &str) -> Option<i64> {
+    let start = s.len() - s.bytes().rev().take_while(u8::is_ascii_digit).count();
+    s[start..].parse().ok()
+}
+
+/// The integer `ID` attribute of the first `<Request` start tag, read from raw bytes (a BOM, an XML declaration or
+/// a broken document elsewhere do not matter).
+fn request_id(bytes: &[u8]) -> Option<i64> {
+    let at = bytes.windows(8).position(|w| w == b"<Request")?;
+    let rest = &bytes[at + 8..];
+    if !rest.first().is_some_and(u8::is_ascii_whitespace) {
+        return None;
+    }
+    let tag = &rest[..rest.iter().position(|b| *b == b'>')?];
+    let mut i = 0;
+    while let Some(p) = tag[i..].windows(2).position(|w| w == b"ID") {
+        let pos = i + p;
+        i = pos + 2;
+        if !tag[pos - 1].is_ascii_whitespace() {
+            continue;
+        }
+        let after = tag[i..]
+            .iter()
+            .skip_while(|b| b.is_ascii_whitespace())
+            .copied()
+            .collect::<Vec<u8>>();
+        let Some(after) = after.strip_prefix(b"=") else {
+            continue;
+        };
+        let after: Vec<u8> = after
+            .iter()
+            .skip_while(|b| b.is_ascii_whitespace())
+            .copied()
+            .collect();
+        let q = *after.first()?;
+        if q != b'"' && q != b'\'' {
+            return None;
+        }
+        let end = after[1..].iter().position(|b| *b == q)?;
+        return std::str::from_utf8(&after[1..1 + end])
+            .ok()?
+            .trim()
+            .parse()
+            .ok();
+    }
+    None
+}
+
+#[cfg(test)]
+mod stage_tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_read_from_raw_bytes() {
+        assert_eq!(
+            request_id(b"\xef\xbb\xbf<Provenir><Request ID=\"127582\" x='1'>"),
+            Some(127582)
+        );
+        assert_eq!(
+            request_id(b"<Provenir><Request AppID=\"5\" ID = '77'>"),
+            Some(77)
+        );
+        assert_eq!(request_id(b"<Provenir><Request AppID=\"5\">"), None);
+        assert_eq!(request_id(b"<Provenir><RequestX ID=\"5\">"), None);
+        assert_eq!(request_id(b"<Provenir><Request ID=\"abc\">"), None);
+        assert_eq!(trailing_digits("sample--127582"), Some(127582));
+        assert_eq!(trailing_digits("sample-rl-recent"), None);
+    }
+
+    #[test]
+    fn every_file_is_staged_once_with_a_free_id() {
+        let src = tempfile::tempdir().expect("tmp");
+        let out = tempfile::tempdir().expect("tmp");
+        std::fs::write(
+            src.path().join("a-5.xml"),
+            "<Provenir><Request ID=\"7\"/></Provenir>",
+        )
+        .expect("w");
+        std::fs::write(
+            src.path().join("b-7.xml"),
+            "<Provenir><Request ID=\"7\"/></Provenir>",
+        )
+        .expect("w");
+        std::fs::write(src.path().join("c-3.xml"), b"\xff\xfe not xml").expect("w");
+        std::fs::write(src.path().join("d.xml"), "<x/>").expect("w");
+        std::fs::write(src.path().join("notes.txt"), "skip me").expect("w");
+        let taken = [3_i64].into_iter().collect();
+        let n = stage_dir(src.path(), out.path(), &taken, None).expect("staged");
+        assert_eq!(n, 4);
+        let mut names: Vec<String> = std::fs::read_dir(out.path())
+            .expect("read")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "7.xml",
+                "990000001.xml",
+                "990000002.xml",
+                "990000003.xml",
+                "ids.tsv"
+            ]
+        );
+        // Bytes are copied unchanged.
+        let ids = std::fs::read_to_string(out.path().join("ids.tsv")).expect("tsv");
+        let c_id = ids
+            .lines()
+            .find(|l| l.ends_with("c-3.xml"))
+            .and_then(|l| l.split('\t').next())
+            .expect("c");
+        assert_eq!(
+            std::fs::read(out.path().join(format!("{c_id}.xml"))).expect("r"),
+            b"\xff\xfe not xml"
+        );
+        let out2 = tempfile::tempdir().expect("tmp");
+        let n = stage_dir(src.path(), out2.path(), &taken, Some(2)).expect("staged");
+        assert_eq!(n, 2);
+    }
 }

@@ -70,6 +70,23 @@ pub struct FixtureSpec {
     /// Also load the hand-written edge-case documents.
     #[serde(default = "yes")]
     pub edge_cases: bool,
+    /// The mapping contract the processors run with and the checker judges by (default: the project's). A path
+    /// relative to the scenario file, or `seed:REST` for `REST` inside the replaced system's seed folder
+    /// (`SHREDPROOF_SEED`, else `shared/seed/original` beside the scenario's repository or its parent folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
+    /// Also load every `*.xml` of this folder (same path rules as `contract`), bytes unchanged. Each document's
+    /// application id is its `Request@ID` (or the file name's last digits); see `runner::stage_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// Only the first N documents of `dir`, in file-name order (keeps a scenario on a large folder small).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub take: Option<usize>,
+    /// Also load N documents shaped like the replaced system's samples for the contract's product line
+    /// (`fixtures::realshape`, 2 KB to 2 MB, drawn from the fixture seed; app_ids from 800000001). Needs a
+    /// `contract` the real-shaped generator has a shape for (the replaced system's `cc` or `rl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate: Option<usize>,
     /// Also load the stress documents (`fixtures::stress_docs`: huge, pathological, broken bytes), the
     /// many-contacts one with this many contacts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,6 +107,10 @@ impl Default for FixtureSpec {
             seed: None,
             malformed_fraction: default_malformed(),
             edge_cases: true,
+            contract: None,
+            dir: None,
+            take: None,
+            generate: None,
             stress_docs: None,
         }
     }
@@ -470,6 +491,19 @@ pub struct Plan {
     pub apps: u64,
     pub malformed_fraction: f64,
     pub edge_cases: bool,
+    /// `fixture.contract`, resolved (`None`: the project's contract).
+    pub contract: Option<PathBuf>,
+    /// `fixture.dir`, resolved.
+    pub docs_dir: Option<PathBuf>,
+    /// `fixture.take`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docs_take: Option<usize>,
+    /// `fixture.generate`: how many real-shaped documents, and of which shape (`cc`, `rl`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub real_generate: Option<(usize, String)>,
+    /// Why this plan cannot run here (its contract or document folder is absent): it is skipped, never passed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
     pub stress_docs: Option<u32>,
     pub instances: u32,
     pub mode: Mode,
@@ -551,11 +585,105 @@ impl Scenario {
             return Err(bad("run.lease_secs must be at least 1".into()));
         }
         let f = &self.fixture;
-        if f.apps == 0 || f.apps > 5_000_000 {
+        if f.apps > 5_000_000
+            || (f.apps == 0 && !f.edge_cases && f.dir.is_none() && f.generate.is_none())
+        {
             return Err(bad(format!(
-                "fixture.apps must be 1..=5000000 (got {})",
+                "fixture.apps must be 1..=5000000, or 0 when fixture.dir or fixture.edge_cases gives documents (got {})",
                 f.apps
             )));
+        }
+        let base = source
+            .as_deref()
+            .and_then(Path::parent)
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let mut unavailable = None;
+        let mut resolve = |key: &str,
+                           v: &Option<String>,
+                           want_dir: bool|
+         -> Result<Option<PathBuf>, ScenarioError> {
+            let Some(v) = v else { return Ok(None) };
+            match resolve_path(&base, v, want_dir) {
+                Ok(p) => Ok(Some(p)),
+                Err(Missing::Bad(why)) => Err(bad(format!("fixture.{key} = \"{v}\": {why}"))),
+                Err(Missing::Absent(why)) => {
+                    if std::env::var("SHREDPROOF_REQUIRE_SEED").is_ok_and(|x| x == "1")
+                        && v.starts_with(SEED_PREFIX)
+                    {
+                        return Err(bad(format!(
+                            "fixture.{key} = \"{v}\": {why}, and SHREDPROOF_REQUIRE_SEED=1"
+                        )));
+                    }
+                    unavailable.get_or_insert(format!("fixture.{key} = \"{v}\": {why}"));
+                    Ok(None)
+                }
+            }
+        };
+        match (f.take, &f.dir) {
+            (Some(0), _) => return Err(bad("fixture.take must be at least 1".into())),
+            (Some(_), None) => return Err(bad("fixture.take needs fixture.dir".into())),
+            _ => {}
+        }
+        // `cc` and `rl` name the replaced system's two contracts in its seed folder.
+        let named = f.contract.as_deref().map(|c| match c {
+            "cc" => format!("{SEED_PREFIX}contracts/mapping_contract.json"),
+            "rl" => format!("{SEED_PREFIX}contracts/mapping_contract_rl.json"),
+            other => other.to_owned(),
+        });
+        let contract = resolve("contract", &named, false)?;
+        let mut real_generate = None;
+        match (f.generate, &f.contract) {
+            (Some(0), _) => return Err(bad("fixture.generate must be at least 1".into())),
+            (Some(n), _) if n > 100_000 => {
+                return Err(bad(format!("fixture.generate must be at most 100000 (got {n})")))
+            }
+            (Some(_), None) => {
+                return Err(bad(
+                    "fixture.generate needs fixture.contract (\"cc\", \"rl\" or a file of either): the \
+                     project's own documents are fixture.apps"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        if let (Some(n), Some(c)) = (f.generate, &contract) {
+            let text = std::fs::read_to_string(c).map_err(|e| {
+                bad(format!(
+                    "fixture.contract: cannot read {}: {e}",
+                    c.display()
+                ))
+            })?;
+            let shape = real_shape(&text).ok_or_else(|| {
+                bad(format!(
+                    "fixture.generate: the real-shaped generator has no document shape for {} (it has the replaced \
+                     system's cc and rl)",
+                    c.display()
+                ))
+            })?;
+            real_generate = Some((n, shape.name().to_owned()));
+        }
+        let docs_dir = resolve("dir", &f.dir, true)?;
+        if let Some(c) = &contract {
+            let text = std::fs::read_to_string(c).map_err(|e| {
+                bad(format!(
+                    "fixture.contract: cannot read {}: {e}",
+                    c.display()
+                ))
+            })?;
+            // The processors must accept it (they are started with it); refused here, before anything starts.
+            processor::contract::Contract::from_json(&text).map_err(|e| {
+                bad(format!(
+                    "fixture.contract: the processor refuses {}: {e:#}",
+                    c.display()
+                ))
+            })?;
+            if !self.baseline && crate::check::content_needs_baseline(&text) {
+                return Err(bad(format!(
+                    "baseline = false, but under fixture.contract {} the content invariant is judged against the \
+                     no-fault baseline (the checker's reference mapping covers only the project's contract format)",
+                    c.display()
+                )));
+            }
         }
         if !(0.0..=1.0).contains(&f.malformed_fraction) {
             return Err(bad(
@@ -837,6 +965,11 @@ impl Scenario {
             apps: f.apps,
             malformed_fraction: f.malformed_fraction,
             edge_cases: f.edge_cases,
+            contract,
+            docs_dir,
+            docs_take: f.take,
+            real_generate,
+            unavailable,
             stress_docs: f.stress_docs,
             instances: r.instances,
             mode: r.mode,
@@ -857,6 +990,9 @@ impl Scenario {
 
 /// Why `plan` cannot run on `backend` (printed, and the scenario skipped), or `None` when it can.
 pub fn skip_reason(plan: &Plan, backend: crate::db::Backend) -> Option<String> {
+    if let Some(why) = &plan.unavailable {
+        return Some(why.clone());
+    }
     if plan.backends.is_empty() || plan.backends.contains(&backend) {
         return None;
     }
@@ -871,6 +1007,91 @@ pub fn skip_reason(plan: &Plan, backend: crate::db::Backend) -> Option<String> {
         names.join(" or "),
         backend.as_str()
     ))
+}
+
+/// The real-shaped generator's shape for a contract: from its application element and the element names its
+/// mappings read (`fixtures::realshape::Shape::for_contract`).
+pub fn real_shape(contract_json: &str) -> Option<fixtures::realshape::Shape> {
+    let v: serde_json::Value = serde_json::from_str(contract_json).ok()?;
+    let app = v
+        .get("xml_application_path")?
+        .as_str()?
+        .rsplit('/')
+        .next()?
+        .to_owned();
+    let names: Vec<String> = v
+        .get("mappings")?
+        .as_array()?
+        .iter()
+        .filter_map(|m| m.get("xml_path").and_then(|p| p.as_str()))
+        .flat_map(|p| p.split('/').map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    fixtures::realshape::Shape::for_contract(&app, &refs)
+}
+
+/// `fixture.contract = "seed:…"`: inside the replaced system's seed folder, wherever it is on this machine.
+pub const SEED_PREFIX: &str = "seed:";
+
+enum Missing {
+    /// The value is wrong wherever it runs (exit 2).
+    Bad(String),
+    /// The file or folder is not on this machine (the scenario is skipped, saying why).
+    Absent(String),
+}
+
+/// The replaced system's seed folder: `SHREDPROOF_SEED`, else `shared/seed/original` beside `base`'s repository
+/// (`base` is the scenario's folder; its parent, grandparent and great-grandparent are tried, so a clone at
+/// `X/repo` and a worktree at `X/wt/repo` both find `X/shared`).
+pub fn seed_root(base: &Path) -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var("SHREDPROOF_SEED") {
+        let p = PathBuf::from(p);
+        return if p.is_dir() {
+            Ok(p)
+        } else {
+            Err(format!("SHREDPROOF_SEED={} is not a folder", p.display()))
+        };
+    }
+    let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
+    for up in base.ancestors().skip(1).take(3) {
+        let p = up.join("shared/seed/original");
+        if p.is_dir() {
+            return Ok(p);
+        }
+    }
+    Err(format!(
+        "the replaced system's seed folder (shared/seed/original) is not beside {} and SHREDPROOF_SEED is unset",
+        base.display()
+    ))
+}
+
+fn resolve_path(base: &Path, v: &str, want_dir: bool) -> Result<PathBuf, Missing> {
+    if v.trim().is_empty() {
+        return Err(Missing::Bad("empty path".into()));
+    }
+    let p = match v.strip_prefix(SEED_PREFIX) {
+        Some(rest) => {
+            if rest.is_empty() || Path::new(rest).is_absolute() {
+                return Err(Missing::Bad(format!(
+                    "'{SEED_PREFIX}' must be followed by a relative path inside the seed folder"
+                )));
+            }
+            seed_root(base).map_err(Missing::Absent)?.join(rest)
+        }
+        None => base.join(v),
+    };
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_dir() == want_dir => Ok(p),
+        Ok(_) => Err(Missing::Bad(format!(
+            "{} is not a {}",
+            p.display(),
+            if want_dir { "folder" } else { "file" }
+        ))),
+        Err(_) => Err(Missing::Absent(format!(
+            "{} does not exist here",
+            p.display()
+        ))),
+    }
 }
 
 /// Scenario files named by the arguments: files as is, directories expanded to their `*.toml`, sorted.
@@ -933,6 +1154,86 @@ mod tests {
                 .expect_err("bad invariant");
         assert!(e.to_string().contains("unknown invariant"), "{e}");
         assert!(parse("name = \"x\"\n[[faults]]\nkind = \"crash-point\"\ninstance = 0\npoint = \"after-claim\"").is_err());
+    }
+
+    #[test]
+    fn fixture_contract_and_dir_resolve_skip_or_refuse() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("s.toml");
+        let plan = |body: &str| {
+            let sc: Scenario = toml::from_str(&format!("name = \"x\"\n[fixture]\n{body}"))
+                .map_err(|e| e.to_string())?;
+            sc.plan(1, Some(file.clone())).map_err(|e| e.to_string())
+        };
+        std::fs::create_dir(dir.path().join("docs")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("c.json"),
+            fixtures::CONTRACT_JSON.replace("\"varchar\"", "\"string\""),
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("bad.json"), "{\"source_table\": 1}").expect("write");
+        // Relative to the scenario file; the processor accepts the contract; content then needs the baseline.
+        let p = plan("apps = 0\nedge_cases = false\ncontract = \"c.json\"\ndir = \"docs\"")
+            .expect("valid");
+        assert_eq!(
+            p.contract.as_deref(),
+            Some(dir.path().join("c.json").as_path())
+        );
+        assert_eq!(
+            p.docs_dir.as_deref(),
+            Some(dir.path().join("docs").as_path())
+        );
+        assert!(p.unavailable.is_none());
+        let e = plan("contract = \"c.json\"").map(|_| ()).and_then(|()| {
+            let sc: Scenario =
+                toml::from_str("name = \"x\"\nbaseline = false\n[fixture]\ncontract = \"c.json\"")
+                    .map_err(|e| e.to_string())?;
+            sc.plan(1, Some(file.clone()))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        assert!(
+            e.as_ref().is_err_and(|m| m.contains("baseline = false")),
+            "{e:?}"
+        );
+        // Absent here: skipped with the reason, never run (and so never passed).
+        let p = plan("dir = \"no-such-folder\"").expect("absent is not an error");
+        let why = skip_reason(&p, crate::db::Backend::Sqlite).expect("skipped");
+        assert!(
+            why.contains("fixture.dir = \"no-such-folder\"") && why.contains("does not exist"),
+            "{why}"
+        );
+        let p = plan("contract = \"gone.json\"").expect("absent is not an error");
+        assert!(skip_reason(&p, crate::db::Backend::Postgres)
+            .is_some_and(|w| w.contains("fixture.contract")));
+        // Wrong wherever it runs: exit 2, naming the key.
+        for (body, want) in [
+            ("contract = \"docs\"", "fixture.contract = \"docs\""),
+            ("dir = \"c.json\"", "fixture.dir = \"c.json\""),
+            ("contract = \"\"", "fixture.contract"),
+            (
+                "contract = \"bad.json\"",
+                "fixture.contract: the processor refuses",
+            ),
+            ("dir = \"seed:\"", "fixture.dir = \"seed:\""),
+            ("apps = 0\nedge_cases = false", "fixture.apps"),
+            ("take = 3", "fixture.take needs fixture.dir"),
+            ("generate = 3", "fixture.generate needs fixture.contract"),
+            ("contract = \"c.json\"\ngenerate = 3", "no document shape"),
+            (
+                "contract = \"cc\"\ngenerate = 0",
+                "fixture.generate must be at least 1",
+            ),
+            (
+                "dir = \"docs\"\ntake = 0",
+                "fixture.take must be at least 1",
+            ),
+        ] {
+            let e = plan(body).expect_err(body);
+            assert!(e.contains(want), "{body}: {e}");
+        }
+        // Unknown keys are still refused.
+        assert!(plan("contrakt = \"c.json\"").is_err_and(|e| e.contains("unknown field")));
     }
 
     #[test]

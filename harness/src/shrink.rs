@@ -572,7 +572,7 @@ after_commits = 3
                 seed: None,
                 malformed_fraction: 0.0,
                 edge_cases: false,
-                stress_docs: None,
+                ..FixtureSpec::default()
             },
             run: RunSpec::default(),
             faults: vec![],

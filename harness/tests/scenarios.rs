@@ -171,6 +171,8 @@ fn main() {
 }
 
 scenario_tests! {
+    any_contract_crash_a_queue => "any-contract-crash-a-queue.toml",
+    any_contract_split_crash_a => "any-contract-split-crash-a.toml",
     crash_a_partitioned => "crash-a-partitioned.toml",
     crash_a_queue => "crash-a-queue.toml",
     crash_a_uncoordinated => "crash-a-uncoordinated.toml",
@@ -191,6 +193,12 @@ scenario_tests! {
     pg_latency_partitioned => "pg-latency-partitioned.toml",
     pg_restart_db => "pg-restart-db.toml",
     random_kill_uncoordinated => "random-kill-uncoordinated.toml",
+    real_cc_generated_kills => "real-cc-generated-kills.toml",
+    real_cc_queue => "real-cc-queue.toml",
+    real_cc_split_crash_a => "real-cc-split-crash-a.toml",
+    real_rl_generated_partitioned => "real-rl-generated-partitioned.toml",
+    real_rl_queue => "real-rl-queue.toml",
+    real_rl_split_crash_a => "real-rl-split-crash-a.toml",
     split_crash_a => "split-crash-a.toml",
     split_three_instances => "split-three-instances.toml",
     stress_docs_queue => "stress-docs-queue.toml",

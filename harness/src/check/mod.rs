@@ -2,6 +2,7 @@
 //! document with its own reference mapping, and reports which invariants are violated and by which applications.
 //! Must not call processor code other than the event types in `processor::events`, and must never write.
 
+pub mod baseline;
 pub mod reader;
 pub mod reference;
 
@@ -131,6 +132,30 @@ pub struct CheckStats {
 pub struct CheckReport {
     pub violations: Vec<Violation>,
     pub stats: CheckStats,
+    /// How `content` was judged.
+    pub content_by: ContentBy,
+    /// This database as the baseline comparison sees it (contracts outside the reference's format only), so a
+    /// no-fault run's report can be the baseline of the faulted run.
+    #[serde(skip)]
+    pub snapshot: Option<baseline::Snapshot>,
+}
+
+/// How the `content` invariant was judged.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "by", content = "why")]
+pub enum ContentBy {
+    /// The independent reference mapping of the project's contract format (`reference.rs`).
+    Reference,
+    /// Comparison with the no-fault baseline run of the same documents (`baseline.rs`), because the reference
+    /// does not cover this contract (the reason).
+    Baseline(String),
+    /// Not judged: the reference does not cover this contract and no baseline was given (the reason).
+    NotChecked(String),
+}
+
+/// The reference mapping does not cover this contract, so `content` needs a no-fault baseline to compare with.
+pub fn content_needs_baseline(contract_json: &str) -> bool {
+    RefContract::parse(contract_json).is_err()
 }
 
 impl CheckReport {
@@ -419,7 +444,56 @@ pub fn check_database(
     contract_json: &str,
     events: &[Event],
 ) -> Result<CheckReport, CheckError> {
-    check_database_chunked(reader, contract_json, events, CHUNK_APPS)
+    check_database_with(reader, contract_json, events, None)
+}
+
+/// `check_database`, for any contract the processor accepts: a contract outside the reference mapping's format
+/// has its `content` judged against `baseline` (a no-fault run's snapshot), or not at all without one. Only the
+/// reference path streams; the baseline snapshot holds the database's rows (see ARCHITECTURE.md).
+pub fn check_database_with(
+    reader: &mut dyn Reader,
+    contract_json: &str,
+    events: &[Event],
+    baseline: Option<&baseline::Snapshot>,
+) -> Result<CheckReport, CheckError> {
+    let why = match RefContract::parse(contract_json) {
+        Ok(_) => return check_database_chunked(reader, contract_json, events, CHUNK_APPS),
+        Err(e) => format!("the reference mapping covers only the project's contract format ({e})"),
+    };
+    let layout = baseline::Layout::parse(contract_json)?;
+    let snap = baseline::snapshot(reader, &layout)?;
+    let sql = Sql::new(reader.dialect(), &layout.target_schema)?;
+    let mut out = Collector::default();
+    out.extend(baseline::structural(&snap));
+    let content_by = match baseline {
+        Some(b) => {
+            out.extend(baseline::compare(b, &snap));
+            ContentBy::Baseline(why)
+        }
+        None => ContentBy::NotChecked(why),
+    };
+    out.extend(check_fencing(reader, &sql, events)?);
+    let mut violations = out.finish();
+    violations.extend(check_file_integrity(reader)?);
+    let mut stats = CheckStats {
+        apps: snap.sources.len() as u64,
+        rows: snap.row_counts(),
+        ..CheckStats::default()
+    };
+    for app in &snap.sources {
+        match snap.verdicts.get(app).and_then(|v| v.status.as_deref()) {
+            Some("success") => stats.success += 1,
+            Some("failed") => stats.failed += 1,
+            Some(_) => {}
+            None => stats.missing += 1,
+        }
+    }
+    Ok(CheckReport {
+        violations,
+        stats,
+        content_by,
+        snapshot: Some(snap),
+    })
 }
 
 /// [`check_database`] with a chosen chunk size (tests use tiny ones, so chunk boundaries are exercised).
@@ -486,7 +560,12 @@ pub fn check_database_chunked(
     let mut violations = out.finish();
     violations.extend(check_file_integrity(reader)?);
     let stats = stats(reader, &contract, &sql, &g)?;
-    Ok(CheckReport { violations, stats })
+    Ok(CheckReport {
+        violations,
+        stats,
+        content_by: ContentBy::Reference,
+        snapshot: None,
+    })
 }
 
 /// One chunk: map its documents, read its log rows and stored rows, run the per-application checks.

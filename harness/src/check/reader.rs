@@ -469,6 +469,38 @@ impl Sql {
         })
     }
 
+    /// `SELECT app_id FROM source ORDER BY app_id`: the applications, without their documents.
+    pub fn source_ids(&self, table: &str) -> Result<String, CheckError> {
+        Ok(format!(
+            "SELECT {} FROM {} ORDER BY {}",
+            self.text("app_id")?,
+            self.table(table)?,
+            self.quote("app_id")?
+        ))
+    }
+
+    /// A table's column names in declaration order, without the columns the database fills in itself (identity,
+    /// serial): their values differ between two runs of the same documents and are no mapping's output.
+    pub fn compared_columns(&self, table: &str) -> Result<String, CheckError> {
+        ident(table)?;
+        Ok(match self.dialect {
+            Dialect::Sqlite => format!("SELECT name FROM pragma_table_info('{table}') ORDER BY cid"),
+            Dialect::Postgres => format!(
+                "SELECT column_name::text FROM information_schema.columns WHERE table_schema = '{}' \
+                 AND table_name = '{table}' AND is_identity = 'NO' AND COALESCE(column_default, '') NOT LIKE 'nextval(%' \
+                 ORDER BY ordinal_position",
+                self.schema
+            ),
+            Dialect::Mssql => format!(
+                "SELECT COLUMN_NAME FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = {s} AND TABLE_NAME = {t} \
+                 AND COLUMNPROPERTY(OBJECT_ID(QUOTENAME({s}) + '.' + QUOTENAME({t})), COLUMN_NAME, 'IsIdentity') = 0 \
+                 ORDER BY ORDINAL_POSITION",
+                s = self.name_literal(&self.schema)?,
+                t = self.name_literal(table)?
+            ),
+        })
+    }
+
     /// Every processing_log row: app_id, status, failure_reason, session_id, fence.
     pub fn log_rows(&self, with_fence: bool) -> Result<String, CheckError> {
         let fence = if with_fence {

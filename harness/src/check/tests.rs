@@ -728,3 +728,6 @@ fn postgres_baseline_passes_and_catches_a_changed_value() {
         .expect("update");
     only(&check(), Invariant::Content, app);
 }
+
+#[path = "baseline_tests.rs"]
+mod baseline_tests;
