@@ -630,6 +630,10 @@ impl Scenario {
             "rl" => format!("{SEED_PREFIX}contracts/mapping_contract_rl.json"),
             other => other.to_owned(),
         });
+        // Bounds first: a bad value is refused the same way whether or not the seed folder is on this machine.
+        if f.generate == Some(0) {
+            return Err(bad("fixture.generate must be at least 1".into()));
+        }
         let contract = resolve("contract", &named, false)?;
         let mut real_generate = None;
         match (f.generate, &f.contract) {
