@@ -56,6 +56,36 @@ impl Budget {
     }
 }
 
+/// Events between two budget checks in a parse loop: small enough that a 50 MB document notices a cancel within
+/// milliseconds, large enough that the check costs nothing measurable.
+pub const EVENTS_PER_CHECK: u32 = 4096;
+
+/// Checks a budget on every `EVENTS_PER_CHECK`-th call of [`Pacer::tick`], so hot loops pay one decrement per event.
+#[derive(Debug)]
+pub struct Pacer<'b> {
+    budget: &'b Budget,
+    left: u32,
+}
+
+impl<'b> Pacer<'b> {
+    pub fn new(budget: &'b Budget) -> Self {
+        Pacer {
+            budget,
+            left: EVENTS_PER_CHECK,
+        }
+    }
+
+    /// One event: `Err` when this is a checking event and the budget has run out.
+    pub fn tick(&mut self) -> Result<(), Interrupted> {
+        self.left -= 1;
+        if self.left == 0 {
+            self.left = EVENTS_PER_CHECK;
+            self.budget.check()?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

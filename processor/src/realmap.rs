@@ -4,7 +4,7 @@
 //! `Contract` tables and columns the stores create; only the row-building differs, so the store, engine and
 //! harness see one model. Departures from the replaced system are listed in fixtures/contract/README.md.
 
-use crate::budget::Budget;
+use crate::budget::{Budget, Pacer};
 use crate::contract::{
     scalar_text, Column, Contract, ContractError, PathNode, RawContract, RawMapping,
     RawMappingType, Source, Table,
@@ -863,8 +863,6 @@ struct Doc<'a> {
     by_name: HashMap<&'a str, Vec<usize>>,
 }
 
-const EVENTS_PER_CHECK: u32 = 4096;
-
 fn parse_err(msg: impl Into<String>) -> Failure {
     Failure::new(Stage::Parse, msg)
 }
@@ -882,13 +880,9 @@ fn parse_doc<'a>(xml: &'a str, root: &str, budget: &Budget) -> Result<Doc<'a>, F
     let mut stack: Vec<(usize, usize)> = Vec::new(); // (elem, path string length)
     let mut path = String::new();
     let mut seen_root = false;
-    let mut left = EVENTS_PER_CHECK;
+    let mut pacer = Pacer::new(budget);
     loop {
-        left -= 1;
-        if left == 0 {
-            left = EVENTS_PER_CHECK;
-            budget.check().map_err(Failure::interrupted)?;
-        }
+        pacer.tick().map_err(Failure::interrupted)?;
         let before = reader.buffer_position() as usize;
         let ev = reader
             .read_event()

@@ -1,7 +1,7 @@
 //! Reading documents: a borrowed quick-xml pull reader that checks the whole document is well-formed and keeps
 //! only the elements and attributes the contract names. Pure and synchronous; knows nothing of SQL or mapping.
 
-use crate::budget::Budget;
+use crate::budget::{Budget, Pacer};
 use crate::contract::Contract;
 use crate::mapping::{Failure, Stage};
 use quick_xml::events::attributes::Attributes;
@@ -49,9 +49,6 @@ pub fn parse<'a>(xml: &'a str, contract: &Contract) -> Result<ParsedDoc<'a>, Fai
     parse_within(xml, contract, &Budget::unlimited())
 }
 
-/// Events between two budget checks: small enough that a 50 MB document notices a cancel within milliseconds.
-const EVENTS_PER_BUDGET_CHECK: u32 = 4096;
-
 /// [`parse`], checking `budget` every few thousand events.
 pub fn parse_within<'a>(
     xml: &'a str,
@@ -59,7 +56,7 @@ pub fn parse_within<'a>(
     budget: &Budget,
 ) -> Result<ParsedDoc<'a>, Failure> {
     let xml = strip_bom(xml);
-    let mut events_left = EVENTS_PER_BUDGET_CHECK;
+    let mut pacer = Pacer::new(budget);
     let mut reader = Reader::from_str(xml);
     reader.config_mut().check_end_names = true;
     let mut doc = ParsedDoc::default();
@@ -67,11 +64,7 @@ pub fn parse_within<'a>(
     let mut stack: Vec<Option<(usize, usize)>> = Vec::with_capacity(16);
     let mut seen_root = false;
     loop {
-        events_left -= 1;
-        if events_left == 0 {
-            events_left = EVENTS_PER_BUDGET_CHECK;
-            budget.check().map_err(Failure::interrupted)?;
-        }
+        pacer.tick().map_err(Failure::interrupted)?;
         let before = reader.buffer_position() as usize;
         let ev = reader
             .read_event()
