@@ -281,11 +281,19 @@ fn db_ident(op: &'static str, name: &str) -> StoreResult<Ident> {
 /// give every run a fresh database.
 pub fn create_database(server: &MssqlConfig, name: &str) -> StoreResult<()> {
     let id = db_ident("create database", name)?;
-    admin(
-        &server.with_database("master"),
-        "create database",
-        &sql::create_database(&id),
-    )
+    let master = server.with_database("master");
+    let mut attempt = 0;
+    loop {
+        match admin(&master, "create database", &sql::create_database(&id)) {
+            // Babelfish: two CREATE DATABASE at once race on PostgreSQL's catalog ("tuple concurrently updated",
+            // 33557097); the loser's statement did nothing and can simply run again (seen in CI, tests in parallel).
+            Err(e) if attempt < 5 && e.message.contains("concurrently updated") => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50 << attempt));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Drops database `name` (if present), disconnecting its sessions first.
