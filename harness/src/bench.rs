@@ -399,29 +399,31 @@ fn storage_limit(
         let mut per_table: Vec<Vec<Vec<Value>>> = vec![Vec::new(); contract.tables.len()];
         let mut logs = Vec::with_capacity(n);
         for (app_id, xml) in work.chunk(cfg, first, n) {
-            let (status, reason) = match processor::mapping::map_document(contract, app_id, &xml) {
-                Ok(m) => {
-                    for (t, trows) in m.rows.into_iter().enumerate() {
-                        for r in trows {
-                            // Shared entities are insert-if-absent in the processor; COPY cannot skip, so
-                            // duplicates are dropped here by natural key.
-                            if contract.tables[t].shared {
-                                let key: Vec<Option<String>> = contract.tables[t]
-                                    .key
-                                    .iter()
-                                    .map(|&k| r[k].canonical())
-                                    .collect();
-                                if !seen[t].insert(key) {
-                                    continue;
+            let (status, reason, coerced) =
+                match processor::mapping::map_document(contract, app_id, &xml) {
+                    Ok(m) => {
+                        let coerced = i32::try_from(m.coerced).unwrap_or(i32::MAX);
+                        for (t, trows) in m.rows.into_iter().enumerate() {
+                            for r in trows {
+                                // Shared entities are insert-if-absent in the processor; COPY cannot skip, so
+                                // duplicates are dropped here by natural key.
+                                if contract.tables[t].shared {
+                                    let key: Vec<Option<String>> = contract.tables[t]
+                                        .key
+                                        .iter()
+                                        .map(|&k| r[k].canonical())
+                                        .collect();
+                                    if !seen[t].insert(key) {
+                                        continue;
+                                    }
                                 }
+                                per_table[t].push(r);
                             }
-                            per_table[t].push(r);
                         }
+                        (LogStatus::Success, None, coerced)
                     }
-                    (LogStatus::Success, None)
-                }
-                Err(f) => (LogStatus::Failed, Some(f.reason())),
-            };
+                    Err(f) => (LogStatus::Failed, Some(f.reason()), 0),
+                };
             logs.push(LogRow {
                 app_id,
                 status,
@@ -430,6 +432,7 @@ fn storage_limit(
                 instance_id: 0,
                 session_id: "bench-limit".into(),
                 fence: None,
+                coerced,
             });
         }
         rows += logs.len() as u64 + per_table.iter().map(|t| t.len() as u64).sum::<u64>();
@@ -448,6 +451,7 @@ fn storage_limit(
                         Some(l.instance_id.to_string()),
                         Some(l.session_id.clone()),
                         None,
+                        Some(l.coerced.to_string()),
                         Some(chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()),
                     ]
                     .into_iter()
@@ -524,7 +528,7 @@ fn copy_table_sql(contract: &Contract, t: usize) -> String {
 fn copy_log_sql(contract: &Contract) -> String {
     format!(
         "COPY {}.\"processing_log\" (app_id, status, failure_reason, attempts, instance_id, session_id, fence, \
-         processed_at) FROM STDIN",
+         coerced, processed_at) FROM STDIN",
         schema(contract)
     )
 }

@@ -292,6 +292,13 @@ fn dispatch(cli: Cli) -> Result<(), Exit> {
 
 pub fn load_contract(c: &Common) -> Result<Contract, Exit> {
     match &c.contract {
+        // `--contract cc|rl` (a document shape, not a file): say where the shape is chosen instead.
+        Some(p) if !p.exists() && matches!(p.to_str(), Some("cc" | "rl")) => Err(usage(anyhow!(
+            "--contract takes a contract file, and there is no file '{0}': the replaced system's contracts are \
+             contracts/mapping_contract.json (cc) and mapping_contract_rl.json (rl); `load --generate` takes the \
+             document shape from the contract, or from `--shape {0}`",
+            p.display()
+        ))),
         Some(p) => Contract::from_file(p)
             .with_context(|| format!("invalid contract {}", p.display()))
             .map_err(usage),
@@ -793,6 +800,11 @@ fn status(a: StatusArgs) -> Result<(), Exit> {
     println!(
         "total {}  success {}  failed {}  pending {}",
         r.total, r.success, r.failed, r.pending
+    );
+    // Nothing is changed silently: values truncated or converted to fit the contract, from `processing_log.coerced`.
+    println!(
+        "coerced {} values in {} applications (truncated or converted to fit the contract)",
+        r.coerced_values, r.coerced_apps
     );
     if !r.instances.is_empty() {
         println!(

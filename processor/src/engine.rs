@@ -678,6 +678,20 @@ fn emit_batch(ctx: &RunContext<'_>, iid: u32, r: &BatchResult, fenced: bool) {
         // Truncations/coercions per committed application (XmlConversion semantics), so none is silent.
         if r.committed_coerced.iter().any(|&n| n > 0) {
             e.detail = serde_json::json!({ "coerced": r.committed_coerced });
+            // The same figures in the log (text or `--log-format json`): which applications, how many values.
+            let (ids, values): (Vec<i64>, Vec<u32>) = r
+                .committed
+                .iter()
+                .zip(&r.committed_coerced)
+                .filter(|(_, &n)| n > 0)
+                .map(|(&id, &n)| (id, n))
+                .unzip();
+            tracing::info!(
+                app_ids = ?ids,
+                coerced = ?values,
+                total = values.iter().map(|&n| u64::from(n)).sum::<u64>(),
+                "committed with values truncated or coerced to fit the contract"
+            );
         }
         ctx.events.emit(&e);
     }

@@ -355,3 +355,69 @@ fn mssql_replaced_tools_flags_and_ado_strings_reach_the_same_server() {
     assert!(!stdout.contains(&password) && !stderr.contains(&password));
     drop(store);
 }
+
+/// Runs `sql` on the scratch database through the driver itself (the store has no verb for an old schema).
+fn raw_batch(server: &MssqlConfig, db: &str, sql: &str) {
+    use tokio_util::compat::TokioAsyncWriteCompatExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let tc = server.with_database(db).tiberius();
+        let tcp = tokio::net::TcpStream::connect(tc.get_addr())
+            .await
+            .expect("tcp");
+        let mut client = tiberius::Client::connect(tc, tcp.compat_write())
+            .await
+            .expect("login");
+        client
+            .simple_query(sql)
+            .await
+            .expect(sql)
+            .into_results()
+            .await
+            .expect(sql);
+    });
+}
+
+/// A database whose `processing_log` predates the `coerced` column gains it on `init` (0 for the old rows); a
+/// second `init` finds it and changes nothing; new log rows then store their figure and `status` sums it.
+#[test]
+fn mssql_init_adds_the_coerced_column_to_an_old_log() {
+    let Some(server) = server_or_skip("mssql_init_adds_the_coerced_column_to_an_old_log") else {
+        return;
+    };
+    let db = ScratchDb::create(&server);
+    raw_batch(
+        &server,
+        &db.name,
+        "EXEC(N'CREATE SCHEMA [shredproof]');
+         CREATE TABLE [shredproof].[processing_log] (app_id BIGINT NOT NULL PRIMARY KEY,
+           status VARCHAR(10) NOT NULL, failure_reason NVARCHAR(500) NULL, attempts INT NOT NULL,
+           instance_id INT NOT NULL, session_id VARCHAR(64) NOT NULL, fence BIGINT NULL,
+           processed_at DATETIME2(3) NOT NULL);
+         INSERT INTO [shredproof].[processing_log] VALUES (7, 'success', NULL, 1, 0, 's-old', NULL, SYSUTCDATETIME());",
+    );
+    let mut store = db.open();
+    store.init_schema().expect("init migrates");
+    store.init_schema().expect("init twice");
+    let st = store.status(processor::store::now_ms()).expect("status");
+    assert_eq!((st.success, st.coerced_values, st.coerced_apps), (1, 0, 0));
+    store.begin().expect("begin");
+    store
+        .insert_logs(&[processor::store::LogRow {
+            app_id: 8,
+            status: processor::store::LogStatus::Success,
+            reason: None,
+            attempts: 1,
+            instance_id: 0,
+            session_id: "s-new".into(),
+            fence: None,
+            coerced: 3,
+        }])
+        .expect("insert log");
+    store.commit().expect("commit");
+    let st = store.status(processor::store::now_ms()).expect("status");
+    assert_eq!((st.success, st.coerced_values, st.coerced_apps), (2, 3, 1));
+}

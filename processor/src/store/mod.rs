@@ -103,6 +103,8 @@ pub struct LogRow {
     pub instance_id: i32,
     pub session_id: String,
     pub fence: Option<i64>,
+    /// Values the mapping truncated or coerced to fit the contract (`MappedApp::coerced`); 0 for a failed one.
+    pub coerced: i32,
 }
 
 /// A lease value meaning "completed": never expires, never taken over.
@@ -127,6 +129,10 @@ pub struct StatusReport {
     pub success: u64,
     pub failed: u64,
     pub pending: u64,
+    /// Logged applications with at least one value truncated or coerced to fit the contract.
+    pub coerced_apps: u64,
+    /// Values truncated or coerced, summed over every logged application (`processing_log.coerced`).
+    pub coerced_values: u64,
     pub instances: Vec<InstanceProgress>,
     pub claims: Vec<ClaimSummary>,
 }
@@ -134,12 +140,17 @@ pub struct StatusReport {
 impl StatusReport {
     /// Assembles a report from the counts every backend reads; `pending` is derived, never counted separately.
     pub fn from_counts(
-        total: i64,
-        success: i64,
-        failed: i64,
+        counts: LogCounts,
         instances: Vec<InstanceProgress>,
         claims: Vec<ClaimSummary>,
     ) -> Self {
+        let LogCounts {
+            total,
+            success,
+            failed,
+            coerced_apps,
+            coerced_values,
+        } = counts;
         let (total, success, failed) = (
             total.max(0) as u64,
             success.max(0) as u64,
@@ -150,10 +161,22 @@ impl StatusReport {
             success,
             failed,
             pending: total.saturating_sub(success + failed),
+            coerced_apps: coerced_apps.max(0) as u64,
+            coerced_values: coerced_values.max(0) as u64,
             instances,
             claims,
         }
     }
+}
+
+/// The counts one status query reads: source documents, log rows by status, and the coercion figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogCounts {
+    pub total: i64,
+    pub success: i64,
+    pub failed: i64,
+    pub coerced_apps: i64,
+    pub coerced_values: i64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -65,23 +65,27 @@ fn log_row(ctx: &WriteCtx<'_>, w: &AppWork, status: LogStatus, reason: Option<St
         instance_id: ctx.instance_id,
         session_id: ctx.session_id.to_owned(),
         fence: if ctx.fenced { w.fence } else { None },
+        // A failed application wrote no rows, so nothing of it was coerced into the database.
+        coerced: match (&w.outcome, status) {
+            (Ok(a), LogStatus::Success) => i32::try_from(a.coerced).unwrap_or(i32::MAX),
+            _ => 0,
+        },
     }
 }
 
 fn finish(result: &mut BatchResult, work: &[&AppWork]) {
-    let committed: std::collections::HashSet<i64> = result
-        .succeeded
-        .iter()
-        .copied()
-        .chain(result.failed.iter().map(|(a, _)| *a))
-        .collect();
+    let succeeded: std::collections::HashSet<i64> = result.succeeded.iter().copied().collect();
+    let failed: std::collections::HashSet<i64> = result.failed.iter().map(|(a, _)| *a).collect();
     for w in work {
-        if committed.contains(&w.app_id) {
+        let ok = succeeded.contains(&w.app_id);
+        if ok || failed.contains(&w.app_id) {
             result.committed.push(w.app_id);
             result.committed_fences.push(w.fence.unwrap_or(0));
-            result
-                .committed_coerced
-                .push(w.outcome.as_ref().map_or(0, |a| a.coerced));
+            // Same figure as the log row's `coerced`: a failed application's rows were not written.
+            result.committed_coerced.push(match &w.outcome {
+                Ok(a) if ok => a.coerced,
+                _ => 0,
+            });
         }
     }
 }

@@ -171,3 +171,29 @@ fn load_generates_real_shaped_documents_on_request() {
         "{err}"
     );
 }
+
+/// `load --generate N --contract cc|rl` (a shape where a file is expected) exits 2 pointing at `--shape` and at the
+/// replaced system's contract files, before touching a database.
+#[test]
+fn a_shape_given_as_contract_is_refused_with_the_way_to_say_it() {
+    for shape in ["cc", "rl"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("x.db");
+        let (code, err) = run(
+            &[
+                "load",
+                "--db",
+                &format!("sqlite:{}", db.display()),
+                "--generate",
+                "3",
+                "--contract",
+                shape,
+            ],
+            &[],
+        );
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(&format!("--shape {shape}")), "{err}");
+        assert!(err.contains("mapping_contract.json"), "{err}");
+        assert!(!db.exists(), "touched the database");
+    }
+}

@@ -234,6 +234,69 @@ fn a_collision_rolls_back_only_the_loser() {
 }
 
 #[test]
+fn coerced_counts_are_logged_and_summed_by_status() {
+    each_backend("coerced_counts_are_logged_and_summed_by_status", |open| {
+        let c = contract();
+        let mut s = open();
+        s.init_schema().expect("init");
+        let d = docs(30, 6);
+        s.load_source(&d).expect("load");
+        // The project's own contract never coerces a value; these counts stand for what a real contract's mapping
+        // reports (`MappedApp::coerced`), so every write path is seen storing its own figure per application.
+        let figure = |app_id: i64| (app_id % 4) as u32;
+        let mark = |mut w: Vec<AppWork>| {
+            for a in &mut w {
+                if let Ok(m) = &mut a.outcome {
+                    m.coerced = figure(a.app_id);
+                }
+            }
+            w
+        };
+        let mut succeeded = Vec::new();
+        let fast = write_atomic(
+            s.as_mut(),
+            &mark(work(&c, &d[..10], None)),
+            &ctx("a", false),
+        )
+        .expect("fast path");
+        assert!(!fast.slow_path);
+        let split = write_split(
+            s.as_mut(),
+            &mark(work(&c, &d[10..20], None)),
+            &ctx("b", false),
+        )
+        .expect("split");
+        // 1..5 again (collisions) force the per-application savepoint path for 21..25.
+        let again: Vec<(i64, String)> = d[..5].iter().chain(&d[20..25]).cloned().collect();
+        let slow = write_atomic(s.as_mut(), &mark(work(&c, &again, None)), &ctx("c", false))
+            .expect("slow path");
+        assert!(slow.slow_path, "{}", s.backend());
+        for r in [&fast, &split, &slow] {
+            succeeded.extend(r.succeeded.iter().copied());
+            // The committed event's figures: the mapped count for a success, 0 for a failure.
+            for (id, n) in r.committed.iter().zip(&r.committed_coerced) {
+                let want = if r.succeeded.contains(id) {
+                    figure(*id)
+                } else {
+                    0
+                };
+                assert_eq!(*n, want, "app {id} on {}", s.backend());
+            }
+        }
+        let values: u64 = succeeded.iter().map(|&id| u64::from(figure(id))).sum();
+        let apps = succeeded.iter().filter(|&&id| figure(id) > 0).count() as u64;
+        assert!(values > 0 && apps > 0);
+        let st = s.status(store::now_ms()).expect("status");
+        assert_eq!(
+            (st.coerced_values, st.coerced_apps),
+            (values, apps),
+            "{}",
+            s.backend()
+        );
+    });
+}
+
+#[test]
 fn queue_claims_are_exclusive_renewable_and_fenced() {
     each_backend("queue_claims_are_exclusive_renewable_and_fenced", |open| {
         let c = contract();

@@ -2,6 +2,7 @@
 //! argument and contract errors, and end-to-end SIGKILL-and-resume runs of the real binary.
 
 mod cli;
+mod coerced;
 mod conformance;
 mod e2e;
 mod strict;

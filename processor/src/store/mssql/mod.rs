@@ -8,8 +8,8 @@ pub mod error;
 pub mod sql;
 
 use super::{
-    ClaimSummary, ErrorKind, InstanceProgress, LogRow, Selection, SourceDoc, StatusReport, Store,
-    StoreError, StoreResult, LEASE_DONE,
+    ClaimSummary, ErrorKind, InstanceProgress, LogCounts, LogRow, Selection, SourceDoc,
+    StatusReport, Store, StoreError, StoreResult, LEASE_DONE,
 };
 use crate::contract::Contract;
 use crate::ident::Ident;
@@ -542,6 +542,7 @@ impl Store for MssqlStore {
                 q.bind(l.instance_id);
                 q.bind(l.session_id.as_str());
                 q.bind(l.fence);
+                q.bind(l.coerced);
             }
             self.rt
                 .block_on(exec(&mut self.client, q))
@@ -598,13 +599,15 @@ impl Store for MssqlStore {
             .rt
             .block_on(fetch(&mut self.client, q))
             .map_err(err(OP))?;
-        let (total, success, failed) = match rows.first() {
-            Some(r) => (
-                need_i64(OP, r, 0)?,
-                need_i64(OP, r, 1)?,
-                need_i64(OP, r, 2)?,
-            ),
-            None => (0, 0, 0),
+        let counts = match rows.first() {
+            Some(r) => LogCounts {
+                total: need_i64(OP, r, 0)?,
+                success: need_i64(OP, r, 1)?,
+                failed: need_i64(OP, r, 2)?,
+                coerced_apps: need_i64(OP, r, 3)?,
+                coerced_values: need_i64(OP, r, 4)?,
+            },
+            None => LogCounts::default(),
         };
         let q = Query::new(sql::status_instances(&self.names));
         let rows = self
@@ -641,9 +644,7 @@ impl Store for MssqlStore {
                 })
             })
             .collect::<StoreResult<Vec<_>>>()?;
-        Ok(StatusReport::from_counts(
-            total, success, failed, instances, claims,
-        ))
+        Ok(StatusReport::from_counts(counts, instances, claims))
     }
 
     fn reconnect(&mut self) -> StoreResult<()> {

@@ -131,7 +131,16 @@ pub fn create_all(c: &Contract, n: &Names) -> Vec<String> {
              instance_id INT NOT NULL,
              session_id VARCHAR(64) NOT NULL,
              fence BIGINT NULL,
-             processed_at DATETIME2(3) NOT NULL",
+             processed_at DATETIME2(3) NOT NULL,
+             coerced INT NOT NULL CONSTRAINT [df_processing_log_coerced] DEFAULT 0",
+        ),
+        // A database created before `processing_log.coerced` existed gains it (0 for the rows already logged).
+        format!(
+            "IF NOT EXISTS (SELECT 1 FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = N'{s}' \
+               AND TABLE_NAME = N'processing_log' AND COLUMN_NAME = N'coerced') \
+             ALTER TABLE {log} ADD coerced INT NOT NULL CONSTRAINT [df_processing_log_coerced] DEFAULT 0;",
+            s = n.schema_name,
+            log = n.log
         ),
         // No IGNORE_DUP_KEY (Babelfish refuses it, or ignores it behind an escape hatch): the claim's placeholder
         // insert catches a racing claimer's duplicate itself (see `claim`).
@@ -275,26 +284,28 @@ pub fn insert_rows(t: &Table, n: &Names, nrows: usize) -> String {
 }
 
 /// Parameters per log row.
-pub const LOG_COLS: usize = 7;
+pub const LOG_COLS: usize = 8;
 
-/// `nrows` log rows: `@P(7r+1)` app_id, `+2` status, `+3` reason, `+4` attempts, `+5` instance, `+6` session,
-/// `+7` fence.
+/// `nrows` log rows: `@P(8r+1)` app_id, `+2` status, `+3` reason, `+4` attempts, `+5` instance, `+6` session,
+/// `+7` fence, `+8` coerced.
 pub fn insert_logs(n: &Names, nrows: usize) -> String {
     let values = values_rows(nrows, |r| {
         let b = r * LOG_COLS;
         format!(
-            "@P{}, @P{}, LEFT({}, 500), @P{}, @P{}, @P{}, @P{}, SYSUTCDATETIME()",
+            "@P{}, @P{}, LEFT({}, 500), @P{}, @P{}, @P{}, @P{}, @P{}, SYSUTCDATETIME()",
             b + 1,
             b + 2,
             text_param(b + 3),
             b + 4,
             b + 5,
             b + 6,
-            b + 7
+            b + 7,
+            b + 8
         )
     });
     format!(
-        "INSERT INTO {} (app_id, status, failure_reason, attempts, instance_id, session_id, fence, processed_at)
+        "INSERT INTO {} (app_id, status, failure_reason, attempts, instance_id, session_id, fence, coerced,
+                         processed_at)
          VALUES {values};",
         n.log
     )
@@ -475,7 +486,9 @@ pub fn status_counts(n: &Names) -> String {
     format!(
         "SELECT (SELECT COUNT_BIG(*) FROM {src}),
                 (SELECT COUNT_BIG(*) FROM {log} WHERE status = 'success'),
-                (SELECT COUNT_BIG(*) FROM {log} WHERE status = 'failed');",
+                (SELECT COUNT_BIG(*) FROM {log} WHERE status = 'failed'),
+                (SELECT COUNT_BIG(*) FROM {log} WHERE coerced > 0),
+                (SELECT ISNULL(SUM(CAST(coerced AS BIGINT)), 0) FROM {log});",
         src = n.src,
         log = n.log
     )
@@ -554,6 +567,9 @@ mod tests {
         assert_eq!(chunk_rows(5, 3), vec![0..3]);
         // 2000 / 7 = 285 rows per chunk.
         assert_eq!(chunk_rows(7, 600), vec![0..285, 285..570, 570..600]);
+        // Log rows (8 parameters each): 2000 / 8 = 250 rows per chunk.
+        assert_eq!(LOG_COLS, 8);
+        assert_eq!(chunk_rows(LOG_COLS, 600), vec![0..250, 250..500, 500..600]);
         // Narrow rows are capped by the 1,000-row VALUES limit.
         assert_eq!(chunk_rows(1, 2500), vec![0..1000, 1000..2000, 2000..2500]);
         assert_eq!(chunk_rows(2, 1000), vec![0..1000]);
@@ -592,6 +608,12 @@ mod tests {
         assert!(all.contains("status VARCHAR(10) NOT NULL CHECK (status IN ('success','failed'))"));
         assert!(all.contains("session_id VARCHAR(64) NOT NULL"));
         assert!(all.contains("fence BIGINT NULL"));
+        assert!(
+            all.contains("coerced INT NOT NULL CONSTRAINT [df_processing_log_coerced] DEFAULT 0")
+        );
+        assert!(all.contains(&format!(
+            "ALTER TABLE [{schema}].[processing_log] ADD coerced INT NOT NULL"
+        )));
         assert!(all.contains("PRIMARY KEY CLUSTERED (app_id)"));
         assert!(
             !all.contains("IGNORE_DUP_KEY"),
@@ -688,11 +710,15 @@ mod tests {
         }
 
         let q = insert_logs(&n, 2);
+        assert!(q.contains("fence, coerced,"), "{q}");
         assert!(
-            q.contains("@P8, @P9, LEFT(CAST(@P10 AS NVARCHAR(MAX)), 500)"),
+            q.contains(
+                "@P8, SYSUTCDATETIME()), (@P9, @P10, LEFT(CAST(@P11 AS NVARCHAR(MAX)), 500)"
+            ),
             "{q}"
         );
-        assert!(q.contains("@P14, SYSUTCDATETIME()"), "{q}");
+        assert!(q.contains("@P15, @P16, SYSUTCDATETIME()"), "{q}");
+        assert!(!q.contains("@P17"), "{q}");
         let q = insert_source(&n, 2);
         assert!(q.contains("(@P1, @P2), (@P3, @P4)"), "{q}");
         assert!(q.contains("WHERE NOT EXISTS"), "{q}");

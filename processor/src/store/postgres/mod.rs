@@ -6,8 +6,8 @@ pub mod sql;
 
 use super::url::PgUrl;
 use super::{
-    ClaimSummary, ErrorKind, InstanceProgress, LogRow, Selection, SourceDoc, StatusReport, Store,
-    StoreError, StoreResult, LEASE_DONE,
+    ClaimSummary, ErrorKind, InstanceProgress, LogCounts, LogRow, Selection, SourceDoc,
+    StatusReport, Store, StoreError, StoreResult, LEASE_DONE,
 };
 use crate::contract::Contract;
 use crate::value::Value;
@@ -325,10 +325,13 @@ impl Store for PgStore {
         let inst: Vec<i32> = rows.iter().map(|r| r.instance_id).collect();
         let sess: Vec<&str> = rows.iter().map(|r| r.session_id.as_str()).collect();
         let fences: Vec<Option<i64>> = rows.iter().map(|r| r.fence).collect();
+        let coerced: Vec<i32> = rows.iter().map(|r| r.coerced).collect();
         self.client
             .execute(
                 &st,
-                &[&ids, &status, &reasons, &attempts, &inst, &sess, &fences],
+                &[
+                    &ids, &status, &reasons, &attempts, &inst, &sess, &fences, &coerced,
+                ],
             )
             .map_err(err("insert log"))?;
         Ok(())
@@ -364,8 +367,13 @@ impl Store for PgStore {
             .query_one(&sql::status_counts(&self.names), &[])
             .map_err(err("status"))?;
         let op = "status";
-        let (total, success, failed): (i64, i64, i64) =
-            (col(&row, 0, op)?, col(&row, 1, op)?, col(&row, 2, op)?);
+        let counts = LogCounts {
+            total: col(&row, 0, op)?,
+            success: col(&row, 1, op)?,
+            failed: col(&row, 2, op)?,
+            coerced_apps: col(&row, 3, op)?,
+            coerced_values: col(&row, 4, op)?,
+        };
         let instances = self
             .client
             .query(&sql::status_instances(&self.names), &[])
@@ -395,9 +403,7 @@ impl Store for PgStore {
                 })
             })
             .collect::<StoreResult<_>>()?;
-        Ok(StatusReport::from_counts(
-            total, success, failed, instances, claims,
-        ))
+        Ok(StatusReport::from_counts(counts, instances, claims))
     }
 
     fn reconnect(&mut self) -> StoreResult<()> {

@@ -59,8 +59,21 @@ pub fn create_all(c: &Contract, n: &Names) -> Vec<String> {
                 instance_id INT NOT NULL,
                 session_id VARCHAR(64) NOT NULL,
                 fence BIGINT,
-                processed_at TIMESTAMP NOT NULL)",
+                processed_at TIMESTAMP NOT NULL,
+                coerced INT NOT NULL DEFAULT 0)",
             n.log
+        ),
+        // A database created before `processing_log.coerced` existed gains it (0 for the rows already logged).
+        // Looked up first, not `ADD COLUMN IF NOT EXISTS`: that takes the table's exclusive lock on every start,
+        // queueing behind (and then blocking) the running instances' writes. Names are validated identifiers.
+        format!(
+            "DO $$ BEGIN
+                IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                               WHERE attrelid = to_regclass('{log}') AND attname = 'coerced' AND NOT attisdropped)
+                THEN ALTER TABLE {log} ADD COLUMN coerced INT NOT NULL DEFAULT 0;
+                END IF;
+             END $$",
+            log = n.log
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {} (
@@ -168,10 +181,12 @@ fn cast_type(t: ColType) -> String {
 
 pub fn insert_logs(n: &Names) -> String {
     format!(
-        "INSERT INTO {} (app_id, status, failure_reason, attempts, instance_id, session_id, fence, processed_at)
-         SELECT a, s, r, at, i, sid, f, clock_timestamp()
-         FROM unnest($1::int8[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::text[], $7::int8[])
-              AS u(a, s, r, at, i, sid, f)",
+        "INSERT INTO {} (app_id, status, failure_reason, attempts, instance_id, session_id, fence, coerced,
+                         processed_at)
+         SELECT a, s, r, at, i, sid, f, co, clock_timestamp()
+         FROM unnest($1::int8[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::text[], $7::int8[],
+                     $8::int4[])
+              AS u(a, s, r, at, i, sid, f, co)",
         n.log
     )
 }
@@ -279,7 +294,9 @@ pub fn status_counts(n: &Names) -> String {
     format!(
         "SELECT (SELECT COUNT(*) FROM {src}),
                 (SELECT COUNT(*) FROM {log} WHERE status = 'success'),
-                (SELECT COUNT(*) FROM {log} WHERE status = 'failed')",
+                (SELECT COUNT(*) FROM {log} WHERE status = 'failed'),
+                (SELECT COUNT(*) FROM {log} WHERE coerced > 0),
+                (SELECT COALESCE(SUM(coerced), 0)::int8 FROM {log})",
         src = n.src,
         log = n.log
     )

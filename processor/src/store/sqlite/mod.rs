@@ -5,8 +5,8 @@ pub mod error;
 pub mod sql;
 
 use super::{
-    ClaimSummary, InstanceProgress, LogRow, Selection, SourceDoc, StatusReport, Store, StoreResult,
-    LEASE_DONE,
+    ClaimSummary, InstanceProgress, LogCounts, LogRow, Selection, SourceDoc, StatusReport, Store,
+    StoreResult, LEASE_DONE,
 };
 use crate::contract::Contract;
 use crate::value::Value;
@@ -108,9 +108,21 @@ impl Store for SqliteStore {
             sql::CREATE_CLAIM.to_owned(),
         ];
         ddl.extend(c.tables.iter().map(sql::create_target));
-        let tx = self.conn.transaction().map_err(err("init schema"))?;
+        // IMMEDIATE: the column check and its migration below must not race another instance's `init`.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err("init schema"))?;
         for stmt in ddl {
             tx.execute_batch(&stmt).map_err(err("init schema"))?;
+        }
+        // A database created before `processing_log.coerced` existed gains it (0 for the rows already logged).
+        let has: i64 = tx
+            .query_row(sql::HAS_COERCED, [], |r| r.get(0))
+            .map_err(err("init schema"))?;
+        if has == 0 {
+            tx.execute_batch(sql::ADD_COERCED)
+                .map_err(err("init schema"))?;
         }
         tx.commit().map_err(err("init schema"))
     }
@@ -307,7 +319,8 @@ impl Store for SqliteStore {
                 r.attempts,
                 r.instance_id,
                 r.session_id,
-                r.fence
+                r.fence,
+                r.coerced
             ])
             .map_err(err("insert log"))?;
         }
@@ -352,9 +365,17 @@ impl Store for SqliteStore {
 
     fn status(&mut self, now_ms: i64) -> StoreResult<StatusReport> {
         let counts = sql::STATUS_COUNTS.replace("{src}", &sql::src(&self.contract));
-        let (total, success, failed): (i64, i64, i64) = self
+        let counts = self
             .conn
-            .query_row(&counts, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_row(&counts, [], |r| {
+                Ok(LogCounts {
+                    total: r.get(0)?,
+                    success: r.get(1)?,
+                    failed: r.get(2)?,
+                    coerced_apps: r.get(3)?,
+                    coerced_values: r.get(4)?,
+                })
+            })
             .map_err(err("status"))?;
         let mut stmt = self
             .conn
@@ -389,9 +410,7 @@ impl Store for SqliteStore {
             .map_err(err("status"))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(err("status"))?;
-        Ok(StatusReport::from_counts(
-            total, success, failed, instances, claims,
-        ))
+        Ok(StatusReport::from_counts(counts, instances, claims))
     }
 
     fn reconnect(&mut self) -> StoreResult<()> {

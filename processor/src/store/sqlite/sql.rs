@@ -20,7 +20,13 @@ pub const CREATE_LOG: &str = "CREATE TABLE IF NOT EXISTS processing_log (
     instance_id INTEGER NOT NULL,
     session_id TEXT NOT NULL,
     fence INTEGER,
-    processed_at TEXT NOT NULL)";
+    processed_at TEXT NOT NULL,
+    coerced INTEGER NOT NULL DEFAULT 0)";
+/// Databases created before `processing_log.coerced` existed: whether to migrate, and the migration.
+pub const HAS_COERCED: &str =
+    "SELECT COUNT(*) FROM pragma_table_info('processing_log') WHERE name = 'coerced'";
+pub const ADD_COERCED: &str =
+    "ALTER TABLE processing_log ADD COLUMN coerced INTEGER NOT NULL DEFAULT 0";
 pub const CREATE_CLAIM: &str = "CREATE TABLE IF NOT EXISTS processing_claim (
     app_id INTEGER PRIMARY KEY,
     owner TEXT NOT NULL,
@@ -28,8 +34,8 @@ pub const CREATE_CLAIM: &str = "CREATE TABLE IF NOT EXISTS processing_claim (
     fence INTEGER NOT NULL)";
 
 pub const INSERT_LOG: &str = "INSERT INTO processing_log
-    (app_id, status, failure_reason, attempts, instance_id, session_id, fence, processed_at)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, strftime('%Y-%m-%d %H:%M:%f', 'now'))";
+    (app_id, status, failure_reason, attempts, instance_id, session_id, fence, coerced, processed_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, strftime('%Y-%m-%d %H:%M:%f', 'now'))";
 
 pub const CLAIM_UPSERT: &str = "INSERT INTO processing_claim (app_id, owner, lease_expires_at, fence)
     VALUES (?1, ?2, ?3, 1)
@@ -46,7 +52,9 @@ pub const LOGGED: &str = "SELECT app_id, session_id FROM processing_log WHERE ap
 pub const STATUS_COUNTS: &str = "SELECT
     (SELECT COUNT(*) FROM {src}),
     (SELECT COUNT(*) FROM processing_log WHERE status = 'success'),
-    (SELECT COUNT(*) FROM processing_log WHERE status = 'failed')";
+    (SELECT COUNT(*) FROM processing_log WHERE status = 'failed'),
+    (SELECT COUNT(*) FROM processing_log WHERE coerced > 0),
+    (SELECT COALESCE(SUM(coerced), 0) FROM processing_log)";
 pub const STATUS_INSTANCES: &str = "SELECT instance_id, COUNT(DISTINCT session_id),
     SUM(status = 'success'), SUM(status = 'failed'), MAX(processed_at)
     FROM processing_log GROUP BY instance_id ORDER BY instance_id";
