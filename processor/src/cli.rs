@@ -543,7 +543,47 @@ fn generated_docs(
     })
 }
 
-/// `<app_id>.xml` files of `dir`, sorted by app_id.
+/// The integer `ID` attribute of the first `<Request` start tag within the file's first 64 KiB, read as raw bytes
+/// (a BOM, a declaration or a broken document elsewhere do not matter).
+fn request_id(path: &Path) -> anyhow::Result<Option<i64>> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(request_id_in(&head))
+}
+
+fn request_id_in(bytes: &[u8]) -> Option<i64> {
+    let at = bytes.windows(8).position(|w| w == b"<Request")?;
+    let rest = &bytes[at + 8..];
+    if !rest.first().is_some_and(u8::is_ascii_whitespace) {
+        return None;
+    }
+    let tag = &rest[..rest.iter().position(|b| *b == b'>')?];
+    let mut i = 0;
+    while let Some(p) = tag[i..].windows(2).position(|w| w == b"ID") {
+        let pos = i + p;
+        i = pos + 2;
+        if !tag[pos - 1].is_ascii_whitespace() {
+            continue;
+        }
+        let mut after = tag[i..].iter().skip_while(|b| b.is_ascii_whitespace());
+        if after.next() != Some(&b'=') {
+            continue;
+        }
+        let mut after = after.skip_while(|b| b.is_ascii_whitespace());
+        let quote = *after.next()?;
+        if quote != b'"' && quote != b'\'' {
+            return None;
+        }
+        let digits: Vec<u8> = after.take_while(|b| **b != quote).copied().collect();
+        return std::str::from_utf8(&digits).ok()?.trim().parse().ok();
+    }
+    None
+}
+
+/// `<app_id>.xml` files of `dir` (else the document's `Request@ID`), sorted by app_id.
 fn list_xml_files(dir: &Path) -> anyhow::Result<Vec<(i64, PathBuf)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)
@@ -565,12 +605,17 @@ fn list_xml_files(dir: &Path) -> anyhow::Result<Vec<(i64, PathBuf)>> {
             .into_iter()
             .rev()
             .collect();
-        let id: i64 = digits.parse().map_err(|_| {
-            anyhow!(
-                "{} has no app_id in its name (expected <app_id>.xml)",
-                path.display()
-            )
-        })?;
+        // The name's last digits, else (the replaced system's `sample-…--132838-rl.xml`) the document's own
+        // `<Request ID="…">`.
+        let id: i64 = match digits.parse() {
+            Ok(id) => id,
+            Err(_) => request_id(&path)?.ok_or_else(|| {
+                anyhow!(
+                    "{} has no app_id in its name (expected <app_id>.xml) nor a <Request ID=\"…\"> near its start",
+                    path.display()
+                )
+            })?,
+        };
         out.push((id, path));
     }
     out.sort();
@@ -841,6 +886,44 @@ fn status(a: StatusArgs) -> Result<(), Exit> {
 #[cfg(test)]
 mod loader_tests {
     use super::*;
+
+    /// `load --dir` names: the file name's last digits, else the document's own `Request@ID`; neither is an error
+    /// naming the file.
+    #[test]
+    fn app_ids_come_from_the_name_else_the_request_id() {
+        assert_eq!(
+            request_id_in(
+                b"\xEF\xBB\xBF<?xml version='1.0'?><Provenir><Request  ID = '132838' x=\"1\">"
+            ),
+            Some(132838)
+        );
+        assert_eq!(
+            request_id_in(b"<Provenir><Request XID=\"5\" ID=\"7\">"),
+            Some(7)
+        );
+        assert_eq!(request_id_in(b"<Requests ID=\"7\">"), None);
+        assert_eq!(request_id_in(b"<Journal ID=\"MSADD\"/>"), None);
+        assert_eq!(request_id_in(b"<Request ID=\"abc\">"), None);
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let w =
+            |name: &str, body: &str| std::fs::write(dir.path().join(name), body).expect("write");
+        w("17.xml", "<Provenir><Request ID=\"99\"/></Provenir>");
+        w(
+            "sample-source-xml--132838-rl.xml",
+            "<Provenir><Request ID=\"132838\"/></Provenir>",
+        );
+        w("notes.txt", "not a document");
+        let got: Vec<i64> = list_xml_files(dir.path())
+            .expect("list")
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(got, vec![17, 132838]);
+        w("bloat.xml", "<Journals><Journal ID=\"MSADD\"/></Journals>");
+        let err = list_xml_files(dir.path()).expect_err("no id").to_string();
+        assert!(err.contains("bloat.xml has no app_id in its name"), "{err}");
+    }
 
     /// A document the database itself refuses (text with NUL, as if the strict-bytes check had let it through) is
     /// named, and every other document of its batch still loads.
