@@ -443,10 +443,19 @@ fn load(a: LoadArgs) -> Result<(), Exit> {
         .context("failed to create the schema")
         .map_err(runtime)?;
     let mut loader = Loader::new(s.as_mut());
+    // Files that never reached the database (no app_id): in `unstored` for the final report, not in `total`.
+    let mut unnamed = 0;
     let progress = progress_line(&a.common);
     if let Some(dir) = &a.dir {
         // One file in memory at a time besides the bounded batch.
-        for (id, path) in list_xml_files(dir).map_err(usage)? {
+        let listing = list_xml_files(dir).map_err(usage)?;
+        for (path, why) in &listing.unnamed {
+            // Not loadable under any app_id: named and counted, and the others still load.
+            tracing::error!(file = %path.display(), reason = %why, "document not loaded");
+            loader.unstored.push(format!("{} ({why})", path.display()));
+            unnamed += 1;
+        }
+        for (id, path) in listing.files {
             let bytes = std::fs::read(&path)
                 .with_context(|| format!("cannot read {}", path.display()))
                 .map_err(runtime)?;
@@ -484,7 +493,7 @@ fn load(a: LoadArgs) -> Result<(), Exit> {
     } else {
         String::new()
     };
-    let stored = loader.total - loader.unstored.len() as u64;
+    let stored = loader.total + unnamed - loader.unstored.len() as u64;
     report(
         a.common.log_format,
         &format!(
@@ -583,9 +592,17 @@ fn request_id_in(bytes: &[u8]) -> Option<i64> {
     None
 }
 
-/// `<app_id>.xml` files of `dir` (else the document's `Request@ID`), sorted by app_id.
-fn list_xml_files(dir: &Path) -> anyhow::Result<Vec<(i64, PathBuf)>> {
+/// The `.xml` files of a directory: those with an app_id, and those without one (with the reason).
+struct Listing {
+    files: Vec<(i64, PathBuf)>,
+    unnamed: Vec<(PathBuf, String)>,
+}
+
+/// `<app_id>.xml` files of `dir` (else the document's `Request@ID`), sorted by app_id; a file with neither is
+/// listed apart so `load` can name it and still load the rest.
+fn list_xml_files(dir: &Path) -> anyhow::Result<Listing> {
     let mut out = Vec::new();
+    let mut unnamed = Vec::new();
     for entry in std::fs::read_dir(dir)
         .with_context(|| format!("cannot read directory {}", dir.display()))?
     {
@@ -609,16 +626,22 @@ fn list_xml_files(dir: &Path) -> anyhow::Result<Vec<(i64, PathBuf)>> {
         // `<Request ID="…">`.
         let id: i64 = match digits.parse() {
             Ok(id) => id,
-            Err(_) => request_id(&path)?.ok_or_else(|| {
-                anyhow!(
-                    "{} has no app_id in its name (expected <app_id>.xml) nor a <Request ID=\"…\"> near its start",
-                    path.display()
-                )
-            })?,
+            Err(_) => match request_id(&path)? {
+                Some(id) => id,
+                None => {
+                    unnamed.push((
+                        path,
+                        "no app_id in its name (expected <app_id>.xml) nor a <Request ID=\"…\"> near its start"
+                            .to_owned(),
+                    ));
+                    continue;
+                }
+            },
         };
         out.push((id, path));
     }
     out.sort();
+    unnamed.sort();
     if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
         bail!(
             "{} and {} have the same app_id {}",
@@ -627,7 +650,10 @@ fn list_xml_files(dir: &Path) -> anyhow::Result<Vec<(i64, PathBuf)>> {
             w[0].0
         );
     }
-    Ok(out)
+    Ok(Listing {
+        files: out,
+        unnamed,
+    })
 }
 
 /// Validates `run` arguments into a `RunConfig` (exit 2 on any problem).
@@ -829,7 +855,7 @@ fn status(a: StatusArgs) -> Result<(), Exit> {
         Ok(r) => r,
         Err(e) if e.kind == store::ErrorKind::Missing => {
             return Err(usage(anyhow!(
-            "the database is not initialised ({e}): run `processor init` or `processor load` first"
+            "the database is not initialised for this contract ({e}): run `processor init` or `processor load` first, or pass the `--contract` it was loaded with"
         )))
         }
         Err(e) => {
@@ -914,15 +940,17 @@ mod loader_tests {
             "<Provenir><Request ID=\"132838\"/></Provenir>",
         );
         w("notes.txt", "not a document");
-        let got: Vec<i64> = list_xml_files(dir.path())
-            .expect("list")
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
+        let listing = list_xml_files(dir.path()).expect("list");
+        let got: Vec<i64> = listing.files.iter().map(|(id, _)| *id).collect();
         assert_eq!(got, vec![17, 132838]);
+        assert!(listing.unnamed.is_empty());
+        // A file with no id anywhere is listed apart, with its reason, and the others are still listed.
         w("bloat.xml", "<Journals><Journal ID=\"MSADD\"/></Journals>");
-        let err = list_xml_files(dir.path()).expect_err("no id").to_string();
-        assert!(err.contains("bloat.xml has no app_id in its name"), "{err}");
+        let listing = list_xml_files(dir.path()).expect("list");
+        assert_eq!(listing.files.len(), 2);
+        assert_eq!(listing.unnamed.len(), 1);
+        assert!(listing.unnamed[0].0.ends_with("bloat.xml"));
+        assert!(listing.unnamed[0].1.contains("no app_id in its name"));
     }
 
     /// A document the database itself refuses (text with NUL, as if the strict-bytes check had let it through) is
