@@ -183,6 +183,8 @@ impl Hooks for CrashHooks<'_> {
                     // Parked exactly here (every thread stops); the harness sends SIGCONT, and the run goes on.
                     crash::park();
                 }
+                // Planted bug (harness tests only): the point "fires" and the process carries on.
+                _ if crash::planted(crash::PlantedBug::NoKillAtCrash) => {}
                 _ => crash::die(),
             }
         }
@@ -424,6 +426,10 @@ pub fn run(
                     _ => None,
                 }
             };
+            if stop == Some("drained") && crash::planted(crash::PlantedBug::ExitMidDrain) {
+                // Planted bug (harness tests only): leave at once, the batch in flight unwritten and unreported.
+                std::process::exit(0);
+            }
             let docs = if stop.is_some() {
                 Vec::new()
             } else {
