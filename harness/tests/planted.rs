@@ -1,0 +1,138 @@
+//! Each history and process-fate invariant has a test that plants the bug it exists for and sees it caught: the
+//! harness's built-in processor carries the bug (`PROCESSOR_PLANT_BUG`, live only in `harness processor …`), a real
+//! scenario runs on SQLite (and on a private PostgreSQL cluster when the binaries exist), and the run must fail on
+//! exactly that invariant. The same scenarios pass unmodified in `tests/scenarios.rs`, so a catch here is the bug,
+//! not noise. `harness = false`: the tests are `fixtures::trial`s (an absent PostgreSQL is skipped, never passed).
+
+use fixtures::trial::{self, Need, Trial};
+use harness::check::Invariant;
+use harness::db::{Launcher, PgLauncher, SqliteDir};
+use harness::runner::{run_plan, ProcessorCmd, RunOptions, ScenarioOutcome, Verdict};
+use harness::scenario::Scenario;
+use std::path::{Path, PathBuf};
+
+/// The harness binary of this build with one bug planted, through `env` so no test mutates its own environment.
+fn planted(bug: &str) -> ProcessorCmd {
+    ProcessorCmd {
+        program: PathBuf::from("/usr/bin/env"),
+        prefix: vec![
+            format!("PROCESSOR_PLANT_BUG={bug}"),
+            env!("CARGO_BIN_EXE_harness").to_owned(),
+            "processor".into(),
+        ],
+    }
+}
+
+fn run(file: &str, bug: &str, launcher: &mut dyn Launcher, out: &Path) -> ScenarioOutcome {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios")
+        .join(file);
+    let sc = Scenario::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    let plan = sc.plan(1, Some(path)).unwrap_or_else(|e| panic!("{e}"));
+    let opts = RunOptions {
+        out_dir: out.to_owned(),
+        processor: planted(bug),
+        verbose: false,
+    };
+    run_plan(&plan, launcher, &opts).unwrap_or_else(|e| panic!("{file} with {bug}: {e}"))
+}
+
+/// Runs `file` with `bug` planted and asserts the run failed and `want` is among its violations.
+fn caught(file: &str, bug: &str, want: Invariant, launcher: &mut dyn Launcher) {
+    let out = tempfile::tempdir().expect("temp dir");
+    let o = run(file, bug, launcher, out.path());
+    let details: Vec<String> = o
+        .main
+        .violations
+        .iter()
+        .map(|v| format!("{}: {}", v.invariant, v.message))
+        .collect();
+    assert_eq!(
+        o.verdict,
+        Verdict::Fail,
+        "{file} with {bug} planted on {}: {} ({})\n{}",
+        launcher.backend().as_str(),
+        o.reason,
+        want,
+        details.join("\n")
+    );
+    assert!(
+        o.main.violated().contains(&want),
+        "{file} with {bug} planted: expected {want}, got {}\n{}",
+        o.reason,
+        details.join("\n")
+    );
+    // The fault itself fired: the catch rests on the scenario having happened, not on a broken run.
+    assert!(
+        !o.main.violated().contains(&Invariant::FaultsFired),
+        "{file} with {bug}: {}",
+        o.reason
+    );
+}
+
+fn on_sqlite(
+    file: &'static str,
+    bug: &'static str,
+    want: Invariant,
+) -> impl FnOnce() + Send + 'static {
+    move || {
+        let mut l = SqliteDir::new().expect("temp dir");
+        caught(file, bug, want, &mut l);
+    }
+}
+
+fn on_postgres(
+    file: &'static str,
+    bug: &'static str,
+    want: Invariant,
+) -> impl FnOnce() + Send + 'static {
+    move || {
+        let cluster = fixtures::pg::PgCluster::start()
+            .unwrap_or_else(|e| panic!("could not start a private PostgreSQL cluster: {e}"));
+        let mut l = PgLauncher { cluster };
+        caught(file, bug, want, &mut l);
+    }
+}
+
+/// (test name, scenario, planted bug, the invariant that must catch it).
+const CASES: &[(&str, &str, &str, Invariant)] = &[
+    // Work selected without looking at processing_log: the rerun after a kill-after-commit redoes what was logged;
+    // every redo is a rolled-back collision, so the final database is correct and only the history shows it.
+    (
+        "ignore_log_is_caught_as_redone_work",
+        "crash-b-uncoordinated.toml",
+        "ignore-log",
+        Invariant::NoRedo,
+    ),
+    // A crash point that writes its event and carries on: the runner used to take the event as proof.
+    (
+        "a_crash_point_that_does_not_kill_is_caught",
+        "crash-b-uncoordinated.toml",
+        "no-kill-at-crash",
+        Invariant::CrashKills,
+    ),
+    // Exit 0 at once on SIGTERM, a batch in flight and no `finished drained`: it used to count as drained.
+    (
+        "a_drain_that_exits_mid_batch_is_caught",
+        "crash-c-queue.toml",
+        "exit-mid-drain",
+        Invariant::CleanDrain,
+    ),
+];
+
+fn main() {
+    let mut t: Vec<Trial> = Vec::new();
+    for &(name, file, bug, want) in CASES {
+        t.push(trial::trial(
+            format!("sqlite::{name}"),
+            &[],
+            on_sqlite(file, bug, want),
+        ));
+        t.push(trial::trial(
+            format!("postgres::{name}"),
+            &[Need::Postgres],
+            on_postgres(file, bug, want),
+        ));
+    }
+    trial::run(t)
+}
