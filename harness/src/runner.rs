@@ -105,6 +105,8 @@ pub struct PhaseOutcome {
     pub proxy: Option<ProxyStats>,
     /// How each processor process ended, in the order the runner saw them end.
     pub processes: Vec<check::history::ProcessEnd>,
+    /// The phase's time zero (fault `at_ms` counts from here) on the events' clock, µs since the epoch.
+    pub t0_us: i64,
 }
 
 impl PhaseOutcome {
@@ -369,6 +371,7 @@ fn run_phase(
         .collect();
     let mut pending: Vec<usize> = (0..faults.len()).collect();
     ph.t0 = Instant::now();
+    let t0_us = chrono::Utc::now().timestamp_micros();
     for inst in insts.iter_mut() {
         let crash = faults
             .iter()
@@ -670,7 +673,9 @@ fn run_phase(
                     && crash_fired.is_none()
                     && expecting == Some(Action::Kill),
                 ended_us: chrono::Utc::now().timestamp_micros(),
+                violation: None,
             });
+            let fate_before = ph.fate.len();
             if let Some(point) = &crash_fired {
                 if !killed {
                     ph.fate.push(Violation {
@@ -706,6 +711,11 @@ fn run_phase(
                             ph.log_path(inst.id, inst.starts).display()
                         ),
                     });
+                }
+            }
+            if ph.fate.len() > fate_before {
+                if let Some(end) = ph.ends.last_mut() {
+                    end.violation = ph.fate.last().map(|v| v.invariant);
                 }
             }
             match expecting {
@@ -781,6 +791,7 @@ fn run_phase(
                         status,
                         killed_by_harness: true,
                         ended_us: chrono::Utc::now().timestamp_micros(),
+                        violation: None,
                     });
                 }
             }
@@ -872,6 +883,7 @@ fn run_phase(
         events: ph.all_events.len(),
         proxy: proxy_stats,
         processes: ph.ends,
+        t0_us,
     })
 }
 

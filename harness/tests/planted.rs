@@ -68,6 +68,35 @@ fn caught(file: &str, bug: &str, want: Invariant, launcher: &mut dyn Launcher) {
         "{file} with {bug}: {}",
         o.reason
     );
+    html_shows(&o, launcher.backend().as_str(), want);
+}
+
+/// `report.html` is written next to `summary.json`, self-contained, with a lane per instance and the planted
+/// violation marked.
+fn html_shows(o: &ScenarioOutcome, backend: &str, want: Invariant) {
+    harness::report::write_summary(o, backend).expect("reports written");
+    assert!(o.dir.join("summary.json").is_file());
+    let html = std::fs::read_to_string(o.dir.join("report.html")).expect("report.html written");
+    assert!(html.contains("<svg"), "no timeline");
+    for i in 0..o.plan.instances {
+        assert!(
+            html.contains(&format!(">instance {i}</text>")),
+            "no lane for instance {i}"
+        );
+    }
+    let row = format!("<tr class=\"viol\"><td>{want}</td>");
+    assert!(html.contains(&row), "{want} is not in the violations table");
+    // Something on the timeline is marked: an event ringed (a violated application) or a process end in red.
+    assert!(
+        html.contains("class=\"ring\"") || html.contains("class=\"endbad\""),
+        "no violation marked on the timeline"
+    );
+    for fetch in ["<script", "src=", "href=", "@import", "url("] {
+        assert!(
+            !html.contains(fetch),
+            "report.html is not self-contained: {fetch}"
+        );
+    }
 }
 
 fn on_sqlite(

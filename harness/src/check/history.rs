@@ -29,6 +29,8 @@ pub struct ProcessEnd {
     pub killed_by_harness: bool,
     /// When the runner saw it end (µs since the epoch, the events' clock).
     pub ended_us: i64,
+    /// The process-fate invariant its ending broke (`crash-kills`, `clean-drain`), if any.
+    pub violation: Option<Invariant>,
 }
 
 /// One session as the history shows it.
@@ -425,6 +427,7 @@ mod tests {
             status: "killed by signal 9".into(),
             killed_by_harness: true,
             ended_us: 5,
+            violation: None,
         };
         assert!(check(&evs, &[end], Some(&log)).is_empty());
     }
