@@ -243,13 +243,16 @@ pub enum PlantedBug {
     NoKillAtCrash,
     /// On SIGTERM the process exits 0 at once, with a batch in flight and no `finished` event.
     ExitMidDrain,
+    /// Commits are not reported: no `committed` event (the database is right, the history is not).
+    SilentCommit,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 3] = [
+    pub const ALL: [PlantedBug; 4] = [
         PlantedBug::IgnoreLog,
         PlantedBug::NoKillAtCrash,
         PlantedBug::ExitMidDrain,
+        PlantedBug::SilentCommit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -257,13 +260,14 @@ impl PlantedBug {
             PlantedBug::IgnoreLog => "ignore-log",
             PlantedBug::NoKillAtCrash => "no-kill-at-crash",
             PlantedBug::ExitMidDrain => "exit-mid-drain",
+            PlantedBug::SilentCommit => "silent-commit",
         }
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlantError {
-    #[error("unknown planted bug '{0}' (known: ignore-log, no-kill-at-crash, exit-mid-drain)")]
+    #[error("unknown planted bug '{0}' (known: ignore-log, no-kill-at-crash, exit-mid-drain, silent-commit)")]
     Unknown(String),
     #[error(
         "planted bugs exist only in the harness's processor (`harness processor run …`); \

@@ -676,7 +676,8 @@ fn result_from_committed(work: &[AppWork], mine: &[i64]) -> BatchResult {
 }
 
 fn emit_batch(ctx: &RunContext<'_>, iid: u32, r: &BatchResult, fenced: bool) {
-    if !r.committed.is_empty() {
+    // Planted bug (harness tests only): the commit is not reported.
+    if !r.committed.is_empty() && !crash::planted(crash::PlantedBug::SilentCommit) {
         let mut e = ctx.event(EventKind::Committed, iid, r.committed.clone());
         if fenced {
             e.fences = r.committed_fences.clone();
