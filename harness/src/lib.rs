@@ -10,6 +10,7 @@ pub mod db_mssql;
 pub mod explore;
 pub mod proxy;
 pub mod report;
+pub mod report_html;
 pub mod runner;
 pub mod scenario;
 pub mod shrink;

@@ -69,7 +69,9 @@ pub fn terminal_line(o: &ScenarioOutcome, backend: &str) -> String {
     s
 }
 
+/// Writes the scenario's `summary.json` and its HTML timeline `report.html` (see [`crate::report_html`]).
 pub fn write_summary(o: &ScenarioOutcome, backend: &str) -> std::io::Result<()> {
+    crate::report_html::write(o, backend)?;
     let mut v = serde_json::to_value(o).map_err(std::io::Error::other)?;
     if let Some(obj) = v.as_object_mut() {
         obj.insert("backend".into(), backend.into());

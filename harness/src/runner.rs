@@ -103,6 +103,10 @@ pub struct PhaseOutcome {
     /// What the fault proxy saw, when the processors went through it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyStats>,
+    /// How each processor process ended, in the order the runner saw them end.
+    pub processes: Vec<check::history::ProcessEnd>,
+    /// The phase's time zero (fault `at_ms` counts from here) on the events' clock, µs since the epoch.
+    pub t0_us: i64,
 }
 
 impl PhaseOutcome {
@@ -283,6 +287,8 @@ struct Inst {
     /// An exit we did not expect was seen once: judge it on the next pass, after its last events were read (a
     /// process writes its `crash_point` event and dies between two of our reads).
     exit_seen: bool,
+    /// This start fired a crash point whose action is `kill`: it must now die by SIGKILL, nothing else.
+    crash_fired: Option<String>,
 }
 
 struct Phase<'a> {
@@ -293,6 +299,10 @@ struct Phase<'a> {
     t0: Instant,
     all_events: Vec<Event>,
     stats: PhaseStats,
+    /// How every process ended (history invariants, report timeline).
+    ends: Vec<check::history::ProcessEnd>,
+    /// Process-fate violations found as processes end (`crash-kills`, `clean-drain`).
+    fate: Vec<Violation>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -328,6 +338,8 @@ fn run_phase(
         t0: Instant::now(),
         all_events: Vec::new(),
         stats: PhaseStats::default(),
+        ends: Vec::new(),
+        fate: Vec::new(),
     };
     let mut insts: Vec<Inst> = (0..plan.instances)
         .map(|id| Inst {
@@ -342,6 +354,7 @@ fn run_phase(
             last_claim: BTreeSet::new(),
             finished: false,
             exit_seen: false,
+            crash_fired: None,
             crash_armed: faults
                 .iter()
                 .any(|f| f.instance == id && matches!(f.action, Action::CrashPoint { .. })),
@@ -358,6 +371,7 @@ fn run_phase(
         .collect();
     let mut pending: Vec<usize> = (0..faults.len()).collect();
     ph.t0 = Instant::now();
+    let t0_us = chrono::Utc::now().timestamp_micros();
     for inst in insts.iter_mut() {
         let crash = faults
             .iter()
@@ -422,7 +436,14 @@ fn run_phase(
                         (None, Some(ms)) => {
                             inst.paused_until = Some(Instant::now() + Duration::from_millis(ms))
                         }
-                        (None, None) => inst.expecting = Some(Action::Kill),
+                        (None, None) => {
+                            inst.expecting = Some(Action::Kill);
+                            inst.crash_fired = Some(format!(
+                                "{}:{}",
+                                ev.point.clone().unwrap_or_default(),
+                                ev.nth.unwrap_or(0)
+                            ));
+                        }
                     }
                 }
                 ph.all_events.push(ev);
@@ -631,17 +652,76 @@ fn run_phase(
                 Some(Ok(Some(s))) => s,
                 _ => continue,
             };
-            if inst.expecting.is_none() && !inst.exit_seen {
-                // `try_wait` keeps returning the reaped status, so the child stays in place until then.
+            if !inst.exit_seen {
+                // Judge every exit on the next pass, after its last events were read (`try_wait` keeps returning
+                // the reaped status, so the child stays in place until then).
                 inst.exit_seen = true;
                 continue;
             }
             inst.exit_seen = false;
+            let pid = inst.child.as_ref().map_or(0, Child::id);
             inst.child = None;
             let expecting = inst.expecting.take();
             let killed = status.signal() == Some(Signal::SIGKILL as i32);
+            let crash_fired = inst.crash_fired.take();
+            ph.ends.push(check::history::ProcessEnd {
+                instance: inst.id,
+                start: inst.starts,
+                pid,
+                status: describe_status(status),
+                killed_by_harness: killed
+                    && crash_fired.is_none()
+                    && expecting == Some(Action::Kill),
+                ended_us: chrono::Utc::now().timestamp_micros(),
+                violation: None,
+            });
+            let fate_before = ph.fate.len();
+            if let Some(point) = &crash_fired {
+                if !killed {
+                    ph.fate.push(Violation {
+                        invariant: Invariant::CrashKills,
+                        app_ids: vec![],
+                        message: format!(
+                            "instance {} start {} fired crash point {point} (action kill) but did not die by SIGKILL: \
+                             it ended with {} (log {})",
+                            inst.id,
+                            inst.starts,
+                            describe_status(status),
+                            ph.log_path(inst.id, inst.starts).display()
+                        ),
+                    });
+                }
+            }
+            if expecting == Some(Action::Stop) {
+                let finish = drain_finish(&ph.all_events, pid);
+                if !status.success() || finish != Some("drained") {
+                    ph.fate.push(Violation {
+                        invariant: Invariant::CleanDrain,
+                        app_ids: vec![],
+                        message: format!(
+                            "instance {} start {} was sent SIGTERM and ended with {} and {}: a drain must write \
+                             `finished` with reason `drained` and exit 0 (log {})",
+                            inst.id,
+                            inst.starts,
+                            describe_status(status),
+                            match finish {
+                                Some(r) => format!("a `finished` event with reason `{r}`"),
+                                None => "no `finished` event".to_owned(),
+                            },
+                            ph.log_path(inst.id, inst.starts).display()
+                        ),
+                    });
+                }
+            }
+            if ph.fate.len() > fate_before {
+                if let Some(end) = ph.ends.last_mut() {
+                    end.violation = ph.fate.last().map(|v| v.invariant);
+                }
+            }
             match expecting {
-                Some(Action::Stop) if status.success() => {
+                Some(Action::Stop)
+                    if status.success() && drain_finish(&ph.all_events, pid).is_some() =>
+                {
                     // Scenario C: the drain finished cleanly. The stop fault has now fired.
                     if let Some((r, _)) = records.iter_mut().zip(faults).find(|(r, f)| {
                         !r.fired && f.instance == inst.id && f.action == Action::Stop
@@ -656,12 +736,21 @@ fn run_phase(
                     }
                 }
                 Some(Action::Stop) => {
-                    ph.stats.unexpected_exits.push(format!(
-                        "instance {} did not drain cleanly after SIGTERM: {}",
-                        inst.id,
-                        describe_status(status)
-                    ));
-                    inst.finished = true;
+                    // Reported as `clean-drain` above. The stop fault did fire (the signal was delivered).
+                    if let Some((r, _)) = records.iter_mut().zip(faults).find(|(r, f)| {
+                        !r.fired && f.instance == inst.id && f.action == Action::Stop
+                    }) {
+                        r.fired = true;
+                        r.note.push_str(&format!(
+                            "; ended with {} without draining",
+                            describe_status(status)
+                        ));
+                    }
+                    if plan.restarts {
+                        ph.spawn(inst, None)?;
+                    } else {
+                        inst.finished = true;
+                    }
                 }
                 Some(_) if killed => {
                     if plan.restarts {
@@ -694,7 +783,16 @@ fn run_phase(
                 if let Some(c) = inst.child.as_mut() {
                     let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
                     let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
-                    let _ = c.wait();
+                    let status = c.wait().map(describe_status).unwrap_or_default();
+                    ph.ends.push(check::history::ProcessEnd {
+                        instance: inst.id,
+                        start: inst.starts,
+                        pid: c.id(),
+                        status,
+                        killed_by_harness: true,
+                        ended_us: chrono::Utc::now().timestamp_micros(),
+                        violation: None,
+                    });
                 }
             }
             break;
@@ -743,44 +841,21 @@ fn run_phase(
             message: u.clone(),
         });
     }
-    // An application committed by two sessions is a duplicate commit, whatever the database shows now.
-    let mut committed_by: HashMap<i64, Vec<String>> = HashMap::new();
+    violations.append(&mut ph.fate);
+    let mut committed_by: HashMap<i64, u32> = HashMap::new();
     let mut collisions = 0;
     let mut lease_lost = 0;
     for e in &ph.all_events {
         match e.event {
             EventKind::Committed => {
                 for a in &e.app_ids {
-                    committed_by
-                        .entry(*a)
-                        .or_default()
-                        .push(e.session_id.clone());
+                    *committed_by.entry(*a).or_default() += 1;
                 }
             }
             EventKind::Collision => collisions += e.app_ids.len() as u64,
             EventKind::LeaseLost => lease_lost += e.app_ids.len() as u64,
             _ => {}
         }
-    }
-    let twice: Vec<i64> = {
-        let mut v: Vec<i64> = committed_by
-            .iter()
-            .filter(|(_, s)| s.len() > 1)
-            .map(|(a, _)| *a)
-            .collect();
-        v.sort_unstable();
-        v
-    };
-    if !twice.is_empty() {
-        violations.push(Violation {
-            invariant: Invariant::NoDuplicates,
-            message: format!(
-                "{} applications were committed by more than one transaction (events), e.g. {:?}",
-                twice.len(),
-                &twice[..twice.len().min(10)]
-            ),
-            app_ids: twice,
-        });
     }
     ph.stats.committed_apps = committed_by.len() as u64;
     ph.stats.collisions = collisions;
@@ -794,6 +869,10 @@ fn run_phase(
     let report =
         check::check_database_with(reader.as_mut(), contract_json, &ph.all_events, baseline)?;
     violations.extend(report.violations.iter().cloned());
+    // The history invariants: every instance's events as one history, with how each process ended and the final
+    // processing_log (check/history.rs).
+    let log = check::history::read_log(reader.as_mut(), contract_json)?;
+    violations.extend(check::history::check(&ph.all_events, &ph.ends, Some(&log)));
     Ok(PhaseOutcome {
         url_redacted: processor::store::url::redact_url(url),
         stats: ph.stats,
@@ -803,6 +882,8 @@ fn run_phase(
         liveness_timeout,
         events: ph.all_events.len(),
         proxy: proxy_stats,
+        processes: ph.ends,
+        t0_us,
     })
 }
 
@@ -829,6 +910,24 @@ fn open_reader_patiently(
             }
         }
     }
+}
+
+/// The `finished` reason of the session whose `started` event names `pid`, if it wrote one.
+fn drain_finish(events: &[Event], pid: u32) -> Option<&str> {
+    let session = events
+        .iter()
+        .rev()
+        .find(|e| {
+            e.event == EventKind::Started
+                && e.detail.get("pid").and_then(serde_json::Value::as_u64) == Some(u64::from(pid))
+        })?
+        .session_id
+        .as_str();
+    events
+        .iter()
+        .rev()
+        .find(|e| e.event == EventKind::Finished && e.session_id == session)
+        .and_then(|e| e.reason.as_deref())
 }
 
 fn describe_status(s: ExitStatus) -> String {

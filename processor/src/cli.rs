@@ -746,6 +746,12 @@ pub fn new_session_id(instance_id: u32) -> String {
 fn run(a: RunArgs) -> Result<(), Exit> {
     let cfg = run_config(&a)?;
     let crasher = Crasher::from_env().map_err(usage)?;
+    if let Some(bug) = crate::crash::plant_from_env().map_err(usage)? {
+        tracing::warn!(
+            bug = bug.name(),
+            "a bug is planted in this processor (harness test)"
+        );
+    }
     let contract = load_contract(&a.common)?;
     let url = db_url(&a.common)?;
     if cfg.commit_mode == CommitMode::Split {

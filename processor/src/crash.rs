@@ -227,6 +227,100 @@ pub fn die() -> ! {
     }
 }
 
+/// The environment variable that plants a known bug in the harness's processor: `PROCESSOR_PLANT_BUG=<name>`.
+/// Exists so each of the harness's history invariants has a test that plants the bug it exists for and sees it
+/// caught. Like crash points it needs the [`CrashHook`] only `harness processor …` installs: the shipped binary
+/// refuses the variable with exit 2, so no user build can carry a planted bug.
+pub const PLANT_ENV: &str = "PROCESSOR_PLANT_BUG";
+
+/// A deliberately wrong behaviour the harness must catch (see ARCHITECTURE.md, "Architecture invariants").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PlantedBug {
+    /// Work is selected without looking at `processing_log` (uncoordinated/partitioned fetch): logged applications
+    /// are done again, and every redo ends as a rolled-back collision, so the final database is still correct.
+    IgnoreLog,
+    /// A fired crash point writes its `crash_point` event and carries on instead of dying.
+    NoKillAtCrash,
+    /// On SIGTERM the process exits 0 at once, with a batch in flight and no `finished` event.
+    ExitMidDrain,
+    /// Commits are not reported: no `committed` event (the database is right, the history is not).
+    SilentCommit,
+}
+
+impl PlantedBug {
+    pub const ALL: [PlantedBug; 4] = [
+        PlantedBug::IgnoreLog,
+        PlantedBug::NoKillAtCrash,
+        PlantedBug::ExitMidDrain,
+        PlantedBug::SilentCommit,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PlantedBug::IgnoreLog => "ignore-log",
+            PlantedBug::NoKillAtCrash => "no-kill-at-crash",
+            PlantedBug::ExitMidDrain => "exit-mid-drain",
+            PlantedBug::SilentCommit => "silent-commit",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlantError {
+    #[error("unknown planted bug '{0}' (known: ignore-log, no-kill-at-crash, exit-mid-drain, silent-commit)")]
+    Unknown(String),
+    #[error(
+        "planted bugs exist only in the harness's processor (`harness processor run …`); \
+         this binary does not have them: unset PROCESSOR_PLANT_BUG"
+    )]
+    NoHook,
+}
+
+impl FromStr for PlantedBug {
+    type Err = PlantError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PlantedBug::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| PlantError::Unknown(s.to_owned()))
+    }
+}
+
+static PLANTED: OnceLock<Option<PlantedBug>> = OnceLock::new();
+
+/// Reads `PROCESSOR_PLANT_BUG` once, at start-up. Unset or empty: no bug. A name needs an installed hook.
+pub fn plant_from_env() -> Result<Option<PlantedBug>, PlantError> {
+    let bug = match std::env::var(PLANT_ENV) {
+        Ok(v) if !v.trim().is_empty() => {
+            let bug: PlantedBug = v.trim().parse()?;
+            if !hook_installed() {
+                return Err(PlantError::NoHook);
+            }
+            Some(bug)
+        }
+        _ => None,
+    };
+    let _ = PLANTED.set(bug);
+    Ok(bug)
+}
+
+/// The fetch query as the planted `ignore-log` bug has it: the anti-join against `processing_log` dropped (every
+/// backend's fetch writes it as one `AND NOT EXISTS (SELECT 1 FROM <log> …)` line). Unchanged unless planted.
+pub fn plant_ignore_log(sql: String) -> String {
+    if !planted(PlantedBug::IgnoreLog) {
+        return sql;
+    }
+    sql.lines()
+        .filter(|l| !l.trim_start().starts_with("AND NOT EXISTS (SELECT 1 FROM"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether `bug` was planted in this process. Always false unless [`plant_from_env`] accepted it.
+pub fn planted(bug: PlantedBug) -> bool {
+    PLANTED.get().copied().flatten() == Some(bug)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +365,18 @@ mod tests {
         for p in CrashPoint::ALL {
             assert_eq!(p.name().parse::<CrashPoint>(), Ok(p));
         }
+    }
+
+    #[test]
+    fn planted_bugs_parse_strictly() {
+        for b in PlantedBug::ALL {
+            assert_eq!(b.name().parse::<PlantedBug>(), Ok(b));
+        }
+        assert!(matches!(
+            "ignore_log".parse::<PlantedBug>(),
+            Err(PlantError::Unknown(_))
+        ));
+        assert!(!planted(PlantedBug::IgnoreLog));
     }
 
     #[test]

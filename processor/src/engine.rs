@@ -183,6 +183,8 @@ impl Hooks for CrashHooks<'_> {
                     // Parked exactly here (every thread stops); the harness sends SIGCONT, and the run goes on.
                     crash::park();
                 }
+                // Planted bug (harness tests only): the point "fires" and the process carries on.
+                _ if crash::planted(crash::PlantedBug::NoKillAtCrash) => {}
                 _ => crash::die(),
             }
         }
@@ -424,6 +426,10 @@ pub fn run(
                     _ => None,
                 }
             };
+            if stop == Some("drained") && crash::planted(crash::PlantedBug::ExitMidDrain) {
+                // Planted bug (harness tests only): leave at once, the batch in flight unwritten and unreported.
+                std::process::exit(0);
+            }
             let docs = if stop.is_some() {
                 Vec::new()
             } else {
@@ -670,7 +676,8 @@ fn result_from_committed(work: &[AppWork], mine: &[i64]) -> BatchResult {
 }
 
 fn emit_batch(ctx: &RunContext<'_>, iid: u32, r: &BatchResult, fenced: bool) {
-    if !r.committed.is_empty() {
+    // Planted bug (harness tests only): the commit is not reported.
+    if !r.committed.is_empty() && !crash::planted(crash::PlantedBug::SilentCommit) {
         let mut e = ctx.event(EventKind::Committed, iid, r.committed.clone());
         if fenced {
             e.fences = r.committed_fences.clone();

@@ -3,6 +3,7 @@
 //! Must not call processor code other than the event types in `processor::events`, and must never write.
 
 pub mod baseline;
+pub mod history;
 pub mod reader;
 pub mod reference;
 
@@ -41,10 +42,14 @@ pub enum Invariant {
     Fencing,
     Liveness,
     FaultsFired,
+    NoRedo,
+    CommitEvents,
+    CrashKills,
+    CleanDrain,
 }
 
 impl Invariant {
-    pub const ALL: [Invariant; 7] = [
+    pub const ALL: [Invariant; 11] = [
         Invariant::Coverage,
         Invariant::NoDuplicates,
         Invariant::LogMatchesData,
@@ -52,6 +57,10 @@ impl Invariant {
         Invariant::Fencing,
         Invariant::Liveness,
         Invariant::FaultsFired,
+        Invariant::NoRedo,
+        Invariant::CommitEvents,
+        Invariant::CrashKills,
+        Invariant::CleanDrain,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +72,10 @@ impl Invariant {
             Invariant::Fencing => "fencing",
             Invariant::Liveness => "liveness",
             Invariant::FaultsFired => "faults-fired",
+            Invariant::NoRedo => "no-redo",
+            Invariant::CommitEvents => "commit-events",
+            Invariant::CrashKills => "crash-kills",
+            Invariant::CleanDrain => "clean-drain",
         }
     }
 }

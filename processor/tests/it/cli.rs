@@ -71,6 +71,37 @@ fn an_unknown_crash_point_is_a_start_up_error() {
     assert!(err.contains("unknown crash point 'after_data'"), "{err}");
 }
 
+/// Planted bugs (`PROCESSOR_PLANT_BUG`, the harness's own tests of its invariants) exist only in the harness's
+/// processor: the shipped binary refuses the variable at start-up, before touching the database.
+#[test]
+fn the_shipped_binary_refuses_planted_bugs() {
+    for bug in [
+        "ignore-log",
+        "no-kill-at-crash",
+        "exit-mid-drain",
+        "nonsense",
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = format!("sqlite:{}", dir.path().join("x.db").display());
+        let out = processor()
+            .args(["run", "--db", &db])
+            .env("PROCESSOR_PLANT_BUG", bug)
+            .env_remove("PROCESSOR_CRASH_AT")
+            .output()
+            .expect("spawn");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bug}: {:?} {err}", out.status);
+        assert!(
+            err.contains("PROCESSOR_PLANT_BUG") || err.contains("unknown planted bug"),
+            "{bug}: {err}"
+        );
+        assert!(
+            !dir.path().join("x.db").exists(),
+            "{bug}: touched the database"
+        );
+    }
+}
+
 /// The shipped binary has no crash points (only `harness processor …` installs the hook that fires them): a valid
 /// crash point is refused loudly, before any database is touched, instead of killing the user's run.
 #[test]

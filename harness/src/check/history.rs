@@ -1,0 +1,434 @@
+//! Invariants over the history: the event streams of every instance of a run, checked as one history together
+//! with how each process ended and the final `processing_log`. A processor can leave a correct-looking database
+//! and still have done the wrong thing (redone logged work and rolled it back as collisions, committed without
+//! reporting it, drained with claims still held); these checks see it.
+//!
+//! Clock: every process writes `ts_us` from the same host clock, and an event is written after the step it reports
+//! (a `committed` event after its COMMIT returned, `started` before any work). Each rule compares timestamps only
+//! in that safe direction.
+//!
+//! Must not call processor code other than the event types, and must never write.
+
+use super::baseline::Layout;
+use super::reader::Sql;
+use super::{CheckError, Invariant, Reader, Violation};
+use processor::events::{Event, EventKind};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// How one processor process (one start of one instance) ended, as the runner saw it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProcessEnd {
+    pub instance: u32,
+    /// 1 for the first start of the instance.
+    pub start: u32,
+    pub pid: u32,
+    /// `exit code N` / `killed by signal N`.
+    pub status: String,
+    /// The harness itself SIGKILLed it (a `kill` fault, or the liveness deadline): it may have died between a
+    /// COMMIT and the event reporting it.
+    pub killed_by_harness: bool,
+    /// When the runner saw it end (µs since the epoch, the events' clock).
+    pub ended_us: i64,
+    /// The process-fate invariant its ending broke (`crash-kills`, `clean-drain`), if any.
+    pub violation: Option<Invariant>,
+}
+
+/// One session as the history shows it.
+#[derive(Debug, Clone, Default)]
+struct Session<'e> {
+    instance: u32,
+    started_us: Option<i64>,
+    pid: Option<u32>,
+    finished: Option<&'e str>,
+    /// `--commit-mode split`: one transaction per application, one `committed` event per batch.
+    split: bool,
+    /// It fired a crash point whose action is `kill`.
+    crashed: bool,
+}
+
+fn sessions(events: &[Event]) -> HashMap<&str, Session<'_>> {
+    let mut out: HashMap<&str, Session<'_>> = HashMap::new();
+    for e in events {
+        let s = out.entry(e.session_id.as_str()).or_default();
+        s.instance = e.instance_id;
+        match e.event {
+            EventKind::Started => {
+                s.started_us = Some(e.ts_us);
+                s.pid = e
+                    .detail
+                    .get("pid")
+                    .and_then(serde_json::Value::as_u64)
+                    .and_then(|p| u32::try_from(p).ok());
+                s.split = e
+                    .detail
+                    .get("commit_mode")
+                    .and_then(serde_json::Value::as_str)
+                    == Some("split");
+            }
+            EventKind::CrashPoint => {
+                s.crashed =
+                    e.detail.get("action").and_then(serde_json::Value::as_str) != Some("pause");
+            }
+            EventKind::Finished => s.finished = e.reason.as_deref(),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn sample(apps: &BTreeSet<i64>) -> String {
+    let v: Vec<String> = apps.iter().take(10).map(i64::to_string).collect();
+    let more = if apps.len() > 10 { ", …" } else { "" };
+    format!("[{}{more}]", v.join(", "))
+}
+
+/// Every history invariant over `events` (all instances, any order) and `ends`; `log` is the final
+/// `processing_log` as (app_id, session_id), or `None` when it could not be read (then the join is skipped).
+pub fn check(
+    events: &[Event],
+    ends: &[ProcessEnd],
+    log: Option<&[(i64, String)]>,
+) -> Vec<Violation> {
+    let mut events: Vec<&Event> = events.iter().collect();
+    events.sort_by_key(|e| e.ts_us);
+    let owned: Vec<Event> = events.iter().map(|e| (*e).clone()).collect();
+    let sess = sessions(&owned);
+    let mut out = Vec::new();
+    out.extend(committed_once(&owned));
+    out.extend(no_redo(&owned, &sess));
+    out.extend(fences_increase(&owned));
+    out.extend(drained_holds_nothing(&owned, &sess));
+    if let Some(log) = log {
+        out.extend(log_rows_reported(&owned, &sess, ends, log));
+    }
+    out
+}
+
+/// No application is committed by two transactions (two `committed` events), whatever the database shows now.
+fn committed_once(events: &[Event]) -> Vec<Violation> {
+    let mut by: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.event == EventKind::Committed) {
+        for a in &e.app_ids {
+            by.entry(*a).or_default().push(&e.session_id);
+        }
+    }
+    let twice: BTreeSet<i64> = by
+        .iter()
+        .filter(|(_, s)| s.len() > 1)
+        .map(|(a, _)| *a)
+        .collect();
+    if twice.is_empty() {
+        return vec![];
+    }
+    let first = twice.iter().next().copied().unwrap_or_default();
+    vec![Violation::new(
+        Invariant::NoDuplicates,
+        twice.iter().copied(),
+        format!(
+            "{} applications were committed by more than one transaction (events), e.g. {} (app {first} by {})",
+            twice.len(),
+            sample(&twice),
+            by[&first].join(", ")
+        ),
+    )]
+}
+
+/// Nothing is redone that was durably logged before the redoing session started: a `collision` or `lease_lost` of X
+/// by session S, when X's `committed` event (by any session, S included) was written before S's `started` event —
+/// or before this very collision, by S itself. Such a commit was visible to every selection S ever made, so S
+/// selected logged work (e.g. it ignored `processing_log`). Legitimate collisions are races between sessions that
+/// were both running before the commit.
+fn no_redo(events: &[Event], sess: &HashMap<&str, Session<'_>>) -> Vec<Violation> {
+    // app → (ts, session) of its first commit.
+    let mut first_commit: HashMap<i64, (i64, &str)> = HashMap::new();
+    let mut redone: BTreeSet<i64> = BTreeSet::new();
+    let mut example: Option<String> = None;
+    let mut redoers: BTreeSet<&str> = BTreeSet::new();
+    for e in events {
+        match e.event {
+            EventKind::Committed => {
+                for a in &e.app_ids {
+                    first_commit.entry(*a).or_insert((e.ts_us, &e.session_id));
+                }
+            }
+            EventKind::Collision | EventKind::LeaseLost => {
+                let started = sess
+                    .get(e.session_id.as_str())
+                    .and_then(|s| s.started_us)
+                    .unwrap_or(i64::MIN);
+                for a in &e.app_ids {
+                    let Some((ct, by)) = first_commit.get(a) else {
+                        continue;
+                    };
+                    let own = *by == e.session_id;
+                    if *ct < started || own {
+                        redone.insert(*a);
+                        redoers.insert(&e.session_id);
+                        if example.is_none() {
+                            example = Some(format!(
+                                "app {a} was committed by session {by}{}, and session {} then redid it ({})",
+                                if own { "" } else { " before the redoing session started" },
+                                e.session_id,
+                                e.event.as_str()
+                            ));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    match example {
+        None => vec![],
+        Some(ex) => vec![Violation::new(
+            Invariant::NoRedo,
+            redone.iter().copied(),
+            format!(
+                "{} applications were redone after they were durably logged ({} session(s)), e.g. {ex}: work was \
+                 selected without regard to processing_log; {}",
+                redone.len(),
+                redoers.len(),
+                sample(&redone)
+            ),
+        )],
+    }
+}
+
+/// Queue mode: the fences of successive claims of one application strictly increase (a takeover or a re-claim of
+/// one's own expired claim must bump the fence, else fencing cannot tell the claims apart).
+fn fences_increase(events: &[Event]) -> Vec<Violation> {
+    let mut last: HashMap<i64, (i64, &str)> = HashMap::new();
+    let mut bad: BTreeSet<i64> = BTreeSet::new();
+    let mut example = None;
+    for e in events.iter().filter(|e| e.event == EventKind::Claimed) {
+        for (i, a) in e.app_ids.iter().enumerate() {
+            let Some(f) = e.fences.get(i).copied() else {
+                continue;
+            };
+            if let Some((pf, ps)) = last.get(a) {
+                if f <= *pf {
+                    bad.insert(*a);
+                    example.get_or_insert_with(|| {
+                        format!(
+                            "app {a}: claimed with fence {pf} by {ps}, then with fence {f} by {}",
+                            e.session_id
+                        )
+                    });
+                }
+            }
+            last.insert(*a, (f, &e.session_id));
+        }
+    }
+    match example {
+        None => vec![],
+        Some(ex) => vec![Violation::new(
+            Invariant::Fencing,
+            bad.iter().copied(),
+            format!(
+                "{} applications were claimed again without a higher fence, e.g. {ex}",
+                bad.len()
+            ),
+        )],
+    }
+}
+
+/// A session that finished `drained` holds no claim: everything it claimed was written (committed, collision,
+/// lease lost) or released (`abandoned`) by itself before it finished.
+fn drained_holds_nothing(events: &[Event], sess: &HashMap<&str, Session<'_>>) -> Vec<Violation> {
+    let mut held: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
+    for e in events {
+        if sess.get(e.session_id.as_str()).and_then(|s| s.finished) != Some("drained") {
+            continue;
+        }
+        let h = held.entry(&e.session_id).or_default();
+        match e.event {
+            EventKind::Claimed => h.extend(e.app_ids.iter().copied()),
+            EventKind::Committed
+            | EventKind::Collision
+            | EventKind::LeaseLost
+            | EventKind::Abandoned
+            | EventKind::Failed => {
+                for a in &e.app_ids {
+                    h.remove(a);
+                }
+            }
+            EventKind::CommitResolved if e.reason.as_deref() == Some("committed") => {
+                for a in &e.app_ids {
+                    h.remove(a);
+                }
+            }
+            _ => {}
+        }
+    }
+    held.into_iter()
+        .filter(|(_, h)| !h.is_empty())
+        .map(|(s, h)| {
+            Violation::new(
+                Invariant::CleanDrain,
+                h.iter().copied(),
+                format!(
+                    "session {s} finished `drained` still holding {} claimed applications it neither wrote nor \
+                     released: {}",
+                    h.len(),
+                    sample(&h)
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Every `processing_log` row's session reported it: a `committed` event (or `commit_resolved` `committed`) for that
+/// application. Excused only when the session was SIGKILLed by the harness (it may have died between the COMMIT and
+/// its event), or killed itself at a crash point in split mode. A row of a session with no events at all is
+/// reported too.
+fn log_rows_reported(
+    events: &[Event],
+    sess: &HashMap<&str, Session<'_>>,
+    ends: &[ProcessEnd],
+    log: &[(i64, String)],
+) -> Vec<Violation> {
+    let mut reported: HashMap<&str, BTreeSet<i64>> = HashMap::new();
+    for e in events {
+        let counts = e.event == EventKind::Committed
+            || (e.event == EventKind::CommitResolved && e.reason.as_deref() == Some("committed"));
+        if counts {
+            reported
+                .entry(&e.session_id)
+                .or_default()
+                .extend(e.app_ids.iter().copied());
+        }
+    }
+    let killed: BTreeSet<u32> = ends
+        .iter()
+        .filter(|p| p.killed_by_harness)
+        .map(|p| p.pid)
+        .collect();
+    let mut silent: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
+    for (app, session) in log {
+        let s = sess.get(session.as_str());
+        // Split mode commits each application on its own and reports the batch after its last one, so a crash point
+        // that kills it mid-batch leaves earlier commits of that batch unreported, by design.
+        let excused = s.is_some_and(|s| {
+            s.pid.is_some_and(|pid| killed.contains(&pid)) || (s.split && s.crashed)
+        });
+        if excused {
+            continue;
+        }
+        if !reported
+            .get(session.as_str())
+            .is_some_and(|r| r.contains(app))
+        {
+            silent.entry(session).or_default().insert(*app);
+        }
+    }
+    silent
+        .into_iter()
+        .map(|(s, apps)| {
+            let why = match sess.get(s) {
+                None => "a session that wrote no events at all".to_owned(),
+                Some(x) => format!("session {s} (instance {})", x.instance),
+            };
+            Violation::new(
+                Invariant::CommitEvents,
+                apps.iter().copied(),
+                format!(
+                    "{} processing_log rows were written by {why} without a `committed` event for them: {}",
+                    apps.len(),
+                    sample(&apps)
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The final `processing_log` as (app_id, session_id), read with the checker's own query.
+pub fn read_log(
+    reader: &mut dyn Reader,
+    contract_json: &str,
+) -> Result<Vec<(i64, String)>, CheckError> {
+    let layout = Layout::parse(contract_json)?;
+    let sql = Sql::new(reader.dialect(), &layout.target_schema)?;
+    let mut out = Vec::new();
+    reader.query_each(&sql.log_rows(false)?, &mut |r| {
+        let app = super::parse_id(&r[0], "processing_log")?;
+        out.push((app, r[3].clone().unwrap_or_default()));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: EventKind, ts: i64, session: &str, apps: &[i64]) -> Event {
+        let mut e = Event::new(kind, 0, session, apps.to_vec());
+        e.ts_us = ts;
+        e
+    }
+
+    fn started(ts: i64, session: &str, pid: u32) -> Event {
+        let mut e = ev(EventKind::Started, ts, session, &[]);
+        e.detail = serde_json::json!({ "pid": pid });
+        e
+    }
+
+    #[test]
+    fn redo_after_a_durable_commit_is_caught_and_a_race_is_not() {
+        let race = [
+            started(1, "a", 1),
+            started(2, "b", 2),
+            ev(EventKind::Committed, 10, "a", &[5]),
+            ev(EventKind::Collision, 11, "b", &[5]),
+        ];
+        assert!(check(&race, &[], None).is_empty());
+        let redo = [
+            started(1, "a", 1),
+            ev(EventKind::Committed, 10, "a", &[5]),
+            started(20, "b", 2),
+            ev(EventKind::Collision, 21, "b", &[5]),
+        ];
+        let v = check(&redo, &[], None);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].invariant, Invariant::NoRedo);
+        assert_eq!(v[0].app_ids, vec![5]);
+    }
+
+    #[test]
+    fn fences_must_increase_and_drains_must_release() {
+        let mut c1 = ev(EventKind::Claimed, 1, "a", &[7]);
+        c1.fences = vec![2];
+        let mut c2 = ev(EventKind::Claimed, 5, "b", &[7]);
+        c2.fences = vec![2];
+        let v = check(&[c1.clone(), c2], &[], None);
+        assert!(v.iter().any(|v| v.invariant == Invariant::Fencing), "{v:?}");
+        let mut fin = ev(EventKind::Finished, 9, "a", &[]);
+        fin.reason = Some("drained".into());
+        let v = check(&[c1.clone(), fin.clone()], &[], None);
+        assert!(
+            v.iter().any(|v| v.invariant == Invariant::CleanDrain),
+            "{v:?}"
+        );
+        let ab = ev(EventKind::Abandoned, 8, "a", &[7]);
+        assert!(check(&[c1, ab, fin], &[], None).is_empty());
+    }
+
+    #[test]
+    fn log_rows_need_their_commit_event_unless_the_harness_killed_the_session() {
+        let evs = [started(1, "a", 41)];
+        let log = vec![(3, "a".to_owned())];
+        let v = check(&evs, &[], Some(&log));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].invariant, Invariant::CommitEvents);
+        let end = ProcessEnd {
+            instance: 0,
+            start: 1,
+            pid: 41,
+            status: "killed by signal 9".into(),
+            killed_by_harness: true,
+            ended_us: 5,
+            violation: None,
+        };
+        assert!(check(&evs, &[end], Some(&log)).is_empty());
+    }
+}

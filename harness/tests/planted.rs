@@ -1,0 +1,176 @@
+//! Each history and process-fate invariant has a test that plants the bug it exists for and sees it caught: the
+//! harness's built-in processor carries the bug (`PROCESSOR_PLANT_BUG`, live only in `harness processor …`), a real
+//! scenario runs on SQLite (and on a private PostgreSQL cluster when the binaries exist), and the run must fail on
+//! exactly that invariant. The same scenarios pass unmodified in `tests/scenarios.rs`, so a catch here is the bug,
+//! not noise. `harness = false`: the tests are `fixtures::trial`s (an absent PostgreSQL is skipped, never passed).
+
+use fixtures::trial::{self, Need, Trial};
+use harness::check::Invariant;
+use harness::db::{Launcher, PgLauncher, SqliteDir};
+use harness::runner::{run_plan, ProcessorCmd, RunOptions, ScenarioOutcome, Verdict};
+use harness::scenario::Scenario;
+use std::path::{Path, PathBuf};
+
+/// The harness binary of this build with one bug planted, through `env` so no test mutates its own environment.
+fn planted(bug: &str) -> ProcessorCmd {
+    ProcessorCmd {
+        program: PathBuf::from("/usr/bin/env"),
+        prefix: vec![
+            format!("PROCESSOR_PLANT_BUG={bug}"),
+            env!("CARGO_BIN_EXE_harness").to_owned(),
+            "processor".into(),
+        ],
+    }
+}
+
+fn run(file: &str, bug: &str, launcher: &mut dyn Launcher, out: &Path) -> ScenarioOutcome {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios")
+        .join(file);
+    let sc = Scenario::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    let plan = sc.plan(1, Some(path)).unwrap_or_else(|e| panic!("{e}"));
+    let opts = RunOptions {
+        out_dir: out.to_owned(),
+        processor: planted(bug),
+        verbose: false,
+    };
+    run_plan(&plan, launcher, &opts).unwrap_or_else(|e| panic!("{file} with {bug}: {e}"))
+}
+
+/// Runs `file` with `bug` planted and asserts the run failed and `want` is among its violations.
+fn caught(file: &str, bug: &str, want: Invariant, launcher: &mut dyn Launcher) {
+    let out = tempfile::tempdir().expect("temp dir");
+    let o = run(file, bug, launcher, out.path());
+    let details: Vec<String> = o
+        .main
+        .violations
+        .iter()
+        .map(|v| format!("{}: {}", v.invariant, v.message))
+        .collect();
+    // A bug that shows without faults is caught by the no-fault baseline already (verdict INVALID, which fails the
+    // run like FAIL: `harness run` exits 1); otherwise by the faulted run.
+    let base: Vec<Invariant> = o
+        .baseline
+        .iter()
+        .flat_map(|b| b.violations.iter().map(|v| v.invariant))
+        .collect();
+    let in_main = o.main.violated().contains(&want);
+    assert!(
+        (o.verdict == Verdict::Fail && in_main)
+            || (o.verdict == Verdict::Invalid && base.contains(&want)),
+        "{file} with {bug} planted on {}: expected {want}, got {:?}: {}\n{}",
+        launcher.backend().as_str(),
+        o.verdict,
+        o.reason,
+        details.join("\n")
+    );
+    // The fault itself fired: the catch rests on the scenario having happened, not on a broken run.
+    assert!(
+        !o.main.violated().contains(&Invariant::FaultsFired),
+        "{file} with {bug}: {}",
+        o.reason
+    );
+    html_shows(&o, launcher.backend().as_str(), want);
+}
+
+/// `report.html` is written next to `summary.json`, self-contained, with a lane per instance and the planted
+/// violation marked.
+fn html_shows(o: &ScenarioOutcome, backend: &str, want: Invariant) {
+    harness::report::write_summary(o, backend).expect("reports written");
+    assert!(o.dir.join("summary.json").is_file());
+    let html = std::fs::read_to_string(o.dir.join("report.html")).expect("report.html written");
+    assert!(html.contains("<svg"), "no timeline");
+    for i in 0..o.plan.instances {
+        assert!(
+            html.contains(&format!(">instance {i}</text>")),
+            "no lane for instance {i}"
+        );
+    }
+    let row = format!("<tr class=\"viol\"><td>{want}</td>");
+    assert!(html.contains(&row), "{want} is not in the violations table");
+    // Something on the timeline is marked: an event ringed (a violated application) or a process end in red.
+    assert!(
+        html.contains("class=\"ring\"") || html.contains("class=\"endbad\""),
+        "no violation marked on the timeline"
+    );
+    for fetch in ["<script", "src=", "href=", "@import", "url("] {
+        assert!(
+            !html.contains(fetch),
+            "report.html is not self-contained: {fetch}"
+        );
+    }
+}
+
+fn on_sqlite(
+    file: &'static str,
+    bug: &'static str,
+    want: Invariant,
+) -> impl FnOnce() + Send + 'static {
+    move || {
+        let mut l = SqliteDir::new().expect("temp dir");
+        caught(file, bug, want, &mut l);
+    }
+}
+
+fn on_postgres(
+    file: &'static str,
+    bug: &'static str,
+    want: Invariant,
+) -> impl FnOnce() + Send + 'static {
+    move || {
+        let cluster = fixtures::pg::PgCluster::start()
+            .unwrap_or_else(|e| panic!("could not start a private PostgreSQL cluster: {e}"));
+        let mut l = PgLauncher { cluster };
+        caught(file, bug, want, &mut l);
+    }
+}
+
+/// (test name, scenario, planted bug, the invariant that must catch it).
+const CASES: &[(&str, &str, &str, Invariant)] = &[
+    // Work selected without looking at processing_log: the rerun after a kill-after-commit redoes what was logged;
+    // every redo is a rolled-back collision, so the final database is correct and only the history shows it.
+    (
+        "ignore_log_is_caught_as_redone_work",
+        "crash-b-uncoordinated.toml",
+        "ignore-log",
+        Invariant::NoRedo,
+    ),
+    // A crash point that writes its event and carries on: the runner used to take the event as proof.
+    (
+        "a_crash_point_that_does_not_kill_is_caught",
+        "crash-b-uncoordinated.toml",
+        "no-kill-at-crash",
+        Invariant::CrashKills,
+    ),
+    // Exit 0 at once on SIGTERM, a batch in flight and no `finished drained`: it used to count as drained.
+    (
+        "a_drain_that_exits_mid_batch_is_caught",
+        "crash-c-queue.toml",
+        "exit-mid-drain",
+        Invariant::CleanDrain,
+    ),
+    // Commits that are not reported: the database is right, only the events are wrong.
+    (
+        "an_unreported_commit_is_caught",
+        "crash-b-uncoordinated.toml",
+        "silent-commit",
+        Invariant::CommitEvents,
+    ),
+];
+
+fn main() {
+    let mut t: Vec<Trial> = Vec::new();
+    for &(name, file, bug, want) in CASES {
+        t.push(trial::trial(
+            format!("sqlite::{name}"),
+            &[],
+            on_sqlite(file, bug, want),
+        ));
+        t.push(trial::trial(
+            format!("postgres::{name}"),
+            &[Need::Postgres],
+            on_postgres(file, bug, want),
+        ));
+    }
+    trial::run(t)
+}
