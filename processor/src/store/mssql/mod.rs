@@ -225,14 +225,45 @@ impl MssqlStore {
         let rt = runtime()?;
         let (client, kind) = rt.block_on(connect(cfg))?;
         let names = Names::new(&contract);
-        Ok(MssqlStore {
+        let mut store = MssqlStore {
             cfg: cfg.clone(),
             kind,
             rt,
             client,
             contract,
             names,
-        })
+        };
+        store.warm_claim();
+        Ok(store)
+    }
+
+    /// Babelfish parses each new statement shape slowly the first time on a connection (its ANTLR parser warms up
+    /// per server process; measured with tsql on a loaded 2-core machine: 2-8 s for a first parse, then 2-20 ms
+    /// for the same shape). The engine takes `now_ms` just before it claims, so a first claim slower than the
+    /// lease came back already expired and was taken over at once, even by the same instance's next claim
+    /// (`fencing-takeover-queue` with its 1 s lease). So on Babelfish a new connection runs the claim's text once
+    /// with `TOP (0)`: it inserts no placeholder, picks and updates nothing, and returns no row. Any error (the
+    /// tables do not exist before `init`) is ignored: the parse, which is what is being warmed, happened anyway.
+    /// SQL Server is not touched.
+    fn warm_claim(&mut self) {
+        if self.kind != ServerKind::Babelfish {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        let mut q = Query::new(sql::claim(&self.names));
+        q.bind(0i64);
+        q.bind(0i64);
+        bind_sel(&mut q, &Selection::default());
+        q.bind("");
+        q.bind(0i64);
+        let r = self.rt.block_on(fetch(&mut self.client, q));
+        // An error can end the batch between its `SET XACT_ABORT ON` and `OFF`: restore the session's settings.
+        let reset = self.run_batch("warm up", sql::ROLLBACK_AND_RESET);
+        tracing::debug!(
+            ms = t0.elapsed().as_millis() as u64,
+            ok = r.is_ok() && reset.is_ok(),
+            "babelfish: claim statement warmed"
+        );
     }
 
     /// The engine behind the connection, detected at login.
@@ -650,6 +681,7 @@ impl Store for MssqlStore {
     fn reconnect(&mut self) -> StoreResult<()> {
         // The old connection is dropped (and its open transaction rolled back by the server) on success.
         (self.client, self.kind) = self.rt.block_on(connect(&self.cfg))?;
+        self.warm_claim();
         Ok(())
     }
 }

@@ -44,6 +44,8 @@ pub const BEGIN: &str =
 pub const COMMIT: &str = "COMMIT TRANSACTION;";
 /// No error when the server already rolled back (deadlock victim, severe error).
 pub const ROLLBACK: &str = "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION;";
+/// After a batch that may have ended early: nothing left open, `XACT_ABORT` back OFF.
+pub const ROLLBACK_AND_RESET: &str = "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION; SET XACT_ABORT OFF;";
 pub const SAVEPOINT: &str = "SAVE TRANSACTION app;";
 /// SQL Server has no `RELEASE SAVEPOINT`: a savepoint simply stays until the transaction ends, and re-saving the
 /// same name moves it. `release_savepoint` is a no-op.
