@@ -15,7 +15,72 @@ use crate::value::{convert, parse_decimal, ColType, Value};
 use quick_xml::events::attributes::Attributes;
 use quick_xml::events::Event;
 use quick_xml::{Reader, XmlVersion};
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::HashMap as StdHashMap;
+
+/// The maps of this module hash document text (element paths and names, attribute names) once per element: a
+/// multiply-rotate hash (FxHash's) over 8-byte words instead of SipHash, which was the largest single cost of a
+/// parse (profile in BENCHMARKS.md). Seeded per process, so a document cannot be crafted against a fixed seed.
+type HashMap<K, V> = StdHashMap<K, V, FastState>;
+
+#[derive(Clone, Copy)]
+struct FastState(u64);
+
+impl Default for FastState {
+    fn default() -> Self {
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        FastState(*SEED.get_or_init(|| {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0x5348_5245_4450_524fu64)
+        }))
+    }
+}
+
+impl std::hash::BuildHasher for FastState {
+    type Hasher = FastHasher;
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher(self.0)
+    }
+}
+
+struct FastHasher(u64);
+
+impl FastHasher {
+    const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(Self::K);
+    }
+}
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            self.add(u64::from_le_bytes(b));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        // A final avalanche so the low bits hashbrown uses depend on every input bit.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^ (h >> 33)
+    }
+}
 
 fn invalid(entry: impl Into<String>, problem: impl Into<String>) -> ContractError {
     ContractError::Invalid {
@@ -380,7 +445,7 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
     }
 
     // Enums: integers or strings (officer_code_to_email_enum maps to text).
-    let mut enums = HashMap::new();
+    let mut enums = HashMap::default();
     for (name, map) in &raw.enum_mappings {
         let mut vals = Vec::new();
         for (k, v) in map {
@@ -833,7 +898,8 @@ fn strip_strings(s: &str) -> String {
 struct Elem<'a> {
     name: &'a str,
     parent: Option<usize>,
-    attrs: Vec<(&'a str, String)>,
+    /// (name, value): both borrowed from the document unless the value needed unescaping or normalising.
+    attrs: Vec<(&'a str, Cow<'a, str>)>,
     children: Vec<usize>,
 }
 
@@ -842,7 +908,7 @@ impl Elem<'_> {
         self.attrs
             .iter()
             .find(|(n, _)| *n == k)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
     /// The replaced system's `_get_attribute_case_insensitive`.
     fn get_ci(&self, k: &str) -> Option<&str> {
@@ -850,7 +916,7 @@ impl Elem<'_> {
             self.attrs
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(k))
-                .map(|(_, v)| v.as_str())
+                .map(|(_, v)| v.as_ref())
         })
     }
 }
@@ -874,8 +940,8 @@ fn parse_doc<'a>(xml: &'a str, root: &str, budget: &Budget) -> Result<Doc<'a>, F
     let mut doc = Doc {
         elems: Vec::new(),
         paths: Vec::new(),
-        path_idx: HashMap::new(),
-        by_name: HashMap::new(),
+        path_idx: HashMap::default(),
+        by_name: HashMap::default(),
     };
     let mut stack: Vec<(usize, usize)> = Vec::new(); // (elem, path string length)
     let mut path = String::new();
@@ -953,12 +1019,10 @@ fn parse_doc<'a>(xml: &'a str, root: &str, budget: &Budget) -> Result<Doc<'a>, F
             let v = a
                 .normalized_value(XmlVersion::Implicit1_0)
                 .map_err(|err| parse_err(format!("bad attribute value: {err}")))?;
-            let key_len = a.key.as_ref().len();
-            // The key is borrowed from the body: find it by position (attributes are in order).
-            let key: &'a str = find_key(body, a.key.as_ref()).unwrap_or("");
-            let _ = key_len;
+            // Both borrow from the document (the value unless unescaping or normalising changed it).
+            let key: &'a str = a.key.into_inner();
             // Raw (XML-unescaped) as lxml gives it; `xd` is the replaced parser's processed form.
-            attrs.push((key, v.into_owned()));
+            attrs.push((key, v));
         }
         let id = doc.elems.len();
         let parent = stack.last().map(|(p, _)| *p);
@@ -990,24 +1054,15 @@ fn parse_doc<'a>(xml: &'a str, root: &str, budget: &Budget) -> Result<Doc<'a>, F
     }
 }
 
-fn find_key<'a>(body: &'a str, k: &str) -> Option<&'a str> {
-    let mut from = 0;
-    while let Some(i) = body[from..].find(k) {
-        let s = from + i;
-        let before_ok = s > 0 && body.as_bytes()[s - 1].is_ascii_whitespace();
-        let after = body[s + k.len()..].trim_start();
-        if before_ok && after.starts_with('=') {
-            return Some(&body[s..s + k.len()]);
-        }
-        from = s + k.len();
-    }
-    None
-}
-
 /// The value as the replaced parser's `extract_elements` stores it (stripped, HTML-unescaped once more); contacts
 /// and their children are read from the lxml tree instead, raw.
-fn xd(v: &str) -> String {
-    html_unescape(v.trim())
+fn xd(v: &str) -> Cow<'_, str> {
+    let t = v.trim();
+    if t.contains('&') {
+        Cow::Owned(html_unescape(t))
+    } else {
+        Cow::Borrowed(t)
+    }
 }
 
 /// Python's `html.unescape` for the references that survive XML unescaping (`&amp;lt;` → `&lt;` → `<`).
@@ -1360,30 +1415,95 @@ impl Ctx<'_> {
 }
 
 /// Key → value context of the calculated-field engine (a flattened dictionary, later keys overwriting). The
-/// case-insensitive lookups resolve to the first key in insertion order, as the replaced code's scans do, through
-/// indexes built as keys arrive (no scan per lookup).
-#[derive(Default, Clone)]
-struct Context {
-    map: HashMap<String, String>,
-    order: Vec<String>,
+/// case-insensitive lookups resolve to the first key in insertion order, as the replaced code's scans do. Two forms
+/// with the same answers: a map (the application context, built once per document, with case-folded indexes built
+/// on the first case-insensitive miss) and a view of one element's attributes (a contact or a contact's child,
+/// optionally with `con_id` set on top), which borrows the document instead of copying every attribute per row.
+enum Context<'a> {
+    Map(MapContext<'a>),
+    Elem {
+        attrs: &'a [(&'a str, Cow<'a, str>)],
+        /// `con_id` set after the attributes (overwriting an attribute of that name, else appended).
+        con_id: Option<&'a str>,
+    },
+}
+
+#[derive(Default)]
+struct MapContext<'a> {
+    map: HashMap<Cow<'a, str>, Cow<'a, str>>,
+    order: Vec<Cow<'a, str>>,
     /// Upper- and lower-case key → first key in insertion order; built on the first case-insensitive miss.
     folded: std::cell::OnceCell<(HashMap<String, usize>, HashMap<String, usize>)>,
 }
 
-impl Context {
-    fn set(&mut self, k: &str, v: &str) {
-        if self.map.insert(k.to_owned(), v.to_owned()).is_none() {
-            self.order.push(k.to_owned());
-            self.folded = std::cell::OnceCell::new();
+/// `key.to_uppercase() == up`, without allocating for ASCII keys.
+fn upper_is(key: &str, up: &str) -> bool {
+    if key.is_ascii() && up.is_ascii() {
+        key.len() == up.len()
+            && key
+                .bytes()
+                .zip(up.bytes())
+                .all(|(a, b)| a.to_ascii_uppercase() == b)
+    } else {
+        key.to_uppercase() == up
+    }
+}
+
+/// `key.to_lowercase() == low`, without allocating for ASCII keys.
+fn lower_is(key: &str, low: &str) -> bool {
+    if key.is_ascii() && low.is_ascii() {
+        key.len() == low.len()
+            && key
+                .bytes()
+                .zip(low.bytes())
+                .all(|(a, b)| a.to_ascii_lowercase() == b)
+    } else {
+        key.to_lowercase() == low
+    }
+}
+
+impl<'a> Context<'a> {
+    fn empty() -> Context<'a> {
+        Context::Map(MapContext::default())
+    }
+    fn set(&mut self, k: impl Into<Cow<'a, str>>, v: impl Into<Cow<'a, str>>) {
+        let Context::Map(c) = self else {
+            unreachable!("only map contexts are built by setting keys")
+        };
+        let (k, v) = (k.into(), v.into());
+        match c.map.get_mut(k.as_ref()) {
+            Some(slot) => *slot = v,
+            None => {
+                c.order.push(k.clone());
+                c.map.insert(k, v);
+                c.folded = std::cell::OnceCell::new();
+            }
         }
     }
     fn get(&self, k: &str) -> Option<&str> {
-        self.map.get(k).map(String::as_str)
+        match self {
+            Context::Map(c) => c.map.get(k).map(AsRef::as_ref),
+            Context::Elem { attrs, con_id } => match con_id {
+                Some(con) if k == "con_id" => Some(con),
+                _ => attrs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_ref()),
+            },
+        }
     }
-    fn folded(&self) -> &(HashMap<String, usize>, HashMap<String, usize>) {
-        self.folded.get_or_init(|| {
-            let (mut up, mut low) = (HashMap::new(), HashMap::new());
-            for (i, k) in self.order.iter().enumerate() {
+    /// The keys in insertion order (element form only).
+    fn elem_keys(&self) -> impl Iterator<Item = &str> {
+        let (attrs, con_id): (&[(&str, Cow<'_, str>)], _) = match self {
+            Context::Elem { attrs, con_id } => (attrs, *con_id),
+            Context::Map(_) => (&[], None),
+        };
+        let extra = con_id
+            .filter(|_| !attrs.iter().any(|(n, _)| *n == "con_id"))
+            .map(|_| "con_id");
+        attrs.iter().map(|(n, _)| *n).chain(extra)
+    }
+    fn folded<'c>(c: &'c MapContext<'_>) -> &'c (HashMap<String, usize>, HashMap<String, usize>) {
+        c.folded.get_or_init(|| {
+            let (mut up, mut low) = (HashMap::default(), HashMap::default());
+            for (i, k) in c.order.iter().enumerate() {
                 up.entry(k.to_uppercase()).or_insert(i);
                 low.entry(k.to_lowercase()).or_insert(i);
             }
@@ -1399,15 +1519,27 @@ impl Context {
     }
     /// The key whose upper case is `up` (first inserted).
     fn key_upper(&self, up: &str) -> Option<&str> {
-        self.folded().0.get(up).map(|&i| self.order[i].as_str())
+        match self {
+            Context::Map(c) => Self::folded(c).0.get(up).map(|&i| c.order[i].as_ref()),
+            Context::Elem { .. } => self.elem_keys().find(|k| upper_is(k, up)),
+        }
     }
     /// `_get_attribute_case_insensitive` on the dictionary.
     fn attr_ci(&self, k: &str) -> Option<&str> {
         if let Some(v) = self.get(k) {
             return Some(v);
         }
-        let i = *self.folded().1.get(&k.to_lowercase())?;
-        self.get(&self.order[i])
+        let low = k.to_lowercase();
+        match self {
+            Context::Map(c) => {
+                let i = *Self::folded(c).1.get(&low)?;
+                self.get(&c.order[i])
+            }
+            Context::Elem { .. } => {
+                let key = self.elem_keys().find(|n| lower_is(n, &low))?;
+                self.get(key)
+            }
+        }
     }
 }
 
@@ -1786,7 +1918,7 @@ fn eval_arith(e: &str, ctx: &Context) -> EV {
             i += 1;
         }
     }
-    let mut vars = HashMap::new();
+    let mut vars = HashMap::default();
     for n in &names {
         match ctx.get(n) {
             Some(v) if !v.trim().is_empty() => {
@@ -2027,7 +2159,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
             app_id,
             contacts: vec![],
             valid_con_ids: Default::default(),
-            last_contact_by_con: HashMap::new(),
+            last_contact_by_con: HashMap::default(),
         };
         m.contacts = m.valid_contacts();
         m.valid_con_ids = m.contacts.iter().map(|c| c.con_id.clone()).collect();
@@ -2059,7 +2191,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
         let p = self.ctx.plan;
         let prio = |t: &str| p.contact_types.iter().position(|x| x == t).unwrap_or(999);
         let mut out: Vec<Contact> = Vec::new();
-        let mut at: HashMap<String, usize> = HashMap::new();
+        let mut at: HashMap<String, usize> = HashMap::default();
         for e in self.all_contacts() {
             let el = &self.doc.elems[e];
             let con = el.get("con_id").unwrap_or("").trim();
@@ -2102,18 +2234,18 @@ impl<'m, 'd> Mapper<'m, 'd> {
             .map(|&i| &self.doc.elems[self.doc.paths[i].1])
     }
 
-    fn contact_ctx(&self, e: usize) -> Context {
-        let mut c = Context::default();
-        for (k, v) in &self.doc.elems[e].attrs {
-            c.set(k, v);
+    fn contact_ctx(&self, e: usize) -> Context<'d> {
+        Context::Elem {
+            attrs: &self.doc.elems[e].attrs,
+            con_id: None,
         }
-        c
     }
 
     /// `_build_app_level_context`.
-    fn app_context(&self) -> Context {
+    fn app_context(&self) -> Context<'d> {
         let p = self.ctx.plan;
-        let mut c = Context::default();
+        let doc: &'d Doc<'d> = self.doc;
+        let mut c = Context::empty();
         if !self.contacts.is_empty() {
             let primary = self
                 .contacts
@@ -2123,31 +2255,32 @@ impl<'m, 'd> Mapper<'m, 'd> {
                         == p.contact_types.first().map(String::as_str)
                 })
                 .unwrap_or(&self.contacts[0]);
-            for (k, v) in &self.doc.elems[primary.elem].attrs {
-                c.set(&format!("contact.{k}"), v);
+            for (k, v) in &doc.elems[primary.elem].attrs {
+                c.set(format!("contact.{k}"), v.as_ref());
             }
-            for (k, v) in &self.doc.elems[primary.elem].attrs {
-                c.set(k, v);
+            for (k, v) in &doc.elems[primary.elem].attrs {
+                c.set(*k, v.as_ref());
             }
         }
-        c.set("app_id", &self.app_id.to_string());
-        for (path, ei) in &self.doc.paths {
+        c.set("app_id", self.app_id.to_string());
+        for (path, ei) in &doc.paths {
             let seg = path.rsplit('/').next().unwrap_or("");
-            let el = &self.doc.elems[*ei];
-            let attrs: Vec<(&str, String)> = el.attrs.iter().map(|(k, v)| (*k, xd(v))).collect();
+            let el = &doc.elems[*ei];
+            let attrs: Vec<(&'d str, Cow<'d, str>)> =
+                el.attrs.iter().map(|(k, v)| (*k, xd(v))).collect();
             if seg == p.app_elem {
                 for (k, v) in &attrs {
-                    c.set(&format!("application.{}", k.to_lowercase()), v);
+                    c.set(format!("application.{}", k.to_lowercase()), v.clone());
                     if seg != "application" {
-                        c.set(&format!("{seg}.{k}"), v);
+                        c.set(format!("{seg}.{k}"), v.clone());
                     }
                 }
             } else {
                 for (k, v) in &attrs {
-                    c.set(&format!("{seg}.{}", k.to_lowercase()), v);
+                    c.set(format!("{seg}.{}", k.to_lowercase()), v.clone());
                 }
             }
-            for (k, v) in &attrs {
+            for (k, v) in attrs {
                 c.set(k, v);
             }
         }
@@ -2480,7 +2613,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
     /// `_apply_calculated_field_mapping`.
     fn calculated(&self, m: &RMap, ctx: Option<&Context>) -> Py {
         let Some(e) = &m.expr else { return Py::None };
-        let empty = Context::default();
+        let empty = Context::empty();
         let r = ev_to_py(eval_expression(e, ctx.unwrap_or(&empty)));
         match r {
             Py::None => Py::None,
@@ -2610,11 +2743,10 @@ impl<'m, 'd> Mapper<'m, 'd> {
                             if since.is_multiple_of(2048) {
                                 budget.check().map_err(Failure::interrupted)?;
                             }
-                            let mut cx = Context::default();
-                            for (k, v) in &el.attrs {
-                                cx.set(k, v);
-                            }
-                            cx.set("con_id", con);
+                            let cx = Context::Elem {
+                                attrs: &el.attrs,
+                                con_id: Some(con),
+                            };
                             let mut r = self.record(t, Some(&cx), Some(Scope::Child))?;
                             if r.is_empty() || !self.meaningful_child(t.kind, &r, el) {
                                 continue;
