@@ -38,8 +38,8 @@ const CHUNK_APPS: usize = 5_000;
 pub const MD_BEGIN: &str = "<!-- harness bench: generated section begin -->";
 pub const MD_END: &str = "<!-- harness bench: generated section end -->";
 
-/// A validated `harness bench` configuration.
-#[derive(Debug, Clone)]
+/// A validated `harness bench` configuration. `Debug` shows `db_url` with its password as `***`.
+#[derive(Clone)]
 pub struct BenchConfig {
     pub backend: Backend,
     pub db_url: Option<String>,
@@ -54,8 +54,34 @@ pub struct BenchConfig {
     pub markdown_into: Option<PathBuf>,
     /// Real-shaped documents: the samples under this folder, cycled (see [`Workload`]).
     pub real_docs: Option<PathBuf>,
-    /// The command line that produced this report, for reproduction.
+    /// The command line that produced this report, for reproduction (a `--db-url` password shown as `***`).
     pub command: String,
+}
+
+impl std::fmt::Debug for BenchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BenchConfig")
+            .field("backend", &self.backend)
+            .field(
+                "db_url",
+                &self
+                    .db_url
+                    .as_deref()
+                    .map(processor::store::url::redact_url),
+            )
+            .field("apps", &self.apps)
+            .field("instances", &self.instances)
+            .field("modes", &self.modes)
+            .field("out", &self.out)
+            .field("seed", &self.seed)
+            .field("batch_size", &self.batch_size)
+            .field("workers", &self.workers)
+            .field("processor", &self.processor)
+            .field("markdown_into", &self.markdown_into)
+            .field("real_docs", &self.real_docs)
+            .field("command", &self.command)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -34,7 +34,7 @@ pub enum Command {
     Bench(BenchArgs),
 }
 
-#[derive(Debug, Args, Clone)]
+#[derive(Args, Clone)]
 pub struct Target {
     #[arg(long, value_enum, default_value = "sqlite")]
     pub backend: Backend,
@@ -69,7 +69,7 @@ pub struct RunArgs {
     pub verbose: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct CheckArgs {
     /// sqlite:PATH, postgres://…, mssql://… or an ADO.NET connection string.
     #[arg(long, env = "SHREDPROOF_DB", hide_env_values = true)]
@@ -87,6 +87,34 @@ pub struct CheckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A connection string as `Debug` shows it: through the processor's one redactor, the password as `***`.
+fn shown(url: &str) -> String {
+    processor::store::url::redact_url(url)
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("backend", &self.backend)
+            .field("db_url", &self.db_url.as_deref().map(shown))
+            .field("processor_bin", &self.processor_bin)
+            .field("out", &self.out)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CheckArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckArgs")
+            .field("db", &shown(&self.db))
+            .field("contract", &self.contract)
+            .field("baseline", &self.baseline.as_deref().map(shown))
+            .field("events", &self.events)
+            .field("json", &self.json)
+            .finish()
+    }
 }
 
 pub fn main_with(args: Vec<std::ffi::OsString>) -> ExitCode {
@@ -468,7 +496,7 @@ fn cmd_explore(a: ExploreArgs) -> u8 {
     summary.exit_code()
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "sqlite")]
     pub backend: Backend,
@@ -513,6 +541,45 @@ pub struct BenchArgs {
     pub real_docs: Option<PathBuf>,
 }
 
+/// The command line as the report records it: `harness`, then the arguments, a `--db-url` value redacted.
+pub fn shown_command(args: impl Iterator<Item = String>) -> String {
+    let mut prev_db = false;
+    let mut out = Vec::new();
+    for (i, s) in args.enumerate() {
+        let shown_arg = if i == 0 {
+            "harness".to_owned()
+        } else if prev_db {
+            shown(&s)
+        } else if let Some(u) = s.strip_prefix("--db-url=") {
+            format!("--db-url={}", shown(u))
+        } else {
+            s.clone()
+        };
+        prev_db = s == "--db-url";
+        out.push(shown_arg);
+    }
+    out.join(" ")
+}
+
+impl std::fmt::Debug for BenchArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BenchArgs")
+            .field("backend", &self.backend)
+            .field("db_url", &self.db_url.as_deref().map(shown))
+            .field("apps", &self.apps)
+            .field("instances", &self.instances)
+            .field("modes", &self.modes)
+            .field("out", &self.out)
+            .field("seed", &self.seed)
+            .field("batch_size", &self.batch_size)
+            .field("workers", &self.workers)
+            .field("processor_bin", &self.processor_bin)
+            .field("markdown_into", &self.markdown_into)
+            .field("real_docs", &self.real_docs)
+            .finish()
+    }
+}
+
 fn cmd_bench(a: BenchArgs) -> u8 {
     if a.apps == 0 || a.instances.is_empty() || a.instances.contains(&0) || a.modes.is_empty() {
         eprintln!("error: --apps, --instances and --modes must be non-empty and positive");
@@ -528,11 +595,7 @@ fn cmd_bench(a: BenchArgs) -> u8 {
             }
         },
     };
-    let command = std::env::args()
-        .enumerate()
-        .map(|(i, s)| if i == 0 { "harness".to_owned() } else { s })
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command = shown_command(std::env::args());
     let cfg = crate::bench::BenchConfig {
         backend: a.backend,
         db_url: a.db_url,

@@ -1,5 +1,5 @@
 //! Fault breadth, end to end: connection faults through the harness's TCP proxy and a kill -9 restart of a
-//! private PostgreSQL cluster (skipped, with a message, where no server binaries exist), random schedules on
+//! private PostgreSQL cluster (reported as skipped where no server binaries exist), random schedules on
 //! SQLite, and shrinking a `--commit-mode split` failure to its minimal scenario.
 
 use fixtures::trial::{trial, Need, Trial};
@@ -107,18 +107,16 @@ mod postgres {
         ]
     }
 
-    fn pg(test: &str) -> Option<PgLauncher> {
+    fn pg(test: &str) -> PgLauncher {
         // Listed only where the server binaries exist (`Need::Postgres`), so failing to start is a failure.
         let cluster = fixtures::pg::PgCluster::start().unwrap_or_else(|e| {
             panic!("{test}: could not start a private PostgreSQL cluster: {e}")
         });
-        Some(PgLauncher { cluster })
+        PgLauncher { cluster }
     }
 
     fn drop_connections() {
-        let Some(mut l) = pg("drop_connections") else {
-            return;
-        };
+        let mut l = pg("drop_connections");
         let out = tempfile::tempdir().expect("tmp");
         let o = run_file("pg-drop-connections.toml", &mut l, out.path());
         let proxy = o.main.proxy.as_ref().expect("went through the proxy");
@@ -128,9 +126,7 @@ mod postgres {
     }
 
     fn cut_reply_is_resolved_from_the_log() {
-        let Some(mut l) = pg("cut_reply_is_resolved_from_the_log") else {
-            return;
-        };
+        let mut l = pg("cut_reply_is_resolved_from_the_log");
         let out = tempfile::tempdir().expect("tmp");
         for file in ["pg-cut-reply.toml", "pg-cut-reply-queue.toml"] {
             let o = run_file(file, &mut l, out.path());
@@ -157,9 +153,7 @@ mod postgres {
     }
 
     fn blackhole_and_latency() {
-        let Some(mut l) = pg("blackhole_and_latency") else {
-            return;
-        };
+        let mut l = pg("blackhole_and_latency");
         let out = tempfile::tempdir().expect("tmp");
         run_file("pg-blackhole-queue.toml", &mut l, out.path());
         run_file("pg-latency-partitioned.toml", &mut l, out.path());
@@ -167,9 +161,7 @@ mod postgres {
 
     /// Isolation: a scenario that leaves the server dead does not sink the next one; it gets a working server.
     fn a_dead_server_is_replaced_before_the_next_scenario() {
-        let Some(mut l) = pg("a_dead_server_is_replaced_before_the_next_scenario") else {
-            return;
-        };
+        let mut l = pg("a_dead_server_is_replaced_before_the_next_scenario");
         l.cluster.kill9().expect("kill -9 the postmaster");
         let url = l
             .fresh_database("after_a_dead_server")
@@ -184,9 +176,7 @@ mod postgres {
     }
 
     fn restart_db() {
-        let Some(mut l) = pg("restart_db") else {
-            return;
-        };
+        let mut l = pg("restart_db");
         let out = tempfile::tempdir().expect("tmp");
         let o = run_file("pg-restart-db.toml", &mut l, out.path());
         assert!(

@@ -1,45 +1,57 @@
 //! SQL Server leg of the harness: real scenarios (processor child processes, crash points, the checker's
 //! `MssqlReader`) against a real server. Needs `SHREDPROOF_MSSQL_URL` (a login that may create databases), or a
-//! build with `--features testcontainers` on a machine whose Docker engine answers; otherwise each test prints
-//! why it was skipped and passes. Must not print the URL (it holds a password).
+//! private Babelfish installed in /opt/babelfish, or a build with `--features testcontainers` on a machine whose
+//! Docker engine answers; otherwise each test is reported as skipped (`harness = false`, `fixtures::trial`), a
+//! failure under SHREDPROOF_REQUIRE_MSSQL=1. Must not print the URL (it holds a password).
 
-use harness::db::{self, Backend, DbError, Launcher};
+use harness::db::{self, Backend, Launcher};
 use harness::runner::{self, ProcessorCmd, RunOptions, Verdict};
 use std::path::PathBuf;
 use std::process::Command;
 
 const ENV: &str = harness::db_mssql::ENV_URL;
 
-fn skip(test: &str) {
-    if std::env::var("SHREDPROOF_REQUIRE_MSSQL").is_ok_and(|v| v == "1") {
-        panic!("{test}: SHREDPROOF_REQUIRE_MSSQL=1 but no SQL Server could be had");
-    }
-    println!(
-        "skipped {test}: set {ENV} (or run with Docker and --features testcontainers) to run SQL Server tests"
-    );
+fn main() {
+    use fixtures::trial::{self, Need};
+    // With testcontainers a Docker engine may provide the server, which only starting one can tell.
+    let needs: &[Need] = if cfg!(feature = "testcontainers") {
+        &[]
+    } else {
+        &[Need::AnyMssql]
+    };
+    let mut t: Vec<trial::Trial> = [
+        (
+            "mssql_crash_scenarios_meet_their_expectations",
+            mssql_crash_scenarios_meet_their_expectations as fn(),
+        ),
+        (
+            "mssql_checker_reads_a_fresh_database",
+            mssql_checker_reads_a_fresh_database,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, f)| trial::trial(name, needs, f))
+    .collect();
+    let name = "mssql_backend_without_a_server_is_an_environment_error";
+    t.push(if cfg!(feature = "testcontainers") {
+        trial::skipped(
+            name,
+            "built with testcontainers: Docker may supply a server",
+        )
+    } else {
+        trial::trial(
+            name,
+            &[],
+            mssql_backend_without_a_server_is_an_environment_error,
+        )
+    });
+    trial::run(t)
 }
 
-fn url_from_env() -> Option<String> {
-    std::env::var(ENV).ok().filter(|s| !s.trim().is_empty())
-}
-
-/// A launcher for a server that exists, or `None` (after printing why) when none can be had here.
-fn launcher_or_skip(test: &str) -> Option<Box<dyn Launcher>> {
-    match db::launch(Backend::Mssql, None) {
-        Ok(l) => Some(l),
-        // A URL was given: failing to use it is a real failure, not a skip.
-        Err(e) if url_from_env().is_some() => panic!("{ENV} is set but unusable: {e}"),
-        Err(DbError::NoMssql) => {
-            skip(test);
-            None
-        }
-        Err(e) => {
-            // Built with testcontainers, but no Docker engine answered.
-            skip(test);
-            println!("  ({e})");
-            None
-        }
-    }
+/// A launcher for the server the tests were listed for: `SHREDPROOF_MSSQL_URL`, a private Babelfish, or (with
+/// testcontainers) a container. Failing to get one is a failure, never a skip.
+fn launcher(test: &str) -> Box<dyn Launcher> {
+    db::launch(Backend::Mssql, None).unwrap_or_else(|e| panic!("{test}: no SQL Server: {e}"))
 }
 
 fn scenario(name: &str) -> PathBuf {
@@ -57,12 +69,9 @@ fn processor_cmd() -> ProcessorCmd {
     }
 }
 
-#[test]
 fn mssql_crash_scenarios_meet_their_expectations() {
     let test = "mssql_crash_scenarios_meet_their_expectations";
-    let Some(mut launcher) = launcher_or_skip(test) else {
-        return;
-    };
+    let mut launcher = launcher(test);
     println!("{test}: {}", launcher.describe());
     let out = tempfile::tempdir().expect("out dir");
     let opts = RunOptions {
@@ -111,12 +120,9 @@ fn mssql_crash_scenarios_meet_their_expectations() {
     }
 }
 
-#[test]
 fn mssql_checker_reads_a_fresh_database() {
     let test = "mssql_checker_reads_a_fresh_database";
-    let Some(mut launcher) = launcher_or_skip(test) else {
-        return;
-    };
+    let mut launcher = launcher(test);
     let url = launcher
         .fresh_database("checker-smoke")
         .expect("fresh database");
@@ -162,12 +168,7 @@ fn mssql_checker_reads_a_fresh_database() {
 }
 
 /// Without a server the CLI must fail as an environment error (exit 3) that says what to provide: never a pass.
-#[test]
 fn mssql_backend_without_a_server_is_an_environment_error() {
-    if cfg!(feature = "testcontainers") {
-        // Docker may be there; the other tests cover this build.
-        return;
-    }
     // No URL, and a Babelfish prefix with nothing installed in it (the real one may be in /opt/babelfish).
     let empty = tempfile::tempdir().expect("temp dir");
     let out = Command::new(env!("CARGO_BIN_EXE_harness"))

@@ -11,6 +11,18 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const PW: &str = "Zq7SecretPw";
+
+fn main() {
+    use fixtures::trial::Need;
+    use fixtures::trials;
+    let mut t = trials!([] =>
+        malformed_connection_strings_exit_2_at_once_and_quote_nothing,
+        an_unreachable_server_says_why_once,
+        debug_output_masks_passwords,
+    );
+    t.extend(trials!([Need::Postgres] => a_harness_run_and_check_leak_nothing));
+    fixtures::trial::run(t)
+}
 const FRAG: &str = "Xk9FragPw";
 
 fn harness() -> Command {
@@ -89,7 +101,6 @@ fn malformed() -> Vec<String> {
     .collect()
 }
 
-#[test]
 fn malformed_connection_strings_exit_2_at_once_and_quote_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
     for url in malformed() {
@@ -128,7 +139,6 @@ fn malformed_connection_strings_exit_2_at_once_and_quote_nothing() {
     assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
 }
 
-#[test]
 fn an_unreachable_server_says_why_once() {
     let dir = tempfile::tempdir().expect("tmp");
     let pg = format!("postgres://u:{PW}@127.0.0.1:1/db?connect_timeout=5");
@@ -197,41 +207,136 @@ fn an_unreachable_server_says_why_once() {
     assert_clean("status --server on an unreachable SQL Server", &text(&o));
 }
 
-#[test]
+/// `{:?}` of every type that holds a connection string or a password, for valid and malformed inputs alike: the
+/// processor's and the harness's parsed command lines (every subcommand with a database), `DbUrl`, `PgUrl`,
+/// `MssqlConfig`, the parse errors, and `harness bench`'s configuration and recorded command line.
 fn debug_output_masks_passwords() {
     use clap::Parser;
-    let cli = processor::cli::Cli::try_parse_from([
-        "processor",
-        "run",
-        "--db",
-        &format!("postgres://u:{PW}@h/db"),
-        "--password",
-        PW,
-    ])
-    .expect("parses");
-    assert_clean("Debug of the parsed command line", &format!("{cli:?}"));
-    for url in [
+    let valid = [
         format!("postgres://u:{PW}@h/db"),
         format!("postgres://u:{PW}@{FRAG}@h/db"),
         format!("postgres://u@h/db?password={PW}"),
         format!("mssql://sa:{PW}@h/db"),
+        format!("mssql://sa:{PW}@{FRAG}@h/db"),
         format!("Server=h;User Id=u;Password='{PW};{FRAG}'"),
-    ] {
-        let u = processor::store::url::DbUrl::parse(&url).expect("valid");
+        format!("Server=h;User Id=u;Password={PW}"),
+    ];
+    let every: Vec<String> = valid.iter().cloned().chain(malformed()).collect();
+
+    // The processor's command line, each subcommand, with a valid or malformed --db and a --password.
+    for url in &every {
+        for sub in ["init", "load", "run", "status"] {
+            let mut argv = vec!["processor", sub, "--db", url, "--password", PW];
+            if sub == "load" {
+                argv.extend(["--generate", "1"]);
+            }
+            let cli = processor::cli::Cli::try_parse_from(&argv)
+                .unwrap_or_else(|e| panic!("processor {sub} parses: {e}"));
+            assert_clean(&format!("Debug of processor {sub}"), &format!("{cli:?}"));
+        }
+    }
+
+    // The harness's command line: every subcommand that takes a connection string.
+    for url in &every {
+        let argvs: Vec<Vec<&str>> = vec![
+            vec!["harness", "run", "--backend", "postgres", "--db-url", url],
+            vec![
+                "harness",
+                "explore",
+                "--backend",
+                "postgres",
+                "--db-url",
+                url,
+            ],
+            vec!["harness", "bench", "--backend", "postgres", "--db-url", url],
+            vec!["harness", "check", "--db", url],
+            vec!["harness", "check", "--db", "sqlite:x.db", "--baseline", url],
+        ];
+        for argv in argvs {
+            let cli = harness::cli::Cli::try_parse_from(&argv)
+                .unwrap_or_else(|e| panic!("{} parses: {e}", argv[1]));
+            let shown = format!("{cli:?}");
+            assert_clean(&format!("Debug of harness {}", argv[1]), &shown);
+            assert!(
+                shown.contains("***") || shown.contains("<unparsable"),
+                "{shown}"
+            );
+        }
+    }
+
+    // The bench configuration, and the command line its report records.
+    for url in &every {
+        let cfg = harness::bench::BenchConfig {
+            backend: harness::db::Backend::Postgres,
+            db_url: Some(url.clone()),
+            apps: 1,
+            instances: vec![1],
+            modes: vec![processor::engine::Mode::Queue],
+            out: "out".into(),
+            seed: 1,
+            batch_size: 1,
+            workers: None,
+            processor: harness::runner::ProcessorCmd::external("p".into()),
+            markdown_into: None,
+            real_docs: None,
+            command: harness::cli::shown_command(
+                ["harness", "bench", "--db-url", url]
+                    .into_iter()
+                    .map(str::to_owned),
+            ),
+        };
+        assert_clean("Debug of BenchConfig", &format!("{cfg:?}"));
+        let eq = harness::cli::shown_command(
+            [
+                "harness".to_owned(),
+                "bench".to_owned(),
+                format!("--db-url={url}"),
+            ]
+            .into_iter(),
+        );
+        assert_clean("bench's recorded command line", &eq);
+    }
+
+    // The parsed forms, and the errors of the malformed ones.
+    for url in &valid {
+        let u = processor::store::url::DbUrl::parse(url).expect("valid");
         for shown in [format!("{u:?}"), u.to_string(), u.redacted()] {
             assert_clean(&shown, &shown);
             assert!(shown.contains("***"), "{shown}");
+        }
+        match &u {
+            processor::store::url::DbUrl::Postgres(pg) => {
+                assert_clean("Debug of PgUrl", &format!("{pg:?}"));
+                assert_clean(
+                    "Debug of the driver's config",
+                    &format!("{:?}", pg.driver_config()),
+                );
+            }
+            processor::store::url::DbUrl::Mssql(cfg) => {
+                assert_clean("Debug of MssqlConfig", &format!("{cfg:?}"));
+                assert_clean(
+                    "Debug of MssqlConfig with a database",
+                    &format!("{:?}", cfg.with_database("x")),
+                );
+            }
+            processor::store::url::DbUrl::Sqlite(_) => panic!("{u:?} is not a server"),
+        }
+    }
+    for url in malformed() {
+        let e = processor::store::url::DbUrl::parse(&url).expect_err("malformed");
+        assert_clean("Debug of a parse error", &format!("{e:?}"));
+        assert_clean("a parse error", &e.to_string());
+        if let Err(e) = processor::store::mssql::config::MssqlConfig::parse(&url) {
+            assert_clean("Debug of a SQL Server parse error", &format!("{e:?}"));
+            assert_clean("a SQL Server parse error", &e.to_string());
         }
     }
 }
 
 /// A whole run and check on PostgreSQL with the password in the URL: every file the harness writes, everything it
 /// prints, and the command line of every processor it starts are free of it.
-#[test]
 fn a_harness_run_and_check_leak_nothing() {
-    let Some(cluster) = fixtures::pg::start_or_skip("a_harness_run_and_check_leak_nothing") else {
-        return;
-    };
+    let cluster = fixtures::pg::PgCluster::start().expect("start a private PostgreSQL cluster");
     let dir = tempfile::tempdir().expect("tmp");
     let server = format!(
         "postgres://postgres:{PW}@127.0.0.1:{}/postgres",

@@ -4,8 +4,8 @@
 //! `tools/golden/generate.py` produced once from the replaced system's own mapper. The only accepted differences are
 //! the listed departures (`support::golden::DEPARTURES`, fixtures/golden/README.md).
 //!
-//! The seed is not part of the project: where it is absent the test prints why and passes as skipped, unless
-//! `SHREDPROOF_REQUIRE_SEED=1` (CI), where that is a failure.
+//! The seed is not part of the project: where it is absent the test is reported as skipped (`harness = false`,
+//! `fixtures::trial`), and under `SHREDPROOF_REQUIRE_SEED=1` (CI) as a failure.
 //! `cargo run -p processor --example golden_diff -- <sample>` shows one document's differences in full.
 
 #[path = "support/golden.rs"]
@@ -18,19 +18,25 @@ use golden::{golden_files, run_one, seed_dir, seed_samples, Contracts, Golden, D
 /// Differences printed in full before the summary; the counts cover all of them.
 const SHOW: usize = 40;
 
-#[test]
+fn main() {
+    use fixtures::trial::{self, Need};
+    fixtures::trial::run(vec![
+        trial::gated(
+            "golden_rows_equal_replaced_system",
+            Need::Seed.require_env(),
+            seed_dir().err(),
+            golden_rows_equal_replaced_system,
+        ),
+        trial::trial(
+            "golden_comparison_reports_every_kind_of_difference",
+            &[],
+            golden_comparison_reports_every_kind_of_difference,
+        ),
+    ])
+}
+
 fn golden_rows_equal_replaced_system() {
-    let seed = match seed_dir() {
-        Ok(s) => s,
-        Err(why) => {
-            if std::env::var("SHREDPROOF_REQUIRE_SEED").is_ok_and(|v| v == "1") {
-                panic!("SHREDPROOF_REQUIRE_SEED=1 but {why}");
-            }
-            // SKIP: no seed here; reported as skipped once the runtime-skip mechanism (helper `trust`) lands.
-            eprintln!("SKIPPED golden_rows_equal_replaced_system: {why}");
-            return;
-        }
-    };
+    let seed = seed_dir().unwrap_or_else(|why| panic!("listed as runnable, yet {why}"));
 
     let files = golden_files();
     let goldens: Vec<Golden> = files
@@ -175,7 +181,6 @@ fn golden_rows_equal_replaced_system() {
 
 /// The comparison itself can fail: a changed cell, a missing row, an extra row and a changed verdict are each
 /// reported, and the two departures apply only where they are defined. Needs no seed.
-#[test]
 fn golden_comparison_reports_every_kind_of_difference() {
     use golden::{compare, Actual, Row};
     let row = |cells: &[(&str, Option<&str>)]| -> Row {

@@ -1,7 +1,8 @@
 //! SQL Server integration tests. They need a server: set `SHREDPROOF_MSSQL_URL` (any `mssql://…` URL or ADO.NET
 //! string whose login may create databases), e.g.
 //! `SHREDPROOF_MSSQL_URL='mssql://sa:Passw0rd!@localhost:1433/master?trust_server_certificate=true'`.
-//! Without it every test prints a skip line and passes. Each test creates its own `shredproof_test_<random>`
+//! Without it every test is reported as skipped (`harness = false`, `fixtures::trial`), a failure under
+//! SHREDPROOF_REQUIRE_MSSQL=1. Each test creates its own `shredproof_test_<random>`
 //! database and drops it at the end.
 
 use processor::contract::Contract;
@@ -11,25 +12,37 @@ use processor::store::mssql::{self, MssqlStore};
 use processor::store::write::{write_atomic, AppWork, NoHooks, WriteCtx};
 use processor::store::{Selection, SourceDoc, Store};
 
-const ENV: &str = "SHREDPROOF_MSSQL_URL";
+use fixtures::trial::{self, Need};
 
-fn server_or_skip(test: &str) -> Option<MssqlConfig> {
-    match std::env::var(ENV) {
-        Ok(url) if !url.trim().is_empty() => match MssqlConfig::parse(&url) {
-            Ok(cfg) => Some(cfg),
-            Err(e) => panic!("{ENV} is not a valid SQL Server connection: {e}"),
-        },
-        _ if std::env::var("SHREDPROOF_REQUIRE_MSSQL").is_ok_and(|v| v == "1") => {
-            panic!("{test}: SHREDPROOF_REQUIRE_MSSQL=1 but {ENV} is not set")
+const ENV: &str = trial::MSSQL_URL_ENV;
+
+fn main() {
+    let mut t = fixtures::trials!([Need::Mssql] =>
+        mssql_loads_writes_and_resumes,
+        mssql_claims_are_fenced,
+        mssql_init_adds_the_coerced_column_to_an_old_log,
+    );
+    let name = "mssql_replaced_tools_flags_and_ado_strings_reach_the_same_server";
+    let url = std::env::var(ENV).ok().filter(|u| !u.trim().is_empty());
+    t.push(match url {
+        // The server is there, but this test needs the password out of a `mssql://` URL.
+        Some(u) if url_password(&u).is_none() => {
+            trial::skipped(name, format!("{ENV} is not a mssql://user:password@… URL"))
         }
-        _ => {
-            println!(
-                "skipped {test}: set {ENV} to run SQL Server tests (.ci/run starts Babelfish from \
-                 ../shared/tools/babelfish when that folder exists)"
-            );
-            None
-        }
-    }
+        _ => trial::trial(
+            name,
+            &[Need::Mssql],
+            mssql_replaced_tools_flags_and_ado_strings_reach_the_same_server,
+        ),
+    });
+    trial::run(t)
+}
+
+/// The server at `SHREDPROOF_MSSQL_URL` (the tests are listed as runnable only when it is set: `Need::Mssql`).
+fn server() -> MssqlConfig {
+    let url = std::env::var(ENV).expect("SHREDPROOF_MSSQL_URL is set");
+    MssqlConfig::parse(&url)
+        .unwrap_or_else(|e| panic!("{ENV} is not a valid SQL Server connection: {e}"))
 }
 
 /// A scratch database, dropped when the test ends (also on panic).
@@ -104,11 +117,8 @@ fn ctx<'a>(session: &'a str, fenced: bool) -> WriteCtx<'a> {
     }
 }
 
-#[test]
 fn mssql_loads_writes_and_resumes() {
-    let Some(server) = server_or_skip("mssql_loads_writes_and_resumes") else {
-        return;
-    };
+    let server = server();
     let db = ScratchDb::create(&server);
     let mut store = db.open();
     store.init_schema().expect("init");
@@ -205,11 +215,8 @@ fn mssql_loads_writes_and_resumes() {
     );
 }
 
-#[test]
 fn mssql_claims_are_fenced() {
-    let Some(server) = server_or_skip("mssql_claims_are_fenced") else {
-        return;
-    };
+    let server = server();
     let db = ScratchDb::create(&server);
     let mut a = db.open();
     let mut b = db.open();
@@ -302,17 +309,10 @@ fn url_password(url: &str) -> Option<String> {
 /// "host\INSTANCE,port" --database DB` (an explicit port skips the SQL Browser, as in ADO.NET; Babelfish has no
 /// Browser, whose path keeps its unit tests in config.rs), `--server host,port`, and an ADO.NET string, both
 /// through the store and through the processor CLI.
-#[test]
 fn mssql_replaced_tools_flags_and_ado_strings_reach_the_same_server() {
-    let test = "mssql_replaced_tools_flags_and_ado_strings_reach_the_same_server";
-    let Some(server) = server_or_skip(test) else {
-        return;
-    };
+    let server = server();
     let url = std::env::var(ENV).expect("set");
-    let Some(password) = url_password(&url) else {
-        println!("skipped {test}: {ENV} is not a mssql://user:password@… URL");
-        return;
-    };
+    let password = url_password(&url).expect("listed only for a mssql://user:password@… URL");
     let db = ScratchDb::create(&server);
     let mut store = db.open();
     store.init_schema().expect("init");
@@ -383,11 +383,8 @@ fn raw_batch(server: &MssqlConfig, db: &str, sql: &str) {
 
 /// A database whose `processing_log` predates the `coerced` column gains it on `init` (0 for the old rows); a
 /// second `init` finds it and changes nothing; new log rows then store their figure and `status` sums it.
-#[test]
 fn mssql_init_adds_the_coerced_column_to_an_old_log() {
-    let Some(server) = server_or_skip("mssql_init_adds_the_coerced_column_to_an_old_log") else {
-        return;
-    };
+    let server = server();
     let db = ScratchDb::create(&server);
     raw_batch(
         &server,

@@ -912,15 +912,6 @@ fn load_stored(
     Ok(out)
 }
 
-impl StoredTable {
-    fn get<'a>(&self, row: &'a [Option<String>], col: &str) -> Option<&'a Option<String>> {
-        self.columns
-            .iter()
-            .position(|c| c == col)
-            .and_then(|i| row.get(i))
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // log-matches-data
 
@@ -1119,25 +1110,35 @@ fn first_difference(
 ) -> Option<String> {
     for t in &ctx.contract.tables {
         let st = stored.get(&t.name)?;
-        for row in tables.get(&t.name).map(Vec::as_slice).unwrap_or(&[]) {
+        let rows = tables.get(&t.name).map(Vec::as_slice).unwrap_or(&[]);
+        if rows.is_empty() {
+            continue;
+        }
+        // (column, its position in the stored rows); a shared row's app key names whichever app wrote it first,
+        // so it is checked separately (`check_shared_rows`).
+        let cols: Vec<(&String, Option<usize>)> = t
+            .columns
+            .iter()
+            .filter(|col| !(t.shared && **col == ctx.contract.app_key))
+            .map(|col| (col, st.columns.iter().position(|c| c == col)))
+            .collect();
+        for row in rows {
             // A missing row is log-matches-data's finding; duplicates are compared each.
             for idx in st.by_key.get(&row.key).map(Vec::as_slice).unwrap_or(&[]) {
                 let Some(stored_row) = st.rows.get(*idx) else {
                     continue;
                 };
-                for col in &t.columns {
-                    // A shared row's app key names whichever app wrote it first; checked separately.
-                    if t.shared && *col == ctx.contract.app_key {
-                        continue;
-                    }
-                    let got = st.get(stored_row, col).cloned().flatten();
-                    let want = row.values.get(col).cloned().flatten();
+                for (col, pos) in &cols {
+                    let got = pos
+                        .and_then(|i| stored_row.get(i))
+                        .and_then(Option::as_deref);
+                    let want = row.values.get(*col).and_then(Option::as_deref);
                     if got != want {
                         return Some(format!(
                             "app {app}: {}.{col} = {}, expected {} (key {})",
                             t.name,
-                            show(&got),
-                            show(&want),
+                            show(&got.map(str::to_owned)),
+                            show(&want.map(str::to_owned)),
                             key_text(&row.key)
                         ));
                     }

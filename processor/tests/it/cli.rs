@@ -21,8 +21,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     )
 }
 
-#[test]
-fn bad_instance_arguments_exit_2() {
+pub fn bad_instance_arguments_exit_2() {
     let (code, err) = run(
         &[
             "run",
@@ -49,8 +48,7 @@ fn bad_instance_arguments_exit_2() {
     assert!(err.contains("unrecognised database url"), "{err}");
 }
 
-#[test]
-fn a_bad_contract_names_the_entry() {
+pub fn a_bad_contract_names_the_entry() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut v: serde_json::Value = serde_json::from_str(fixtures::CONTRACT_JSON).expect("json");
     v["mappings"][4]["mapping_type"] = "rot13".into();
@@ -64,8 +62,7 @@ fn a_bad_contract_names_the_entry() {
     );
 }
 
-#[test]
-fn an_unknown_crash_point_is_a_start_up_error() {
+pub fn an_unknown_crash_point_is_a_start_up_error() {
     let (code, err) = run(&["run"], &[("PROCESSOR_CRASH_AT", "after_data")]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("unknown crash point 'after_data'"), "{err}");
@@ -73,8 +70,7 @@ fn an_unknown_crash_point_is_a_start_up_error() {
 
 /// Planted bugs (`PROCESSOR_PLANT_BUG`, the harness's own tests of its invariants) exist only in the harness's
 /// processor: the shipped binary refuses the variable at start-up, before touching the database.
-#[test]
-fn the_shipped_binary_refuses_planted_bugs() {
+pub fn the_shipped_binary_refuses_planted_bugs() {
     for bug in [
         "ignore-log",
         "no-kill-at-crash",
@@ -104,8 +100,7 @@ fn the_shipped_binary_refuses_planted_bugs() {
 
 /// The shipped binary has no crash points (only `harness processor …` installs the hook that fires them): a valid
 /// crash point is refused loudly, before any database is touched, instead of killing the user's run.
-#[test]
-fn the_shipped_binary_refuses_crash_points() {
+pub fn the_shipped_binary_refuses_crash_points() {
     for spec in ["after-data", "after-commit:2", "after-claim:1:pause"] {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("x.db");
@@ -128,8 +123,7 @@ fn the_shipped_binary_refuses_crash_points() {
     }
 }
 
-#[test]
-fn passwords_are_never_printed() {
+pub fn passwords_are_never_printed() {
     let (code, err) = run(
         &[
             "status",
@@ -142,8 +136,7 @@ fn passwords_are_never_printed() {
     assert!(!err.contains("hunter2"), "{err}");
 }
 
-#[test]
-fn load_generates_real_shaped_documents_on_request() {
+pub fn load_generates_real_shaped_documents_on_request() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("shape.db");
     let url = format!("sqlite:{}", db.display());
@@ -205,8 +198,7 @@ fn load_generates_real_shaped_documents_on_request() {
 
 /// `load --generate N --contract cc|rl` (a shape where a file is expected) exits 2 pointing at `--shape` and at the
 /// replaced system's contract files, before touching a database.
-#[test]
-fn a_shape_given_as_contract_is_refused_with_the_way_to_say_it() {
+pub fn a_shape_given_as_contract_is_refused_with_the_way_to_say_it() {
     for shape in ["cc", "rl"] {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("x.db");

@@ -30,29 +30,6 @@ fn processor(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
 
-/// The seed folder (`SHREDPROOF_SEED`, else `shared/seed/original` next to the repository or next to the worktree
-/// folder holding it, as the golden test looks), or None after printing why (a failure when
-/// SHREDPROOF_REQUIRE_SEED=1).
-fn seed_or_skip(test: &str) -> Option<PathBuf> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let found = match std::env::var_os("SHREDPROOF_SEED") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => ["..", "../.."]
-            .iter()
-            .map(|up| repo.join(up).join("shared/seed/original"))
-            .find(|d| d.is_dir()),
-    }
-    .filter(|d| d.join("contracts").is_dir() && d.join("samples").is_dir());
-    if found.is_none() {
-        let why = "the replaced system's seed (contracts/ and samples/ in SHREDPROOF_SEED or ../shared/seed/original) is absent";
-        if std::env::var("SHREDPROOF_REQUIRE_SEED").is_ok_and(|v| v == "1") {
-            panic!("{test}: SHREDPROOF_REQUIRE_SEED=1 but {why}");
-        }
-        eprintln!("SKIPPED {test}: {why}");
-    }
-    found
-}
-
 /// Three credit-card documents written as `<app_id>.xml` into `dir`, with the number of values the mapping coerces
 /// in each: one sample that needs no coercion, another such sample whose `LockedBy` (data_length 80) is made 100
 /// characters long, so exactly one value is truncated, and the first sample that needs coercions of its own.
@@ -120,9 +97,8 @@ fn coerced_reach_the_user(
     db: &str,
     read_log: impl FnOnce() -> BTreeMap<i64, (String, i64)>,
 ) {
-    let Some(seed) = seed_or_skip(test) else {
-        return;
-    };
+    // Listed with `Need::Seed`: the runner skipped (or failed, when required) this test if the seed is absent.
+    let seed = fixtures::trial::seed_dir().unwrap_or_else(|| panic!("{test}: the seed is absent"));
     let contract_path = seed.join("contracts/mapping_contract.json");
     let contract = Contract::from_file(&contract_path).expect("real contract");
     let dir = tempfile::tempdir().expect("temp dir");
@@ -193,8 +169,7 @@ fn coerced_reach_the_user(
     );
 }
 
-#[test]
-fn coercions_are_counted_in_the_log_and_status_on_sqlite() {
+pub fn coercions_are_counted_in_the_log_and_status_on_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("coerced.db");
     let db = format!("sqlite:{}", path.display());
@@ -214,13 +189,8 @@ fn coercions_are_counted_in_the_log_and_status_on_sqlite() {
     );
 }
 
-#[test]
-fn coercions_are_counted_in_the_log_and_status_on_postgres() {
-    let Some(cluster) =
-        fixtures::pg::start_or_skip("coercions_are_counted_in_the_log_and_status_on_postgres")
-    else {
-        return;
-    };
+pub fn coercions_are_counted_in_the_log_and_status_on_postgres() {
+    let cluster = fixtures::pg::PgCluster::start().expect("a private PostgreSQL cluster");
     let db = cluster.create_database("coerced").expect("db");
     let url = db.clone();
     coerced_reach_the_user(
@@ -259,8 +229,7 @@ fn old_database_migrates(db: &str, after: impl FnOnce() -> Vec<(i64, i64)>) {
     assert_eq!(json["coerced_values"], 0, "{json}");
 }
 
-#[test]
-fn init_adds_the_coerced_column_to_an_old_sqlite_log() {
+pub fn init_adds_the_coerced_column_to_an_old_sqlite_log() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("old.db");
     let c = rusqlite::Connection::open(&path).expect("open");
@@ -279,13 +248,8 @@ fn init_adds_the_coerced_column_to_an_old_sqlite_log() {
     });
 }
 
-#[test]
-fn init_adds_the_coerced_column_to_an_old_postgres_log() {
-    let Some(cluster) =
-        fixtures::pg::start_or_skip("init_adds_the_coerced_column_to_an_old_postgres_log")
-    else {
-        return;
-    };
+pub fn init_adds_the_coerced_column_to_an_old_postgres_log() {
+    let cluster = fixtures::pg::PgCluster::start().expect("a private PostgreSQL cluster");
     let db = cluster.create_database("oldlog").expect("db");
     let mut c = postgres::Client::connect(&db, postgres::NoTls).expect("connect");
     c.batch_execute(&format!(

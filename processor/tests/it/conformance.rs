@@ -1,8 +1,9 @@
-//! One store conformance suite, run against SQLite always, a private PostgreSQL cluster (skipped with a printed
-//! reason only when the server binaries are absent and SHREDPROOF_REQUIRE_PG is unset) and the SQL Server at
-//! `SHREDPROOF_MSSQL_URL` (real SQL Server or Babelfish; skipped with a printed reason when unset, unless
+//! One store conformance suite, run against SQLite always, a private PostgreSQL cluster (listed as skipped when the
+//! server binaries are absent, a failure under SHREDPROOF_REQUIRE_PG=1) and the SQL Server at
+//! `SHREDPROOF_MSSQL_URL` (real SQL Server or Babelfish; skipped when unset, a failure under
 //! SHREDPROOF_REQUIRE_MSSQL=1), each test on its own fresh database.
 
+use fixtures::trial::{trial, Need, Trial, MSSQL_URL_ENV};
 use processor::contract::Contract;
 use processor::mapping::map_document;
 use processor::store::mssql::config::MssqlConfig;
@@ -45,45 +46,82 @@ fn ctx<'a>(session: &'a str, fenced: bool) -> WriteCtx<'a> {
     }
 }
 
-/// Runs `test` against each available backend, each with its own fresh database.
-fn each_backend(name: &str, test: impl Fn(&mut dyn FnMut() -> Box<dyn Store>)) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("conformance.db");
-    let url = DbUrl::Sqlite(path);
-    test(&mut || store::open(&url, contract()).expect("open sqlite"));
-    if let Some(cluster) = fixtures::pg::start_or_skip(name) {
-        let url =
-            DbUrl::parse(&cluster.create_database("conformance").expect("create db")).expect("url");
-        test(&mut || store::open(&url, contract()).expect("open postgres"));
+/// A backend the suite runs on; each (test, backend) pair is a trial of its own, so a backend that is absent shows
+/// as skipped for each test, never as a pass.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    Mssql,
+}
+
+impl Backend {
+    const ALL: [Backend; 3] = [Backend::Sqlite, Backend::Postgres, Backend::Mssql];
+
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+            Backend::Mssql => "mssql",
+        }
     }
-    if let Some(server) = mssql_or_skip(name) {
-        let db = MssqlScratch::create(&server);
-        let url = DbUrl::Mssql(server.with_database(&db.name));
-        test(&mut || store::open(&url, contract()).expect("open mssql"));
+
+    fn needs(self) -> &'static [Need] {
+        match self {
+            Backend::Sqlite => &[],
+            Backend::Postgres => &[Need::Postgres],
+            Backend::Mssql => &[Need::Mssql],
+        }
     }
 }
 
-const MSSQL_ENV: &str = "SHREDPROOF_MSSQL_URL";
+/// Every conformance test on every backend: `conformance::<backend>::<test>`.
+pub fn trials() -> Vec<Trial> {
+    Backend::ALL
+        .iter()
+        .flat_map(|&b| {
+            TESTS.iter().map(move |&(name, f)| {
+                trial(
+                    format!("conformance::{}::{name}", b.name()),
+                    b.needs(),
+                    move || f(b),
+                )
+            })
+        })
+        .collect()
+}
 
-/// The SQL Server named by `SHREDPROOF_MSSQL_URL`, or None after saying why; with SHREDPROOF_REQUIRE_MSSQL=1 a
-/// missing server fails the test instead (CI starts Babelfish and sets both).
-fn mssql_or_skip(test: &str) -> Option<MssqlConfig> {
-    match std::env::var(MSSQL_ENV) {
-        Ok(url) if !url.trim().is_empty() => match DbUrl::parse(&url) {
-            Ok(DbUrl::Mssql(cfg)) => Some(cfg),
-            Ok(_) => panic!("{MSSQL_ENV} is not a SQL Server connection"),
-            Err(e) => panic!("{MSSQL_ENV} is not a valid SQL Server connection: {e}"),
-        },
-        _ if std::env::var("SHREDPROOF_REQUIRE_MSSQL").is_ok_and(|v| v == "1") => {
-            panic!("{test}: SHREDPROOF_REQUIRE_MSSQL=1 but {MSSQL_ENV} is not set")
+/// Runs `test` against `backend`, on a fresh database of its own.
+fn on_backend(backend: Backend, test: impl Fn(&mut dyn FnMut() -> Box<dyn Store>)) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = DbUrl::Sqlite(dir.path().join("conformance.db"));
+            test(&mut || store::open(&url, contract()).expect("open sqlite"));
         }
-        _ => {
-            eprintln!(
-                "skipped {test} on mssql: {MSSQL_ENV} is not set (no SQL Server or Babelfish to run against; \
-                 .ci/run starts Babelfish from ../shared/tools/babelfish when that folder exists)"
-            );
-            None
+        Backend::Postgres => {
+            let cluster =
+                fixtures::pg::PgCluster::start().expect("start a private PostgreSQL cluster");
+            let url = DbUrl::parse(&cluster.create_database("conformance").expect("create db"))
+                .expect("url");
+            test(&mut || store::open(&url, contract()).expect("open postgres"));
         }
+        Backend::Mssql => {
+            let server = mssql_server();
+            let db = MssqlScratch::create(&server);
+            let url = DbUrl::Mssql(server.with_database(&db.name));
+            test(&mut || store::open(&url, contract()).expect("open mssql"));
+        }
+    }
+}
+
+/// The SQL Server named by `SHREDPROOF_MSSQL_URL` (listed as runnable only when it is set: `Need::Mssql`).
+fn mssql_server() -> MssqlConfig {
+    let url = std::env::var(MSSQL_URL_ENV).expect("SHREDPROOF_MSSQL_URL is set");
+    match DbUrl::parse(&url) {
+        Ok(DbUrl::Mssql(cfg)) => cfg,
+        Ok(_) => panic!("{MSSQL_URL_ENV} is not a SQL Server connection"),
+        Err(e) => panic!("{MSSQL_URL_ENV} is not a valid SQL Server connection: {e}"),
     }
 }
 
@@ -116,9 +154,8 @@ impl Drop for MssqlScratch {
     }
 }
 
-#[test]
-fn init_is_idempotent_and_load_skips_existing() {
-    each_backend("init_is_idempotent_and_load_skips_existing", |open| {
+fn init_is_idempotent_and_load_skips_existing(b: Backend) {
+    on_backend(b, |open| {
         let mut s = open();
         s.init_schema().expect("init");
         s.init_schema().expect("init twice");
@@ -135,82 +172,73 @@ fn init_is_idempotent_and_load_skips_existing() {
     });
 }
 
-#[test]
-fn fetch_pending_respects_cursor_range_and_partition() {
-    each_backend(
-        "fetch_pending_respects_cursor_range_and_partition",
-        |open| {
-            let mut s = open();
-            s.init_schema().expect("init");
-            s.load_source(&docs(30, 2)).expect("load");
-            let all = s
-                .fetch_pending(&Selection::default(), i64::MIN, 100)
-                .expect("fetch");
-            let ids: Vec<i64> = all.iter().map(|d| d.app_id).collect();
-            assert_eq!(ids, (1..=30).collect::<Vec<_>>(), "{}", s.backend());
-            let from = s
-                .fetch_pending(&Selection::default(), 25, 3)
-                .expect("fetch");
-            assert_eq!(
-                from.iter().map(|d| d.app_id).collect::<Vec<_>>(),
-                vec![25, 26, 27]
-            );
-            let part = Selection {
-                range: Some((5, 20)),
-                partition: Some((3, 1)),
-            };
-            let got: Vec<i64> = s
-                .fetch_pending(&part, i64::MIN, 100)
-                .expect("fetch")
-                .iter()
-                .map(|d| d.app_id)
-                .collect();
-            assert_eq!(got, vec![7, 10, 13, 16, 19]);
-            assert_eq!(s.pending_count(&part).expect("count"), 5);
-            assert_eq!(s.pending_at(&part, 2).expect("at"), Some(13));
-            assert_eq!(s.pending_at(&part, 5).expect("at"), None);
-        },
-    );
+fn fetch_pending_respects_cursor_range_and_partition(b: Backend) {
+    on_backend(b, |open| {
+        let mut s = open();
+        s.init_schema().expect("init");
+        s.load_source(&docs(30, 2)).expect("load");
+        let all = s
+            .fetch_pending(&Selection::default(), i64::MIN, 100)
+            .expect("fetch");
+        let ids: Vec<i64> = all.iter().map(|d| d.app_id).collect();
+        assert_eq!(ids, (1..=30).collect::<Vec<_>>(), "{}", s.backend());
+        let from = s
+            .fetch_pending(&Selection::default(), 25, 3)
+            .expect("fetch");
+        assert_eq!(
+            from.iter().map(|d| d.app_id).collect::<Vec<_>>(),
+            vec![25, 26, 27]
+        );
+        let part = Selection {
+            range: Some((5, 20)),
+            partition: Some((3, 1)),
+        };
+        let got: Vec<i64> = s
+            .fetch_pending(&part, i64::MIN, 100)
+            .expect("fetch")
+            .iter()
+            .map(|d| d.app_id)
+            .collect();
+        assert_eq!(got, vec![7, 10, 13, 16, 19]);
+        assert_eq!(s.pending_count(&part).expect("count"), 5);
+        assert_eq!(s.pending_at(&part, 2).expect("at"), Some(13));
+        assert_eq!(s.pending_at(&part, 5).expect("at"), None);
+    });
 }
 
-#[test]
-fn atomic_write_commits_rows_and_log_together_and_resumes() {
-    each_backend(
-        "atomic_write_commits_rows_and_log_together_and_resumes",
-        |open| {
-            let c = contract();
-            let mut s = open();
-            s.init_schema().expect("init");
-            let d = docs(60, 3);
-            s.load_source(&d).expect("load");
-            let w = work(&c, &d[..40], None);
-            let expected_failed = w.iter().filter(|a| a.outcome.is_err()).count();
-            let r = write_atomic(s.as_mut(), &w, &ctx("sess-a", false)).expect("write");
-            assert_eq!(r.failed.len(), expected_failed);
-            assert_eq!(r.succeeded.len() + r.failed.len(), 40);
-            assert!(
-                !r.slow_path,
-                "clean batch takes the fast path on {}",
-                s.backend()
-            );
-            // Resume: only the 20 unlogged applications are pending.
-            let pending = s
-                .fetch_pending(&Selection::default(), i64::MIN, 1000)
-                .expect("fetch");
-            assert_eq!(
-                pending.iter().map(|p| p.app_id).collect::<Vec<_>>(),
-                (41..=60).collect::<Vec<_>>()
-            );
-            let logged = s.logged(&[1, 2, 41]).expect("logged");
-            assert_eq!(logged.len(), 2);
-            assert!(logged.iter().all(|(_, sess)| sess == "sess-a"));
-        },
-    );
+fn atomic_write_commits_rows_and_log_together_and_resumes(b: Backend) {
+    on_backend(b, |open| {
+        let c = contract();
+        let mut s = open();
+        s.init_schema().expect("init");
+        let d = docs(60, 3);
+        s.load_source(&d).expect("load");
+        let w = work(&c, &d[..40], None);
+        let expected_failed = w.iter().filter(|a| a.outcome.is_err()).count();
+        let r = write_atomic(s.as_mut(), &w, &ctx("sess-a", false)).expect("write");
+        assert_eq!(r.failed.len(), expected_failed);
+        assert_eq!(r.succeeded.len() + r.failed.len(), 40);
+        assert!(
+            !r.slow_path,
+            "clean batch takes the fast path on {}",
+            s.backend()
+        );
+        // Resume: only the 20 unlogged applications are pending.
+        let pending = s
+            .fetch_pending(&Selection::default(), i64::MIN, 1000)
+            .expect("fetch");
+        assert_eq!(
+            pending.iter().map(|p| p.app_id).collect::<Vec<_>>(),
+            (41..=60).collect::<Vec<_>>()
+        );
+        let logged = s.logged(&[1, 2, 41]).expect("logged");
+        assert_eq!(logged.len(), 2);
+        assert!(logged.iter().all(|(_, sess)| sess == "sess-a"));
+    });
 }
 
-#[test]
-fn a_collision_rolls_back_only_the_loser() {
-    each_backend("a_collision_rolls_back_only_the_loser", |open| {
+fn a_collision_rolls_back_only_the_loser(b: Backend) {
+    on_backend(b, |open| {
         let c = contract();
         let mut s = open();
         s.init_schema().expect("init");
@@ -233,9 +261,8 @@ fn a_collision_rolls_back_only_the_loser() {
     });
 }
 
-#[test]
-fn coerced_counts_are_logged_and_summed_by_status() {
-    each_backend("coerced_counts_are_logged_and_summed_by_status", |open| {
+fn coerced_counts_are_logged_and_summed_by_status(b: Backend) {
+    on_backend(b, |open| {
         let c = contract();
         let mut s = open();
         s.init_schema().expect("init");
@@ -296,9 +323,8 @@ fn coerced_counts_are_logged_and_summed_by_status() {
     });
 }
 
-#[test]
-fn queue_claims_are_exclusive_renewable_and_fenced() {
-    each_backend("queue_claims_are_exclusive_renewable_and_fenced", |open| {
+fn queue_claims_are_exclusive_renewable_and_fenced(b: Backend) {
+    on_backend(b, |open| {
         let c = contract();
         // One connection per owner, as separate instances would have.
         let (mut s, mut sb, mut sc, mut sd) = (open(), open(), open(), open());
@@ -348,44 +374,73 @@ fn queue_claims_are_exclusive_renewable_and_fenced() {
     });
 }
 
-#[test]
-fn split_mode_reproduces_the_replaced_systems_failure() {
-    each_backend(
-        "split_mode_reproduces_the_replaced_systems_failure",
-        |open| {
-            let c = contract();
-            let mut s = open();
-            s.init_schema().expect("init");
-            let d = docs(5, 6);
-            s.load_source(&d).expect("load");
-            let valid: Vec<(i64, String)> = d
-                .iter()
-                .filter(|(id, x)| map_document(&c, *id, x).is_ok())
-                .take(1)
-                .cloned()
-                .collect();
-            let w = work(&c, &valid, None);
-            // Data committed, then the process "dies" before the log row: emulate by writing data only.
-            s.begin().expect("begin");
-            for (t, rows) in w[0]
-                .outcome
-                .as_ref()
-                .expect("valid")
-                .rows
-                .iter()
-                .enumerate()
-            {
-                let refs: Vec<&[processor::value::Value]> =
-                    rows.iter().map(Vec::as_slice).collect();
-                if !refs.is_empty() {
-                    s.insert_rows(t, &refs).expect("rows");
-                }
+fn split_mode_reproduces_the_replaced_systems_failure(b: Backend) {
+    on_backend(b, |open| {
+        let c = contract();
+        let mut s = open();
+        s.init_schema().expect("init");
+        let d = docs(5, 6);
+        s.load_source(&d).expect("load");
+        let valid: Vec<(i64, String)> = d
+            .iter()
+            .filter(|(id, x)| map_document(&c, *id, x).is_ok())
+            .take(1)
+            .cloned()
+            .collect();
+        let w = work(&c, &valid, None);
+        // Data committed, then the process "dies" before the log row: emulate by writing data only.
+        s.begin().expect("begin");
+        for (t, rows) in w[0]
+            .outcome
+            .as_ref()
+            .expect("valid")
+            .rows
+            .iter()
+            .enumerate()
+        {
+            let refs: Vec<&[processor::value::Value]> = rows.iter().map(Vec::as_slice).collect();
+            if !refs.is_empty() {
+                s.insert_rows(t, &refs).expect("rows");
             }
-            s.commit().expect("commit");
-            // The retry in split mode hits its own duplicate key and logs the application failed.
-            let r = write_split(s.as_mut(), &w, &ctx("retry", false)).expect("split retry");
-            assert_eq!(r.failed.len(), 1, "{}", s.backend());
-            assert!(r.failed[0].1.starts_with("write: "), "{}", r.failed[0].1);
-        },
-    );
+        }
+        s.commit().expect("commit");
+        // The retry in split mode hits its own duplicate key and logs the application failed.
+        let r = write_split(s.as_mut(), &w, &ctx("retry", false)).expect("split retry");
+        assert_eq!(r.failed.len(), 1, "{}", s.backend());
+        assert!(r.failed[0].1.starts_with("write: "), "{}", r.failed[0].1);
+    });
 }
+
+/// A conformance test by name, run once per backend.
+type Named = (&'static str, fn(Backend));
+
+const TESTS: &[Named] = &[
+    (
+        "init_is_idempotent_and_load_skips_existing",
+        init_is_idempotent_and_load_skips_existing,
+    ),
+    (
+        "fetch_pending_respects_cursor_range_and_partition",
+        fetch_pending_respects_cursor_range_and_partition,
+    ),
+    (
+        "atomic_write_commits_rows_and_log_together_and_resumes",
+        atomic_write_commits_rows_and_log_together_and_resumes,
+    ),
+    (
+        "a_collision_rolls_back_only_the_loser",
+        a_collision_rolls_back_only_the_loser,
+    ),
+    (
+        "coerced_counts_are_logged_and_summed_by_status",
+        coerced_counts_are_logged_and_summed_by_status,
+    ),
+    (
+        "queue_claims_are_exclusive_renewable_and_fenced",
+        queue_claims_are_exclusive_renewable_and_fenced,
+    ),
+    (
+        "split_mode_reproduces_the_replaced_systems_failure",
+        split_mode_reproduces_the_replaced_systems_failure,
+    ),
+];

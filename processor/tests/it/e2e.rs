@@ -84,8 +84,7 @@ fn check_sqlite(path: &Path, apps: i64) {
     );
 }
 
-#[test]
-fn sigkill_at_random_moments_then_resume_on_sqlite() {
+pub fn sigkill_at_random_moments_then_resume_on_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("e2e.db");
     let db = format!("sqlite:{}", path.display());
@@ -98,8 +97,7 @@ fn sigkill_at_random_moments_then_resume_on_sqlite() {
     check_sqlite(&path, 400);
 }
 
-#[test]
-fn three_uncoordinated_instances_with_kills_on_sqlite() {
+pub fn three_uncoordinated_instances_with_kills_on_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("multi.db");
     let db = format!("sqlite:{}", path.display());
@@ -126,11 +124,8 @@ fn three_uncoordinated_instances_with_kills_on_sqlite() {
     check_sqlite(&path, 600);
 }
 
-#[test]
-fn sigkill_and_resume_on_postgres() {
-    let Some(cluster) = fixtures::pg::start_or_skip("sigkill_and_resume_on_postgres") else {
-        return;
-    };
+pub fn sigkill_and_resume_on_postgres() {
+    let cluster = fixtures::pg::PgCluster::start().expect("start a private PostgreSQL cluster");
     let dir = tempfile::tempdir().expect("temp dir");
     let db = cluster.create_database("e2e").expect("db");
     let out = processor(&db, "load")

@@ -1,5 +1,6 @@
 //! Processor integration tests, one binary: the store conformance suite (every backend available), the CLI's
-//! argument and contract errors, and end-to-end SIGKILL-and-resume runs of the real binary.
+//! argument and contract errors, and end-to-end SIGKILL-and-resume runs of the real binary. `harness = false`: the
+//! tests are `fixtures::trial`s, so one whose server is absent is reported as skipped, never as passed.
 
 mod cli;
 mod coerced;
@@ -7,7 +8,41 @@ mod conformance;
 mod e2e;
 mod strict;
 
+use fixtures::trial::Need;
+use fixtures::trials;
 use std::time::{Duration, Instant};
+
+fn main() {
+    let mut t = conformance::trials();
+    t.extend(trials!([] =>
+        cli::bad_instance_arguments_exit_2,
+        cli::a_bad_contract_names_the_entry,
+        cli::an_unknown_crash_point_is_a_start_up_error,
+        cli::the_shipped_binary_refuses_crash_points,
+        cli::passwords_are_never_printed,
+        cli::load_generates_real_shaped_documents_on_request,
+        cli::the_shipped_binary_refuses_planted_bugs,
+        cli::a_shape_given_as_contract_is_refused_with_the_way_to_say_it,
+        coerced::init_adds_the_coerced_column_to_an_old_sqlite_log,
+        e2e::sigkill_at_random_moments_then_resume_on_sqlite,
+        e2e::three_uncoordinated_instances_with_kills_on_sqlite,
+        strict::broken_bytes_become_parse_rows_with_offsets_on_sqlite,
+        strict::oversized_and_slow_documents_become_limit_rows,
+        strict::sigterm_in_the_middle_of_a_huge_document_exits_promptly,
+    ));
+    t.extend(trials!([Need::Postgres] =>
+        e2e::sigkill_and_resume_on_postgres,
+        strict::nul_file_on_postgres_is_named_and_the_others_load,
+        coerced::init_adds_the_coerced_column_to_an_old_postgres_log,
+    ));
+    t.extend(trials!([Need::Seed] =>
+        coerced::coercions_are_counted_in_the_log_and_status_on_sqlite,
+    ));
+    t.extend(trials!([Need::Seed, Need::Postgres] =>
+        coerced::coercions_are_counted_in_the_log_and_status_on_postgres,
+    ));
+    fixtures::trial::run(t)
+}
 
 /// Polls `cond` until it holds or `deadline` passes; returns whether it held. Tests wait on conditions, never sleep
 /// in place of one.

@@ -146,8 +146,7 @@ fn check_log(log: &[(i64, String, Option<String>)], files: &[(i64, Vec<u8>, Opti
     }
 }
 
-#[test]
-fn broken_bytes_become_parse_rows_with_offsets_on_sqlite() {
+pub fn broken_bytes_become_parse_rows_with_offsets_on_sqlite() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let path = tmp.path().join("bytes.db");
     let db = format!("sqlite:{}", path.display());
@@ -197,13 +196,8 @@ fn broken_bytes_become_parse_rows_with_offsets_on_sqlite() {
     assert_eq!(orphans, 0, "failed ⇒ no rows");
 }
 
-#[test]
-fn nul_file_on_postgres_is_named_and_the_others_load() {
-    let Some(cluster) =
-        fixtures::pg::start_or_skip("nul_file_on_postgres_is_named_and_the_others_load")
-    else {
-        return;
-    };
+pub fn nul_file_on_postgres_is_named_and_the_others_load() {
+    let cluster = fixtures::pg::PgCluster::start().expect("start a private PostgreSQL cluster");
     let tmp = tempfile::tempdir().expect("temp dir");
     let db = cluster.create_database("bytes").expect("db");
     let files = broken_files();
@@ -232,8 +226,7 @@ fn nul_file_on_postgres_is_named_and_the_others_load() {
     check_log(&log, &files);
 }
 
-#[test]
-fn oversized_and_slow_documents_become_limit_rows() {
+pub fn oversized_and_slow_documents_become_limit_rows() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let path = tmp.path().join("limits.db");
     let db = format!("sqlite:{}", path.display());
@@ -319,8 +312,7 @@ fn cpu_ms(pid: u32) -> u64 {
 
 /// SIGTERM once the huge document is claimed (its mapping is then in flight): the process exits 0 within the
 /// deadline, and the huge document is either completely written and logged or not at all.
-#[test]
-fn sigterm_in_the_middle_of_a_huge_document_exits_promptly() {
+pub fn sigterm_in_the_middle_of_a_huge_document_exits_promptly() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let path = tmp.path().join("huge.db");
     let db = format!("sqlite:{}", path.display());
