@@ -518,6 +518,11 @@ fn compare_table(
             ));
         }
         match (d.new.first(), d.missing.first()) {
+            // Rows whose owner is ambiguous (a child of a key several applications share, such as the seed's
+            // recreational-lending samples' con_id 24065 in 15 documents) are stored in the version of whichever
+            // application committed first, which is the commit order's choice, not the processor's: as many rows as
+            // the baseline, in other versions, is not a difference. A row more or fewer still is.
+            (Some(_), Some(_)) if owner.is_none() && d.new.len() == d.missing.len() => {}
             (Some(got), Some(want)) => out.push(Violation::new(
                 Invariant::Content,
                 owner,
