@@ -564,32 +564,7 @@ fn request_id(path: &Path) -> anyhow::Result<Option<i64>> {
 }
 
 fn request_id_in(bytes: &[u8]) -> Option<i64> {
-    let at = bytes.windows(8).position(|w| w == b"<Request")?;
-    let rest = &bytes[at + 8..];
-    if !rest.first().is_some_and(u8::is_ascii_whitespace) {
-        return None;
-    }
-    let tag = &rest[..rest.iter().position(|b| *b == b'>')?];
-    let mut i = 0;
-    while let Some(p) = tag[i..].windows(2).position(|w| w == b"ID") {
-        let pos = i + p;
-        i = pos + 2;
-        if !tag[pos - 1].is_ascii_whitespace() {
-            continue;
-        }
-        let mut after = tag[i..].iter().skip_while(|b| b.is_ascii_whitespace());
-        if after.next() != Some(&b'=') {
-            continue;
-        }
-        let mut after = after.skip_while(|b| b.is_ascii_whitespace());
-        let quote = *after.next()?;
-        if quote != b'"' && quote != b'\'' {
-            return None;
-        }
-        let digits: Vec<u8> = after.take_while(|b| **b != quote).copied().collect();
-        return std::str::from_utf8(&digits).ok()?.trim().parse().ok();
-    }
-    None
+    crate::xml::request_id(bytes)
 }
 
 /// The `.xml` files of a directory: those with an app_id, and those without one (with the reason).

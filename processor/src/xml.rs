@@ -202,3 +202,46 @@ fn open<'a>(
     }
     Ok(())
 }
+
+/// The integer `ID` attribute of the first `<Request` start tag, read from raw bytes (a BOM, an XML declaration or
+/// a broken document elsewhere do not matter).
+pub fn request_id(bytes: &[u8]) -> Option<i64> {
+    let at = bytes.windows(8).position(|w| w == b"<Request")?;
+    let rest = &bytes[at + 8..];
+    if !rest.first().is_some_and(u8::is_ascii_whitespace) {
+        return None;
+    }
+    let tag = &rest[..rest.iter().position(|b| *b == b'>')?];
+    let mut i = 0;
+    while let Some(p) = tag[i..].windows(2).position(|w| w == b"ID") {
+        let pos = i + p;
+        i = pos + 2;
+        if !tag[pos - 1].is_ascii_whitespace() {
+            continue;
+        }
+        let after = tag[i..]
+            .iter()
+            .skip_while(|b| b.is_ascii_whitespace())
+            .copied()
+            .collect::<Vec<u8>>();
+        let Some(after) = after.strip_prefix(b"=") else {
+            continue;
+        };
+        let after: Vec<u8> = after
+            .iter()
+            .skip_while(|b| b.is_ascii_whitespace())
+            .copied()
+            .collect();
+        let q = *after.first()?;
+        if q != b'"' && q != b'\'' {
+            return None;
+        }
+        let end = after[1..].iter().position(|b| *b == q)?;
+        return std::str::from_utf8(&after[1..1 + end])
+            .ok()?
+            .trim()
+            .parse()
+            .ok();
+    }
+    None
+}
