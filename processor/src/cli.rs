@@ -127,7 +127,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 0.05)]
     pub malformed_fraction: f64,
     /// Shape of generated documents: `cc` or `rl` (the replaced system's credit-card or recreational-lending
-    /// documents, `fixtures::realshape`), `classic` (the project's own generator), or `auto`: the real shape the
+    /// documents, `docgen::realshape`), `classic` (the project's own generator), or `auto`: the real shape the
     /// contract reads (`IL_application` → rl; `application` with `app_product`/`rmts_info` → cc), else classic.
     #[arg(long, default_value = "auto", requires = "generate")]
     pub shape: String,
@@ -302,7 +302,7 @@ pub fn load_contract(c: &Common) -> Result<Contract, Exit> {
         Some(p) => Contract::from_file(p)
             .with_context(|| format!("invalid contract {}", p.display()))
             .map_err(usage),
-        None => Contract::from_json(fixtures::CONTRACT_JSON)
+        None => Contract::from_json(docgen::CONTRACT_JSON)
             .context("invalid built-in contract")
             .map_err(usage),
     }
@@ -462,12 +462,12 @@ fn load(a: LoadArgs) -> Result<(), Exit> {
             loader.push(id, path.display().to_string(), bytes)?;
         }
     } else if let Some(n) = a.generate {
-        let cfg = fixtures::GenConfig {
+        let cfg = docgen::GenConfig {
             count: usize::try_from(n).map_err(usage)?,
             seed: a.seed,
             first_app_id: a.first_app_id,
             malformed_fraction: a.malformed_fraction,
-            ..fixtures::GenConfig::default()
+            ..docgen::GenConfig::default()
         };
         for doc in generated_docs(&a, &cfg)? {
             let before = loader.total;
@@ -515,9 +515,9 @@ fn load(a: LoadArgs) -> Result<(), Exit> {
 /// The documents `load --generate` writes: the real-shaped generator or the classic one (`--shape`).
 fn generated_docs(
     a: &LoadArgs,
-    cfg: &fixtures::GenConfig,
-) -> Result<Box<dyn Iterator<Item = fixtures::Doc>>, Exit> {
-    use fixtures::realshape::{real_generate_iter, RealConfig, Shape};
+    cfg: &docgen::GenConfig,
+) -> Result<Box<dyn Iterator<Item = docgen::Doc>>, Exit> {
+    use docgen::realshape::{real_generate_iter, RealConfig, Shape};
     let shape = match a.shape.to_ascii_lowercase().as_str() {
         "classic" => None,
         "auto" => {
@@ -543,7 +543,7 @@ fn generated_docs(
         })?),
     };
     Ok(match shape {
-        None => Box::new(fixtures::generate_iter(cfg)),
+        None => Box::new(docgen::generate_iter(cfg)),
         Some(shape) => Box::new(real_generate_iter(&RealConfig {
             first_app_id: cfg.first_app_id,
             malformed_fraction: cfg.malformed_fraction,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Derive the real-shape generator's tables (fixtures/src/realshape/{cc,rl}.rs) from the replaced system's contracts
+"""Derive the real-shape generator's tables (docgen/src/realshape/{cc,rl}.rs) from the replaced system's contracts
 and sample documents (../shared/seed/original).
 
 What is taken, per contract: the elements the contract reads (its mappings' xml_path and filter rules, with their
@@ -10,7 +10,7 @@ contract's own vocabulary (enum_mappings keys, bit_conversions keys, filter valu
 characters, at most 12 distinct values per attribute), which are the documents' fixed vocabulary. Personal data
 (names, SSNs, phones, e-mail, streets, birth dates) is always synthesised.
 
-Run: python3 tools/realshape/derive.py --seed ../shared/seed/original --out fixtures/src/realshape
+Run: python3 tools/realshape/derive.py --seed ../shared/seed/original --out docgen/src/realshape
 The output is deterministic; rerun it when the contracts or the samples change, never edit it by hand.
 """
 
