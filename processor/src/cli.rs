@@ -722,6 +722,7 @@ fn run(a: RunArgs) -> Result<(), Exit> {
     let cfg = run_config(&a)?;
     let crasher = Crasher::from_env().map_err(usage)?;
     if let Some(bug) = crate::crash::plant_from_env().map_err(usage)? {
+        crate::store::plant_ignore_log(bug == crate::crash::PlantedBug::IgnoreLog);
         tracing::warn!(
             bug = bug.name(),
             "a bug is planted in this processor (harness test)"

@@ -11,9 +11,10 @@ use crate::contract::Contract;
 use crate::crash::{self, CrashPoint, Crasher};
 use crate::decode;
 use crate::events::{Event, EventKind, EventSink};
-use crate::mapping::{map_document_within, Failure, Stage};
+use crate::failure::{Failure, Stage};
+use crate::mapping::map_document_within;
 use crate::retry::{with_retry, RetryPolicy};
-use crate::store::write::{self, AppWork, BatchResult, Hooks, WriteCtx};
+use crate::store::write::{self, AppWork, BatchResult, Hooks, WriteCtx, WriteStep};
 use crate::store::{now_ms, Selection, SourceDoc, Store, StoreError, StoreResult};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -163,6 +164,17 @@ struct CrashHooks<'a> {
 }
 
 impl Hooks for CrashHooks<'_> {
+    fn at(&self, step: WriteStep) {
+        self.hit(match step {
+            WriteStep::BeforeWrite => CrashPoint::BeforeWrite,
+            WriteStep::MidWrite => CrashPoint::MidWrite,
+            WriteStep::AfterData => CrashPoint::AfterData,
+            WriteStep::BeforeCommit => CrashPoint::BeforeCommit,
+        });
+    }
+}
+
+impl CrashHooks<'_> {
     fn hit(&self, point: CrashPoint) {
         if let Some(nth) = self.ctx.crasher.should_fire(point) {
             let mut e = self
@@ -203,7 +215,7 @@ fn map_one(
     d: &SourceDoc,
     limits: &DocLimits,
     cancel: Option<&Arc<AtomicBool>>,
-) -> Result<crate::mapping::MappedApp, Failure> {
+) -> Result<crate::rows::MappedApp, Failure> {
     if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
         return Err(Failure::new(Stage::Cancelled, "stop requested"));
     }

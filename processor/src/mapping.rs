@@ -1,102 +1,15 @@
 //! Contract × document → rows. Pure and synchronous: no I/O, no SQL, no clocks. A document either maps to a
 //! complete `MappedApp` or fails with a stage and a reason; it never panics on any input.
 
-use crate::budget::{Budget, Interrupted};
+use crate::budget::Budget;
 use crate::contract::{Column, Contract, Source, Transform};
 use crate::expr::{scalar_of, Scalar};
 use crate::value::{convert, f64_text, ColType, ConvertError, Value};
 use crate::xml::{self, ParsedDoc};
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 
-/// Where processing failed; the first word of `processing_log.failure_reason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Stage {
-    Parse,
-    Map,
-    Write,
-    /// A per-document limit (size or mapping time) was exceeded: `"limit: …"`.
-    Limit,
-    /// The process was asked to stop while this document was being parsed or mapped. Never logged: the caller
-    /// abandons the batch (nothing of it was written) and the next run redoes it.
-    Cancelled,
-}
-
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Parse => "parse",
-            Stage::Map => "map",
-            Stage::Write => "write",
-            Stage::Limit => "limit",
-            Stage::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// Longest `failure_reason` stored (SPEC §2).
-pub const MAX_REASON_CHARS: usize = 500;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub stage: Stage,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn new(stage: Stage, message: impl Into<String>) -> Self {
-        Failure {
-            stage,
-            message: message.into(),
-        }
-    }
-
-    /// The failure for a document that `budget` stopped.
-    pub fn interrupted(why: Interrupted) -> Self {
-        match why {
-            Interrupted::Deadline(d) => Failure::new(
-                Stage::Limit,
-                format!(
-                    "mapping took longer than the {} ms per-document limit",
-                    d.as_millis()
-                ),
-            ),
-            Interrupted::Cancelled => Failure::new(Stage::Cancelled, "stop requested"),
-        }
-    }
-
-    /// `"<stage>: <message>"`, truncated to 500 characters.
-    pub fn reason(&self) -> String {
-        let full = format!("{}: {}", self.stage.as_str(), self.message);
-        match full.char_indices().nth(MAX_REASON_CHARS) {
-            Some((cut, _)) => full[..cut].to_owned(),
-            None => full,
-        }
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.reason())
-    }
-}
-
-/// One application's rows: `rows[table][row][column]`, tables and columns in contract order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MappedApp {
-    pub app_id: i64,
-    pub rows: Vec<Vec<Vec<Value>>>,
-    /// Values the mapping truncated or coerced (dropped an unconvertible value, fell back to an enum default)
-    /// rather than failing the document: the XmlConversion semantics do this; nothing is silently lost, this
-    /// count is reported per application. Always 0 for Shredproof's own contract format, which fails instead.
-    pub coerced: u32,
-}
-
-impl MappedApp {
-    pub fn row_count(&self) -> usize {
-        self.rows.iter().map(Vec::len).sum()
-    }
-}
+pub use crate::failure::{Failure, Stage, MAX_REASON_CHARS};
+pub use crate::rows::MappedApp;
 
 fn map_err(msg: impl Into<String>) -> Failure {
     Failure::new(Stage::Map, msg)

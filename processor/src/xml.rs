@@ -3,7 +3,7 @@
 
 use crate::budget::{Budget, Pacer};
 use crate::contract::Contract;
-use crate::mapping::{Failure, Stage};
+use crate::failure::{Failure, Stage};
 use quick_xml::events::attributes::Attributes;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};

@@ -12,6 +12,29 @@ use crate::contract::Contract;
 use crate::value::Value;
 pub use url::{DbUrl, UrlError};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The harness's planted `ignore-log` bug (`crash::PlantedBug::IgnoreLog`), switched on once at start-up by the
+/// CLI so the store layer does not depend on the crash module.
+static IGNORE_LOG: AtomicBool = AtomicBool::new(false);
+
+/// Plants (or not) the `ignore-log` bug in every backend's fetch query for this process.
+pub fn plant_ignore_log(on: bool) {
+    IGNORE_LOG.store(on, Ordering::Relaxed);
+}
+
+/// The fetch query as the planted `ignore-log` bug has it: the anti-join against `processing_log` dropped (every
+/// backend's fetch writes it as one `AND NOT EXISTS (SELECT 1 FROM <log> …)` line). Unchanged unless planted.
+pub(crate) fn fetch_sql(sql: String) -> String {
+    if !IGNORE_LOG.load(Ordering::Relaxed) {
+        return sql;
+    }
+    sql.lines()
+        .filter(|l| !l.trim_start().starts_with("AND NOT EXISTS (SELECT 1 FROM"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// What a failed database call means for the caller. The retry policy looks only at this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {

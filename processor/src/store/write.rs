@@ -3,8 +3,8 @@
 //! only `Store` verbs.
 
 use super::{ErrorKind, LogRow, LogStatus, Store, StoreResult};
-use crate::crash::CrashPoint;
-use crate::mapping::{Failure, MappedApp, Stage};
+use crate::failure::{Failure, Stage};
+use crate::rows::MappedApp;
 
 /// One application ready to be written.
 #[derive(Debug, Clone)]
@@ -24,15 +24,29 @@ pub struct WriteCtx<'a> {
     pub hooks: &'a dyn Hooks,
 }
 
-/// Crash-point hook; the engine's implementation emits the event and dies on the armed hit.
+/// A step boundary inside the write algorithm, where the engine may fire a crash point. The store names the step;
+/// the engine maps it to its `CrashPoint` (the store layer does not know about crash points).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStep {
+    /// The transaction is open, nothing written yet.
+    BeforeWrite,
+    /// Some of an application's rows are written.
+    MidWrite,
+    /// All data rows are written, the log rows not yet.
+    AfterData,
+    /// Everything is written, the commit not yet issued.
+    BeforeCommit,
+}
+
+/// Step hook; the engine's implementation emits the crash-point event and dies on the armed hit.
 pub trait Hooks {
-    fn hit(&self, point: CrashPoint);
+    fn at(&self, step: WriteStep);
 }
 
 /// No crash points (benchmarks, tests).
 pub struct NoHooks;
 impl Hooks for NoHooks {
-    fn hit(&self, _: CrashPoint) {}
+    fn at(&self, _: WriteStep) {}
 }
 
 /// What a batch write did.
@@ -152,7 +166,7 @@ fn atomic_fast(
 ) -> StoreResult<BatchResult> {
     let mut result = BatchResult::default();
     let live = begin_fenced(store, work, ctx, &mut result)?;
-    ctx.hooks.hit(CrashPoint::BeforeWrite);
+    ctx.hooks.at(WriteStep::BeforeWrite);
     let ntables = store.contract().tables.len();
     let mut written_tables = 0;
     for t in 0..ntables {
@@ -167,10 +181,10 @@ fn atomic_fast(
         store.insert_rows(t, &rows)?;
         written_tables += 1;
         if written_tables == 1 {
-            ctx.hooks.hit(CrashPoint::MidWrite);
+            ctx.hooks.at(WriteStep::MidWrite);
         }
     }
-    ctx.hooks.hit(CrashPoint::AfterData);
+    ctx.hooks.at(WriteStep::AfterData);
     let logs: Vec<LogRow> = live
         .iter()
         .map(|w| match &w.outcome {
@@ -181,7 +195,7 @@ fn atomic_fast(
     if !logs.is_empty() {
         store.insert_logs(&logs)?;
     }
-    ctx.hooks.hit(CrashPoint::BeforeCommit);
+    ctx.hooks.at(WriteStep::BeforeCommit);
     store.commit()?;
     for w in &live {
         match &w.outcome {
@@ -243,7 +257,7 @@ fn atomic_slow(
                 Err(e) => return Err(e),
             }
         }
-        ctx.hooks.hit(CrashPoint::BeforeCommit);
+        ctx.hooks.at(WriteStep::BeforeCommit);
         store.commit()
     })();
     if let Err(e) = outcome {
@@ -290,7 +304,7 @@ pub fn write_split(
 ) -> StoreResult<BatchResult> {
     let mut result = BatchResult::default();
     for w in work {
-        ctx.hooks.hit(CrashPoint::BeforeWrite);
+        ctx.hooks.at(WriteStep::BeforeWrite);
         let (status, reason) = match &w.outcome {
             Ok(m) => {
                 store.begin()?;
@@ -306,13 +320,13 @@ pub fn write_split(
                         break;
                     }
                     if t == 0 {
-                        ctx.hooks.hit(CrashPoint::MidWrite);
+                        ctx.hooks.at(WriteStep::MidWrite);
                     }
                 }
                 match data {
                     Ok(()) => {
                         store.commit()?;
-                        ctx.hooks.hit(CrashPoint::AfterData);
+                        ctx.hooks.at(WriteStep::AfterData);
                         (LogStatus::Success, None)
                     }
                     Err(e) if e.kind == ErrorKind::Constraint => {
@@ -334,7 +348,7 @@ pub fn write_split(
         match store
             .insert_logs(&[log_row(ctx, w, status, reason.clone())])
             .and_then(|_| {
-                ctx.hooks.hit(CrashPoint::BeforeCommit);
+                ctx.hooks.at(WriteStep::BeforeCommit);
                 store.commit()
             }) {
             Ok(()) => match status {

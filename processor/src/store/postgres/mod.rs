@@ -144,7 +144,7 @@ impl Store for PgStore {
         from: i64,
         limit: usize,
     ) -> StoreResult<Vec<SourceDoc>> {
-        let q = crate::crash::plant_ignore_log(sql::fetch_pending(&self.names));
+        let q = super::fetch_sql(sql::fetch_pending(&self.names));
         let st = self.stmt("fetch pending", &q)?;
         let [lo, hi, n, i] = sel_params(sel);
         let rows = self

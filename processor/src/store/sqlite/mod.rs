@@ -147,7 +147,7 @@ impl Store for SqliteStore {
         from: i64,
         limit: usize,
     ) -> StoreResult<Vec<SourceDoc>> {
-        let q = crate::crash::plant_ignore_log(sql::fetch_pending(&self.contract));
+        let q = super::fetch_sql(sql::fetch_pending(&self.contract));
         let (lo, hi, n, i) = sel_params(sel);
         let mut stmt = self.conn.prepare_cached(&q).map_err(err("fetch pending"))?;
         let rows = stmt
