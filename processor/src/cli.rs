@@ -195,24 +195,13 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-/// A failure with its exit code.
-#[derive(Debug)]
-pub struct Exit {
-    pub code: u8,
-    pub error: anyhow::Error,
-}
+pub use crate::exit::{Exit, ExitStatus};
 
 fn usage(e: impl Into<anyhow::Error>) -> Exit {
-    Exit {
-        code: 2,
-        error: e.into(),
-    }
+    Exit::usage(e)
 }
 fn runtime(e: impl Into<anyhow::Error>) -> Exit {
-    Exit {
-        code: 1,
-        error: e.into(),
-    }
+    Exit::runtime(e)
 }
 
 /// Parses `args` (including argv[0]) and runs the command. Installs the tracing subscriber.
@@ -225,7 +214,13 @@ where
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            // clap's own errors are usage errors; `--help`/`--version` end as done.
+            let status = if e.use_stderr() {
+                ExitStatus::Usage
+            } else {
+                ExitStatus::Done
+            };
+            return status.into();
         }
     };
     let common = match &cli.command {
@@ -237,8 +232,9 @@ where
     init_tracing(&common.log_level, common.log_format);
     let common = common.clone();
     match dispatch(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Exit { code, error }) => {
+        Ok(()) => ExitStatus::Done.into(),
+        Err(Exit { status, error }) => {
+            let code = status.process_exit_code();
             // Once: as a log line in JSON mode (stderr stays JSON), as plain text otherwise.
             match common.log_format {
                 LogFormat::Json => {
@@ -250,7 +246,7 @@ where
                 }
                 LogFormat::Pretty => eprintln!("error: {error:#}"),
             }
-            ExitCode::from(code)
+            status.into()
         }
     }
 }
@@ -331,13 +327,7 @@ pub fn db_url(c: &Common) -> Result<DbUrl, Exit> {
 fn open_store(c: &Common) -> Result<Box<dyn Store>, Exit> {
     let contract = load_contract(c)?;
     let url = db_url(c)?;
-    store::open(&url, contract).map_err(|e| match e {
-        OpenError::Url(_) => usage(e),
-        OpenError::Connect { .. } => Exit {
-            code: 3,
-            error: e.into(),
-        },
-    })
+    Ok(store::open(&url, contract)?)
 }
 
 /// A `load` batch is written once it holds this many documents…
@@ -811,13 +801,7 @@ fn connect_with_retry(
                 std::thread::sleep(std::time::Duration::from_millis(delay));
                 delay = (delay * 2).min(policy.max_delay_ms);
             }
-            Err(e @ OpenError::Url(_)) => return Err(usage(e)),
-            Err(e) => {
-                return Err(Exit {
-                    code: 3,
-                    error: e.into(),
-                })
-            }
+            Err(e) => return Err(e.into()),
         }
     }
 }

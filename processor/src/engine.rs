@@ -15,7 +15,7 @@ use crate::failure::{Failure, Stage};
 use crate::mapping::map_document_within;
 use crate::retry::{with_retry, RetryPolicy};
 use crate::store::write::{self, AppWork, BatchResult, Hooks, WriteCtx, WriteStep};
-use crate::store::{now_ms, Selection, SourceDoc, Store, StoreError, StoreResult};
+use crate::store::{now_ms, OpKind, Selection, SourceDoc, Store, StoreError, StoreResult};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -440,7 +440,7 @@ pub fn run(
             };
             if stop == Some("drained") && crash::planted(crash::PlantedBug::ExitMidDrain) {
                 // Planted bug (harness tests only): leave at once, the batch in flight unwritten and unreported.
-                std::process::exit(0);
+                crate::exit::ExitStatus::Done.exit_now();
             }
             let docs = if stop.is_some() {
                 Vec::new()
@@ -575,7 +575,7 @@ pub fn run(
                             }
                         }
                         match write::write_atomic(s, &work, &wctx) {
-                            Err(e) if e.is_retryable() && e.op == "commit" => {
+                            Err(e) if e.is_retryable() && e.op_kind == OpKind::Commit => {
                                 // The COMMIT's outcome is unknown: find out from the log instead of guessing.
                                 unresolved = true;
                                 let _ = s.reconnect();

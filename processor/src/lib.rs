@@ -10,6 +10,7 @@ pub mod crash;
 pub mod decode;
 pub mod engine;
 pub mod events;
+pub mod exit;
 pub mod expr;
 pub mod failure;
 pub mod ident;

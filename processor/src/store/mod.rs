@@ -50,10 +50,39 @@ pub enum ErrorKind {
     Missing,
 }
 
+/// What a failed store call was doing, where the caller's handling depends on it (the `op` label is for people).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// Opening or re-opening the connection.
+    Connect,
+    /// The COMMIT itself: a retryable failure here leaves the outcome unknown (`write::resolve_ambiguous_commit`).
+    Commit,
+    /// Any other statement.
+    Statement,
+}
+
+/// The `op` labels that carry an [`OpKind`]; backends use these constants, so the kind is derived in one place.
+pub mod op {
+    pub const CONNECT: &str = "connect";
+    pub const COMMIT: &str = "commit";
+}
+
+impl OpKind {
+    fn of(op: &str) -> Self {
+        match op {
+            op::CONNECT => OpKind::Connect,
+            op::COMMIT => OpKind::Commit,
+            _ => OpKind::Statement,
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{op}: {message}")]
 pub struct StoreError {
     pub kind: ErrorKind,
+    /// What was being done, typed (see [`OpKind`]).
+    pub op_kind: OpKind,
     pub op: &'static str,
     pub message: String,
 }
@@ -62,6 +91,7 @@ impl StoreError {
     pub fn new(kind: ErrorKind, op: &'static str, message: impl Into<String>) -> Self {
         StoreError {
             kind,
+            op_kind: OpKind::of(op),
             op,
             message: message.into(),
         }

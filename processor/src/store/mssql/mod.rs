@@ -504,7 +504,7 @@ impl Store for MssqlStore {
         self.run_batch("begin", sql::BEGIN)
     }
     fn commit(&mut self) -> StoreResult<()> {
-        self.run_batch("commit", sql::COMMIT)
+        self.run_batch(super::op::COMMIT, sql::COMMIT)
     }
     fn rollback(&mut self) -> StoreResult<()> {
         self.run_batch("rollback", sql::ROLLBACK)

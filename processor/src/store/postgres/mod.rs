@@ -260,7 +260,7 @@ impl Store for PgStore {
     fn commit(&mut self) -> StoreResult<()> {
         self.client
             .batch_execute(sql::COMMIT)
-            .map_err(err("commit"))
+            .map_err(err(super::op::COMMIT))
     }
     fn rollback(&mut self) -> StoreResult<()> {
         self.client

@@ -268,7 +268,9 @@ impl Store for SqliteStore {
         self.conn.execute_batch(sql::BEGIN).map_err(err("begin"))
     }
     fn commit(&mut self) -> StoreResult<()> {
-        self.conn.execute_batch(sql::COMMIT).map_err(err("commit"))
+        self.conn
+            .execute_batch(sql::COMMIT)
+            .map_err(err(super::op::COMMIT))
     }
     fn rollback(&mut self) -> StoreResult<()> {
         if self.conn.is_autocommit() {
