@@ -364,6 +364,15 @@ impl Trie {
 
 const KNOWN_TYPES: &str = "identity_insert, enum, char_to_bit, boolean_to_bit, numbers_only, extract_numeric, curr_address_only, calculated_field";
 
+/// The paths a contract names, as one element trie, with its root name and the application element.
+struct Tree<'a> {
+    trie: &'a mut Trie,
+    root: &'a str,
+    app_node: usize,
+}
+
+/// Validates `raw` into a [`Contract`], one function per phase: tables, relationships, filter rules, mappings,
+/// foreign keys, calculated fields, natural keys, shared tables.
 fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
     let root = raw.xml_root_element.trim().to_owned();
     if root.is_empty() {
@@ -389,7 +398,48 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
         Some(s) => Some(Ident::new(s).map_err(|e| invalid("target_schema", e.to_string()))?),
     };
 
-    // Tables in insertion order.
+    let mut tables = build_tables(&raw)?;
+    let mut tree = Tree {
+        trie: &mut trie,
+        root: &root,
+        app_node,
+    };
+    let fk_of = build_relationships(&raw, &mut tree, &mut tables)?;
+    build_filters(&raw, &mut tree)?;
+    let (app_key, calc) = build_mappings(&raw, &mut tree, &mut tables)?;
+    append_foreign_keys(&mut tables, &fk_of)?;
+    check_calculated(&tables, &calc)?;
+    apply_natural_keys(&raw, &mut tables)?;
+    mark_shared(&mut tables, app_key)?;
+    // The Request@ID-style key must be readable.
+    Ok(Contract {
+        root_element: root.clone(),
+        source_table,
+        source_column,
+        schema,
+        tables,
+        nodes: trie.nodes,
+        app_node,
+        app_key,
+        json: text.to_owned(),
+        real: None,
+    })
+}
+
+fn table_idx(entry: &str, name: &str, tables: &[Table]) -> Result<usize, ContractError> {
+    tables
+        .iter()
+        .position(|t| t.name.as_str() == name)
+        .ok_or_else(|| {
+            invalid(
+                entry,
+                format!("unknown table '{name}' (not in table_insertion_order)"),
+            )
+        })
+}
+
+/// Tables in insertion order.
+fn build_tables(raw: &RawContract) -> Result<Vec<Table>, ContractError> {
     if raw.table_insertion_order.is_empty() {
         return Err(invalid(
             "table_insertion_order",
@@ -412,19 +462,17 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
             shared: false,
         });
     }
-    let table_idx = |entry: &str, name: &str, tables: &[Table]| -> Result<usize, ContractError> {
-        tables
-            .iter()
-            .position(|t| t.name.as_str() == name)
-            .ok_or_else(|| {
-                invalid(
-                    entry,
-                    format!("unknown table '{name}' (not in table_insertion_order)"),
-                )
-            })
-    };
+    Ok(tables)
+}
 
-    // Relationships give repeating tables their row element and parent.
+/// Relationships give repeating tables their row element and parent; returns each child's foreign key column and
+/// the relationship's index.
+fn build_relationships(
+    raw: &RawContract,
+    tree: &mut Tree<'_>,
+    tables: &mut [Table],
+) -> Result<Vec<Option<(String, usize)>>, ContractError> {
+    let (trie, root, app_node) = (&mut *tree.trie, tree.root, tree.app_node);
     let mut fk_of: Vec<Option<(String, usize)>> = vec![None; tables.len()];
     for (i, r) in raw.relationships.iter().enumerate() {
         let entry = format!("relationships[{i}]");
@@ -468,7 +516,12 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
         fk_of[child] = Some((r.foreign_key_column.clone(), i));
     }
 
-    // Filter rules.
+    Ok(fk_of)
+}
+
+/// Filter rules: required attributes (and their allowed values) on elements.
+fn build_filters(raw: &RawContract, tree: &mut Tree<'_>) -> Result<(), ContractError> {
+    let (trie, root) = (&mut *tree.trie, tree.root);
     if let Some(f) = &raw.element_filtering {
         for (i, rule) in f.filter_rules.iter().enumerate() {
             let entry = format!("element_filtering.filter_rules[{i}]");
@@ -513,9 +566,20 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
         }
     }
 
-    // Mappings.
+    Ok(())
+}
+
+/// A calculated column: table, column index, column name (checked once every column is known).
+type CalcColumn = (usize, usize, String);
+
+/// Mappings: every mapped column; returns the application key (table, column) and the calculated columns.
+fn build_mappings(
+    raw: &RawContract,
+    tree: &mut Tree<'_>,
+    tables: &mut [Table],
+) -> Result<((usize, usize), Vec<CalcColumn>), ContractError> {
     let mut app_key: Option<(usize, usize)> = None;
-    let mut calc: Vec<(usize, usize, String)> = Vec::new();
+    let mut calc: Vec<CalcColumn> = Vec::new();
     for (i, m) in raw.mappings.iter().enumerate() {
         let entry = format!("mappings[{i}] ({}.{})", m.target_table, m.target_column);
         let _ = &m.description;
@@ -534,137 +598,17 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
             })?),
         };
         let ty = ColType::parse(&m.data_type, data_length).map_err(|p| invalid(&entry, p))?;
-        let names: Vec<String> = match &m.mapping_type {
-            None => vec![],
-            Some(RawMappingType::One(s)) if s.trim().is_empty() || s == "none" || s == "direct" => {
-                vec![]
-            }
-            Some(RawMappingType::One(s)) => vec![s.trim().to_owned()],
-            Some(RawMappingType::Chain(v)) => v.iter().map(|s| s.trim().to_owned()).collect(),
-        };
-        let mut transforms = Vec::new();
-        let mut calculated = false;
-        let mut curr_only = false;
-        let mut identity = false;
-        for n in &names {
-            match n.as_str() {
-                "identity_insert" => {
-                    identity = true;
-                    transforms.push(Transform::IdentityInsert)
-                }
-                "enum" => {
-                    let map = raw
-                        .enum_mappings
-                        .get(m.target_column.as_str())
-                        .ok_or_else(|| {
-                            invalid(
-                                &entry,
-                                format!(
-                                    "mapping_type enum needs enum_mappings.{}",
-                                    m.target_column
-                                ),
-                            )
-                        })?;
-                    let mut ints = HashMap::new();
-                    for (k, v) in map {
-                        let n = v.as_i64().ok_or_else(|| {
-                            invalid(
-                                &entry,
-                                format!("enum_mappings.{}.{k} must be an integer", m.target_column),
-                            )
-                        })?;
-                        ints.insert(k.clone(), n);
-                    }
-                    transforms.push(Transform::Enum(ints));
-                }
-                "char_to_bit" | "boolean_to_bit" => {
-                    let map = raw.bit_conversions.get(n.as_str()).ok_or_else(|| {
-                        invalid(
-                            &entry,
-                            format!("mapping_type {n} needs bit_conversions.{n}"),
-                        )
-                    })?;
-                    if let Some((k, v)) = map.iter().find(|(_, v)| **v != 0 && **v != 1) {
-                        return Err(invalid(
-                            &entry,
-                            format!("bit_conversions.{n}.{k} is {v}, must be 0 or 1"),
-                        ));
-                    }
-                    transforms.push(Transform::Bit(
-                        map.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-                    ));
-                }
-                "numbers_only" => transforms.push(Transform::NumbersOnly),
-                "extract_numeric" => transforms.push(Transform::ExtractNumeric),
-                "curr_address_only" => {
-                    curr_only = true;
-                    transforms.push(Transform::CurrAddressOnly)
-                }
-                "calculated_field" => calculated = true,
-                other => {
-                    return Err(invalid(
-                        &entry,
-                        format!("unsupported mapping_type '{other}' (supported: {KNOWN_TYPES})"),
-                    ))
-                }
-            }
-        }
-        let source = if calculated {
-            if names.len() != 1 {
-                return Err(invalid(
-                    &entry,
-                    "calculated_field cannot be chained with other mapping types",
-                ));
-            }
-            let src = m
-                .expression
-                .as_deref()
-                .ok_or_else(|| invalid(&entry, "calculated_field needs an expression"))?;
-            let e =
-                expr::parse(src).map_err(|p| invalid(&entry, format!("bad expression: {p}")))?;
+        let names = mapping_type_names(m);
+        let kinds = mapping_kinds(raw, m, &entry, &names)?;
+        let source = mapping_source(m, &entry, &kinds, names.len(), tree, tables[t].row_node)?;
+        if matches!(source, Source::Calculated(_)) {
             calc.push((t, tables[t].columns.len(), m.target_column.clone()));
-            Source::Calculated(e)
-        } else {
-            let path = m
-                .xml_path
-                .as_deref()
-                .ok_or_else(|| invalid(&entry, "xml_path is required"))?;
-            let attr = m.xml_attribute.as_deref().ok_or_else(|| {
-                invalid(&entry, "xml_attribute is required (values are attributes)")
-            })?;
-            if attr.trim().is_empty() {
-                return Err(invalid(&entry, "xml_attribute must not be empty"));
-            }
-            let parts = split_path(&entry, path)?;
-            let node = trie.insert(&entry, &parts, &root)?;
-            trie.need_attr(node, attr);
-            let row = tables[t].row_node.unwrap_or(app_node);
-            if curr_only {
-                if trie.nodes[node].parent != Some(row) {
-                    return Err(invalid(&entry, "curr_address_only needs an xml_path one element below the table's row element"));
-                }
-                trie.need_attr(node, "address_tp_c");
-                Source::CurrAddress {
-                    node,
-                    attr: attr.to_owned(),
-                }
-            } else {
-                match tables[t].row_node {
-                    Some(r) if r != node => {
-                        return Err(invalid(&entry, format!("xml_path must be the row element {} of a repeating table", path_of(&trie, r))))
-                    }
-                    Some(_) => {}
-                    None if trie.is_ancestor(app_node, node) && node != app_node => {
-                        return Err(invalid(&entry, "an application-level table cannot map an element below the application element"))
-                    }
-                    None => {}
-                }
-                Source::Attr {
-                    node,
-                    attr: attr.to_owned(),
-                }
-            }
-        };
+        }
+        let Kinds {
+            transforms,
+            identity,
+            ..
+        } = kinds;
         if identity {
             if tables[t].row_node.is_some() {
                 return Err(invalid(
@@ -704,8 +648,181 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
         });
     }
     let app_key = app_key.ok_or_else(|| invalid("mappings", "no identity_insert mapping: one column must take the application key from the document (e.g. Request@ID)"))?;
+    Ok((app_key, calc))
+}
 
-    // Foreign key columns, appended to the child table with the parent's type.
+/// A mapping's `mapping_type`, as a list of names (`none`/`direct`/empty: none).
+fn mapping_type_names(m: &RawMapping) -> Vec<String> {
+    match &m.mapping_type {
+        None => vec![],
+        Some(RawMappingType::One(s)) if s.trim().is_empty() || s == "none" || s == "direct" => {
+            vec![]
+        }
+        Some(RawMappingType::One(s)) => vec![s.trim().to_owned()],
+        Some(RawMappingType::Chain(v)) => v.iter().map(|s| s.trim().to_owned()).collect(),
+    }
+}
+
+/// What a mapping's types ask for.
+struct Kinds {
+    transforms: Vec<Transform>,
+    calculated: bool,
+    curr_only: bool,
+    identity: bool,
+}
+
+/// A mapping's transforms, checked against the contract's enum and bit tables.
+fn mapping_kinds(
+    raw: &RawContract,
+    m: &RawMapping,
+    entry: &str,
+    names: &[String],
+) -> Result<Kinds, ContractError> {
+    let mut transforms = Vec::new();
+    let mut calculated = false;
+    let mut curr_only = false;
+    let mut identity = false;
+    for n in names {
+        match n.as_str() {
+            "identity_insert" => {
+                identity = true;
+                transforms.push(Transform::IdentityInsert)
+            }
+            "enum" => {
+                let map = raw
+                    .enum_mappings
+                    .get(m.target_column.as_str())
+                    .ok_or_else(|| {
+                        invalid(
+                            entry,
+                            format!("mapping_type enum needs enum_mappings.{}", m.target_column),
+                        )
+                    })?;
+                let mut ints = HashMap::new();
+                for (k, v) in map {
+                    let n = v.as_i64().ok_or_else(|| {
+                        invalid(
+                            entry,
+                            format!("enum_mappings.{}.{k} must be an integer", m.target_column),
+                        )
+                    })?;
+                    ints.insert(k.clone(), n);
+                }
+                transforms.push(Transform::Enum(ints));
+            }
+            "char_to_bit" | "boolean_to_bit" => {
+                let map = raw.bit_conversions.get(n.as_str()).ok_or_else(|| {
+                    invalid(entry, format!("mapping_type {n} needs bit_conversions.{n}"))
+                })?;
+                if let Some((k, v)) = map.iter().find(|(_, v)| **v != 0 && **v != 1) {
+                    return Err(invalid(
+                        entry,
+                        format!("bit_conversions.{n}.{k} is {v}, must be 0 or 1"),
+                    ));
+                }
+                transforms.push(Transform::Bit(
+                    map.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                ));
+            }
+            "numbers_only" => transforms.push(Transform::NumbersOnly),
+            "extract_numeric" => transforms.push(Transform::ExtractNumeric),
+            "curr_address_only" => {
+                curr_only = true;
+                transforms.push(Transform::CurrAddressOnly)
+            }
+            "calculated_field" => calculated = true,
+            other => {
+                return Err(invalid(
+                    entry,
+                    format!("unsupported mapping_type '{other}' (supported: {KNOWN_TYPES})"),
+                ))
+            }
+        }
+    }
+    Ok(Kinds {
+        transforms,
+        calculated,
+        curr_only,
+        identity,
+    })
+}
+
+/// Where a mapped column's value comes from: an expression, or an attribute of an element (checked against the
+/// table's row element).
+fn mapping_source(
+    m: &RawMapping,
+    entry: &str,
+    kinds: &Kinds,
+    n_names: usize,
+    tree: &mut Tree<'_>,
+    row_node: Option<usize>,
+) -> Result<Source, ContractError> {
+    let (trie, root, app_node) = (&mut *tree.trie, tree.root, tree.app_node);
+    Ok(if kinds.calculated {
+        if n_names != 1 {
+            return Err(invalid(
+                entry,
+                "calculated_field cannot be chained with other mapping types",
+            ));
+        }
+        let src = m
+            .expression
+            .as_deref()
+            .ok_or_else(|| invalid(entry, "calculated_field needs an expression"))?;
+        let e = expr::parse(src).map_err(|p| invalid(entry, format!("bad expression: {p}")))?;
+        Source::Calculated(e)
+    } else {
+        let path = m
+            .xml_path
+            .as_deref()
+            .ok_or_else(|| invalid(entry, "xml_path is required"))?;
+        let attr = m
+            .xml_attribute
+            .as_deref()
+            .ok_or_else(|| invalid(entry, "xml_attribute is required (values are attributes)"))?;
+        if attr.trim().is_empty() {
+            return Err(invalid(entry, "xml_attribute must not be empty"));
+        }
+        let parts = split_path(entry, path)?;
+        let node = trie.insert(entry, &parts, &root)?;
+        trie.need_attr(node, attr);
+        let row = row_node.unwrap_or(app_node);
+        if kinds.curr_only {
+            if trie.nodes[node].parent != Some(row) {
+                return Err(invalid(
+                    entry,
+                    "curr_address_only needs an xml_path one element below the table's row element",
+                ));
+            }
+            trie.need_attr(node, "address_tp_c");
+            Source::CurrAddress {
+                node,
+                attr: attr.to_owned(),
+            }
+        } else {
+            match row_node {
+                Some(r) if r != node => {
+                    return Err(invalid(entry, format!("xml_path must be the row element {} of a repeating table", path_of(&trie, r))))
+                }
+                Some(_) => {}
+                None if trie.is_ancestor(app_node, node) && node != app_node => {
+                    return Err(invalid(entry, "an application-level table cannot map an element below the application element"))
+                }
+                None => {}
+            }
+            Source::Attr {
+                node,
+                attr: attr.to_owned(),
+            }
+        }
+    })
+}
+
+/// Foreign key columns, appended to the child table with the parent's type.
+fn append_foreign_keys(
+    tables: &mut [Table],
+    fk_of: &[Option<(String, usize)>],
+) -> Result<(), ContractError> {
     for child in 0..tables.len() {
         if let Some((fk, ri)) = fk_of[child].clone() {
             let entry = format!("relationships[{ri}]");
@@ -746,8 +863,12 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
         }
     }
 
-    // Calculated fields may only read non-calculated columns of their own row.
-    for (t, c, name) in &calc {
+    Ok(())
+}
+
+/// Calculated fields may only read non-calculated columns of their own row.
+fn check_calculated(tables: &[Table], calc: &[CalcColumn]) -> Result<(), ContractError> {
+    for (t, c, name) in calc {
         if let Source::Calculated(e) = &tables[*t].columns[*c].source {
             let mut cols = Vec::new();
             e.columns(&mut cols);
@@ -772,9 +893,13 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
         }
     }
 
-    // Natural keys.
+    Ok(())
+}
+
+/// Natural keys: every table names one, from its own columns.
+fn apply_natural_keys(raw: &RawContract, tables: &mut [Table]) -> Result<(), ContractError> {
     for (name, _) in raw.table_keys.iter() {
-        table_idx(&format!("table_keys.{name}"), name, &tables)?;
+        table_idx(&format!("table_keys.{name}"), name, tables)?;
     }
     for t in tables.iter_mut() {
         let entry = format!("table_keys.{}", t.name);
@@ -803,7 +928,12 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
             ));
         }
     }
-    // A column derives from the application key if it is the key itself or a foreign key to such a column.
+    Ok(())
+}
+
+/// A table is shared (rows not per application) unless its natural key derives from the application key: the key
+/// itself or a foreign key to such a column.
+fn mark_shared(tables: &mut [Table], app_key: (usize, usize)) -> Result<(), ContractError> {
     let mut derived: Vec<Vec<bool>> = tables
         .iter()
         .map(|t| vec![false; t.columns.len()])
@@ -829,19 +959,7 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
             "the application table's natural key must contain the identity_insert column",
         ));
     }
-    // The Request@ID-style key must be readable.
-    Ok(Contract {
-        root_element: root,
-        source_table,
-        source_column,
-        schema,
-        tables,
-        nodes: trie.nodes,
-        app_node,
-        app_key,
-        json: text.to_owned(),
-        real: None,
-    })
+    Ok(())
 }
 
 fn path_of(trie: &Trie, node: usize) -> String {
