@@ -476,8 +476,8 @@ fn build_relationships(
     let mut fk_of: Vec<Option<(String, usize)>> = vec![None; tables.len()];
     for (i, r) in raw.relationships.iter().enumerate() {
         let entry = format!("relationships[{i}]");
-        let parent = table_idx(&entry, &r.parent_table, &tables)?;
-        let child = table_idx(&entry, &r.child_table, &tables)?;
+        let parent = table_idx(&entry, &r.parent_table, tables)?;
+        let child = table_idx(&entry, &r.child_table, tables)?;
         if parent >= child {
             return Err(invalid(
                 &entry,
@@ -492,8 +492,8 @@ fn build_relationships(
         }
         let pp = split_path(&entry, &r.xml_parent_path)?;
         let cp = split_path(&entry, &r.xml_child_path)?;
-        let pnode = trie.insert(&entry, &pp, &root)?;
-        let cnode = trie.insert(&entry, &cp, &root)?;
+        let pnode = trie.insert(&entry, &pp, root)?;
+        let cnode = trie.insert(&entry, &cp, root)?;
         if cnode == pnode || !trie.is_ancestor(pnode, cnode) {
             return Err(invalid(
                 &entry,
@@ -534,7 +534,7 @@ fn build_filters(raw: &RawContract, tree: &mut Tree<'_>) -> Result<(), ContractE
                 .as_deref()
                 .ok_or_else(|| invalid(&entry, "xml_path is required"))?;
             let parts = split_path(&entry, xml_path)?;
-            let node = trie.insert(&entry, &parts, &root)?;
+            let node = trie.insert(&entry, &parts, root)?;
             for (attr, v) in &rule.required_attributes {
                 let allowed = match v {
                     serde_json::Value::Bool(true) => None,
@@ -586,7 +586,7 @@ fn build_mappings(
         if m.enum_name.is_some() || m.exclude_default_when_record_empty.is_some() {
             return Err(invalid(&entry, "enum_name and exclude_default_when_record_empty belong to the XmlConversion format (a contract with source_application_table)"));
         }
-        let t = table_idx(&entry, &m.target_table, &tables)?;
+        let t = table_idx(&entry, &m.target_table, tables)?;
         let name = Ident::new(&m.target_column).map_err(|e| invalid(&entry, e.to_string()))?;
         if tables[t].columns.iter().any(|c| c.name == name) {
             return Err(invalid(&entry, "column is mapped twice"));
@@ -784,7 +784,7 @@ fn mapping_source(
             return Err(invalid(entry, "xml_attribute must not be empty"));
         }
         let parts = split_path(entry, path)?;
-        let node = trie.insert(entry, &parts, &root)?;
+        let node = trie.insert(entry, &parts, root)?;
         trie.need_attr(node, attr);
         let row = row_node.unwrap_or(app_node);
         if kinds.curr_only {
@@ -802,7 +802,7 @@ fn mapping_source(
         } else {
             match row_node {
                 Some(r) if r != node => {
-                    return Err(invalid(entry, format!("xml_path must be the row element {} of a repeating table", path_of(&trie, r))))
+                    return Err(invalid(entry, format!("xml_path must be the row element {} of a repeating table", path_of(trie, r))))
                 }
                 Some(_) => {}
                 None if trie.is_ancestor(app_node, node) && node != app_node => {

@@ -370,20 +370,7 @@ pub fn run(
         hooks: &hooks,
     };
     let mut summary = RunSummary::default();
-    let mut started = ctx.event(EventKind::Started, iid, vec![]);
-    started.detail = serde_json::json!({
-        "mode": cfg.mode.as_str(), "commit_mode": cfg.commit_mode.as_str(), "pid": std::process::id(),
-        "backend": store.backend(), "batch_size": cfg.batch_size, "workers": cfg.workers,
-        "instance_count": cfg.instance_count, "lease_secs": cfg.lease_secs,
-        "crash_at": ctx.crasher.spec().map(|s| s.to_string()),
-    });
-    ctx.events.emit(&started);
-    tracing::info!(
-        mode = cfg.mode.as_str(),
-        commit_mode = cfg.commit_mode.as_str(),
-        session = ctx.session_id,
-        "run started"
-    );
+    emit_started(store, cfg, ctx);
 
     let heartbeat = match (cfg.mode, ctx.open_heartbeat_store) {
         (Mode::Queue, Some(open)) => Some(Heartbeat::start(
@@ -393,26 +380,9 @@ pub fn run(
         )),
         _ => None,
     };
-    let retry_log = |e: &StoreError, attempt: u32, wait: Duration| {
-        tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "transient database error; retrying");
-    };
     let mut retries = 0u64;
 
-    // Uncoordinated instances start at different points of the pending range so they do not walk it in lockstep.
-    let mut cursor = i64::MIN;
-    let mut wrapped = true;
-    if cfg.mode == Mode::Uncoordinated && cfg.instance_count > 1 {
-        let pending = with_retry(store, &cfg.retry, retry_log, |s| s.pending_count(&sel))?;
-        let offset = pending * u64::from(cfg.instance_id) / u64::from(cfg.instance_count);
-        if offset > 0 {
-            if let Some(start) =
-                with_retry(store, &cfg.retry, retry_log, |s| s.pending_at(&sel, offset))?
-            {
-                cursor = start;
-                wrapped = false;
-            }
-        }
-    }
+    let (mut cursor, mut wrapped) = start_cursor(store, cfg, &sel)?;
     let mut last_progress = Instant::now();
     let mut idle_wait_ms = 50u64;
     // Batches shrink when documents are large, so a run holds about RUN_BATCH_BYTES per batch (two batches are in
@@ -430,18 +400,7 @@ pub fn run(
         loop {
             let queued = inflight.as_ref().map_or(0, |f| f.ids.len() as u64);
             let done = summary.succeeded + summary.failed;
-            let stop = if ctx.shutdown.load(Ordering::SeqCst) {
-                Some("drained")
-            } else {
-                match cfg.limit {
-                    Some(limit) if done + queued >= limit => Some("limit"),
-                    _ => None,
-                }
-            };
-            if stop == Some("drained") && crash::planted(crash::PlantedBug::ExitMidDrain) {
-                // Planted bug (harness tests only): leave at once, the batch in flight unwritten and unreported.
-                crate::exit::ExitStatus::Done.exit_now();
-            }
+            let stop = stop_reason(cfg, ctx, done + queued);
             let docs = if stop.is_some() {
                 Vec::new()
             } else {
@@ -450,14 +409,7 @@ pub fn run(
                     None => cfg.batch_size,
                 }
                 .min(byte_cap);
-                match cfg.mode {
-                    Mode::Queue => with_retry(store, &cfg.retry, retry_log, |s| {
-                        s.claim(&sel, ctx.session_id, now_ms(), lease_ms, want)
-                    })?,
-                    _ => with_retry(store, &cfg.retry, retry_log, |s| {
-                        s.fetch_pending(&sel, cursor, want)
-                    })?,
-                }
+                fetch_batch(store, cfg, ctx, &sel, cursor, want)?
             };
             if docs.is_empty() && inflight.is_none() {
                 if let Some(r) = stop {
@@ -499,18 +451,9 @@ pub fn run(
                 }
                 let ids: Vec<i64> = docs.iter().map(|d| d.app_id).collect();
                 if cfg.mode == Mode::Queue {
-                    let mut e = ctx.event(EventKind::Claimed, iid, ids.clone());
-                    e.fences = docs.iter().map(|d| d.fence.unwrap_or(0)).collect();
-                    ctx.events.emit(&e);
-                    if let Some(hb) = &heartbeat {
-                        let mut held = inflight.as_ref().map_or_else(Vec::new, |f| f.ids.clone());
-                        held.extend_from_slice(&ids);
-                        hb.set(held);
-                    }
-                    hooks.hit(CrashPoint::AfterClaim);
-                    if docs.iter().any(|d| d.fence.is_some_and(|f| f > 1)) {
-                        hooks.hit(CrashPoint::AfterTakeover);
-                    }
+                    let mut held = inflight.as_ref().map_or_else(Vec::new, |f| f.ids.clone());
+                    held.extend_from_slice(&ids);
+                    claimed(ctx, iid, &docs, heartbeat.as_ref(), held, &hooks);
                 }
                 let workers = cfg.workers;
                 let limits = cfg.limits;
@@ -530,121 +473,36 @@ pub fn run(
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
             if is_cancelled(&work) {
-                // SIGTERM/SIGINT arrived while this batch was being mapped: nothing of it was written, and none of it
-                // is logged; the next run (or another instance) does it. Queue claims are released at once (the
-                // lease set to end now) rather than held until they expire.
-                tracing::info!(
-                    apps = work.len(),
-                    "stop requested: batch abandoned before writing"
-                );
-                if cfg.mode == Mode::Queue {
-                    if let Some(hb) = &heartbeat {
-                        hb.set(inflight.as_ref().map_or_else(Vec::new, |f| f.ids.clone()));
-                    }
-                    let ids: Vec<i64> = work.iter().map(|w| w.app_id).collect();
-                    if let Err(e) = store.renew(ctx.session_id, &ids, now_ms()) {
-                        tracing::warn!(error = %e, "could not release abandoned claims; they expire with their lease");
-                    }
-                }
-                let mut e = ctx.event(
-                    EventKind::Abandoned,
-                    iid,
-                    work.iter().map(|w| w.app_id).collect(),
-                );
-                e.reason = Some("stop requested while mapping".into());
-                ctx.events.emit(&e);
+                let still = inflight.as_ref().map_or_else(Vec::new, |f| f.ids.clone());
+                abandon_batch(store, cfg, ctx, &work, heartbeat.as_ref(), still);
                 continue;
             }
-            // Set while a COMMIT of this batch has an outcome we could not read back yet (the reconnect or the read
-            // failed too): the next attempt asks the log before writing, so a commit that did land is reported as
-            // ours instead of being rewritten and mistaken for another instance's collision.
-            let mut unresolved = false;
-            let mut attempt_result = |s: &mut dyn Store| -> StoreResult<BatchResult> {
-                match cfg.commit_mode {
-                    CommitMode::Atomic => {
-                        if unresolved {
-                            let mine = write::resolve_ambiguous_commit(s, &work, ctx.session_id)?;
-                            unresolved = false;
-                            if !mine.is_empty() {
-                                tracing::warn!(
-                                    apps = mine.len(),
-                                    "commit outcome was unknown; the log shows it committed"
-                                );
-                                emit_resolved(ctx, iid, mine.clone(), "committed");
-                                return Ok(result_from_committed(&work, &mine));
-                            }
-                        }
-                        match write::write_atomic(s, &work, &wctx) {
-                            Err(e) if e.is_retryable() && e.op_kind == OpKind::Commit => {
-                                // The COMMIT's outcome is unknown: find out from the log instead of guessing.
-                                unresolved = true;
-                                let _ = s.reconnect();
-                                let mine =
-                                    write::resolve_ambiguous_commit(s, &work, ctx.session_id)?;
-                                unresolved = false;
-                                if mine.is_empty() {
-                                    tracing::warn!(error = %e, "commit outcome was unknown; the log shows it did not commit");
-                                    let ids = work.iter().map(|w| w.app_id).collect();
-                                    emit_resolved(ctx, iid, ids, "not_committed");
-                                    Err(e)
-                                } else {
-                                    tracing::warn!(
-                                        apps = mine.len(),
-                                        "commit outcome was unknown; the log shows it committed"
-                                    );
-                                    emit_resolved(ctx, iid, mine.clone(), "committed");
-                                    Ok(result_from_committed(&work, &mine))
-                                }
-                            }
-                            other => other,
-                        }
-                    }
-                    CommitMode::Split => write::write_split(s, &work, &wctx),
-                }
-            };
-            let result = with_retry(
-                store,
-                &cfg.retry,
-                |e, a, w| {
-                    retries += 1;
-                    retry_log(e, a, w)
-                },
-                &mut attempt_result,
-            )?;
+            let result = write_with_retry(store, cfg, ctx, &wctx, &work, &mut retries)?;
             if let Some(hb) = &heartbeat {
                 hb.set(inflight.as_ref().map_or_else(Vec::new, |f| f.ids.clone()));
             }
-            summary.batches += 1;
-            summary.slow_batches += u64::from(result.slow_path);
-            summary.succeeded += result.succeeded.len() as u64;
-            summary.failed += result.failed.len() as u64;
-            summary.collisions += result.collisions.len() as u64;
-            summary.lease_lost += result.lease_lost.len() as u64;
+            summary.record(&result);
             emit_batch(ctx, iid, &result, cfg.mode == Mode::Queue);
             hooks.hit(CrashPoint::AfterCommit);
             if last_progress.elapsed() >= Duration::from_secs(1) {
                 last_progress = Instant::now();
-                let done = summary.succeeded + summary.failed;
-                let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-9);
-                // One or the other: a log line would break the `\r` line it lands in.
-                if cfg.progress {
-                    eprint!(
-                        "\r{done} applications ({} ok, {} failed, {} collisions) {rate:.0}/s   ",
-                        summary.succeeded, summary.failed, summary.collisions
-                    );
-                } else {
-                    tracing::info!(
-                        done,
-                        succeeded = summary.succeeded,
-                        failed = summary.failed,
-                        collisions = summary.collisions,
-                        rate = rate as u64,
-                        "progress"
-                    );
-                }
+                report_progress(cfg, &summary, start);
             }
         }
     })?;
+    Ok(finish(cfg, ctx, summary, reason, retries, start))
+}
+
+/// The run's end: the summary completed, the `finished` event and log line.
+fn finish(
+    cfg: &RunConfig,
+    ctx: &RunContext<'_>,
+    mut summary: RunSummary,
+    reason: &str,
+    retries: u64,
+    start: Instant,
+) -> RunSummary {
+    let iid = cfg.instance_id;
     if cfg.progress {
         eprintln!();
     }
@@ -662,7 +520,257 @@ pub fn run(
         collisions = summary.collisions,
         "run finished"
     );
-    Ok(summary)
+    summary
+}
+
+/// Why the run stops taking new work, if it does: `drained` after SIGTERM/SIGINT, `limit` once `taken` (written
+/// plus in flight) reaches `--limit`.
+fn stop_reason(cfg: &RunConfig, ctx: &RunContext<'_>, taken: u64) -> Option<&'static str> {
+    let stop = if ctx.shutdown.load(Ordering::SeqCst) {
+        Some("drained")
+    } else {
+        match cfg.limit {
+            Some(limit) if taken >= limit => Some("limit"),
+            _ => None,
+        }
+    };
+    if stop == Some("drained") && crash::planted(crash::PlantedBug::ExitMidDrain) {
+        // Planted bug (harness tests only): leave at once, the batch in flight unwritten and unreported.
+        crate::exit::ExitStatus::Done.exit_now();
+    }
+    stop
+}
+
+/// The next batch: claimed (queue mode) or fetched from `cursor` on, at most `want` documents.
+fn fetch_batch(
+    store: &mut dyn Store,
+    cfg: &RunConfig,
+    ctx: &RunContext<'_>,
+    sel: &Selection,
+    cursor: i64,
+    want: usize,
+) -> Result<Vec<SourceDoc>, RunError> {
+    let lease_ms = i64::try_from(cfg.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    Ok(match cfg.mode {
+        Mode::Queue => with_retry(store, &cfg.retry, retry_log, |s| {
+            s.claim(sel, ctx.session_id, now_ms(), lease_ms, want)
+        })?,
+        _ => with_retry(store, &cfg.retry, retry_log, |s| {
+            s.fetch_pending(sel, cursor, want)
+        })?,
+    })
+}
+
+/// Queue mode, after a claim: the `claimed` event, the heartbeat told what is `held` now, the claim crash points.
+fn claimed(
+    ctx: &RunContext<'_>,
+    iid: u32,
+    docs: &[SourceDoc],
+    heartbeat: Option<&Heartbeat>,
+    held: Vec<i64>,
+    hooks: &CrashHooks<'_>,
+) {
+    let mut e = ctx.event(
+        EventKind::Claimed,
+        iid,
+        docs.iter().map(|d| d.app_id).collect(),
+    );
+    e.fences = docs.iter().map(|d| d.fence.unwrap_or(0)).collect();
+    ctx.events.emit(&e);
+    if let Some(hb) = heartbeat {
+        hb.set(held);
+    }
+    hooks.hit(CrashPoint::AfterClaim);
+    if docs.iter().any(|d| d.fence.is_some_and(|f| f > 1)) {
+        hooks.hit(CrashPoint::AfterTakeover);
+    }
+}
+
+/// The `started` event and log line.
+fn emit_started(store: &dyn Store, cfg: &RunConfig, ctx: &RunContext<'_>) {
+    let iid = cfg.instance_id;
+    let mut started = ctx.event(EventKind::Started, iid, vec![]);
+    started.detail = serde_json::json!({
+        "mode": cfg.mode.as_str(), "commit_mode": cfg.commit_mode.as_str(), "pid": std::process::id(),
+        "backend": store.backend(), "batch_size": cfg.batch_size, "workers": cfg.workers,
+        "instance_count": cfg.instance_count, "lease_secs": cfg.lease_secs,
+        "crash_at": ctx.crasher.spec().map(|s| s.to_string()),
+    });
+    ctx.events.emit(&started);
+    tracing::info!(
+        mode = cfg.mode.as_str(),
+        commit_mode = cfg.commit_mode.as_str(),
+        session = ctx.session_id,
+        "run started"
+    );
+}
+
+/// Where the first fetch starts: uncoordinated instances start at different points of the pending range so they
+/// do not walk it in lockstep. Returns the cursor and whether the walk has already wrapped around.
+fn start_cursor(
+    store: &mut dyn Store,
+    cfg: &RunConfig,
+    sel: &Selection,
+) -> Result<(i64, bool), RunError> {
+    let sel = *sel;
+    let mut cursor = i64::MIN;
+    let mut wrapped = true;
+    if cfg.mode == Mode::Uncoordinated && cfg.instance_count > 1 {
+        let pending = with_retry(store, &cfg.retry, retry_log, |s| s.pending_count(&sel))?;
+        let offset = pending * u64::from(cfg.instance_id) / u64::from(cfg.instance_count);
+        if offset > 0 {
+            if let Some(start) =
+                with_retry(store, &cfg.retry, retry_log, |s| s.pending_at(&sel, offset))?
+            {
+                cursor = start;
+                wrapped = false;
+            }
+        }
+    }
+    Ok((cursor, wrapped))
+}
+
+fn retry_log(e: &StoreError, attempt: u32, wait: Duration) {
+    tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "transient database error; retrying");
+}
+
+/// SIGTERM/SIGINT arrived while `work` was being mapped: nothing of it was written, and none of it is logged; the
+/// next run (or another instance) does it. Queue claims are released at once (the lease set to end now) rather
+/// than held until they expire. `still_held`: the claims of the batch still in flight.
+fn abandon_batch(
+    store: &mut dyn Store,
+    cfg: &RunConfig,
+    ctx: &RunContext<'_>,
+    work: &[AppWork],
+    heartbeat: Option<&Heartbeat>,
+    still_held: Vec<i64>,
+) {
+    let iid = cfg.instance_id;
+    // SIGTERM/SIGINT arrived while this batch was being mapped: nothing of it was written, and none of it
+    // is logged; the next run (or another instance) does it. Queue claims are released at once (the
+    // lease set to end now) rather than held until they expire.
+    tracing::info!(
+        apps = work.len(),
+        "stop requested: batch abandoned before writing"
+    );
+    if cfg.mode == Mode::Queue {
+        if let Some(hb) = heartbeat {
+            hb.set(still_held);
+        }
+        let ids: Vec<i64> = work.iter().map(|w| w.app_id).collect();
+        if let Err(e) = store.renew(ctx.session_id, &ids, now_ms()) {
+            tracing::warn!(error = %e, "could not release abandoned claims; they expire with their lease");
+        }
+    }
+    let mut e = ctx.event(
+        EventKind::Abandoned,
+        iid,
+        work.iter().map(|w| w.app_id).collect(),
+    );
+    e.reason = Some("stop requested while mapping".into());
+    ctx.events.emit(&e);
+}
+
+/// Writes one mapped batch under the retry policy (`retries` counts the retries); an atomic COMMIT whose outcome
+/// is unknown is resolved from the log.
+fn write_with_retry(
+    store: &mut dyn Store,
+    cfg: &RunConfig,
+    ctx: &RunContext<'_>,
+    wctx: &WriteCtx<'_>,
+    work: &[AppWork],
+    retries: &mut u64,
+) -> Result<BatchResult, RunError> {
+    let iid = cfg.instance_id;
+    // Set while a COMMIT of this batch has an outcome we could not read back yet (the reconnect or the read
+    // failed too): the next attempt asks the log before writing, so a commit that did land is reported as
+    // ours instead of being rewritten and mistaken for another instance's collision.
+    let mut unresolved = false;
+    let mut attempt_result = |s: &mut dyn Store| -> StoreResult<BatchResult> {
+        match cfg.commit_mode {
+            CommitMode::Atomic => {
+                if unresolved {
+                    let mine = write::resolve_ambiguous_commit(s, work, ctx.session_id)?;
+                    unresolved = false;
+                    if !mine.is_empty() {
+                        tracing::warn!(
+                            apps = mine.len(),
+                            "commit outcome was unknown; the log shows it committed"
+                        );
+                        emit_resolved(ctx, iid, mine.clone(), "committed");
+                        return Ok(result_from_committed(work, &mine));
+                    }
+                }
+                match write::write_atomic(s, work, wctx) {
+                    Err(e) if e.is_retryable() && e.op_kind == OpKind::Commit => {
+                        // The COMMIT's outcome is unknown: find out from the log instead of guessing.
+                        unresolved = true;
+                        let _ = s.reconnect();
+                        let mine = write::resolve_ambiguous_commit(s, work, ctx.session_id)?;
+                        unresolved = false;
+                        if mine.is_empty() {
+                            tracing::warn!(error = %e, "commit outcome was unknown; the log shows it did not commit");
+                            let ids = work.iter().map(|w| w.app_id).collect();
+                            emit_resolved(ctx, iid, ids, "not_committed");
+                            Err(e)
+                        } else {
+                            tracing::warn!(
+                                apps = mine.len(),
+                                "commit outcome was unknown; the log shows it committed"
+                            );
+                            emit_resolved(ctx, iid, mine.clone(), "committed");
+                            Ok(result_from_committed(work, &mine))
+                        }
+                    }
+                    other => other,
+                }
+            }
+            CommitMode::Split => write::write_split(s, work, wctx),
+        }
+    };
+    Ok(with_retry(
+        store,
+        &cfg.retry,
+        |e, a, w| {
+            *retries += 1;
+            retry_log(e, a, w)
+        },
+        &mut attempt_result,
+    )?)
+}
+
+impl RunSummary {
+    /// Adds one written batch's counts.
+    fn record(&mut self, result: &BatchResult) {
+        self.batches += 1;
+        self.slow_batches += u64::from(result.slow_path);
+        self.succeeded += result.succeeded.len() as u64;
+        self.failed += result.failed.len() as u64;
+        self.collisions += result.collisions.len() as u64;
+        self.lease_lost += result.lease_lost.len() as u64;
+    }
+}
+
+/// The once-a-second progress line: on stderr with `--progress`, else a log line.
+fn report_progress(cfg: &RunConfig, summary: &RunSummary, start: Instant) {
+    let done = summary.succeeded + summary.failed;
+    let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-9);
+    // One or the other: a log line would break the `\r` line it lands in.
+    if cfg.progress {
+        eprint!(
+            "\r{done} applications ({} ok, {} failed, {} collisions) {rate:.0}/s   ",
+            summary.succeeded, summary.failed, summary.collisions
+        );
+    } else {
+        tracing::info!(
+            done,
+            succeeded = summary.succeeded,
+            failed = summary.failed,
+            collisions = summary.collisions,
+            rate = rate as u64,
+            "progress"
+        );
+    }
 }
 
 /// The `commit_resolved` event: the harness proves the ambiguous-COMMIT path from it, never from log text.
