@@ -733,8 +733,36 @@ fn run(a: RunArgs) -> Result<(), Exit> {
             .map_err(runtime)?;
     }
     let session_id = new_session_id(cfg.instance_id);
+    // The lease heartbeat's own connection, retried like the main one (the server may be restarting right now).
+    let open_hb = || -> store::StoreResult<Box<dyn Store>> {
+        match connect_with_retry(&url, &contract, &cfg.retry, None) {
+            Ok(Some(s)) => Ok(s),
+            // Without a stop flag the loop never returns early; answer as an error rather than panic.
+            Ok(None) => Err(store::StoreError::new(
+                store::ErrorKind::Fatal,
+                "connect heartbeat",
+                "stopped",
+            )),
+            Err(e) => Err(store::StoreError::new(
+                store::ErrorKind::Fatal,
+                "connect heartbeat",
+                format!("{:#}", e.error),
+            )),
+        }
+    };
+    let ctx = RunContext {
+        session_id: &session_id,
+        events: &events,
+        crasher: &crasher,
+        shutdown: &shutdown,
+        open_heartbeat_store: Some(&open_hb),
+    };
     // The database may be restarting right now: connecting is retried like any transient error.
-    let mut store = connect_with_retry(&url, &contract, &cfg.retry)?;
+    let Some(mut store) = connect_with_retry(&url, &contract, &cfg.retry, Some(&shutdown))? else {
+        // Stopped while the database was unreachable: nothing was claimed or written, so this is a clean drain.
+        engine::drained_before_start(url.backend(), &cfg, &ctx);
+        return Ok(());
+    };
     // Idempotent DDL, so a connection lost in the middle (or at its COMMIT) is simply retried.
     crate::retry::with_retry(
         store.as_mut(),
@@ -746,23 +774,6 @@ fn run(a: RunArgs) -> Result<(), Exit> {
     )
     .context("failed to create the schema")
     .map_err(runtime)?;
-    // The lease heartbeat's own connection, retried like the main one (the server may be restarting right now).
-    let open_hb = || -> store::StoreResult<Box<dyn Store>> {
-        connect_with_retry(&url, &contract, &cfg.retry).map_err(|e| {
-            store::StoreError::new(
-                store::ErrorKind::Fatal,
-                "connect heartbeat",
-                format!("{:#}", e.error),
-            )
-        })
-    };
-    let ctx = RunContext {
-        session_id: &session_id,
-        events: &events,
-        crasher: &crasher,
-        shutdown: &shutdown,
-        open_heartbeat_store: Some(&open_hb),
-    };
     let summary = engine::run(store.as_mut(), &cfg, &ctx)
         .context("run failed")
         .map_err(runtime)?;
@@ -783,23 +794,27 @@ fn run(a: RunArgs) -> Result<(), Exit> {
     Ok(())
 }
 
+/// Opens the store, retrying an unreachable server under the retry policy's backoff. `None`: `stop` (the
+/// SIGTERM/SIGINT flag) was set during a backoff wait, which it cuts short (issue #11: a stop is honoured within a
+/// second even while the database is down).
 fn connect_with_retry(
     url: &DbUrl,
     contract: &Contract,
     policy: &RetryPolicy,
-) -> Result<Box<dyn Store>, Exit> {
-    let start = std::time::Instant::now();
-    let mut delay = policy.first_delay_ms;
+    stop: Option<&AtomicBool>,
+) -> Result<Option<Box<dyn Store>>, Exit> {
+    let mut backoff = policy.backoff();
     loop {
         match store::open(url, contract.clone()) {
-            Ok(s) => return Ok(s),
-            Err(OpenError::Connect { cause, .. })
-                if cause.is_retryable()
-                    && start.elapsed().as_secs() < policy.give_up_after_secs =>
-            {
+            Ok(s) => return Ok(Some(s)),
+            Err(OpenError::Connect { cause, url: shown }) if cause.is_retryable() => {
+                let Some(wait) = backoff.next_wait() else {
+                    return Err(OpenError::Connect { cause, url: shown }.into());
+                };
                 tracing::warn!(error = %cause, url = %url.redacted(), "database unreachable; retrying");
-                std::thread::sleep(std::time::Duration::from_millis(delay));
-                delay = (delay * 2).min(policy.max_delay_ms);
+                if crate::retry::sleep_unless_stopped(wait, stop) {
+                    return Ok(None);
+                }
             }
             Err(e) => return Err(e.into()),
         }

@@ -304,18 +304,18 @@ struct InFlight<'s> {
 /// The lease heartbeat: renews this session's open claims every third of the lease on its own connection.
 struct Heartbeat {
     claims: Arc<Mutex<Vec<i64>>>,
-    stop: Option<crossbeam_channel::Sender<()>>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Heartbeat {
     fn start(mut store: Box<dyn Store>, owner: String, lease_ms: i64) -> Self {
         let claims: Arc<Mutex<Vec<i64>>> = Arc::default();
-        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
         let shared = Arc::clone(&claims);
         let period = Duration::from_millis((lease_ms / 3).max(50) as u64);
         let handle = std::thread::spawn(move || {
-            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_timeout(period) {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(period) {
                 let ids = shared.lock().map(|g| g.clone()).unwrap_or_default();
                 if ids.is_empty() {
                     continue;
@@ -370,7 +370,7 @@ pub fn run(
         hooks: &hooks,
     };
     let mut summary = RunSummary::default();
-    emit_started(store, cfg, ctx);
+    emit_started(store.backend(), cfg, ctx);
 
     let heartbeat = match (cfg.mode, ctx.open_heartbeat_store) {
         (Mode::Queue, Some(open)) => Some(Heartbeat::start(
@@ -493,6 +493,20 @@ pub fn run(
     Ok(finish(cfg, ctx, summary, reason, retries, start))
 }
 
+/// A run stopped (SIGTERM/SIGINT) before it could connect: the `started` and `finished` (`drained`) events a drain
+/// writes, with nothing done, so a stop during a database outage reads like any other clean drain.
+pub fn drained_before_start(backend: &str, cfg: &RunConfig, ctx: &RunContext<'_>) -> RunSummary {
+    emit_started(backend, cfg, ctx);
+    finish(
+        cfg,
+        ctx,
+        RunSummary::default(),
+        "drained",
+        0,
+        Instant::now(),
+    )
+}
+
 /// The run's end: the summary completed, the `finished` event and log line.
 fn finish(
     cfg: &RunConfig,
@@ -587,12 +601,12 @@ fn claimed(
 }
 
 /// The `started` event and log line.
-fn emit_started(store: &dyn Store, cfg: &RunConfig, ctx: &RunContext<'_>) {
+fn emit_started(backend: &str, cfg: &RunConfig, ctx: &RunContext<'_>) {
     let iid = cfg.instance_id;
     let mut started = ctx.event(EventKind::Started, iid, vec![]);
     started.detail = serde_json::json!({
         "mode": cfg.mode.as_str(), "commit_mode": cfg.commit_mode.as_str(), "pid": std::process::id(),
-        "backend": store.backend(), "batch_size": cfg.batch_size, "workers": cfg.workers,
+        "backend": backend, "batch_size": cfg.batch_size, "workers": cfg.workers,
         "instance_count": cfg.instance_count, "lease_secs": cfg.lease_secs,
         "crash_at": ctx.crasher.spec().map(|s| s.to_string()),
     });

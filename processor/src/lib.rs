@@ -3,6 +3,7 @@
 //!
 //! The binary (`main.rs`) only parses arguments and calls [`cli::main_with`]; everything else is library code.
 
+pub mod backoff;
 pub mod budget;
 pub mod cli;
 pub mod contract;

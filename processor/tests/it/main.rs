@@ -6,6 +6,7 @@ mod cli;
 mod coerced;
 mod conformance;
 mod e2e;
+mod stop;
 mod strict;
 
 use fixtures::trial::Need;
@@ -29,6 +30,7 @@ fn main() {
         strict::broken_bytes_become_parse_rows_with_offsets_on_sqlite,
         strict::oversized_and_slow_documents_become_limit_rows,
         strict::sigterm_in_the_middle_of_a_huge_document_exits_promptly,
+        stop::sigterm_while_the_database_is_unreachable_drains_at_once,
     ));
     t.extend(trials!([Need::Postgres] =>
         e2e::sigkill_and_resume_on_postgres,

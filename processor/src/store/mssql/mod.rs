@@ -313,6 +313,13 @@ fn db_ident(op: &'static str, name: &str) -> StoreResult<Ident> {
 pub fn create_database(server: &MssqlConfig, name: &str) -> StoreResult<()> {
     let id = db_ident("create database", name)?;
     let master = server.with_database("master");
+    // Five retries, 100 ms doubling (the one backoff schedule, `backoff::Backoff`).
+    let mut backoff = crate::backoff::RetryPolicy {
+        first_delay_ms: 100,
+        max_delay_ms: 1_600,
+        give_up_after_secs: 60,
+    }
+    .backoff();
     let mut attempt = 0;
     loop {
         match admin(&master, "create database", &sql::create_database(&id)) {
@@ -320,7 +327,10 @@ pub fn create_database(server: &MssqlConfig, name: &str) -> StoreResult<()> {
             // 33557097); the loser's statement did nothing and can simply run again (seen in CI, tests in parallel).
             Err(e) if attempt < 5 && e.message.contains("concurrently updated") => {
                 attempt += 1;
-                std::thread::sleep(std::time::Duration::from_millis(50 << attempt));
+                match backoff.next_wait() {
+                    Some(wait) => std::thread::sleep(wait),
+                    None => return Err(e),
+                }
             }
             other => return other,
         }
