@@ -4,6 +4,7 @@
 //! The password is held privately and never printed: `Debug`, `Display` and [`MssqlConfig::redacted`] all show
 //! `***` in its place.
 
+use crate::store::url::MASK;
 use std::fmt;
 use std::time::Duration;
 use tiberius::{AuthMethod, EncryptionLevel};
@@ -116,7 +117,7 @@ impl fmt::Debug for MssqlConfig {
             .field("instance", &self.instance)
             .field("database", &self.database)
             .field("user", &self.user)
-            .field("password", &"***")
+            .field("password", &MASK)
             .field("encrypt", &self.encrypt)
             .field("trust_server_certificate", &self.trust_server_certificate)
             .field("connect_timeout", &self.connect_timeout)
@@ -533,12 +534,13 @@ impl MssqlConfig {
         d.finish()
     }
 
-    /// A `mssql://` URL with the password replaced by `***`: the only form that may be printed or logged.
+    /// A `mssql://` URL with the password replaced by [`MASK`]: the only form that may be printed or logged. Reached
+    /// through `DbUrl::redacted`, the one redaction entry (`store::url::redact_url` for a string).
     pub fn redacted(&self) -> String {
         self.url_with_password(if self.password.is_empty() {
             None
         } else {
-            Some("***")
+            Some(MASK)
         })
     }
 
