@@ -9,6 +9,7 @@ use crate::retry::RetryPolicy;
 use crate::store::{self, DbUrl, OpenError, Store};
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -846,25 +847,30 @@ fn status(a: StatusArgs) -> Result<(), Exit> {
         }
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r).map_err(runtime)?);
-        return Ok(());
+        let json = serde_json::to_string_pretty(&r).map_err(runtime)?;
+        return write_stdout(&format!("{json}\n"));
     }
-    println!(
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "total {}  success {}  failed {}  pending {}",
         r.total, r.success, r.failed, r.pending
     );
     // Nothing is changed silently: values truncated or converted to fit the contract, from `processing_log.coerced`.
-    println!(
+    let _ = writeln!(
+        out,
         "coerced {} values in {} applications (truncated or converted to fit the contract)",
         r.coerced_values, r.coerced_apps
     );
     if !r.instances.is_empty() {
-        println!(
+        let _ = writeln!(
+            out,
             "{:>8} {:>9} {:>9} {:>8}  last processed",
             "instance", "success", "failed", "sessions"
         );
         for i in &r.instances {
-            println!(
+            let _ = writeln!(
+                out,
                 "{:>8} {:>9} {:>9} {:>8}  {}",
                 i.instance_id,
                 i.success,
@@ -875,19 +881,38 @@ fn status(a: StatusArgs) -> Result<(), Exit> {
         }
     }
     if !r.claims.is_empty() {
-        println!("open claims (unfinished applications):");
+        let _ = writeln!(out, "open claims (unfinished applications):");
         for c in &r.claims {
             let expiry = c
                 .earliest_expiry_ms
                 .map(|ms| format!("{:+.1}s", (ms - store::now_ms()) as f64 / 1000.0))
                 .unwrap_or_else(|| "-".into());
-            println!(
+            let _ = writeln!(
+                out,
                 "  {}  live {}  expired {}  next expiry {}",
                 c.owner, c.live, c.expired, expiry
             );
         }
     }
-    Ok(())
+    write_stdout(&out)
+}
+
+/// Writes a command's output to stdout. A reader that went away (`processor status | head`: EPIPE) ends the
+/// output quietly, as a Unix filter would, instead of panicking the way `println!` does; any other write error is
+/// a runtime error.
+fn write_stdout(text: &str) -> Result<(), Exit> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(runtime(
+            anyhow::Error::new(e).context("failed to write to stdout"),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -220,3 +220,29 @@ pub fn a_shape_given_as_contract_is_refused_with_the_way_to_say_it() {
         assert!(!db.exists(), "touched the database");
     }
 }
+
+/// `processor status | head -1`: a reader that has gone away ends the output quietly (exit 0, no panic). The pipe's
+/// read end is closed before the process starts, so every write meets EPIPE, whatever the scheduling.
+pub fn status_into_a_closed_pipe_exits_quietly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = format!("sqlite://{}", dir.path().join("s.db").display());
+    let (code, err) = run(&["load", "--db", &db, "--generate", "20"], &[]);
+    assert_eq!(code, 0, "{err}");
+    for json in [false, true] {
+        let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+        drop(read_end);
+        let mut cmd = processor();
+        cmd.args(["status", "--db", &db]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd
+            .stdout(std::process::Stdio::from(write_end))
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("spawn");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "json={json}: {err}");
+        assert!(!err.contains("panicked"), "json={json}: {err}");
+    }
+}

@@ -24,6 +24,7 @@ fn main() {
         cli::load_generates_real_shaped_documents_on_request,
         cli::the_shipped_binary_refuses_planted_bugs,
         cli::a_shape_given_as_contract_is_refused_with_the_way_to_say_it,
+        cli::status_into_a_closed_pipe_exits_quietly,
         coerced::init_adds_the_coerced_column_to_an_old_sqlite_log,
         e2e::sigkill_at_random_moments_then_resume_on_sqlite,
         e2e::three_uncoordinated_instances_with_kills_on_sqlite,
