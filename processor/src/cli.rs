@@ -99,7 +99,8 @@ pub enum LogFormat {
 /// must hold JSON only).
 fn report(format: LogFormat, line: &str) {
     match format {
-        LogFormat::Pretty => println!("{line}"),
+        // A closed stdout (EPIPE) is not an error of the command: its work is done.
+        LogFormat::Pretty => drop(write_stdout(&format!("{line}\n"))),
         LogFormat::Json => tracing::info!(result = line, "done"),
     }
 }
@@ -790,7 +791,7 @@ fn run(a: RunArgs) -> Result<(), Exit> {
     );
     // JSON mode: stdout holds only events (the `finished` event carries the same summary).
     if a.common.log_format == LogFormat::Pretty {
-        println!("{line}");
+        write_stdout(&format!("{line}\n"))?;
     }
     Ok(())
 }
