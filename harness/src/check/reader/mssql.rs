@@ -3,7 +3,7 @@
 //! Must not write (each statement runs in an implicit transaction that is always rolled back), must not use
 //! processor code, and must never put a password into a message.
 
-use super::{Dialect, Reader};
+use super::{Dialect, Reader, SqlDialect};
 use crate::check::CheckError;
 use std::time::Duration;
 use tiberius::{AuthMethod, Client, ColumnData, Config, EncryptionLevel, FromSql, SqlBrowser};
@@ -406,6 +406,64 @@ pub(crate) fn canonical(v: &ColumnData<'static>) -> Result<Option<String>, Strin
             })
         }
     })
+}
+
+/// SQL Server's T-SQL: bracket quoting (never ANSI double quotes, which depend on QUOTED_IDENTIFIER), `N'…'`
+/// literals, `COUNT_BIG`, `TOP (n)`, and values selected as they are, not CAST to text: `MssqlReader` renders each
+/// value from the type the server sends with it (DECIMAL at its scale, DATE/DATETIME2 in ISO form, BIT as 0/1). A
+/// server-side `CAST(… AS NVARCHAR)` would give canonical text for the types the processor creates, but a locale
+/// style (`Jan  1 2024 12:00AM`) for a legacy DATETIME column of a replaced schema; the wire type is exact for both.
+pub(super) struct MssqlSql;
+
+impl SqlDialect for MssqlSql {
+    fn quote(&self, ident: &str) -> String {
+        format!("[{ident}]")
+    }
+    fn name_literal(&self, ident: &str) -> String {
+        format!("N'{ident}'")
+    }
+    fn qualify(&self, schema: &str, table: &str) -> String {
+        format!("{}.{}", self.quote(schema), self.quote(table))
+    }
+    fn cast_text(&self, expr: &str) -> String {
+        expr.to_owned()
+    }
+    fn count_all(&self) -> &'static str {
+        // `COUNT` is a 32-bit INT on SQL Server.
+        "COUNT_BIG(*)"
+    }
+    fn first_rows(&self, limit: usize, cols: &str, rest: &str) -> String {
+        format!("SELECT TOP ({limit}) {cols} FROM {rest}")
+    }
+    fn literal(&self, value: &str) -> String {
+        format!("N'{}'", value.replace('\'', "''"))
+    }
+    fn compared_columns(&self, schema: &str, table: &str) -> String {
+        format!(
+            "SELECT COLUMN_NAME FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = {s} AND TABLE_NAME = {t} \
+             AND COLUMNPROPERTY(OBJECT_ID(QUOTENAME({s}) + '.' + QUOTENAME({t})), COLUMN_NAME, 'IsIdentity') = 0 \
+             ORDER BY ORDINAL_POSITION",
+            s = self.name_literal(schema),
+            t = self.name_literal(table)
+        )
+    }
+    // Upper-case view names: they resolve under a case-sensitive server collation too.
+    fn table_exists(&self, schema: &str, table: &str) -> String {
+        format!(
+            "SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
+            self.name_literal(schema),
+            self.name_literal(table)
+        )
+    }
+    fn column_exists(&self, schema: &str, table: &str, column: &str) -> String {
+        format!(
+            "SELECT COUNT(*) FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {} \
+             AND COLUMN_NAME = {}",
+            self.name_literal(schema),
+            self.name_literal(table),
+            self.name_literal(column)
+        )
+    }
 }
 
 #[cfg(test)]

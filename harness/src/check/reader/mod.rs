@@ -1,7 +1,10 @@
 //! Read-only database access for the checker: one small `Reader` trait returning every value as text, one
-//! implementation per backend, and every SQL statement the checker runs (named consts and format fns).
+//! folder file per backend (`sqlite.rs`, `postgres.rs`, `mssql.rs`: its reader and its spelling of the SQL, a
+//! `SqlDialect`), and every SQL statement the checker runs, built here by `Sql` from those spellings.
 //! Must not write to the database or use processor code (except its connection-string parser and redactor, which
-//! are not under judgement); identifiers are validated and quoted here, nowhere else.
+//! are not under judgement); identifiers are validated here, nowhere else, then quoted by the backend.
+//! Adding a backend: a new file here with its `Reader` and `SqlDialect`, a `Dialect` variant, one arm in
+//! `Dialect::sql` and one in `open_reader`.
 
 use super::CheckError;
 
@@ -13,8 +16,54 @@ pub enum Dialect {
     Mssql,
 }
 
-/// SQLite's own check of the file's structure: one row `ok`, or one row per problem.
-pub const SQLITE_INTEGRITY_CHECK: &str = "PRAGMA integrity_check";
+pub use mssql::MssqlReader;
+pub use postgres::PgReader;
+pub use sqlite::{SqliteReader, SQLITE_INTEGRITY_CHECK};
+
+mod mssql;
+mod postgres;
+mod sqlite;
+
+impl Dialect {
+    /// The backend's spelling of the checker's SQL: the one place a dialect is dispatched on.
+    fn sql(self) -> &'static dyn SqlDialect {
+        match self {
+            Dialect::Sqlite => &sqlite::SqliteSql,
+            Dialect::Postgres => &postgres::PgSql,
+            Dialect::Mssql => &mssql::MssqlSql,
+        }
+    }
+}
+
+/// What differs between backends in the checker's SQL. Identifiers passed in are already validated
+/// (`valid_ident`), so they need quoting but no escaping.
+trait SqlDialect: Sync {
+    /// A validated identifier, quoted.
+    fn quote(&self, ident: &str) -> String;
+    /// A string literal holding a validated identifier (nothing to escape).
+    fn name_literal(&self, ident: &str) -> String;
+    /// A table name, schema-qualified where the backend has schemas.
+    fn qualify(&self, schema: &str, table: &str) -> String;
+    /// An expression read as canonical text.
+    fn cast_text(&self, expr: &str) -> String;
+    /// A row count expression.
+    fn count_all(&self) -> &'static str {
+        "COUNT(*)"
+    }
+    /// `SELECT cols FROM rest` limited to the first `limit` rows (`rest` ends with its ORDER BY).
+    fn first_rows(&self, limit: usize, cols: &str, rest: &str) -> String {
+        format!("SELECT {cols} FROM {rest} LIMIT {limit}")
+    }
+    /// A value read from the database, as a string literal (quotes doubled). The server converts it to the
+    /// column's type, so the comparison can use the column's index.
+    fn literal(&self, value: &str) -> String;
+    /// A table's column names in declaration order, without identity/serial columns.
+    fn compared_columns(&self, schema: &str, table: &str) -> String;
+    /// One row with a count > 0 when the table exists.
+    fn table_exists(&self, schema: &str, table: &str) -> String;
+    /// One row with a count > 0 when the column exists.
+    fn column_exists(&self, schema: &str, table: &str, column: &str) -> String;
+}
 
 /// A read-only connection that returns every value as canonical text (`None` for SQL NULL).
 pub trait Reader {
@@ -60,160 +109,8 @@ fn redact(url: &str) -> String {
     processor::store::url::redact_url(url)
 }
 
-/// SQLite, opened read-only so the checker cannot disturb the run it judges.
-pub struct SqliteReader {
-    conn: rusqlite::Connection,
-}
-
-impl SqliteReader {
-    pub fn open(path: &std::path::Path) -> Result<Self, CheckError> {
-        use rusqlite::OpenFlags;
-        let conn = rusqlite::Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| {
-            CheckError::Db(format!(
-                "cannot open sqlite database {}: {e}",
-                path.display()
-            ))
-        })?;
-        // A processor may still hold a write lock for a moment after it is killed; wait instead of failing.
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(|e| CheckError::Db(format!("cannot set busy timeout: {e}")))?;
-        Ok(SqliteReader { conn })
-    }
-}
-
-impl Reader for SqliteReader {
-    fn dialect(&self) -> Dialect {
-        Dialect::Sqlite
-    }
-
-    fn query_text(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, CheckError> {
-        let mut out = Vec::new();
-        self.query_each(sql, &mut |r| {
-            out.push(r);
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    fn query_each(
-        &mut self,
-        sql: &str,
-        each: &mut dyn FnMut(Vec<Option<String>>) -> Result<(), CheckError>,
-    ) -> Result<(), CheckError> {
-        use rusqlite::types::ValueRef;
-        let err = |e: rusqlite::Error| CheckError::Db(format!("query failed: {e}: {sql}"));
-        let mut stmt = self.conn.prepare(sql).map_err(err)?;
-        let n = stmt.column_count();
-        let mut rows = stmt.query([]).map_err(err)?;
-        while let Some(row) = rows.next().map_err(err)? {
-            let mut vals = Vec::with_capacity(n);
-            for i in 0..n {
-                let v = match row.get_ref(i).map_err(err)? {
-                    ValueRef::Null => None,
-                    ValueRef::Integer(x) => Some(x.to_string()),
-                    ValueRef::Real(x) => Some(x.to_string()),
-                    ValueRef::Text(t) | ValueRef::Blob(t) => {
-                        Some(String::from_utf8_lossy(t).into_owned())
-                    }
-                };
-                vals.push(v);
-            }
-            each(vals)?;
-        }
-        Ok(())
-    }
-}
-
-/// PostgreSQL over the simple-query protocol, which returns every value in its text form.
-pub struct PgReader {
-    client: postgres::Client,
-}
-
-impl PgReader {
-    pub fn connect(url: &str) -> Result<Self, CheckError> {
-        let pg =
-            processor::store::url::PgUrl::parse(url).map_err(|e| CheckError::Db(e.to_string()))?;
-        let mut client = pg.connect().map_err(|e| {
-            CheckError::Db(format!(
-                "cannot connect to {pg}: {}",
-                processor::store::postgres::error::with_causes(&e)
-            ))
-        })?;
-        // Read-only at the session level: a bug here cannot change the database under judgement.
-        client
-            .batch_execute(PG_READ_ONLY)
-            .map_err(|e| CheckError::Db(format!("cannot make the session read-only: {e}")))?;
-        Ok(PgReader { client })
-    }
-}
-
-impl Reader for PgReader {
-    fn dialect(&self) -> Dialect {
-        Dialect::Postgres
-    }
-
-    fn query_text(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, CheckError> {
-        let msgs = self
-            .client
-            .simple_query(sql)
-            .map_err(|e| CheckError::Db(format!("query failed: {e}: {sql}")))?;
-        let mut out = Vec::new();
-        for m in msgs {
-            if let postgres::SimpleQueryMessage::Row(r) = m {
-                out.push((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect());
-            }
-        }
-        Ok(out)
-    }
-
-    /// The extended protocol's row stream (rows are read off the socket as they are handed on); the columns are
-    /// `::text` casts, so each arrives as text.
-    fn query_each(
-        &mut self,
-        sql: &str,
-        each: &mut dyn FnMut(Vec<Option<String>>) -> Result<(), CheckError>,
-    ) -> Result<(), CheckError> {
-        use postgres::fallible_iterator::FallibleIterator;
-        let err = |e: postgres::Error| {
-            CheckError::Db(format!(
-                "query failed: {}: {sql}",
-                processor::store::postgres::error::with_causes(&e)
-            ))
-        };
-        let none: [&(dyn postgres::types::ToSql + Sync); 0] = [];
-        let mut rows = self.client.query_raw(sql, none).map_err(err)?;
-        while let Some(r) = rows.next().map_err(err)? {
-            let mut vals = Vec::with_capacity(r.len());
-            for i in 0..r.len() {
-                vals.push(
-                    r.try_get::<_, Option<&str>>(i)
-                        .map_err(err)?
-                        .map(str::to_owned),
-                );
-            }
-            each(vals)?;
-        }
-        Ok(())
-    }
-}
-
-const PG_READ_ONLY: &str = "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY";
-
-pub use mssql::MssqlReader;
-
-mod mssql;
-
 // ---------------------------------------------------------------------------------------------------------------
-// SQL text. Identifiers come from the contract: validated, then quoted per dialect (`"x"`, SQL Server `[x]`).
-//
-// SQL Server values are selected as they are, not CAST to text: `MssqlReader` renders each value from the type the
-// server sends with it (DECIMAL at its scale, DATE/DATETIME2 in ISO form, BIT as 0/1). A server-side
-// `CAST(… AS NVARCHAR)` would give canonical text for the types the processor creates, but a locale style
-// (`Jan  1 2024 12:00AM`) for a legacy DATETIME column of a replaced schema; the wire type is exact for both.
+// SQL text. Identifiers come from the contract: validated here, then quoted by the backend's `SqlDialect`.
 
 /// `^[A-Za-z_][A-Za-z0-9_]{0,62}$`.
 pub fn valid_ident(s: &str) -> bool {
@@ -224,9 +121,10 @@ pub fn valid_ident(s: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
-fn ident(s: &str) -> Result<String, CheckError> {
+/// Refuses an identifier that is not `valid_ident`.
+fn ident(s: &str) -> Result<(), CheckError> {
     if valid_ident(s) {
-        Ok(format!("\"{s}\""))
+        Ok(())
     } else {
         Err(CheckError::Contract(format!("invalid identifier '{s}'")))
     }
@@ -250,29 +148,19 @@ impl Sql {
 
     /// A validated identifier, quoted for this dialect.
     fn quote(&self, s: &str) -> Result<String, CheckError> {
-        let q = ident(s)?;
-        Ok(match self.dialect {
-            Dialect::Sqlite | Dialect::Postgres => q,
-            Dialect::Mssql => format!("[{s}]"),
-        })
+        ident(s)?;
+        Ok(self.d().quote(s))
+    }
+
+    fn d(&self) -> &'static dyn SqlDialect {
+        self.dialect.sql()
     }
 
     /// A string literal holding a validated identifier (no quotes inside, so nothing to escape).
-    fn name_literal(&self, s: &str) -> Result<String, CheckError> {
-        ident(s)?;
-        Ok(match self.dialect {
-            Dialect::Sqlite | Dialect::Postgres => format!("'{s}'"),
-            Dialect::Mssql => format!("N'{s}'"),
-        })
-    }
-
     /// A table name, schema-qualified where the backend has schemas.
     pub fn table(&self, name: &str) -> Result<String, CheckError> {
-        let t = self.quote(name)?;
-        Ok(match self.dialect {
-            Dialect::Sqlite => t,
-            Dialect::Postgres | Dialect::Mssql => format!("{}.{t}", self.quote(&self.schema)?),
-        })
+        ident(name)?;
+        Ok(self.d().qualify(&self.schema, name))
     }
 
     /// A column read as canonical text.
@@ -282,20 +170,12 @@ impl Sql {
     }
 
     fn cast(&self, expr: &str) -> String {
-        match self.dialect {
-            Dialect::Sqlite => format!("CAST({expr} AS TEXT)"),
-            Dialect::Postgres => format!("{expr}::text"),
-            // Typed on the wire, rendered canonically by `MssqlReader` (see the note above).
-            Dialect::Mssql => expr.to_owned(),
-        }
+        self.d().cast_text(expr)
     }
 
     /// `COUNT(*)`; `COUNT_BIG(*)` on SQL Server, whose `COUNT` is a 32-bit INT.
     fn count_all(&self) -> &'static str {
-        match self.dialect {
-            Dialect::Sqlite | Dialect::Postgres => "COUNT(*)",
-            Dialect::Mssql => "COUNT_BIG(*)",
-        }
+        self.d().count_all()
     }
 
     /// `SELECT app_id, xml FROM source ORDER BY app_id`.
@@ -330,14 +210,9 @@ impl Sql {
             self.cast(&format!("s.{}", self.quote(column)?))
         );
         let from = format!("{} s", self.table(table)?);
-        Ok(match self.dialect {
-            Dialect::Sqlite | Dialect::Postgres => {
-                format!("SELECT {cols} FROM {from}{filter} ORDER BY {id} LIMIT {limit}")
-            }
-            Dialect::Mssql => {
-                format!("SELECT TOP ({limit}) {cols} FROM {from}{filter} ORDER BY {id}")
-            }
-        })
+        Ok(self
+            .d()
+            .first_rows(limit, &cols, &format!("{from}{filter} ORDER BY {id}")))
     }
 
     /// `WHERE col > lo AND col <= hi`, each bound only when given.
@@ -389,16 +264,6 @@ impl Sql {
         ))
     }
 
-    /// A value read from the database, as a string literal (`'` doubled; `N'…'` on SQL Server). The server
-    /// converts it to the column's type, so the comparison can use the column's index.
-    fn literal(&self, v: &str) -> String {
-        let q = v.replace('\'', "''");
-        match self.dialect {
-            Dialect::Sqlite | Dialect::Postgres => format!("'{q}'"),
-            Dialect::Mssql => format!("N'{q}'"),
-        }
-    }
-
     /// The rows of a target table whose `column` is one of `values` (values as read back from the database).
     pub fn rows_with(
         &self,
@@ -407,7 +272,7 @@ impl Sql {
         column: &str,
         values: &[String],
     ) -> Result<String, CheckError> {
-        let list: Vec<String> = values.iter().map(|v| self.literal(v)).collect();
+        let list: Vec<String> = values.iter().map(|v| self.d().literal(v)).collect();
         Ok(format!(
             "{} WHERE {} IN ({})",
             self.all_rows(table, columns)?,
@@ -483,22 +348,7 @@ impl Sql {
     /// serial): their values differ between two runs of the same documents and are no mapping's output.
     pub fn compared_columns(&self, table: &str) -> Result<String, CheckError> {
         ident(table)?;
-        Ok(match self.dialect {
-            Dialect::Sqlite => format!("SELECT name FROM pragma_table_info('{table}') ORDER BY cid"),
-            Dialect::Postgres => format!(
-                "SELECT column_name::text FROM information_schema.columns WHERE table_schema = '{}' \
-                 AND table_name = '{table}' AND is_identity = 'NO' AND COALESCE(column_default, '') NOT LIKE 'nextval(%' \
-                 ORDER BY ordinal_position",
-                self.schema
-            ),
-            Dialect::Mssql => format!(
-                "SELECT COLUMN_NAME FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = {s} AND TABLE_NAME = {t} \
-                 AND COLUMNPROPERTY(OBJECT_ID(QUOTENAME({s}) + '.' + QUOTENAME({t})), COLUMN_NAME, 'IsIdentity') = 0 \
-                 ORDER BY ORDINAL_POSITION",
-                s = self.name_literal(&self.schema)?,
-                t = self.name_literal(table)?
-            ),
-        })
+        Ok(self.d().compared_columns(&self.schema, table))
     }
 
     /// Every processing_log row: app_id, status, failure_reason, session_id, fence.
@@ -588,40 +438,14 @@ impl Sql {
     /// One row with a count > 0 when the table exists. Names are validated identifiers, safe as literals.
     pub fn table_exists(&self, table: &str) -> Result<String, CheckError> {
         ident(table)?;
-        Ok(match self.dialect {
-            Dialect::Sqlite => format!("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '{table}'"),
-            Dialect::Postgres => format!(
-                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = '{}' AND table_name = '{table}'",
-                self.schema
-            ),
-            // Upper-case view names: they resolve under a case-sensitive server collation too.
-            Dialect::Mssql => format!(
-                "SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
-                self.name_literal(&self.schema)?,
-                self.name_literal(table)?
-            ),
-        })
+        Ok(self.d().table_exists(&self.schema, table))
     }
 
     /// One row with a count > 0 when the column exists.
     pub fn column_exists(&self, table: &str, column: &str) -> Result<String, CheckError> {
         ident(table)?;
         ident(column)?;
-        Ok(match self.dialect {
-            Dialect::Sqlite => format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = '{column}'"),
-            Dialect::Postgres => format!(
-                "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = '{}' AND table_name = '{table}' \
-                 AND column_name = '{column}'",
-                self.schema
-            ),
-            Dialect::Mssql => format!(
-                "SELECT COUNT(*) FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {} \
-                 AND COLUMN_NAME = {}",
-                self.name_literal(&self.schema)?,
-                self.name_literal(table)?,
-                self.name_literal(column)?
-            ),
-        })
+        Ok(self.d().column_exists(&self.schema, table, column))
     }
 }
 
