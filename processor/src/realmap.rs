@@ -119,6 +119,8 @@ pub struct RMap {
     nullable: bool,
     default: Option<String>,
     expr: Option<String>,
+    /// `expr` split into its WHEN/THEN pairs and ELSE once at load (`parse_case`), when it is a CASE expression.
+    case: Option<CaseExpr>,
     enum_name: Option<String>,
     exclude_when_empty: bool,
 }
@@ -130,6 +132,24 @@ pub struct RTable {
     maps: Vec<RMap>,
     cols: Vec<String>,
     types: Vec<ColType>,
+    /// Column name → first index in `cols`, built on first use (the row lowering looked each name up linearly).
+    col_index: std::sync::OnceLock<HashMap<String, usize>>,
+}
+
+impl RTable {
+    /// `cols.iter().position(|c| c == k)`, from an index.
+    fn col_of(&self, k: &str) -> Option<usize> {
+        self.col_index
+            .get_or_init(|| {
+                let mut m = HashMap::default();
+                for (i, c) in self.cols.iter().enumerate() {
+                    m.entry(c.clone()).or_insert(i);
+                }
+                m
+            })
+            .get(k)
+            .copied()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -503,6 +523,7 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
             maps: vec![],
             cols: vec![],
             types: vec![],
+            col_index: std::sync::OnceLock::new(),
         });
     }
     let mut app_key_seen = false;
@@ -624,6 +645,7 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
             nullable: m.nullable.unwrap_or(true),
             default,
             expr: m.expression.clone(),
+            case: m.expression.as_deref().and_then(parse_case),
             enum_name: m.enum_name.clone(),
             exclude_when_empty: m.exclude_default_when_record_empty.unwrap_or(false),
         });
@@ -1137,7 +1159,16 @@ impl Py {
     }
     /// `StringUtils.safe_string_check`.
     fn meaningful(&self) -> bool {
-        !self.is_none() && !self.text().trim().is_empty()
+        // Numbers and dates never print empty: only a string needs looking at (no allocation).
+        match self {
+            Py::None => false,
+            Py::Str(s) => !s.trim().is_empty(),
+            _ => true,
+        }
+    }
+    /// `self == Py::Str(SENTINEL)`, without building the sentinel.
+    fn is_sentinel(&self) -> bool {
+        matches!(self, Py::Str(s) if s == SENTINEL)
     }
 }
 
@@ -1598,14 +1629,31 @@ fn strip_word_ci(s: &str, w: &str) -> String {
     out
 }
 
-fn eval_expression(expr: &str, ctx: &Context) -> EV {
+/// A CASE expression's (condition, value) pairs and ELSE value, as `eval_case` splits them.
+#[derive(Debug, Clone)]
+struct CaseExpr {
+    pairs: Vec<(String, String)>,
+    else_v: Option<String>,
+}
+
+fn eval_expression(expr: &str, case: Option<&CaseExpr>, ctx: &Context) -> EV {
+    if let Some(c) = case {
+        return eval_case(c, ctx);
+    }
     if expr.to_uppercase().contains("CASE") {
-        return eval_case(expr, ctx);
+        return match parse_case(expr) {
+            Some(c) => eval_case(&c, ctx),
+            None => EV::None,
+        };
     }
     eval_arith(expr, ctx)
 }
 
-fn eval_case(expr: &str, ctx: &Context) -> EV {
+/// Splits a CASE expression (`None` if `expr` is not one); a pure function of the text, so done once at load.
+fn parse_case(expr: &str) -> Option<CaseExpr> {
+    if !expr.to_uppercase().contains("CASE") {
+        return None;
+    }
     let body = strip_word_ci(expr, "CASE");
     let body = strip_word_ci(body.trim(), "END");
     let body = body.trim();
@@ -1638,13 +1686,17 @@ fn eval_case(expr: &str, ctx: &Context) -> EV {
         };
         pairs.push((cond.to_owned(), then_v));
     }
-    for (c, v) in &pairs {
+    Some(CaseExpr { pairs, else_v })
+}
+
+fn eval_case(case: &CaseExpr, ctx: &Context) -> EV {
+    for (c, v) in &case.pairs {
         if eval_condition(c, ctx) {
             return eval_value(v, ctx);
         }
     }
-    match else_v {
-        Some(e) => eval_value(&e, ctx),
+    match &case.else_v {
+        Some(e) => eval_value(e, ctx),
         None => EV::None,
     }
 }
@@ -2074,6 +2126,9 @@ struct Mapper<'m, 'd> {
     valid_con_ids: std::collections::HashSet<String>,
     /// con_id → the last `<contact>` element with it (the replaced `//contact[@con_id=X]` lookup, indexed once).
     last_contact_by_con: HashMap<String, usize>,
+    /// The typed contacts (`all_contacts`) of each of the first two contact types, in document order: computed
+    /// once instead of per `last_valid_pr_contact`/`_sec_` mapping (each scanned every contact).
+    typed_cands: [Vec<usize>; 2],
 }
 
 fn map_fail(msg: impl Into<String>) -> Failure {
@@ -2081,17 +2136,18 @@ fn map_fail(msg: impl Into<String>) -> Failure {
 }
 
 /// One record as the replaced mapper builds it: column → value, insertion order kept.
-type Record = Vec<(String, Py)>;
+/// The column names borrow the plan (no `String` per value per row).
+type Record<'k> = Vec<(&'k str, Py)>;
 
-fn rec_set(r: &mut Record, k: &str, v: Py) {
-    match r.iter_mut().find(|(c, _)| c == k) {
+fn rec_set<'k>(r: &mut Record<'k>, k: &'k str, v: Py) {
+    match r.iter_mut().find(|(c, _)| *c == k) {
         Some(slot) => slot.1 = v,
-        None => r.push((k.to_owned(), v)),
+        None => r.push((k, v)),
     }
 }
 
-fn rec_has(r: &Record, k: &str) -> bool {
-    r.iter().any(|(c, _)| c == k)
+fn rec_has(r: &Record<'_>, k: &str) -> bool {
+    r.iter().any(|(c, _)| *c == k)
 }
 
 impl<'m, 'd> Mapper<'m, 'd> {
@@ -2160,7 +2216,18 @@ impl<'m, 'd> Mapper<'m, 'd> {
             contacts: vec![],
             valid_con_ids: Default::default(),
             last_contact_by_con: HashMap::default(),
+            typed_cands: [Vec::new(), Vec::new()],
         };
+        let all = m.all_contacts();
+        for (idx, slot) in m.typed_cands.iter_mut().enumerate() {
+            if let Some(want) = plan.contact_types.get(idx) {
+                *slot = all
+                    .iter()
+                    .copied()
+                    .filter(|&e| doc.elems[e].get(&plan.contact_type_attr) == Some(want.as_str()))
+                    .collect();
+            }
+        }
         m.contacts = m.valid_contacts();
         m.valid_con_ids = m.contacts.iter().map(|c| c.con_id.clone()).collect();
         for &e in doc.by_name.get("contact").map(Vec::as_slice).unwrap_or(&[]) {
@@ -2290,14 +2357,10 @@ impl<'m, 'd> Mapper<'m, 'd> {
     /// `_extract_from_last_valid_pr_contact` / `_sec_` (index 0 or 1 of the contact types).
     fn typed_contact_value(&self, m: &RMap, table: &str, idx: usize) -> Py {
         let p = self.ctx.plan;
-        let Some(want) = p.contact_types.get(idx) else {
+        if p.contact_types.get(idx).is_none() {
             return Py::None;
-        };
-        let cands: Vec<usize> = self
-            .all_contacts()
-            .into_iter()
-            .filter(|&e| self.doc.elems[e].get(&p.contact_type_attr) == Some(want.as_str()))
-            .collect();
+        }
+        let cands: &[usize] = &self.typed_cands[idx];
         let valid = |e: usize| {
             let el = &self.doc.elems[e];
             !el.get("con_id").unwrap_or("").trim().is_empty()
@@ -2483,7 +2546,10 @@ impl<'m, 'd> Mapper<'m, 'd> {
         scope: Option<Scope>,
     ) -> Result<Py, Failure> {
         let c = &self.ctx;
-        let original = if value == Py::Str(SENTINEL.into()) && ctx.is_some() && !m.attr.is_empty() {
+        // Only an `enum` after a `calculated_field` reads `original`: skip the copy otherwise.
+        let original = if !m.types.iter().any(|t| t == "enum") {
+            Py::None
+        } else if value.is_sentinel() && ctx.is_some() && !m.attr.is_empty() {
             ctx.and_then(|x| x.attr_ci(&m.attr))
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
@@ -2544,21 +2610,21 @@ impl<'m, 'd> Mapper<'m, 'd> {
                 _ => c.transform(&cur, &m.dtype),
             };
         }
-        if let Py::Str(s) = &cur {
-            let mut s = s.clone();
+        if let Py::Str(s) = &mut cur {
+            // In place: the value is this row's own string.
             if m.types.iter().any(|t| t == "numbers_only") {
                 s.retain(|ch| ch.is_ascii_digit());
             }
-            s = s.trim().to_owned();
+            trim_in_place(s);
             if let Some(n) = m.dlen {
                 // Departure: data_length -1 means unlimited (the replaced code slices [: -1], dropping the last
                 // character).
                 if n >= 0 && s.chars().count() > n as usize {
-                    s = s.chars().take(n as usize).collect();
+                    *s = s.chars().take(n as usize).collect();
                     c.coerce();
                 }
             }
-            cur = Py::Str(s.trim().to_owned());
+            trim_in_place(s);
         }
         Ok(cur)
     }
@@ -2586,7 +2652,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
                 },
                 (None, _) => v,
             },
-            "calculated_field" if v == Py::Str(SENTINEL.into()) => self.calculated(m, ctx),
+            "calculated_field" if v.is_sentinel() => self.calculated(m, ctx),
             "enum" => c.enum_lookup(&v, m)?,
             "char_to_bit" => c.char_bit(&v),
             "boolean_to_bit" => c.bool_bit(&v),
@@ -2614,7 +2680,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
     fn calculated(&self, m: &RMap, ctx: Option<&Context>) -> Py {
         let Some(e) = &m.expr else { return Py::None };
         let empty = Context::empty();
-        let r = ev_to_py(eval_expression(e, ctx.unwrap_or(&empty)));
+        let r = ev_to_py(eval_expression(e, m.case.as_ref(), ctx.unwrap_or(&empty)));
         match r {
             Py::None => Py::None,
             Py::Str(s) if s.is_empty() && m.dtype == "string" => Py::Str(s),
@@ -2625,51 +2691,50 @@ impl<'m, 'd> Mapper<'m, 'd> {
     /// `_create_record_from_mappings` for one table; `None` when the record is skipped.
     fn record(
         &self,
-        t: &RTable,
+        t: &'m RTable,
         ctx: Option<&Context>,
         scope: Option<Scope>,
-    ) -> Result<Record, Failure> {
-        let mut rec: Record = Vec::new();
-        let mut applied: Vec<String> = Vec::new();
-        let mut conditional: Vec<String> = Vec::new();
+    ) -> Result<Record<'m>, Failure> {
+        let mut rec: Record<'m> = Vec::with_capacity(t.maps.len() + 2);
+        let mut applied: Vec<&'m str> = Vec::new();
+        let mut conditional: Vec<&'m str> = Vec::new();
         for m in &t.maps {
             if m.col.is_none() {
                 continue;
             }
             let v = self.extract(m, &t.name, ctx, scope);
+            let v_meaningful = v.meaningful();
             // The replaced mapper catches any error of one mapping and leaves the column out (fallback None).
-            let Ok(tv) = self.transform_field(v.clone(), m, &t.name, ctx, scope) else {
+            let Ok(tv) = self.transform_field(v, m, &t.name, ctx, scope) else {
                 self.ctx.coerce();
                 continue;
             };
             if !tv.is_none() {
                 // _is_transformation_default: a missing source whose result equals the transformed default.
-                let is_default = !v.meaningful()
+                let is_default = !v_meaningful
                     && m.default.as_ref().is_some_and(|d| {
                         !d.is_empty() && self.ctx.transform(&Py::Str(d.clone()), &m.dtype) == tv
                     });
                 rec_set(&mut rec, &m.column, tv);
                 if is_default {
-                    applied.push(m.column.clone());
+                    applied.push(&m.column);
                 }
             } else if !m.nullable {
                 // With no default the replaced mapper raises and catches: the column is left out.
                 if let Some(d) = &m.default {
                     rec_set(&mut rec, &m.column, Py::Str(d.clone()));
                     if m.exclude_when_empty {
-                        conditional.push(m.column.clone());
+                        conditional.push(&m.column);
                     } else {
-                        applied.push(m.column.clone());
+                        applied.push(&m.column);
                     }
                 }
             }
         }
         let keys = ["app_id", "con_id"];
-        let meaningful = |extra: &[String]| {
+        let meaningful = |extra: &[&str]| {
             rec.iter()
-                .filter(|(k, _)| {
-                    !keys.contains(&k.as_str()) && !applied.contains(k) && !extra.contains(k)
-                })
+                .filter(|(k, _)| !keys.contains(k) && !applied.contains(k) && !extra.contains(k))
                 .count()
         };
         let skip = t.name != "app_base" && t.name != "app_contact_base" && meaningful(&[]) == 0;
@@ -2689,7 +2754,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
         let app = Py::Int(self.app_id);
         let mut since = 0usize;
         for (ti, t) in p.tables.iter().enumerate() {
-            let mut recs: Vec<Record> = Vec::new();
+            let mut recs: Vec<Record<'m>> = Vec::new();
             let has_calc = t
                 .maps
                 .iter()
@@ -2888,7 +2953,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
                         let Ok(n) = param.parse::<i64>() else {
                             continue;
                         };
-                        let mut r: Record = Vec::new();
+                        let mut r: Record<'m> = Vec::new();
                         let mut meaningful = false;
                         for m in group {
                             let raw = self.extract(m, &t.name, None, None);
@@ -2912,7 +2977,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
                 }
                 Kind::Collateral => {
                     for (param, group) in groups(t, "add_collateral") {
-                        let mut r: Record = Vec::new();
+                        let mut r: Record<'m> = Vec::new();
                         let mut meaningful = false;
                         for m in &group {
                             let has = |x: &str| m.types.iter().any(|y| y == x);
@@ -3044,8 +3109,8 @@ impl<'m, 'd> Mapper<'m, 'd> {
             .unwrap_or_default()
     }
 
-    fn meaningful_child(&self, kind: Kind, r: &Record, el: &Elem<'_>) -> bool {
-        let rs = |k: &str| r.iter().find(|(c, _)| c == k).map(|(_, v)| v.clone());
+    fn meaningful_child(&self, kind: Kind, r: &Record<'_>, el: &Elem<'_>) -> bool {
+        let rs = |k: &str| r.iter().find(|(c, _)| *c == k).map(|(_, v)| v.clone());
         let rtext = |k: &str| {
             rs(k).map_or(String::new(), |v| {
                 if v.is_none() {
@@ -3098,17 +3163,25 @@ impl<'m, 'd> Mapper<'m, 'd> {
         contract: &Contract,
         ti: usize,
         t: &RTable,
-        recs: Vec<Record>,
+        recs: Vec<Record<'_>>,
     ) -> Result<Vec<Vec<Value>>, Failure> {
         let table = &contract.tables[ti];
         let mut rows = Vec::with_capacity(recs.len());
         for r in recs {
             let mut row = vec![Value::Null; table.columns.len()];
             for (k, v) in r {
-                let Some(ci) = t.cols.iter().position(|c| *c == k) else {
+                let Some(ci) = t.col_of(k) else {
                     continue;
                 };
                 let ty = table.columns[ci].ty;
+                // A string that fits a text column is stored as it is: moved, not copied (`to_value`'s answer).
+                if let (ColType::Text { max_chars }, Py::Str(s)) = (ty, &v) {
+                    if !s.is_empty() && max_chars.is_none_or(|m| s.len() <= m as usize) {
+                        let Py::Str(s) = v else { unreachable!() };
+                        row[ci] = Value::Text(s);
+                        continue;
+                    }
+                }
                 row[ci] = self
                     .to_value(&v, ty)
                     .map_err(|why| map_fail(format!("{}.{}: {why}", t.name, k)))?;
@@ -3183,6 +3256,16 @@ impl<'m, 'd> Mapper<'m, 'd> {
                 Ok(Value::Text(s))
             }
         }
+    }
+}
+
+/// `*s = s.trim().to_owned()`, without a new allocation.
+fn trim_in_place(s: &mut String) {
+    let end = s.trim_end().len();
+    s.truncate(end);
+    let start = s.len() - s.trim_start().len();
+    if start > 0 {
+        s.drain(..start);
     }
 }
 
