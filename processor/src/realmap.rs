@@ -1659,7 +1659,7 @@ fn strip_word_ci(s: &str, w: &str) -> String {
 /// A CASE expression's (condition, value) pairs and ELSE value, as `eval_case` splits them.
 #[derive(Debug, Clone)]
 struct CaseExpr {
-    pairs: Vec<(String, String)>,
+    pairs: Vec<(Cond, String)>,
     else_v: Option<String>,
 }
 
@@ -1684,7 +1684,7 @@ fn parse_case(expr: &str) -> Option<CaseExpr> {
     let body = strip_word_ci(expr, "CASE");
     let body = strip_word_ci(body.trim(), "END");
     let body = body.trim();
-    let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut pairs: Vec<(Cond, String)> = Vec::new();
     let mut else_v: Option<String> = None;
     for part in split_ci(body, "WHEN") {
         if !part.to_uppercase().contains("THEN") {
@@ -1711,7 +1711,7 @@ fn parse_case(expr: &str) -> Option<CaseExpr> {
         } else {
             val.to_owned()
         };
-        pairs.push((cond.to_owned(), then_v));
+        pairs.push((compile_condition(cond), then_v));
     }
     Some(CaseExpr { pairs, else_v })
 }
@@ -1728,49 +1728,94 @@ fn eval_case(case: &CaseExpr, ctx: &Context) -> EV {
     }
 }
 
-fn eval_condition(cond: &str, ctx: &Context) -> bool {
+/// A WHEN condition as `eval_condition` reads it, split once at load: its simple parts, all or any of them.
+#[derive(Debug, Clone)]
+struct Cond {
+    any: bool,
+    parts: Vec<Simple>,
+}
+
+/// One simple condition; the field names and operands are the texts the per-row code used to cut out each time.
+#[derive(Debug, Clone)]
+enum Simple {
+    /// `F IS [NOT] EMPTY` (upper-cased field name; `true` = NOT).
+    Empty(String, bool),
+    /// `F IS [NOT] NULL`.
+    Null(String, bool),
+    /// `F LIKE 'pattern'` (both upper-cased, as the replaced code compares them).
+    Like(String, String),
+    /// `l op r`, in the condition's own case.
+    Cmp(String, String, &'static str),
+    Never,
+}
+
+/// The replaced `_evaluate_condition`'s split: AND binds first, then OR, on the upper-cased text.
+fn compile_condition(cond: &str) -> Cond {
     let c = cond.trim();
     let up = c.to_uppercase();
     if up.contains(" AND ") {
-        return up.split(" AND ").all(|p| eval_simple(p.trim(), ctx));
+        let parts = up
+            .split(" AND ")
+            .map(|p| compile_simple(p.trim()))
+            .collect();
+        return Cond { any: false, parts };
     }
     if up.contains(" OR ") {
-        return up.split(" OR ").any(|p| eval_simple(p.trim(), ctx));
+        let parts = up.split(" OR ").map(|p| compile_simple(p.trim())).collect();
+        return Cond { any: true, parts };
     }
-    eval_simple(c, ctx)
+    Cond {
+        any: false,
+        parts: vec![compile_simple(c)],
+    }
 }
 
-fn eval_simple(cond: &str, ctx: &Context) -> bool {
+fn compile_simple(cond: &str) -> Simple {
     let up = cond.to_uppercase();
     let field_of = |kw: &str| up.replace(kw, "").trim().to_owned();
     if up.contains("IS EMPTY") {
-        let v = ctx.get_ci(&field_of("IS EMPTY")).unwrap_or("");
-        return v.trim().is_empty();
+        return Simple::Empty(field_of("IS EMPTY"), false);
     }
     if up.contains("IS NOT EMPTY") {
-        let v = ctx.get_ci(&field_of("IS NOT EMPTY")).unwrap_or("");
-        return !v.trim().is_empty();
+        return Simple::Empty(field_of("IS NOT EMPTY"), true);
     }
     if up.contains("IS NULL") {
-        return ctx.get_ci(&field_of("IS NULL")).unwrap_or("").is_empty();
+        return Simple::Null(field_of("IS NULL"), false);
     }
     if up.contains("IS NOT NULL") {
-        return !ctx
-            .get_ci(&field_of("IS NOT NULL"))
-            .unwrap_or("")
-            .is_empty();
+        return Simple::Null(field_of("IS NOT NULL"), true);
     }
     if up.contains(" LIKE ") {
         if let Some((l, p)) = up.split_once(" LIKE ") {
-            let left = l.trim();
             let pat = p.trim().trim_matches(|c| c == '\'' || c == '"');
-            let val = ctx.key_upper(left).and_then(|k| ctx.get(k)).unwrap_or("");
-            return like(val, pat);
+            return Simple::Like(l.trim().to_owned(), pat.to_owned());
         }
     }
     for op in ["!=", "<=", ">=", "=", "<", ">"] {
         if let Some((l, r)) = cond.split_once(op) {
-            let (l, r) = (l.trim(), r.trim());
+            return Simple::Cmp(l.trim().to_owned(), r.trim().to_owned(), op);
+        }
+    }
+    Simple::Never
+}
+
+fn eval_condition(cond: &Cond, ctx: &Context) -> bool {
+    if cond.any {
+        cond.parts.iter().any(|p| eval_simple(p, ctx))
+    } else {
+        cond.parts.iter().all(|p| eval_simple(p, ctx))
+    }
+}
+
+fn eval_simple(cond: &Simple, ctx: &Context) -> bool {
+    match cond {
+        Simple::Empty(f, not) => ctx.get_ci(f).unwrap_or("").trim().is_empty() != *not,
+        Simple::Null(f, not) => ctx.get_ci(f).unwrap_or("").is_empty() != *not,
+        Simple::Like(left, pat) => {
+            let val = ctx.key_upper(left).and_then(|k| ctx.get(k)).unwrap_or("");
+            like(val, pat)
+        }
+        Simple::Cmp(l, r, op) => {
             let lv = match date_fn(l, ctx) {
                 Some(d) => EV::Dt(d),
                 None => EV::Str(ctx.get_ci(l).unwrap_or("").to_owned()),
@@ -1787,10 +1832,10 @@ fn eval_simple(cond: &str, ctx: &Context) -> bool {
                     }
                 }
             };
-            return compare(&lv, &rv, op);
+            compare(&lv, &rv, op)
         }
+        Simple::Never => false,
     }
-    false
 }
 
 fn like(val: &str, pat: &str) -> bool {
