@@ -1049,7 +1049,8 @@ fn parse_doc<'a>(xml: &'a str, root: &str, budget: &Budget) -> Result<Doc<'a>, F
             // Raw (XML-unescaped) as lxml gives it; `xd` is the replaced parser's processed form.
             scratch.push((key, v));
         }
-        let attrs: Vec<(&'a str, Cow<'a, str>)> = scratch.drain(..).collect();
+        let mut attrs: Vec<(&'a str, Cow<'a, str>)> = Vec::with_capacity(scratch.len());
+        attrs.append(&mut scratch);
         let id = doc.elems.len();
         let parent = stack.last().map(|(p, _)| *p);
         if let Some(p) = parent {
@@ -2910,9 +2911,9 @@ impl<'m, 'd> Mapper<'m, 'd> {
                             continue;
                         }
                         recs.push(vec![
-                            ("app_id".into(), app.clone()),
-                            ("score_identifier".into(), Py::Str(id)),
-                            ("score".into(), v),
+                            ("app_id", app.clone()),
+                            ("score_identifier", Py::Str(id)),
+                            ("score", v),
                         ]);
                     }
                 }
@@ -2934,9 +2935,9 @@ impl<'m, 'd> Mapper<'m, 'd> {
                             continue;
                         }
                         recs.push(vec![
-                            ("app_id".into(), app.clone()),
-                            ("indicator".into(), Py::Str(name)),
-                            ("value".into(), Py::Str("1".into())),
+                            ("app_id", app.clone()),
+                            ("indicator", Py::Str(name)),
+                            ("value", Py::Str("1".into())),
                         ]);
                     }
                 }
@@ -2956,17 +2957,17 @@ impl<'m, 'd> Mapper<'m, 'd> {
                             .next()
                             .unwrap_or("");
                         recs.push(vec![
-                            ("app_id".into(), app.clone()),
-                            ("name".into(), Py::Str(format!("[{}]", m.attr))),
+                            ("app_id", app.clone()),
+                            ("name", Py::Str(format!("[{}]", m.attr))),
                             (
-                                "source".into(),
+                                "source",
                                 if src.is_empty() {
                                     Py::None
                                 } else {
                                     Py::Str(format!("[{src}]"))
                                 },
                             ),
-                            ("value".into(), Py::Str(raw.text().trim().to_owned())),
+                            ("value", Py::Str(raw.text().trim().to_owned())),
                         ]);
                     }
                 }
@@ -2980,10 +2981,10 @@ impl<'m, 'd> Mapper<'m, 'd> {
                             continue;
                         }
                         recs.push(vec![
-                            ("app_id".into(), app.clone()),
-                            ("name".into(), Py::Str(m.attr.clone())),
-                            ("value".into(), Py::Str(raw.text().trim().to_owned())),
-                            ("source_report_key".into(), Py::Str(key)),
+                            ("app_id", app.clone()),
+                            ("name", Py::Str(m.attr.clone())),
+                            ("value", Py::Str(raw.text().trim().to_owned())),
+                            ("source_report_key", Py::Str(key)),
                         ]);
                     }
                 }
@@ -3013,10 +3014,10 @@ impl<'m, 'd> Mapper<'m, 'd> {
                         }
                         let Ok(n) = a.parse::<i64>() else { continue };
                         recs.push(vec![
-                            ("app_id".into(), app.clone()),
-                            ("policy_exception_type_enum".into(), Py::Int(n)),
-                            ("reason_code".into(), Py::Str(raw.text().trim().to_owned())),
-                            ("notes".into(), notes.clone()),
+                            ("app_id", app.clone()),
+                            ("policy_exception_type_enum", Py::Int(n)),
+                            ("reason_code", Py::Str(raw.text().trim().to_owned())),
+                            ("notes", notes.clone()),
                         ]);
                     }
                 }
