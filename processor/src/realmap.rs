@@ -2820,7 +2820,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
         Ok(rec)
     }
 
-    // tidy:long-fn one arm per table kind, as the replaced _process_table_mappings has them; splitting it per kind is pending
+    // tidy:long-fn one arm per table kind, as the replaced _process_table_mappings; a split is pending
     fn run(&self, contract: &Contract, budget: &Budget) -> Result<MappedApp, Failure> {
         let p = self.ctx.plan;
         let app_ctx = self.app_context();
