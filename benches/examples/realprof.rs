@@ -4,6 +4,7 @@
 //! `cargo run --release -p benches --example realprof -- <cc|rl> samples <passes>`
 //! `cargo run --release -p benches --example realprof -- <cc|rl> size <bytes> <passes>`
 //! `cargo run --release -p benches --example realprof -- <cc|rl> gen <count> <passes>`
+//! (`REALPROF_WRITE=FILE` also writes the first document to FILE.)
 
 use processor::contract::Contract;
 use std::hint::black_box;
@@ -68,6 +69,10 @@ fn main() {
         }
         _ => panic!("{usage}"),
     };
+    // `REALPROF_WRITE=FILE`: also write the first document (for `/usr/bin/time -v processor load/run` on it).
+    if let (Ok(out), Some(d)) = (std::env::var("REALPROF_WRITE"), docs.first()) {
+        std::fs::write(&out, d).expect("REALPROF_WRITE");
+    }
     let bytes: usize = docs.iter().map(String::len).sum();
     let (w0, c0) = (Instant::now(), cpu());
     let mut rows = 0;

@@ -119,6 +119,8 @@ pub struct RMap {
     nullable: bool,
     default: Option<String>,
     expr: Option<String>,
+    /// `expr` split into its WHEN/THEN pairs and ELSE once at load (`parse_case`), when it is a CASE expression.
+    case: Option<CaseExpr>,
     enum_name: Option<String>,
     exclude_when_empty: bool,
 }
@@ -130,6 +132,24 @@ pub struct RTable {
     maps: Vec<RMap>,
     cols: Vec<String>,
     types: Vec<ColType>,
+    /// Column name → first index in `cols`, built on first use (the row lowering looked each name up linearly).
+    col_index: std::sync::OnceLock<HashMap<String, usize>>,
+}
+
+impl RTable {
+    /// `cols.iter().position(|c| c == k)`, from an index.
+    fn col_of(&self, k: &str) -> Option<usize> {
+        self.col_index
+            .get_or_init(|| {
+                let mut m = HashMap::default();
+                for (i, c) in self.cols.iter().enumerate() {
+                    m.entry(c.clone()).or_insert(i);
+                }
+                m
+            })
+            .get(k)
+            .copied()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -503,6 +523,7 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
             maps: vec![],
             cols: vec![],
             types: vec![],
+            col_index: std::sync::OnceLock::new(),
         });
     }
     let mut app_key_seen = false;
@@ -624,6 +645,7 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
             nullable: m.nullable.unwrap_or(true),
             default,
             expr: m.expression.clone(),
+            case: m.expression.as_deref().and_then(parse_case),
             enum_name: m.enum_name.clone(),
             exclude_when_empty: m.exclude_default_when_record_empty.unwrap_or(false),
         });
@@ -938,7 +960,8 @@ fn parse_doc<'a>(xml: &'a str, root: &str, budget: &Budget) -> Result<Doc<'a>, F
     let mut reader = Reader::from_str(xml);
     reader.config_mut().check_end_names = true;
     let mut doc = Doc {
-        elems: Vec::new(),
+        // About one element per 150 bytes in the samples: one allocation instead of a doubling series.
+        elems: Vec::with_capacity(xml.len() / 150 + 16),
         paths: Vec::new(),
         path_idx: HashMap::default(),
         by_name: HashMap::default(),
@@ -947,6 +970,8 @@ fn parse_doc<'a>(xml: &'a str, root: &str, budget: &Budget) -> Result<Doc<'a>, F
     let mut path = String::new();
     let mut seen_root = false;
     let mut pacer = Pacer::new(budget);
+    // Attributes are gathered here and copied out at their exact count (one allocation per element).
+    let mut scratch: Vec<(&'a str, Cow<'a, str>)> = Vec::new();
     loop {
         pacer.tick().map_err(Failure::interrupted)?;
         let before = reader.buffer_position() as usize;
@@ -1013,7 +1038,7 @@ fn parse_doc<'a>(xml: &'a str, root: &str, budget: &Budget) -> Result<Doc<'a>, F
                 )));
             }
         }
-        let mut attrs = Vec::new();
+        scratch.clear();
         for a in Attributes::new(body, name_len).with_checks(true) {
             let a = a.map_err(|err| parse_err(format!("bad attribute: {err}")))?;
             let v = a
@@ -1022,8 +1047,10 @@ fn parse_doc<'a>(xml: &'a str, root: &str, budget: &Budget) -> Result<Doc<'a>, F
             // Both borrow from the document (the value unless unescaping or normalising changed it).
             let key: &'a str = a.key.into_inner();
             // Raw (XML-unescaped) as lxml gives it; `xd` is the replaced parser's processed form.
-            attrs.push((key, v));
+            scratch.push((key, v));
         }
+        let mut attrs: Vec<(&'a str, Cow<'a, str>)> = Vec::with_capacity(scratch.len());
+        attrs.append(&mut scratch);
         let id = doc.elems.len();
         let parent = stack.last().map(|(p, _)| *p);
         if let Some(p) = parent {
@@ -1137,7 +1164,16 @@ impl Py {
     }
     /// `StringUtils.safe_string_check`.
     fn meaningful(&self) -> bool {
-        !self.is_none() && !self.text().trim().is_empty()
+        // Numbers and dates never print empty: only a string needs looking at (no allocation).
+        match self {
+            Py::None => false,
+            Py::Str(s) => !s.trim().is_empty(),
+            _ => true,
+        }
+    }
+    /// `self == Py::Str(SENTINEL)`, without building the sentinel.
+    fn is_sentinel(&self) -> bool {
+        matches!(self, Py::Str(s) if s == SENTINEL)
     }
 }
 
@@ -1433,7 +1469,9 @@ struct MapContext<'a> {
     map: HashMap<Cow<'a, str>, Cow<'a, str>>,
     order: Vec<Cow<'a, str>>,
     /// Upper- and lower-case key → first key in insertion order; built on the first case-insensitive miss.
-    folded: std::cell::OnceCell<(HashMap<String, usize>, HashMap<String, usize>)>,
+    /// (Two cells: a document's expressions often need only one of them.)
+    folded_up: std::cell::OnceCell<HashMap<String, usize>>,
+    folded_low: std::cell::OnceCell<HashMap<String, usize>>,
 }
 
 /// `key.to_uppercase() == up`, without allocating for ASCII keys.
@@ -1476,7 +1514,8 @@ impl<'a> Context<'a> {
             None => {
                 c.order.push(k.clone());
                 c.map.insert(k, v);
-                c.folded = std::cell::OnceCell::new();
+                c.folded_up = std::cell::OnceCell::new();
+                c.folded_low = std::cell::OnceCell::new();
             }
         }
     }
@@ -1500,14 +1539,34 @@ impl<'a> Context<'a> {
             .map(|_| "con_id");
         attrs.iter().map(|(n, _)| *n).chain(extra)
     }
-    fn folded<'c>(c: &'c MapContext<'_>) -> &'c (HashMap<String, usize>, HashMap<String, usize>) {
-        c.folded.get_or_init(|| {
-            let (mut up, mut low) = (HashMap::default(), HashMap::default());
-            for (i, k) in c.order.iter().enumerate() {
-                up.entry(k.to_uppercase()).or_insert(i);
-                low.entry(k.to_lowercase()).or_insert(i);
-            }
-            (up, low)
+    /// Folded key (`fold` of each key, first inserted wins) → index in `order`.
+    fn fold_index(c: &MapContext<'_>, fold: fn(&str) -> String) -> HashMap<String, usize> {
+        let mut m = HashMap::with_capacity_and_hasher(c.order.len(), FastState::default());
+        for (i, k) in c.order.iter().enumerate() {
+            m.entry(fold(k)).or_insert(i);
+        }
+        m
+    }
+    fn folded_up<'c>(c: &'c MapContext<'_>) -> &'c HashMap<String, usize> {
+        c.folded_up.get_or_init(|| {
+            Self::fold_index(c, |k| {
+                if k.is_ascii() {
+                    k.to_ascii_uppercase()
+                } else {
+                    k.to_uppercase()
+                }
+            })
+        })
+    }
+    fn folded_low<'c>(c: &'c MapContext<'_>) -> &'c HashMap<String, usize> {
+        c.folded_low.get_or_init(|| {
+            Self::fold_index(c, |k| {
+                if k.is_ascii() {
+                    k.to_ascii_lowercase()
+                } else {
+                    k.to_lowercase()
+                }
+            })
         })
     }
     /// `_find_field_case_insensitive` then `.get`.
@@ -1520,7 +1579,7 @@ impl<'a> Context<'a> {
     /// The key whose upper case is `up` (first inserted).
     fn key_upper(&self, up: &str) -> Option<&str> {
         match self {
-            Context::Map(c) => Self::folded(c).0.get(up).map(|&i| c.order[i].as_ref()),
+            Context::Map(c) => Self::folded_up(c).get(up).map(|&i| c.order[i].as_ref()),
             Context::Elem { .. } => self.elem_keys().find(|k| upper_is(k, up)),
         }
     }
@@ -1532,7 +1591,7 @@ impl<'a> Context<'a> {
         let low = k.to_lowercase();
         match self {
             Context::Map(c) => {
-                let i = *Self::folded(c).1.get(&low)?;
+                let i = *Self::folded_low(c).get(&low)?;
                 self.get(&c.order[i])
             }
             Context::Elem { .. } => {
@@ -1598,18 +1657,35 @@ fn strip_word_ci(s: &str, w: &str) -> String {
     out
 }
 
-fn eval_expression(expr: &str, ctx: &Context) -> EV {
+/// A CASE expression's (condition, value) pairs and ELSE value, as `eval_case` splits them.
+#[derive(Debug, Clone)]
+struct CaseExpr {
+    pairs: Vec<(Cond, String)>,
+    else_v: Option<String>,
+}
+
+fn eval_expression(expr: &str, case: Option<&CaseExpr>, ctx: &Context) -> EV {
+    if let Some(c) = case {
+        return eval_case(c, ctx);
+    }
     if expr.to_uppercase().contains("CASE") {
-        return eval_case(expr, ctx);
+        return match parse_case(expr) {
+            Some(c) => eval_case(&c, ctx),
+            None => EV::None,
+        };
     }
     eval_arith(expr, ctx)
 }
 
-fn eval_case(expr: &str, ctx: &Context) -> EV {
+/// Splits a CASE expression (`None` if `expr` is not one); a pure function of the text, so done once at load.
+fn parse_case(expr: &str) -> Option<CaseExpr> {
+    if !expr.to_uppercase().contains("CASE") {
+        return None;
+    }
     let body = strip_word_ci(expr, "CASE");
     let body = strip_word_ci(body.trim(), "END");
     let body = body.trim();
-    let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut pairs: Vec<(Cond, String)> = Vec::new();
     let mut else_v: Option<String> = None;
     for part in split_ci(body, "WHEN") {
         if !part.to_uppercase().contains("THEN") {
@@ -1636,62 +1712,111 @@ fn eval_case(expr: &str, ctx: &Context) -> EV {
         } else {
             val.to_owned()
         };
-        pairs.push((cond.to_owned(), then_v));
+        pairs.push((compile_condition(cond), then_v));
     }
-    for (c, v) in &pairs {
+    Some(CaseExpr { pairs, else_v })
+}
+
+fn eval_case(case: &CaseExpr, ctx: &Context) -> EV {
+    for (c, v) in &case.pairs {
         if eval_condition(c, ctx) {
             return eval_value(v, ctx);
         }
     }
-    match else_v {
-        Some(e) => eval_value(&e, ctx),
+    match &case.else_v {
+        Some(e) => eval_value(e, ctx),
         None => EV::None,
     }
 }
 
-fn eval_condition(cond: &str, ctx: &Context) -> bool {
+/// A WHEN condition as `eval_condition` reads it, split once at load: its simple parts, all or any of them.
+#[derive(Debug, Clone)]
+struct Cond {
+    any: bool,
+    parts: Vec<Simple>,
+}
+
+/// One simple condition; the field names and operands are the texts the per-row code used to cut out each time.
+#[derive(Debug, Clone)]
+enum Simple {
+    /// `F IS [NOT] EMPTY` (upper-cased field name; `true` = NOT).
+    Empty(String, bool),
+    /// `F IS [NOT] NULL`.
+    Null(String, bool),
+    /// `F LIKE 'pattern'` (both upper-cased, as the replaced code compares them).
+    Like(String, String),
+    /// `l op r`, in the condition's own case.
+    Cmp(String, String, &'static str),
+    Never,
+}
+
+/// The replaced `_evaluate_condition`'s split: AND binds first, then OR, on the upper-cased text.
+fn compile_condition(cond: &str) -> Cond {
     let c = cond.trim();
     let up = c.to_uppercase();
     if up.contains(" AND ") {
-        return up.split(" AND ").all(|p| eval_simple(p.trim(), ctx));
+        let parts = up
+            .split(" AND ")
+            .map(|p| compile_simple(p.trim()))
+            .collect();
+        return Cond { any: false, parts };
     }
     if up.contains(" OR ") {
-        return up.split(" OR ").any(|p| eval_simple(p.trim(), ctx));
+        let parts = up.split(" OR ").map(|p| compile_simple(p.trim())).collect();
+        return Cond { any: true, parts };
     }
-    eval_simple(c, ctx)
+    Cond {
+        any: false,
+        parts: vec![compile_simple(c)],
+    }
 }
 
-fn eval_simple(cond: &str, ctx: &Context) -> bool {
+fn compile_simple(cond: &str) -> Simple {
     let up = cond.to_uppercase();
     let field_of = |kw: &str| up.replace(kw, "").trim().to_owned();
     if up.contains("IS EMPTY") {
-        let v = ctx.get_ci(&field_of("IS EMPTY")).unwrap_or("");
-        return v.trim().is_empty();
+        return Simple::Empty(field_of("IS EMPTY"), false);
     }
     if up.contains("IS NOT EMPTY") {
-        let v = ctx.get_ci(&field_of("IS NOT EMPTY")).unwrap_or("");
-        return !v.trim().is_empty();
+        return Simple::Empty(field_of("IS NOT EMPTY"), true);
     }
     if up.contains("IS NULL") {
-        return ctx.get_ci(&field_of("IS NULL")).unwrap_or("").is_empty();
+        return Simple::Null(field_of("IS NULL"), false);
     }
     if up.contains("IS NOT NULL") {
-        return !ctx
-            .get_ci(&field_of("IS NOT NULL"))
-            .unwrap_or("")
-            .is_empty();
+        return Simple::Null(field_of("IS NOT NULL"), true);
     }
     if up.contains(" LIKE ") {
         if let Some((l, p)) = up.split_once(" LIKE ") {
-            let left = l.trim();
             let pat = p.trim().trim_matches(|c| c == '\'' || c == '"');
-            let val = ctx.key_upper(left).and_then(|k| ctx.get(k)).unwrap_or("");
-            return like(val, pat);
+            return Simple::Like(l.trim().to_owned(), pat.to_owned());
         }
     }
     for op in ["!=", "<=", ">=", "=", "<", ">"] {
         if let Some((l, r)) = cond.split_once(op) {
-            let (l, r) = (l.trim(), r.trim());
+            return Simple::Cmp(l.trim().to_owned(), r.trim().to_owned(), op);
+        }
+    }
+    Simple::Never
+}
+
+fn eval_condition(cond: &Cond, ctx: &Context) -> bool {
+    if cond.any {
+        cond.parts.iter().any(|p| eval_simple(p, ctx))
+    } else {
+        cond.parts.iter().all(|p| eval_simple(p, ctx))
+    }
+}
+
+fn eval_simple(cond: &Simple, ctx: &Context) -> bool {
+    match cond {
+        Simple::Empty(f, not) => ctx.get_ci(f).unwrap_or("").trim().is_empty() != *not,
+        Simple::Null(f, not) => ctx.get_ci(f).unwrap_or("").is_empty() != *not,
+        Simple::Like(left, pat) => {
+            let val = ctx.key_upper(left).and_then(|k| ctx.get(k)).unwrap_or("");
+            like(val, pat)
+        }
+        Simple::Cmp(l, r, op) => {
             let lv = match date_fn(l, ctx) {
                 Some(d) => EV::Dt(d),
                 None => EV::Str(ctx.get_ci(l).unwrap_or("").to_owned()),
@@ -1708,10 +1833,10 @@ fn eval_simple(cond: &str, ctx: &Context) -> bool {
                     }
                 }
             };
-            return compare(&lv, &rv, op);
+            compare(&lv, &rv, op)
         }
+        Simple::Never => false,
     }
-    false
 }
 
 fn like(val: &str, pat: &str) -> bool {
@@ -2074,6 +2199,9 @@ struct Mapper<'m, 'd> {
     valid_con_ids: std::collections::HashSet<String>,
     /// con_id → the last `<contact>` element with it (the replaced `//contact[@con_id=X]` lookup, indexed once).
     last_contact_by_con: HashMap<String, usize>,
+    /// The typed contacts (`all_contacts`) of each of the first two contact types, in document order: computed
+    /// once instead of per `last_valid_pr_contact`/`_sec_` mapping (each scanned every contact).
+    typed_cands: [Vec<usize>; 2],
 }
 
 fn map_fail(msg: impl Into<String>) -> Failure {
@@ -2081,17 +2209,18 @@ fn map_fail(msg: impl Into<String>) -> Failure {
 }
 
 /// One record as the replaced mapper builds it: column → value, insertion order kept.
-type Record = Vec<(String, Py)>;
+/// The column names borrow the plan (no `String` per value per row).
+type Record<'k> = Vec<(&'k str, Py)>;
 
-fn rec_set(r: &mut Record, k: &str, v: Py) {
-    match r.iter_mut().find(|(c, _)| c == k) {
+fn rec_set<'k>(r: &mut Record<'k>, k: &'k str, v: Py) {
+    match r.iter_mut().find(|(c, _)| *c == k) {
         Some(slot) => slot.1 = v,
-        None => r.push((k.to_owned(), v)),
+        None => r.push((k, v)),
     }
 }
 
-fn rec_has(r: &Record, k: &str) -> bool {
-    r.iter().any(|(c, _)| c == k)
+fn rec_has(r: &Record<'_>, k: &str) -> bool {
+    r.iter().any(|(c, _)| *c == k)
 }
 
 impl<'m, 'd> Mapper<'m, 'd> {
@@ -2160,7 +2289,18 @@ impl<'m, 'd> Mapper<'m, 'd> {
             contacts: vec![],
             valid_con_ids: Default::default(),
             last_contact_by_con: HashMap::default(),
+            typed_cands: [Vec::new(), Vec::new()],
         };
+        let all = m.all_contacts();
+        for (idx, slot) in m.typed_cands.iter_mut().enumerate() {
+            if let Some(want) = plan.contact_types.get(idx) {
+                *slot = all
+                    .iter()
+                    .copied()
+                    .filter(|&e| doc.elems[e].get(&plan.contact_type_attr) == Some(want.as_str()))
+                    .collect();
+            }
+        }
         m.contacts = m.valid_contacts();
         m.valid_con_ids = m.contacts.iter().map(|c| c.con_id.clone()).collect();
         for &e in doc.by_name.get("contact").map(Vec::as_slice).unwrap_or(&[]) {
@@ -2290,14 +2430,10 @@ impl<'m, 'd> Mapper<'m, 'd> {
     /// `_extract_from_last_valid_pr_contact` / `_sec_` (index 0 or 1 of the contact types).
     fn typed_contact_value(&self, m: &RMap, table: &str, idx: usize) -> Py {
         let p = self.ctx.plan;
-        let Some(want) = p.contact_types.get(idx) else {
+        if p.contact_types.get(idx).is_none() {
             return Py::None;
-        };
-        let cands: Vec<usize> = self
-            .all_contacts()
-            .into_iter()
-            .filter(|&e| self.doc.elems[e].get(&p.contact_type_attr) == Some(want.as_str()))
-            .collect();
+        }
+        let cands: &[usize] = &self.typed_cands[idx];
         let valid = |e: usize| {
             let el = &self.doc.elems[e];
             !el.get("con_id").unwrap_or("").trim().is_empty()
@@ -2483,7 +2619,10 @@ impl<'m, 'd> Mapper<'m, 'd> {
         scope: Option<Scope>,
     ) -> Result<Py, Failure> {
         let c = &self.ctx;
-        let original = if value == Py::Str(SENTINEL.into()) && ctx.is_some() && !m.attr.is_empty() {
+        // Only an `enum` after a `calculated_field` reads `original`: skip the copy otherwise.
+        let original = if !m.types.iter().any(|t| t == "enum") {
+            Py::None
+        } else if value.is_sentinel() && ctx.is_some() && !m.attr.is_empty() {
             ctx.and_then(|x| x.attr_ci(&m.attr))
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
@@ -2544,21 +2683,21 @@ impl<'m, 'd> Mapper<'m, 'd> {
                 _ => c.transform(&cur, &m.dtype),
             };
         }
-        if let Py::Str(s) = &cur {
-            let mut s = s.clone();
+        if let Py::Str(s) = &mut cur {
+            // In place: the value is this row's own string.
             if m.types.iter().any(|t| t == "numbers_only") {
                 s.retain(|ch| ch.is_ascii_digit());
             }
-            s = s.trim().to_owned();
+            trim_in_place(s);
             if let Some(n) = m.dlen {
                 // Departure: data_length -1 means unlimited (the replaced code slices [: -1], dropping the last
                 // character).
                 if n >= 0 && s.chars().count() > n as usize {
-                    s = s.chars().take(n as usize).collect();
+                    *s = s.chars().take(n as usize).collect();
                     c.coerce();
                 }
             }
-            cur = Py::Str(s.trim().to_owned());
+            trim_in_place(s);
         }
         Ok(cur)
     }
@@ -2586,7 +2725,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
                 },
                 (None, _) => v,
             },
-            "calculated_field" if v == Py::Str(SENTINEL.into()) => self.calculated(m, ctx),
+            "calculated_field" if v.is_sentinel() => self.calculated(m, ctx),
             "enum" => c.enum_lookup(&v, m)?,
             "char_to_bit" => c.char_bit(&v),
             "boolean_to_bit" => c.bool_bit(&v),
@@ -2614,7 +2753,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
     fn calculated(&self, m: &RMap, ctx: Option<&Context>) -> Py {
         let Some(e) = &m.expr else { return Py::None };
         let empty = Context::empty();
-        let r = ev_to_py(eval_expression(e, ctx.unwrap_or(&empty)));
+        let r = ev_to_py(eval_expression(e, m.case.as_ref(), ctx.unwrap_or(&empty)));
         match r {
             Py::None => Py::None,
             Py::Str(s) if s.is_empty() && m.dtype == "string" => Py::Str(s),
@@ -2625,51 +2764,50 @@ impl<'m, 'd> Mapper<'m, 'd> {
     /// `_create_record_from_mappings` for one table; `None` when the record is skipped.
     fn record(
         &self,
-        t: &RTable,
+        t: &'m RTable,
         ctx: Option<&Context>,
         scope: Option<Scope>,
-    ) -> Result<Record, Failure> {
-        let mut rec: Record = Vec::new();
-        let mut applied: Vec<String> = Vec::new();
-        let mut conditional: Vec<String> = Vec::new();
+    ) -> Result<Record<'m>, Failure> {
+        let mut rec: Record<'m> = Vec::with_capacity(t.maps.len() + 2);
+        let mut applied: Vec<&'m str> = Vec::new();
+        let mut conditional: Vec<&'m str> = Vec::new();
         for m in &t.maps {
             if m.col.is_none() {
                 continue;
             }
             let v = self.extract(m, &t.name, ctx, scope);
+            let v_meaningful = v.meaningful();
             // The replaced mapper catches any error of one mapping and leaves the column out (fallback None).
-            let Ok(tv) = self.transform_field(v.clone(), m, &t.name, ctx, scope) else {
+            let Ok(tv) = self.transform_field(v, m, &t.name, ctx, scope) else {
                 self.ctx.coerce();
                 continue;
             };
             if !tv.is_none() {
                 // _is_transformation_default: a missing source whose result equals the transformed default.
-                let is_default = !v.meaningful()
+                let is_default = !v_meaningful
                     && m.default.as_ref().is_some_and(|d| {
                         !d.is_empty() && self.ctx.transform(&Py::Str(d.clone()), &m.dtype) == tv
                     });
                 rec_set(&mut rec, &m.column, tv);
                 if is_default {
-                    applied.push(m.column.clone());
+                    applied.push(&m.column);
                 }
             } else if !m.nullable {
                 // With no default the replaced mapper raises and catches: the column is left out.
                 if let Some(d) = &m.default {
                     rec_set(&mut rec, &m.column, Py::Str(d.clone()));
                     if m.exclude_when_empty {
-                        conditional.push(m.column.clone());
+                        conditional.push(&m.column);
                     } else {
-                        applied.push(m.column.clone());
+                        applied.push(&m.column);
                     }
                 }
             }
         }
         let keys = ["app_id", "con_id"];
-        let meaningful = |extra: &[String]| {
+        let meaningful = |extra: &[&str]| {
             rec.iter()
-                .filter(|(k, _)| {
-                    !keys.contains(&k.as_str()) && !applied.contains(k) && !extra.contains(k)
-                })
+                .filter(|(k, _)| !keys.contains(k) && !applied.contains(k) && !extra.contains(k))
                 .count()
         };
         let skip = t.name != "app_base" && t.name != "app_contact_base" && meaningful(&[]) == 0;
@@ -2682,6 +2820,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
         Ok(rec)
     }
 
+    // tidy:long-fn one arm per table kind, as the replaced _process_table_mappings; a split is pending
     fn run(&self, contract: &Contract, budget: &Budget) -> Result<MappedApp, Failure> {
         let p = self.ctx.plan;
         let app_ctx = self.app_context();
@@ -2689,7 +2828,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
         let app = Py::Int(self.app_id);
         let mut since = 0usize;
         for (ti, t) in p.tables.iter().enumerate() {
-            let mut recs: Vec<Record> = Vec::new();
+            let mut recs: Vec<Record<'m>> = Vec::new();
             let has_calc = t
                 .maps
                 .iter()
@@ -2773,9 +2912,9 @@ impl<'m, 'd> Mapper<'m, 'd> {
                             continue;
                         }
                         recs.push(vec![
-                            ("app_id".into(), app.clone()),
-                            ("score_identifier".into(), Py::Str(id)),
-                            ("score".into(), v),
+                            ("app_id", app.clone()),
+                            ("score_identifier", Py::Str(id)),
+                            ("score", v),
                         ]);
                     }
                 }
@@ -2797,9 +2936,9 @@ impl<'m, 'd> Mapper<'m, 'd> {
                             continue;
                         }
                         recs.push(vec![
-                            ("app_id".into(), app.clone()),
-                            ("indicator".into(), Py::Str(name)),
-                            ("value".into(), Py::Str("1".into())),
+                            ("app_id", app.clone()),
+                            ("indicator", Py::Str(name)),
+                            ("value", Py::Str("1".into())),
                         ]);
                     }
                 }
@@ -2819,17 +2958,17 @@ impl<'m, 'd> Mapper<'m, 'd> {
                             .next()
                             .unwrap_or("");
                         recs.push(vec![
-                            ("app_id".into(), app.clone()),
-                            ("name".into(), Py::Str(format!("[{}]", m.attr))),
+                            ("app_id", app.clone()),
+                            ("name", Py::Str(format!("[{}]", m.attr))),
                             (
-                                "source".into(),
+                                "source",
                                 if src.is_empty() {
                                     Py::None
                                 } else {
                                     Py::Str(format!("[{src}]"))
                                 },
                             ),
-                            ("value".into(), Py::Str(raw.text().trim().to_owned())),
+                            ("value", Py::Str(raw.text().trim().to_owned())),
                         ]);
                     }
                 }
@@ -2843,10 +2982,10 @@ impl<'m, 'd> Mapper<'m, 'd> {
                             continue;
                         }
                         recs.push(vec![
-                            ("app_id".into(), app.clone()),
-                            ("name".into(), Py::Str(m.attr.clone())),
-                            ("value".into(), Py::Str(raw.text().trim().to_owned())),
-                            ("source_report_key".into(), Py::Str(key)),
+                            ("app_id", app.clone()),
+                            ("name", Py::Str(m.attr.clone())),
+                            ("value", Py::Str(raw.text().trim().to_owned())),
+                            ("source_report_key", Py::Str(key)),
                         ]);
                     }
                 }
@@ -2876,10 +3015,10 @@ impl<'m, 'd> Mapper<'m, 'd> {
                         }
                         let Ok(n) = a.parse::<i64>() else { continue };
                         recs.push(vec![
-                            ("app_id".into(), app.clone()),
-                            ("policy_exception_type_enum".into(), Py::Int(n)),
-                            ("reason_code".into(), Py::Str(raw.text().trim().to_owned())),
-                            ("notes".into(), notes.clone()),
+                            ("app_id", app.clone()),
+                            ("policy_exception_type_enum", Py::Int(n)),
+                            ("reason_code", Py::Str(raw.text().trim().to_owned())),
+                            ("notes", notes.clone()),
                         ]);
                     }
                 }
@@ -2888,7 +3027,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
                         let Ok(n) = param.parse::<i64>() else {
                             continue;
                         };
-                        let mut r: Record = Vec::new();
+                        let mut r: Record<'m> = Vec::new();
                         let mut meaningful = false;
                         for m in group {
                             let raw = self.extract(m, &t.name, None, None);
@@ -2912,7 +3051,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
                 }
                 Kind::Collateral => {
                     for (param, group) in groups(t, "add_collateral") {
-                        let mut r: Record = Vec::new();
+                        let mut r: Record<'m> = Vec::new();
                         let mut meaningful = false;
                         for m in &group {
                             let has = |x: &str| m.types.iter().any(|y| y == x);
@@ -3044,8 +3183,8 @@ impl<'m, 'd> Mapper<'m, 'd> {
             .unwrap_or_default()
     }
 
-    fn meaningful_child(&self, kind: Kind, r: &Record, el: &Elem<'_>) -> bool {
-        let rs = |k: &str| r.iter().find(|(c, _)| c == k).map(|(_, v)| v.clone());
+    fn meaningful_child(&self, kind: Kind, r: &Record<'_>, el: &Elem<'_>) -> bool {
+        let rs = |k: &str| r.iter().find(|(c, _)| *c == k).map(|(_, v)| v.clone());
         let rtext = |k: &str| {
             rs(k).map_or(String::new(), |v| {
                 if v.is_none() {
@@ -3098,17 +3237,25 @@ impl<'m, 'd> Mapper<'m, 'd> {
         contract: &Contract,
         ti: usize,
         t: &RTable,
-        recs: Vec<Record>,
+        recs: Vec<Record<'_>>,
     ) -> Result<Vec<Vec<Value>>, Failure> {
         let table = &contract.tables[ti];
         let mut rows = Vec::with_capacity(recs.len());
         for r in recs {
             let mut row = vec![Value::Null; table.columns.len()];
             for (k, v) in r {
-                let Some(ci) = t.cols.iter().position(|c| *c == k) else {
+                let Some(ci) = t.col_of(k) else {
                     continue;
                 };
                 let ty = table.columns[ci].ty;
+                // A string that fits a text column is stored as it is: moved, not copied (`to_value`'s answer).
+                if let (ColType::Text { max_chars }, Py::Str(s)) = (ty, &v) {
+                    if !s.is_empty() && max_chars.is_none_or(|m| s.len() <= m as usize) {
+                        let Py::Str(s) = v else { unreachable!() };
+                        row[ci] = Value::Text(s);
+                        continue;
+                    }
+                }
                 row[ci] = self
                     .to_value(&v, ty)
                     .map_err(|why| map_fail(format!("{}.{}: {why}", t.name, k)))?;
@@ -3183,6 +3330,16 @@ impl<'m, 'd> Mapper<'m, 'd> {
                 Ok(Value::Text(s))
             }
         }
+    }
+}
+
+/// `*s = s.trim().to_owned()`, without a new allocation.
+fn trim_in_place(s: &mut String) {
+    let end = s.trim_end().len();
+    s.truncate(end);
+    let start = s.len() - s.trim_start().len();
+    if start > 0 {
+        s.drain(..start);
     }
 }
 
