@@ -27,7 +27,6 @@ use processor::store::{DbUrl, LogRow, LogStatus, Store};
 use processor::value::Value;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -167,7 +166,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
 
     eprint!("[limit] bulk load of the same rows … ");
     let url = launcher.fresh_database("bench_limit")?;
-    machine.database = database_version(&url, &contract)?;
+    machine.database = db::server_version(&url, &contract)?;
     let limit = storage_limit(&url, &contract, cfg, &work)?;
     eprintln!(
         "{:.0} apps/s ({} rows in {:.2} s, {})",
@@ -275,29 +274,6 @@ fn machine() -> Machine {
     }
 }
 
-fn database_version(url: &str, contract: &Contract) -> Result<String> {
-    Ok(match DbUrl::parse(url)? {
-        DbUrl::Postgres(conn) => {
-            let mut c = conn.connect()?;
-            let v: String = c.query_one("SHOW server_version", &[])?.get(0);
-            let fsync: String = c.query_one("SHOW fsync", &[])?.get(0);
-            let sc: String = c.query_one("SHOW synchronous_commit", &[])?.get(0);
-            format!("PostgreSQL {v} (fsync={fsync}, synchronous_commit={sc})")
-        }
-        DbUrl::Sqlite(_) => format!("SQLite {}", rusqlite::version()),
-        DbUrl::Mssql(cfg) => {
-            let s = processor::store::mssql::MssqlStore::open(&cfg, contract.clone())?;
-            match s.server_kind() {
-                processor::store::mssql::ServerKind::Babelfish => {
-                    "Babelfish 4.2.0, not SQL Server (Babelfish for PostgreSQL, a TDS endpoint)"
-                        .into()
-                }
-                processor::store::mssql::ServerKind::SqlServer => "SQL Server".into(),
-            }
-        }
-    })
-}
-
 fn open_store(url: &str, contract: &Contract) -> Result<Box<dyn Store>> {
     let u = DbUrl::parse(url)?;
     let mut s = processor::store::open(&u, contract.clone())?;
@@ -401,21 +377,10 @@ fn storage_limit(
     cfg: &BenchConfig,
     work: &Workload,
 ) -> Result<Limit> {
-    let mut store = open_store(url, contract)?;
-    let mut pg = match DbUrl::parse(url)? {
-        DbUrl::Postgres(conn) => Some(conn.connect()?),
-        _ => None,
-    };
+    let mut loader = db::bulk_loader(url, contract)?;
     let mut timed = Duration::ZERO;
     let mut rows = 0u64;
     let mut seen: Vec<HashSet<Vec<Option<String>>>> = vec![HashSet::new(); contract.tables.len()];
-    let mut tx = match pg.as_mut() {
-        Some(c) => Some(c.transaction()?),
-        None => {
-            store.begin()?;
-            None
-        }
-    };
     let step = match work {
         Workload::Generated => CHUNK_APPS,
         Workload::Real(_) => 100,
@@ -462,65 +427,10 @@ fn storage_limit(
             });
         }
         rows += logs.len() as u64 + per_table.iter().map(|t| t.len() as u64).sum::<u64>();
-        match tx.as_mut() {
-            Some(tx) => {
-                let bufs: Vec<Vec<u8>> = per_table
-                    .iter()
-                    .map(|t| copy_text(t.iter().map(|r| r.iter().map(Value::canonical))))
-                    .collect();
-                let log_buf = copy_text(logs.iter().map(|l| {
-                    [
-                        Some(l.app_id.to_string()),
-                        Some(l.status.as_str().to_owned()),
-                        l.reason.clone(),
-                        Some(l.attempts.to_string()),
-                        Some(l.instance_id.to_string()),
-                        Some(l.session_id.clone()),
-                        None,
-                        Some(l.coerced.to_string()),
-                        Some(chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()),
-                    ]
-                    .into_iter()
-                }));
-                let t0 = Instant::now();
-                for (t, buf) in bufs.iter().enumerate() {
-                    if buf.is_empty() {
-                        continue;
-                    }
-                    copy_in(tx, &copy_table_sql(contract, t), buf)?;
-                }
-                copy_in(tx, &copy_log_sql(contract), &log_buf)?;
-                timed += t0.elapsed();
-            }
-            None => {
-                let t0 = Instant::now();
-                for (t, trows) in per_table.iter().enumerate() {
-                    let refs: Vec<&[Value]> = trows.iter().map(Vec::as_slice).collect();
-                    if !refs.is_empty() {
-                        store.insert_rows(t, &refs)?;
-                    }
-                }
-                store.insert_logs(&logs)?;
-                timed += t0.elapsed();
-            }
-        }
+        timed += loader.load(&per_table, &logs)?;
     }
-    let t0 = Instant::now();
-    let method = match tx {
-        Some(tx) => {
-            tx.commit()?;
-            "PostgreSQL COPY … FROM STDIN (text), one transaction"
-        }
-        None => {
-            store.commit()?;
-            if store.backend() == "mssql" {
-                "SQL Server multi-row INSERT … VALUES (sp_executesql), one transaction"
-            } else {
-                "SQLite prepared inserts, one transaction"
-            }
-        }
-    };
-    timed += t0.elapsed();
+    let method = loader.method();
+    timed += loader.commit()?;
     let secs = timed.as_secs_f64();
     Ok(Limit {
         method: method.into(),
@@ -529,73 +439,6 @@ fn storage_limit(
         secs,
         apps_per_sec: cfg.apps as f64 / secs.max(1e-9),
     })
-}
-
-fn schema(contract: &Contract) -> String {
-    contract
-        .schema
-        .as_ref()
-        .map_or_else(|| "public".into(), |s| s.ansi())
-}
-
-// The bench's own bulk-load statements, like the checker's queries: an independent baseline, not the processor's
-// write path. Identifiers come from the validated contract and are quoted.
-fn copy_table_sql(contract: &Contract, t: usize) -> String {
-    let table = &contract.tables[t];
-    let cols: Vec<String> = table.columns.iter().map(|c| c.name.ansi()).collect();
-    format!(
-        "COPY {}.{} ({}) FROM STDIN",
-        schema(contract),
-        table.name.ansi(),
-        cols.join(", ")
-    )
-}
-
-fn copy_log_sql(contract: &Contract) -> String {
-    format!(
-        "COPY {}.\"processing_log\" (app_id, status, failure_reason, attempts, instance_id, session_id, fence, \
-         coerced, processed_at) FROM STDIN",
-        schema(contract)
-    )
-}
-
-fn copy_in(tx: &mut postgres::Transaction<'_>, sql: &str, buf: &[u8]) -> Result<()> {
-    let mut w = tx.copy_in(sql)?;
-    w.write_all(buf)?;
-    w.finish()?;
-    Ok(())
-}
-
-/// COPY text format: tab-separated, `\N` for NULL, backslash escapes.
-fn copy_text<R, F>(rows: R) -> Vec<u8>
-where
-    R: Iterator<Item = F>,
-    F: Iterator<Item = Option<String>>,
-{
-    let mut out = Vec::new();
-    for row in rows {
-        for (i, v) in row.enumerate() {
-            if i > 0 {
-                out.push(b'\t');
-            }
-            match v {
-                None => out.extend_from_slice(b"\\N"),
-                Some(s) => {
-                    for b in s.bytes() {
-                        match b {
-                            b'\\' => out.extend_from_slice(b"\\\\"),
-                            b'\t' => out.extend_from_slice(b"\\t"),
-                            b'\n' => out.extend_from_slice(b"\\n"),
-                            b'\r' => out.extend_from_slice(b"\\r"),
-                            _ => out.push(b),
-                        }
-                    }
-                }
-            }
-        }
-        out.push(b'\n');
-    }
-    out
 }
 
 /// CPU jiffies (busy, total) of the whole machine from `/proc/stat`.
@@ -1060,7 +903,7 @@ mod tests {
     #[test]
     fn copy_text_escapes() {
         let rows = vec![vec![Some("a\tb\\c".to_owned()), None]];
-        let out = copy_text(rows.into_iter().map(Vec::into_iter));
+        let out = db::postgres::copy_text(rows.into_iter().map(Vec::into_iter));
         assert_eq!(out, b"a\\tb\\\\c\t\\N\n");
     }
 

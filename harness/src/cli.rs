@@ -461,7 +461,7 @@ fn cmd_explore(a: ExploreArgs) -> u8 {
         seed,
         target: explore::Target {
             backend,
-            can_restart: launcher.can_restart(),
+            can_restart: launcher.capabilities().restart,
             commit_mode: a.commit_mode,
         },
         shrink_attempts: a.shrink_attempts,

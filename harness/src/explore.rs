@@ -25,8 +25,10 @@ pub struct Target {
 }
 
 impl Target {
+    /// Every proxy fault (cut-reply included) can be drawn.
     fn proxy_faults(&self) -> bool {
-        self.backend == Backend::Postgres
+        let c = self.backend.capabilities();
+        c.server && c.commit_cut
     }
 }
 
@@ -222,7 +224,7 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
             ..ExpectSpec::default()
         },
         backends: if global {
-            vec![Backend::Postgres]
+            Backend::all_with(|c| c.server && c.commit_cut)
         } else {
             vec![]
         },
@@ -473,15 +475,7 @@ pub fn shrink_failure(
             .next()
             .is_some();
     let backend = o.target.backend;
-    let replay = format!(
-        "harness run {} --seed {seed}{}",
-        file.display(),
-        if backend == Backend::Sqlite {
-            String::new()
-        } else {
-            format!(" --backend {}", backend.as_str())
-        }
-    );
+    let replay = report::replay_command(&file.display().to_string(), seed, backend.as_str());
     let faults: Vec<String> = minimal
         .faults
         .iter()

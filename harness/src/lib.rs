@@ -6,7 +6,6 @@ pub mod check;
 pub mod cli;
 pub mod crash_hook;
 pub mod db;
-pub mod db_mssql;
 pub mod explore;
 pub mod proxy;
 pub mod report;

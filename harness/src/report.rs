@@ -11,12 +11,17 @@ pub fn repro_command(o: &ScenarioOutcome, backend: &str) -> String {
         || format!("scenarios/{}.toml", o.plan.name),
         |p| p.display().to_string(),
     );
-    let b = if backend == "sqlite" {
+    replay_command(&file, o.plan.seed, backend)
+}
+
+/// The one spelling of a replay: `harness run FILE --seed N`, naming the backend unless it is the default.
+pub fn replay_command(file: &str, seed: u64, backend: &str) -> String {
+    let b = if backend == crate::db::Backend::DEFAULT.as_str() {
         String::new()
     } else {
         format!(" --backend {backend}")
     };
-    format!("harness run {file} --seed {}{b}", o.plan.seed)
+    format!("harness run {file} --seed {seed}{b}")
 }
 
 pub fn verdict_word(v: Verdict) -> &'static str {

@@ -146,7 +146,7 @@ pub fn run_plan(
     opts: &RunOptions,
 ) -> Result<ScenarioOutcome, RunnerError> {
     let start = Instant::now();
-    if plan.needs_restart() && !launcher.can_restart() {
+    if plan.needs_restart() && !launcher.capabilities().restart {
         return Err(RunnerError::Setup(format!(
             "scenario {}: restart-db needs a database server the harness started itself (not SQLite, not --db-url); \
              {} cannot be restarted",

@@ -910,9 +910,12 @@ impl Scenario {
             }
             // cut-reply spots a PostgreSQL COMMIT in the bytes it forwards (TDS traffic is TLS-encrypted after
             // login, so it cannot spot a SQL Server one); the other global faults need any database server.
-            let allowed = |b: &crate::db::Backend| match fs {
-                FaultSpec::CutReply { .. } => *b == crate::db::Backend::Postgres,
-                _ => *b != crate::db::Backend::Sqlite,
+            let allowed = |b: &crate::db::Backend| {
+                let c = b.capabilities();
+                match fs {
+                    FaultSpec::CutReply { .. } => c.commit_cut,
+                    _ => c.server,
+                }
             };
             if fs.is_global() && (self.backends.is_empty() || !self.backends.iter().all(allowed)) {
                 let (server, list) = match fs {
