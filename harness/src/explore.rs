@@ -9,6 +9,7 @@ use crate::report;
 use crate::runner::{self, RunOptions, RunnerError, ScenarioOutcome, Verdict};
 use crate::scenario::{ExpectSpec, FaultSpec, FixtureSpec, RunSpec, Scenario};
 use crate::shrink;
+use processor::crash::CrashPoint;
 use processor::engine::{CommitMode, Mode};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -43,19 +44,11 @@ pub fn run_seed(base: u64, i: u32) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Crash points that exist in `mode`.
-fn points(mode: Mode) -> Vec<&'static str> {
-    let mut p = vec![
-        "before-write",
-        "mid-write",
-        "after-data",
-        "before-commit",
-        "after-commit",
-    ];
-    if mode == Mode::Queue {
-        p.push("after-claim");
-    }
-    p
+/// Crash points a random schedule can use in `mode` (every one that exists there and fires unprovoked).
+fn points(mode: Mode) -> Vec<CrashPoint> {
+    CrashPoint::in_mode(mode == Mode::Queue)
+        .filter(|p| p.fires_unprovoked())
+        .collect()
 }
 
 /// Draws one scenario. Triggers are progress-based (commit counts, hit counts) and kept within the first third of
@@ -85,7 +78,7 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
                 let ps = points(mode);
                 FaultSpec::CrashPoint {
                     instance,
-                    point: ps[rng.random_range(0..ps.len())].to_owned(),
+                    point: ps[rng.random_range(0..ps.len())],
                     nth: rng.random_range(1..=hi),
                     pause_ms: None,
                     resume_on: None,
@@ -164,15 +157,9 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
         let last = faults
             .iter()
             .filter_map(|f| match f {
-                FaultSpec::Kill { after_commits, .. }
-                | FaultSpec::Pause { after_commits, .. }
-                | FaultSpec::Stop { after_commits, .. }
-                | FaultSpec::DropConnections { after_commits, .. }
-                | FaultSpec::Blackhole { after_commits, .. }
-                | FaultSpec::Latency { after_commits, .. }
-                | FaultSpec::CutReply { after_commits, .. } => *after_commits,
                 FaultSpec::CrashPoint { nth, .. } => Some(*nth),
-                _ => None,
+                FaultSpec::RestartDb { .. } => None,
+                _ => f.trigger().and_then(|t| t.after_commits),
             })
             .max()
             .unwrap_or(0);
