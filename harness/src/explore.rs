@@ -285,17 +285,14 @@ impl ExploreSummary {
         self.runs.iter().filter(|r| r.verdict == v).count()
     }
 
-    /// The exit code, as `harness run` maps it.
+    /// The exit code, as `harness run` maps it (an error of any run is an environment error).
+    pub fn exit(&self) -> crate::exit::Exit {
+        crate::exit::Exit::of_verdicts(self.runs.iter().map(|r| r.verdict), !self.errors.is_empty())
+    }
+
+    /// [`ExploreSummary::exit`] as the process's number.
     pub fn exit_code(&self) -> u8 {
-        if !self.errors.is_empty() {
-            3
-        } else if self.count(Verdict::Fail) + self.count(Verdict::Invalid) > 0 {
-            1
-        } else if self.count(Verdict::Liveness) > 0 {
-            4
-        } else {
-            0
-        }
+        self.exit().code()
     }
 }
 
