@@ -127,6 +127,7 @@ pub fn main_with(args: Vec<std::ffi::OsString>) -> ExitCode {
         crate::crash_hook::install();
         return processor::cli::main_with(rest);
     }
+    install_log();
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -146,6 +147,17 @@ pub fn main_with(args: Vec<std::ffi::OsString>) -> ExitCode {
         Command::Bench(a) => cmd_bench(a),
     };
     code.into()
+}
+
+/// The harness's own diagnostics (the fault proxy's warnings): to stderr, level from `HARNESS_LOG` (an
+/// `EnvFilter`, default `warn`). Installed only here, never for `harness processor …`, which installs its own.
+fn install_log() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HARNESS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn processor_cmd(t: &Target) -> Result<ProcessorCmd, Exit> {
