@@ -51,6 +51,7 @@ fn points(mode: Mode) -> Vec<CrashPoint> {
         .collect()
 }
 
+// tidy:long-fn one stream of draws from one RNG: splitting it must keep the order of every draw, or every explored seed changes its schedule
 /// Draws one scenario. Triggers are progress-based (commit counts, hit counts) and kept within the first third of
 /// the work an instance can expect, so they fire at any machine speed; each instance gets at most one process
 /// fault, because a kill before an armed crash point fires would disarm it (it is armed on the first start only).

@@ -146,6 +146,7 @@ struct Segment<'e> {
     finished: Option<&'e str>,
 }
 
+// tidy:long-fn one SVG drawing whose lanes, marks and legend share one coordinate system; not yet split (issue 14)
 fn timeline(o: &ScenarioOutcome, events: &[Event]) -> String {
     let m = &o.main;
     let t_min = events

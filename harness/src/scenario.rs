@@ -650,6 +650,7 @@ impl Scenario {
         })
     }
 
+    // tidy:long-fn validation of every section in the order the file is read (name, run, fixture, faults, expect), each check a few lines
     /// Validates and draws the schedule. Nothing has started yet when this fails.
     pub fn plan(&self, seed: u64, source: Option<PathBuf>) -> Result<Plan, ScenarioError> {
         let bad = |p: String| ScenarioError::Invalid {
@@ -835,6 +836,7 @@ impl Scenario {
         })
     }
 
+    // tidy:long-fn one match arm per fault kind, each with its own checks
     /// The run-time faults of a validated scenario (random kills drawn from `rng`); each problem names its fault.
     fn plan_faults(&self, rng: &mut ChaCha8Rng) -> Result<Vec<Fault>, ScenarioError> {
         let bad = |p: String| ScenarioError::Invalid {
