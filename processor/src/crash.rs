@@ -106,7 +106,7 @@ impl fmt::Display for CrashPoint {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CrashSpecError {
-    #[error("unknown crash point '{0}' (known: before-write, mid-write, after-data, before-commit, after-commit, after-claim, after-takeover)")]
+    #[error("unknown crash point '{0}' (known: {known})", known = known_points())]
     UnknownPoint(String),
     #[error("unknown crash point action '{0}' (known: kill, pause)")]
     UnknownAction(String),
@@ -117,6 +117,11 @@ pub enum CrashSpecError {
          this binary does not have them: unset PROCESSOR_CRASH_AT"
     )]
     NoHook,
+}
+
+/// The names of [`CrashPoint::ALL`], for error messages.
+fn known_points() -> String {
+    CrashPoint::ALL.map(CrashPoint::name).join(", ")
 }
 
 impl FromStr for CrashPoint {
