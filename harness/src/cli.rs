@@ -3,6 +3,7 @@
 
 use crate::check;
 use crate::db::{self, Backend};
+use crate::exit::Exit;
 use crate::report;
 use crate::runner::{self, ProcessorCmd, RunOptions, ScenarioOutcome, Verdict};
 use crate::scenario::{self, Plan, Scenario};
@@ -126,11 +127,17 @@ pub fn main_with(args: Vec<std::ffi::OsString>) -> ExitCode {
         crate::crash_hook::install();
         return processor::cli::main_with(rest);
     }
+    install_log();
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            }
+            .into();
         }
     };
     let code = match cli.command {
@@ -139,25 +146,36 @@ pub fn main_with(args: Vec<std::ffi::OsString>) -> ExitCode {
         Command::Explore(a) => cmd_explore(a),
         Command::Bench(a) => cmd_bench(a),
     };
-    ExitCode::from(code)
+    code.into()
 }
 
-fn processor_cmd(t: &Target) -> Result<ProcessorCmd, u8> {
+/// The harness's own diagnostics (the fault proxy's warnings): to stderr, level from `HARNESS_LOG` (an
+/// `EnvFilter`, default `warn`). Installed only here, never for `harness processor …`, which installs its own.
+fn install_log() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HARNESS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn processor_cmd(t: &Target) -> Result<ProcessorCmd, Exit> {
     match &t.processor_bin {
         Some(p) => Ok(ProcessorCmd::external(p.clone())),
         None => ProcessorCmd::current_exe().map_err(|e| {
             eprintln!("error: cannot locate the harness executable: {e}");
-            3
+            Exit::Environment
         }),
     }
 }
 
 /// The processor under test and a started database launcher, or the exit code saying why not (3: environment).
-fn setup(t: &Target) -> Result<(ProcessorCmd, Box<dyn db::Launcher>), u8> {
+fn setup(t: &Target) -> Result<(ProcessorCmd, Box<dyn db::Launcher>), Exit> {
     let processor = processor_cmd(t)?;
     let launcher = db::launch(t.backend, t.db_url.as_deref()).map_err(|e| {
         eprintln!("error: environment: {e}");
-        3
+        Exit::Environment
     })?;
     Ok((processor, launcher))
 }
@@ -209,13 +227,13 @@ fn default_scenarios() -> Result<PathBuf, String> {
         .into())
 }
 
-fn cmd_run(a: RunArgs) -> u8 {
+fn cmd_run(a: RunArgs) -> Exit {
     let paths = if a.scenarios.is_empty() {
         match default_scenarios() {
             Ok(d) => vec![d],
             Err(e) => {
                 eprintln!("error: {e}");
-                return 2;
+                return Exit::Usage;
             }
         }
     } else {
@@ -225,7 +243,7 @@ fn cmd_run(a: RunArgs) -> u8 {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
-            return 2;
+            return Exit::Usage;
         }
     };
     let (processor, mut launcher) = match setup(&a.target) {
@@ -293,28 +311,16 @@ fn cmd_run(a: RunArgs) -> u8 {
     if a.keep {
         eprintln!("databases kept: {}", launcher.keep());
     }
-    if env_error {
-        return 3;
-    }
-    if outcomes
-        .iter()
-        .any(|o| matches!(o.verdict, Verdict::Fail | Verdict::Invalid))
-    {
-        return 1;
-    }
-    if outcomes.iter().any(|o| o.verdict == Verdict::Liveness) {
-        return 4;
-    }
-    0
+    Exit::of_verdicts(outcomes.iter().map(|o| o.verdict), env_error)
 }
 
-fn cmd_check(a: CheckArgs) -> u8 {
+fn cmd_check(a: CheckArgs) -> Exit {
     let contract = match &a.contract {
         Some(p) => match std::fs::read_to_string(p) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("error: cannot read contract {}: {e}", p.display());
-                return 2;
+                return Exit::Usage;
             }
         },
         None => fixtures::CONTRACT_JSON.to_owned(),
@@ -323,7 +329,7 @@ fn cmd_check(a: CheckArgs) -> u8 {
     // itself never runs processor code.
     if let Err(e) = processor::contract::Contract::from_json(&contract) {
         eprintln!("error: bad contract: the processor refuses it: {e:#}");
-        return 2;
+        return Exit::Usage;
     }
     let mut events = Vec::new();
     for p in &a.events {
@@ -331,7 +337,7 @@ fn cmd_check(a: CheckArgs) -> u8 {
             Ok(mut e) => events.append(&mut e),
             Err(e) => {
                 eprintln!("error: cannot read events {}: {e}", p.display());
-                return 2;
+                return Exit::Usage;
             }
         }
     }
@@ -340,7 +346,7 @@ fn cmd_check(a: CheckArgs) -> u8 {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: environment: {e}");
-            return 3;
+            return Exit::Environment;
         }
     };
     let baseline = match &a.baseline {
@@ -358,11 +364,11 @@ fn cmd_check(a: CheckArgs) -> u8 {
                 }
                 Err(check::CheckError::Contract(m)) => {
                     eprintln!("error: bad contract: {m}");
-                    return 2;
+                    return Exit::Usage;
                 }
                 Err(e) => {
                     eprintln!("error: baseline: {e}");
-                    return 3;
+                    return Exit::Environment;
                 }
             }
         }
@@ -372,11 +378,11 @@ fn cmd_check(a: CheckArgs) -> u8 {
             Ok(r) => r,
             Err(check::CheckError::Contract(m)) => {
                 eprintln!("error: bad contract: {m}");
-                return 2;
+                return Exit::Usage;
             }
             Err(e) => {
                 eprintln!("error: {e}");
-                return 3;
+                return Exit::Environment;
             }
         };
     if a.json {
@@ -414,7 +420,11 @@ fn cmd_check(a: CheckArgs) -> u8 {
             }
         }
     }
-    u8::from(!report.violations.is_empty())
+    if report.violations.is_empty() {
+        Exit::Ok
+    } else {
+        Exit::Violation
+    }
 }
 
 #[derive(Debug, Args)]
@@ -438,7 +448,7 @@ pub struct ExploreArgs {
     pub verbose: bool,
 }
 
-fn cmd_explore(a: ExploreArgs) -> u8 {
+fn cmd_explore(a: ExploreArgs) -> Exit {
     use crate::explore::{self, ExploreOptions};
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -461,7 +471,7 @@ fn cmd_explore(a: ExploreArgs) -> u8 {
         seed,
         target: explore::Target {
             backend,
-            can_restart: launcher.can_restart(),
+            can_restart: launcher.capabilities().restart,
             commit_mode: a.commit_mode,
         },
         shrink_attempts: a.shrink_attempts,
@@ -475,7 +485,7 @@ fn cmd_explore(a: ExploreArgs) -> u8 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
-            return 3;
+            return Exit::Environment;
         }
     };
     let fired: usize = summary.runs.iter().map(|r| r.faults_fired).sum();
@@ -493,7 +503,7 @@ fn cmd_explore(a: ExploreArgs) -> u8 {
     for s in &summary.shrunk {
         println!("  minimal failure of {}: {}", s.from, s.replay);
     }
-    summary.exit_code()
+    summary.exit()
 }
 
 #[derive(Args)]
@@ -580,10 +590,10 @@ impl std::fmt::Debug for BenchArgs {
     }
 }
 
-fn cmd_bench(a: BenchArgs) -> u8 {
+fn cmd_bench(a: BenchArgs) -> Exit {
     if a.apps == 0 || a.instances.is_empty() || a.instances.contains(&0) || a.modes.is_empty() {
         eprintln!("error: --apps, --instances and --modes must be non-empty and positive");
-        return 2;
+        return Exit::Usage;
     }
     let processor = match &a.processor_bin {
         Some(p) => ProcessorCmd::external(p.clone()),
@@ -591,7 +601,7 @@ fn cmd_bench(a: BenchArgs) -> u8 {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("error: cannot locate the harness executable: {e}");
-                return 3;
+                return Exit::Environment;
             }
         },
     };
@@ -612,10 +622,10 @@ fn cmd_bench(a: BenchArgs) -> u8 {
         command,
     };
     match crate::bench::run(&cfg) {
-        Ok(_) => 0,
+        Ok(_) => Exit::Ok,
         Err(e) => {
             eprintln!("error: {e:#}");
-            3
+            Exit::Environment
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::report;
 use crate::runner::{self, RunOptions, RunnerError, ScenarioOutcome, Verdict};
 use crate::scenario::{ExpectSpec, FaultSpec, FixtureSpec, RunSpec, Scenario};
 use crate::shrink;
+use processor::crash::CrashPoint;
 use processor::engine::{CommitMode, Mode};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -25,8 +26,10 @@ pub struct Target {
 }
 
 impl Target {
+    /// Every proxy fault (cut-reply included) can be drawn.
     fn proxy_faults(&self) -> bool {
-        self.backend == Backend::Postgres
+        let c = self.backend.capabilities();
+        c.server && c.commit_cut
     }
 }
 
@@ -41,21 +44,14 @@ pub fn run_seed(base: u64, i: u32) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Crash points that exist in `mode`.
-fn points(mode: Mode) -> Vec<&'static str> {
-    let mut p = vec![
-        "before-write",
-        "mid-write",
-        "after-data",
-        "before-commit",
-        "after-commit",
-    ];
-    if mode == Mode::Queue {
-        p.push("after-claim");
-    }
-    p
+/// Crash points a random schedule can use in `mode` (every one that exists there and fires unprovoked).
+fn points(mode: Mode) -> Vec<CrashPoint> {
+    CrashPoint::in_mode(mode == Mode::Queue)
+        .filter(|p| p.fires_unprovoked())
+        .collect()
 }
 
+// tidy:long-fn one stream of draws from one RNG: splitting it must keep the order of every draw, or every explored seed changes its schedule
 /// Draws one scenario. Triggers are progress-based (commit counts, hit counts) and kept within the first third of
 /// the work an instance can expect, so they fire at any machine speed; each instance gets at most one process
 /// fault, because a kill before an armed crash point fires would disarm it (it is armed on the first start only).
@@ -83,7 +79,7 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
                 let ps = points(mode);
                 FaultSpec::CrashPoint {
                     instance,
-                    point: ps[rng.random_range(0..ps.len())].to_owned(),
+                    point: ps[rng.random_range(0..ps.len())],
                     nth: rng.random_range(1..=hi),
                     pause_ms: None,
                     resume_on: None,
@@ -162,15 +158,9 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
         let last = faults
             .iter()
             .filter_map(|f| match f {
-                FaultSpec::Kill { after_commits, .. }
-                | FaultSpec::Pause { after_commits, .. }
-                | FaultSpec::Stop { after_commits, .. }
-                | FaultSpec::DropConnections { after_commits, .. }
-                | FaultSpec::Blackhole { after_commits, .. }
-                | FaultSpec::Latency { after_commits, .. }
-                | FaultSpec::CutReply { after_commits, .. } => *after_commits,
                 FaultSpec::CrashPoint { nth, .. } => Some(*nth),
-                _ => None,
+                FaultSpec::RestartDb { .. } => None,
+                _ => f.trigger().and_then(|t| t.after_commits),
             })
             .max()
             .unwrap_or(0);
@@ -222,7 +212,7 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
             ..ExpectSpec::default()
         },
         backends: if global {
-            vec![Backend::Postgres]
+            Backend::all_with(|c| c.server && c.commit_cut)
         } else {
             vec![]
         },
@@ -296,17 +286,14 @@ impl ExploreSummary {
         self.runs.iter().filter(|r| r.verdict == v).count()
     }
 
-    /// The exit code, as `harness run` maps it.
+    /// The exit code, as `harness run` maps it (an error of any run is an environment error).
+    pub fn exit(&self) -> crate::exit::Exit {
+        crate::exit::Exit::of_verdicts(self.runs.iter().map(|r| r.verdict), !self.errors.is_empty())
+    }
+
+    /// [`ExploreSummary::exit`] as the process's number.
     pub fn exit_code(&self) -> u8 {
-        if !self.errors.is_empty() {
-            3
-        } else if self.count(Verdict::Fail) + self.count(Verdict::Invalid) > 0 {
-            1
-        } else if self.count(Verdict::Liveness) > 0 {
-            4
-        } else {
-            0
-        }
+        self.exit().code()
     }
 }
 
@@ -473,15 +460,7 @@ pub fn shrink_failure(
             .next()
             .is_some();
     let backend = o.target.backend;
-    let replay = format!(
-        "harness run {} --seed {seed}{}",
-        file.display(),
-        if backend == Backend::Sqlite {
-            String::new()
-        } else {
-            format!(" --backend {}", backend.as_str())
-        }
-    );
+    let replay = report::replay_command(&file.display().to_string(), seed, backend.as_str());
     let faults: Vec<String> = minimal
         .faults
         .iter()

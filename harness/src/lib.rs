@@ -6,7 +6,7 @@ pub mod check;
 pub mod cli;
 pub mod crash_hook;
 pub mod db;
-pub mod db_mssql;
+pub mod exit;
 pub mod explore;
 pub mod proxy;
 pub mod report;

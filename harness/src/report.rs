@@ -2,8 +2,10 @@
 //! JUnit XML file for CI. Formatting only; no decisions are made here.
 
 use crate::runner::{ScenarioOutcome, Verdict};
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::Duration;
 
 /// The command that replays this exact run.
 pub fn repro_command(o: &ScenarioOutcome, backend: &str) -> String {
@@ -11,12 +13,17 @@ pub fn repro_command(o: &ScenarioOutcome, backend: &str) -> String {
         || format!("scenarios/{}.toml", o.plan.name),
         |p| p.display().to_string(),
     );
-    let b = if backend == "sqlite" {
+    replay_command(&file, o.plan.seed, backend)
+}
+
+/// The one spelling of a replay: `harness run FILE --seed N`, naming the backend unless it is the default.
+pub fn replay_command(file: &str, seed: u64, backend: &str) -> String {
+    let b = if backend == crate::db::Backend::DEFAULT.as_str() {
         String::new()
     } else {
         format!(" --backend {backend}")
     };
-    format!("harness run {file} --seed {}{b}", o.plan.seed)
+    format!("harness run {file} --seed {seed}{b}")
 }
 
 pub fn verdict_word(v: Verdict) -> &'static str {
@@ -81,67 +88,36 @@ pub fn write_summary(o: &ScenarioOutcome, backend: &str) -> std::io::Result<()> 
     std::fs::write(o.dir.join("summary.json"), text)
 }
 
-fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// One `<testcase>` per scenario; failures carry every violation.
+/// One `<testcase>` per scenario; failures carry every violation. Written by `quick-junit` (what nextest uses),
+/// which does the XML escaping.
 pub fn junit(outcomes: &[ScenarioOutcome], backend: &str) -> String {
-    let failures = outcomes
-        .iter()
-        .filter(|o| o.verdict != Verdict::Pass)
-        .count();
-    let total: f64 = outcomes.iter().map(|o| o.wall_secs).sum();
-    let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let _ = writeln!(
-        s,
-        "<testsuites name=\"shredproof\" tests=\"{}\" failures=\"{failures}\" time=\"{total:.3}\">",
-        outcomes.len()
-    );
-    let _ = writeln!(
-        s,
-        "  <testsuite name=\"harness.{backend}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" time=\"{total:.3}\">",
-        outcomes.len()
-    );
+    let total = Duration::from_secs_f64(outcomes.iter().map(|o| o.wall_secs).sum());
+    let mut suite = TestSuite::new(format!("harness.{backend}"));
+    suite.set_time(total);
     for o in outcomes {
-        let _ = write!(
-            s,
-            "    <testcase classname=\"harness.{backend}\" name=\"{}\" time=\"{:.3}\"",
-            xml_escape(&o.plan.name),
-            o.wall_secs
-        );
-        if o.verdict == Verdict::Pass {
-            s.push_str("/>\n");
-            continue;
-        }
-        s.push_str(">\n");
-        let mut body = format!("{}\nreproduce: {}\n", o.reason, repro_command(o, backend));
-        for v in &o.main.violations {
-            let _ = writeln!(body, "{}: {}", v.invariant, v.message);
-        }
-        let _ = writeln!(
-            s,
-            "      <failure type=\"{}\" message=\"{}\">{}</failure>",
-            verdict_word(o.verdict),
-            xml_escape(&o.reason),
-            xml_escape(&body)
-        );
-        s.push_str("    </testcase>\n");
+        let status = if o.verdict == Verdict::Pass {
+            TestCaseStatus::success()
+        } else {
+            let mut body = format!("{}\nreproduce: {}\n", o.reason, repro_command(o, backend));
+            for v in &o.main.violations {
+                let _ = writeln!(body, "{}: {}", v.invariant, v.message);
+            }
+            let mut st = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            st.set_type(verdict_word(o.verdict))
+                .set_message(o.reason.as_str())
+                .set_description(body);
+            st
+        };
+        let mut case = TestCase::new(o.plan.name.as_str(), status);
+        case.set_classname(format!("harness.{backend}"))
+            .set_time(Duration::from_secs_f64(o.wall_secs));
+        suite.add_test_case(case);
     }
-    s.push_str("  </testsuite>\n</testsuites>\n");
-    s
+    let mut report = Report::new("shredproof");
+    report.set_time(total).add_test_suite(suite);
+    report
+        .to_string()
+        .unwrap_or_else(|e| format!("<!-- cannot write JUnit XML: {e} -->\n"))
 }
 
 pub fn write_junit(
@@ -153,14 +129,4 @@ pub fn write_junit(
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(path, junit(outcomes, backend))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escapes_xml() {
-        assert_eq!(xml_escape("a<b & \"c\"\u{1}"), "a&lt;b &amp; &quot;c&quot;");
-    }
 }

@@ -146,7 +146,7 @@ pub fn run_plan(
     opts: &RunOptions,
 ) -> Result<ScenarioOutcome, RunnerError> {
     let start = Instant::now();
-    if plan.needs_restart() && !launcher.can_restart() {
+    if plan.needs_restart() && !launcher.capabilities().restart {
         return Err(RunnerError::Setup(format!(
             "scenario {}: restart-db needs a database server the harness started itself (not SQLite, not --db-url); \
              {} cannot be restarted",
@@ -305,20 +305,278 @@ struct Phase<'a> {
     fate: Vec<Violation>,
 }
 
+impl FaultRecord {
+    fn new(f: &Fault) -> Self {
+        FaultRecord {
+            fault: f.describe(),
+            fired: false,
+            at_ms: None,
+            note: String::new(),
+        }
+    }
+}
+
+/// The open state of the global (proxy and server) faults: a blackhole or latency window still open, an armed
+/// cut-reply waiting for its COMMIT (fault index and the proxy's cut count when armed), faults that could not be
+/// carried out.
+#[derive(Default)]
+struct GlobalFaults {
+    busy_until: Option<Instant>,
+    cut_waiting: Option<(usize, usize)>,
+    abandoned: BTreeSet<usize>,
+}
+
+/// The fault scheduler's step: fires every pending fault that is due. Instance faults (signals to a process
+/// group) first: they are instant, while a server restart blocks until the server is back, and an instance fault
+/// due at the same moment must not miss its chance while the run races on. A fault fired is recorded in
+/// `records`, and `last_fault` is set to now.
 #[allow(clippy::too_many_arguments)]
-fn run_phase(
-    plan: &Plan,
-    url: &str,
+fn fire_due_faults(
+    ph: &Phase<'_>,
     faults: &[Fault],
-    dir: &Path,
-    opts: &RunOptions,
+    insts: &mut [Inst],
+    pending: &[usize],
+    records: &mut [FaultRecord],
+    proxy: Option<&FaultProxy>,
     launcher: &mut dyn Launcher,
-    contract_json: &str,
-    baseline: Option<&check::baseline::Snapshot>,
-) -> Result<PhaseOutcome, RunnerError> {
-    load_fixtures(plan, url, dir, opts)?;
-    // Connection faults need the proxy in the path; the baseline of such a plan goes through it too (as a control).
-    // Fixtures and the checker talk to the server directly.
+    globals: &mut GlobalFaults,
+    last_fault: &mut Instant,
+) {
+    let now_ms = ph.t0.elapsed().as_millis() as u64;
+    let total_commits: u64 = insts.iter().map(|i| i.commits).sum();
+    let any_running = insts.iter().any(|i| i.child.is_some());
+    // Instance faults first: they are instant, while a server restart blocks this loop until the server is back,
+    // and an instance fault due at the same moment must not miss its chance while the run races on.
+    let mut order = pending.to_vec();
+    order.sort_by_key(|&fi| faults[fi].action.is_global());
+    for &fi in &order {
+        let f = faults[fi];
+        if f.action.is_global() {
+            let due = match f.trigger {
+                Trigger::CrashEnv => false,
+                Trigger::AtMs(ms) => now_ms >= ms,
+                Trigger::AfterCommits(n) => total_commits >= n,
+            };
+            if !due || !any_running || globals.cut_waiting.is_some_and(|(w, _)| w == fi) {
+                continue;
+            }
+            let rec = &mut records[fi];
+            let after = format!("after {total_commits} commits");
+            match (f.action, proxy) {
+                (Action::RestartDb, _) => {
+                    let t = Instant::now();
+                    match launcher.restart() {
+                        Ok(()) => {
+                            rec.fired = true;
+                            rec.note = format!(
+                                "postmaster SIGKILLed {after}, back up in {} ms",
+                                t.elapsed().as_millis()
+                            );
+                        }
+                        Err(e) => {
+                            rec.note = format!("restart failed: {e}");
+                            globals.abandoned.insert(fi);
+                        }
+                    }
+                }
+                (Action::DropConnections, Some(p)) => {
+                    // With no connection open there is nothing to drop yet: try again on the next poll.
+                    let n = p.reset_all();
+                    if n == 0 {
+                        continue;
+                    }
+                    rec.fired = true;
+                    rec.note = format!("reset {n} connection(s) {after}");
+                }
+                (Action::Blackhole { duration_ms }, Some(p)) => {
+                    let d = Duration::from_millis(duration_ms);
+                    p.blackhole(d);
+                    rec.fired = true;
+                    rec.note = format!("blackholed {} connection(s) {after}", p.open_connections());
+                    globals.busy_until = globals.busy_until.max(Some(Instant::now() + d));
+                }
+                (Action::Latency { ms, duration_ms }, Some(p)) => {
+                    let d = Duration::from_millis(duration_ms);
+                    p.latency(Duration::from_millis(ms), d);
+                    rec.fired = true;
+                    rec.note = format!("latency on {} connection(s) {after}", p.open_connections());
+                    globals.busy_until = globals.busy_until.max(Some(Instant::now() + d));
+                }
+                (Action::CutReply, Some(p)) => {
+                    // One armed cut at a time, so each cut proves exactly one fault.
+                    if globals.cut_waiting.is_some() {
+                        continue;
+                    }
+                    p.arm_cut_reply();
+                    globals.cut_waiting = Some((fi, p.cuts().len()));
+                    rec.note = format!("armed {after}");
+                }
+                _ => {
+                    rec.note = "no fault proxy in the path".into();
+                    globals.abandoned.insert(fi);
+                    continue;
+                }
+            }
+            rec.at_ms = Some(now_ms);
+            *last_fault = Instant::now();
+            if ph.opts.verbose {
+                eprintln!("  [{:>6}ms] {}", now_ms, f.describe());
+            }
+            continue;
+        }
+        let inst = &mut insts[f.instance as usize];
+        let due = match f.trigger {
+            Trigger::CrashEnv => false,
+            Trigger::AtMs(ms) => now_ms >= ms,
+            Trigger::AfterCommits(n) => inst.commits >= n,
+        };
+        let running = inst.child.is_some()
+            && inst.paused_until.is_none()
+            && inst.parked_on.is_none()
+            && inst.expecting.is_none();
+        if !due || !running {
+            continue;
+        }
+        let pid = Pid::from_raw(inst.child.as_ref().map_or(0, |c| c.id() as i32));
+        let sig = match f.action {
+            Action::Kill => Signal::SIGKILL,
+            Action::Pause { .. } => Signal::SIGSTOP,
+            Action::Stop => Signal::SIGTERM,
+            _ => continue,
+        };
+        if killpg(pid, sig).is_ok() {
+            records[fi].fired = !matches!(f.action, Action::Stop); // a stop counts once the drain exits 0
+            records[fi].at_ms = Some(now_ms);
+            records[fi].note = format!(
+                "{sig} to process group {pid} after {} commits",
+                inst.commits
+            );
+            match f.action {
+                Action::Pause { duration_ms } => {
+                    inst.paused_until = Some(Instant::now() + Duration::from_millis(duration_ms))
+                }
+                a => inst.expecting = Some(a),
+            }
+            *last_fault = Instant::now();
+            if ph.opts.verbose {
+                eprintln!("  [{:>6}ms] {}", now_ms, f.describe());
+            }
+        }
+    }
+}
+
+/// The instance supervisor's step for one instance: when its process has ended (seen on the pass after the exit,
+/// so its last events are read), records how (`ProcessEnd`, the process-fate invariants from `check::history`),
+/// credits a `stop` fault whose drain ended, and restarts the instance when the plan says so.
+fn supervise_exit(
+    ph: &mut Phase<'_>,
+    inst: &mut Inst,
+    records: &mut [FaultRecord],
+    faults: &[Fault],
+) -> Result<(), RunnerError> {
+    let status = match inst.child.as_mut().map(Child::try_wait) {
+        Some(Ok(Some(s))) => s,
+        _ => return Ok(()),
+    };
+    if !inst.exit_seen {
+        // Judge every exit on the next pass, after its last events were read (`try_wait` keeps returning
+        // the reaped status, so the child stays in place until then).
+        inst.exit_seen = true;
+        return Ok(());
+    }
+    inst.exit_seen = false;
+    let pid = inst.child.as_ref().map_or(0, Child::id);
+    inst.child = None;
+    let expecting = inst.expecting.take();
+    let killed = status.signal() == Some(Signal::SIGKILL as i32);
+    let crash_fired = inst.crash_fired.take();
+    ph.ends.push(check::history::ProcessEnd {
+        instance: inst.id,
+        start: inst.starts,
+        pid,
+        status: describe_status(status),
+        killed_by_harness: killed && crash_fired.is_none() && expecting == Some(Action::Kill),
+        ended_us: chrono::Utc::now().timestamp_micros(),
+        violation: None,
+    });
+    let log = ph.log_path(inst.id, inst.starts).display().to_string();
+    let fate = match ph.ends.last() {
+        Some(end) => check::history::process_fate(&check::history::Fate {
+            end,
+            sigkilled: killed,
+            exited_ok: status.success(),
+            crash_fired: crash_fired.as_deref(),
+            sigterm_sent: expecting == Some(Action::Stop),
+            finished: drain_finish(&ph.all_events, pid),
+            log: &log,
+        }),
+        None => Vec::new(),
+    };
+    if let (Some(v), Some(end)) = (fate.last(), ph.ends.last_mut()) {
+        end.violation = Some(v.invariant);
+    }
+    ph.fate.extend(fate);
+    match expecting {
+        Some(Action::Stop) if status.success() && drain_finish(&ph.all_events, pid).is_some() => {
+            // Scenario C: the drain finished cleanly. The stop fault has now fired.
+            if let Some((r, _)) = records
+                .iter_mut()
+                .zip(faults)
+                .find(|(r, f)| !r.fired && f.instance == inst.id && f.action == Action::Stop)
+            {
+                r.fired = true;
+                r.note.push_str("; drained and exited 0");
+            }
+            if ph.plan.restarts {
+                ph.spawn(inst, None)?;
+            } else {
+                inst.finished = true;
+            }
+        }
+        Some(Action::Stop) => {
+            // Reported as `clean-drain` above. The stop fault did fire (the signal was delivered).
+            if let Some((r, _)) = records
+                .iter_mut()
+                .zip(faults)
+                .find(|(r, f)| !r.fired && f.instance == inst.id && f.action == Action::Stop)
+            {
+                r.fired = true;
+                r.note.push_str(&format!(
+                    "; ended with {} without draining",
+                    describe_status(status)
+                ));
+            }
+            if ph.plan.restarts {
+                ph.spawn(inst, None)?;
+            } else {
+                inst.finished = true;
+            }
+        }
+        Some(_) if killed => {
+            if ph.plan.restarts {
+                ph.spawn(inst, None)?;
+            } else {
+                inst.finished = true;
+            }
+        }
+        _ if status.success() => inst.finished = true,
+        _ => {
+            ph.stats.unexpected_exits.push(format!(
+                "instance {} start {} exited unexpectedly: {} (log {})",
+                inst.id,
+                inst.starts,
+                describe_status(status),
+                ph.log_path(inst.id, inst.starts).display()
+            ));
+            inst.finished = true;
+        }
+    }
+    Ok(())
+}
+
+/// The fault proxy when the plan's faults need it in the path (the baseline of such a plan goes through it too, as
+/// a control), and the URL the processors use. Fixtures and the checker talk to the server directly.
+fn start_proxy(plan: &Plan, url: &str) -> Result<(Option<FaultProxy>, String), RunnerError> {
     let proxy = if plan.needs_proxy() {
         let (upstream, _) =
             crate::proxy::route_url(url, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
@@ -330,18 +588,181 @@ fn run_phase(
         Some(p) => crate::proxy::route_url(url, p.addr())?.1,
         None => url.to_owned(),
     };
-    let mut ph = Phase {
-        plan,
-        url: &proc_url,
-        dir,
-        opts,
-        t0: Instant::now(),
-        all_events: Vec::new(),
-        stats: PhaseStats::default(),
-        ends: Vec::new(),
-        fate: Vec::new(),
-    };
-    let mut insts: Vec<Inst> = (0..plan.instances)
+    Ok((proxy, proc_url))
+}
+
+/// The checker on the final database, then the history invariants: every instance's events as one history, with
+/// how each process ended and the final processing_log (check/history.rs). Violations go to `violations`.
+fn check_final(
+    url: &str,
+    plan: &Plan,
+    contract_json: &str,
+    ph: &Phase<'_>,
+    baseline: Option<&check::baseline::Snapshot>,
+    violations: &mut Vec<Violation>,
+) -> Result<check::CheckReport, RunnerError> {
+    let mut reader = open_reader_patiently(url, plan.needs_restart())?;
+    let report =
+        check::check_database_with(reader.as_mut(), contract_json, &ph.all_events, baseline)?;
+    violations.extend(report.violations.iter().cloned());
+    let log = check::history::read_log(reader.as_mut(), contract_json)?;
+    violations.extend(check::history::check(&ph.all_events, &ph.ends, Some(&log)));
+    Ok(report)
+}
+
+/// The phase's counts from its events: applications committed, collisions, leases lost, throughput.
+fn count_events(stats: &mut PhaseStats, events: &[Event]) {
+    let (committed_apps, collisions, lease_lost) = event_counts(events);
+    stats.committed_apps = committed_apps;
+    stats.collisions = collisions;
+    stats.lease_lost = lease_lost;
+    stats.redone = collisions + lease_lost;
+    stats.apps_per_sec = stats.committed_apps as f64 / stats.wall_secs.max(1e-9);
+}
+
+/// (applications committed at least once, applications in `collision` events, in `lease_lost` events).
+fn event_counts(events: &[Event]) -> (u64, u64, u64) {
+    let mut committed_by: HashMap<i64, u32> = HashMap::new();
+    let mut collisions = 0;
+    let mut lease_lost = 0;
+    for e in events {
+        match e.event {
+            EventKind::Committed => {
+                for a in &e.app_ids {
+                    *committed_by.entry(*a).or_default() += 1;
+                }
+            }
+            EventKind::Collision => collisions += e.app_ids.len() as u64,
+            EventKind::LeaseLost => lease_lost += e.app_ids.len() as u64,
+            _ => {}
+        }
+    }
+    (committed_by.len() as u64, collisions, lease_lost)
+}
+
+/// The fault scheduler's first step: reads every instance's new events, counts commits and claims, and records
+/// crash-point faults as fired from their `crash_point` event (they fire inside the process), parking or
+/// expecting the kill as the fault says.
+fn read_events(
+    ph: &mut Phase<'_>,
+    insts: &mut [Inst],
+    faults: &[Fault],
+    pending: &[usize],
+    records: &mut [FaultRecord],
+) -> Result<(), RunnerError> {
+    for inst in insts.iter_mut() {
+        for ev in read_new_events(inst)? {
+            if ev.event == EventKind::Committed {
+                inst.commits += 1;
+            }
+            if ev.event == EventKind::Claimed {
+                inst.last_claim = ev.app_ids.iter().copied().collect();
+            }
+            if ev.event == EventKind::CrashPoint {
+                // Crash-point faults fire inside the process; the event is the proof.
+                let mut park_ms = None;
+                let mut park_on = None;
+                for &fi in pending {
+                    if faults[fi].instance == inst.id {
+                        match faults[fi].action {
+                            Action::CrashPoint {
+                                resume_on: Some(r), ..
+                            } => park_on = Some((fi, r)),
+                            Action::CrashPoint {
+                                pause_ms: Some(ms), ..
+                            } => park_ms = Some(ms),
+                            _ => {}
+                        }
+                    }
+                    if faults[fi].instance == inst.id
+                        && matches!(faults[fi].action, Action::CrashPoint { .. })
+                    {
+                        records[fi].fired = true;
+                        records[fi].at_ms = Some(ph.t0.elapsed().as_millis() as u64);
+                        records[fi].note = format!(
+                            "crash_point {} nth {}",
+                            ev.point.clone().unwrap_or_default(),
+                            ev.nth.unwrap_or(0)
+                        );
+                    }
+                }
+                match (park_on, park_ms) {
+                    // Parked until another instance's event says the moment has come (see step 3b).
+                    (Some((fi, r)), _) => {
+                        inst.parked_on = Some((fi, r, ev.ts_us, inst.last_claim.clone()))
+                    }
+                    // The process stopped itself at the point; resume it when the pause is over.
+                    (None, Some(ms)) => {
+                        inst.paused_until = Some(Instant::now() + Duration::from_millis(ms))
+                    }
+                    (None, None) => {
+                        inst.expecting = Some(Action::Kill);
+                        inst.crash_fired = Some(format!(
+                            "{}:{}",
+                            ev.point.clone().unwrap_or_default(),
+                            ev.nth.unwrap_or(0)
+                        ));
+                    }
+                }
+            }
+            ph.all_events.push(ev);
+        }
+    }
+    Ok(())
+}
+
+/// Resumes (SIGCONT) every instance parked at a crash point whose resume event has come, or can no longer come
+/// (the awaited instance ended: then the run proves nothing, noted in `unmet`).
+fn resume_parked(
+    ph: &Phase<'_>,
+    insts: &mut [Inst],
+    faults: &[Fault],
+    records: &mut [FaultRecord],
+    unmet: &mut Vec<String>,
+    last_fault: &mut Instant,
+) {
+    for i in 0..insts.len() {
+        let Some((fi, r, since, claim)) = insts[i].parked_on.clone() else {
+            continue;
+        };
+        let hit = ph.all_events.iter().find(|e| {
+            e.instance_id == r.instance
+                && e.ts_us >= since
+                && r.matches(e.event)
+                && (e.app_ids.is_empty() || e.app_ids.iter().any(|a| claim.contains(a)))
+        });
+        let awaited = &insts[r.instance as usize];
+        let note = match hit {
+            Some(e) => format!(
+                "; resumed when instance {} wrote {}",
+                r.instance,
+                e.event.as_str()
+            ),
+            None if awaited.finished && awaited.child.is_none() => {
+                // It will never come: resume so the run can end, and say why the run proves nothing.
+                unmet.push(format!(
+                    "{}: instance {} ended without writing the event that resumes instance {}",
+                    faults[fi].describe(),
+                    r.instance,
+                    insts[i].id
+                ));
+                format!("; instance {} ended first, resumed anyway", r.instance)
+            }
+            None => continue,
+        };
+        records[fi].note.push_str(&note);
+        let inst = &mut insts[i];
+        if let Some(c) = &inst.child {
+            let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+        }
+        inst.parked_on = None;
+        *last_fault = Instant::now();
+    }
+}
+
+/// One not-yet-started instance per `plan.instances`, each knowing whether a crash point is armed on it.
+fn new_instances(plan: &Plan, faults: &[Fault]) -> Vec<Inst> {
+    (0..plan.instances)
         .map(|id| Inst {
             id,
             child: None,
@@ -359,16 +780,74 @@ fn run_phase(
                 .iter()
                 .any(|f| f.instance == id && matches!(f.action, Action::CrashPoint { .. })),
         })
-        .collect();
-    let mut records: Vec<FaultRecord> = faults
-        .iter()
-        .map(|f| FaultRecord {
-            fault: f.describe(),
-            fired: false,
-            at_ms: None,
-            note: String::new(),
-        })
-        .collect();
+        .collect()
+}
+
+/// SIGCONT to every paused instance whose pause is over.
+fn end_pauses(insts: &mut [Inst], last_fault: &mut Instant) {
+    for inst in insts.iter_mut() {
+        if inst
+            .paused_until
+            .is_some_and(|until| Instant::now() >= until)
+        {
+            if let Some(c) = &inst.child {
+                let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+            }
+            inst.paused_until = None;
+            *last_fault = Instant::now();
+        }
+    }
+}
+
+/// The liveness deadline passed: SIGKILL every process still running (resumed first if stopped) and record how
+/// it ended.
+fn kill_all_for_liveness(ph: &mut Phase<'_>, insts: &mut [Inst]) {
+    for inst in insts.iter_mut() {
+        if let Some(c) = inst.child.as_mut() {
+            let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+            let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            let status = c.wait().map(describe_status).unwrap_or_default();
+            ph.ends.push(check::history::ProcessEnd {
+                instance: inst.id,
+                start: inst.starts,
+                pid: c.id(),
+                status,
+                killed_by_harness: true,
+                ended_us: chrono::Utc::now().timestamp_micros(),
+                violation: None,
+            });
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_phase(
+    plan: &Plan,
+    url: &str,
+    faults: &[Fault],
+    dir: &Path,
+    opts: &RunOptions,
+    launcher: &mut dyn Launcher,
+    contract_json: &str,
+    baseline: Option<&check::baseline::Snapshot>,
+) -> Result<PhaseOutcome, RunnerError> {
+    load_fixtures(plan, url, dir, opts)?;
+    // Connection faults need the proxy in the path; the baseline of such a plan goes through it too (as a control).
+    // Fixtures and the checker talk to the server directly.
+    let (proxy, proc_url) = start_proxy(plan, url)?;
+    let mut ph = Phase {
+        plan,
+        url: &proc_url,
+        dir,
+        opts,
+        t0: Instant::now(),
+        all_events: Vec::new(),
+        stats: PhaseStats::default(),
+        ends: Vec::new(),
+        fate: Vec::new(),
+    };
+    let mut insts = new_instances(plan, faults);
+    let mut records: Vec<FaultRecord> = faults.iter().map(FaultRecord::new).collect();
     let mut pending: Vec<usize> = (0..faults.len()).collect();
     ph.t0 = Instant::now();
     let t0_us = chrono::Utc::now().timestamp_micros();
@@ -384,110 +863,22 @@ fn run_phase(
     let poll = Duration::from_millis(5);
     // Global faults: a blackhole or latency window still open, an armed cut-reply waiting for its COMMIT (fault
     // index and the proxy's cut count when armed), faults that could not be carried out.
-    let mut busy_until: Option<Instant> = None;
-    let mut cut_waiting: Option<(usize, usize)> = None;
-    let mut abandoned: BTreeSet<usize> = BTreeSet::new();
+    let mut globals = GlobalFaults::default();
     // Event-resumed parks whose event never came: the run cannot prove what its scenario says.
     let mut unmet: Vec<String> = Vec::new();
     loop {
         // 1. Events.
-        for inst in insts.iter_mut() {
-            for ev in read_new_events(inst)? {
-                if ev.event == EventKind::Committed {
-                    inst.commits += 1;
-                }
-                if ev.event == EventKind::Claimed {
-                    inst.last_claim = ev.app_ids.iter().copied().collect();
-                }
-                if ev.event == EventKind::CrashPoint {
-                    // Crash-point faults fire inside the process; the event is the proof.
-                    let mut park_ms = None;
-                    let mut park_on = None;
-                    for &fi in &pending {
-                        if faults[fi].instance == inst.id {
-                            match faults[fi].action {
-                                Action::CrashPoint {
-                                    resume_on: Some(r), ..
-                                } => park_on = Some((fi, r)),
-                                Action::CrashPoint {
-                                    pause_ms: Some(ms), ..
-                                } => park_ms = Some(ms),
-                                _ => {}
-                            }
-                        }
-                        if faults[fi].instance == inst.id
-                            && matches!(faults[fi].action, Action::CrashPoint { .. })
-                        {
-                            records[fi].fired = true;
-                            records[fi].at_ms = Some(ph.t0.elapsed().as_millis() as u64);
-                            records[fi].note = format!(
-                                "crash_point {} nth {}",
-                                ev.point.clone().unwrap_or_default(),
-                                ev.nth.unwrap_or(0)
-                            );
-                        }
-                    }
-                    match (park_on, park_ms) {
-                        // Parked until another instance's event says the moment has come (see step 3b).
-                        (Some((fi, r)), _) => {
-                            inst.parked_on = Some((fi, r, ev.ts_us, inst.last_claim.clone()))
-                        }
-                        // The process stopped itself at the point; resume it when the pause is over.
-                        (None, Some(ms)) => {
-                            inst.paused_until = Some(Instant::now() + Duration::from_millis(ms))
-                        }
-                        (None, None) => {
-                            inst.expecting = Some(Action::Kill);
-                            inst.crash_fired = Some(format!(
-                                "{}:{}",
-                                ev.point.clone().unwrap_or_default(),
-                                ev.nth.unwrap_or(0)
-                            ));
-                        }
-                    }
-                }
-                ph.all_events.push(ev);
-            }
-        }
+        read_events(&mut ph, &mut insts, faults, &pending, &mut records)?;
         // 1b. Parked instances whose resume event has come (or can no longer come).
-        for i in 0..insts.len() {
-            let Some((fi, r, since, claim)) = insts[i].parked_on.clone() else {
-                continue;
-            };
-            let hit = ph.all_events.iter().find(|e| {
-                e.instance_id == r.instance
-                    && e.ts_us >= since
-                    && r.matches(e.event)
-                    && (e.app_ids.is_empty() || e.app_ids.iter().any(|a| claim.contains(a)))
-            });
-            let awaited = &insts[r.instance as usize];
-            let note = match hit {
-                Some(e) => format!(
-                    "; resumed when instance {} wrote {}",
-                    r.instance,
-                    e.event.as_str()
-                ),
-                None if awaited.finished && awaited.child.is_none() => {
-                    // It will never come: resume so the run can end, and say why the run proves nothing.
-                    unmet.push(format!(
-                        "{}: instance {} ended without writing the event that resumes instance {}",
-                        faults[fi].describe(),
-                        r.instance,
-                        insts[i].id
-                    ));
-                    format!("; instance {} ended first, resumed anyway", r.instance)
-                }
-                None => continue,
-            };
-            records[fi].note.push_str(&note);
-            let inst = &mut insts[i];
-            if let Some(c) = &inst.child {
-                let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
-            }
-            inst.parked_on = None;
-            last_fault = Instant::now();
-        }
-        if let (Some((fi, base)), Some(p)) = (cut_waiting, proxy.as_ref()) {
+        resume_parked(
+            &ph,
+            &mut insts,
+            faults,
+            &mut records,
+            &mut unmet,
+            &mut last_fault,
+        );
+        if let (Some((fi, base)), Some(p)) = (globals.cut_waiting, proxy.as_ref()) {
             let cuts = p.cuts();
             if cuts.len() > base {
                 records[fi].fired = true;
@@ -495,282 +886,32 @@ fn run_phase(
                     "{}; the server answered {} to the COMMIT, the client saw a reset",
                     records[fi].note, cuts[base].server_said
                 );
-                cut_waiting = None;
+                globals.cut_waiting = None;
                 last_fault = Instant::now();
             }
         }
-        if busy_until.is_some_and(|t| Instant::now() >= t) {
-            busy_until = None;
+        if globals.busy_until.is_some_and(|t| Instant::now() >= t) {
+            globals.busy_until = None;
             last_fault = Instant::now();
         }
-        pending.retain(|&fi| !records[fi].fired && !abandoned.contains(&fi));
+        pending.retain(|&fi| !records[fi].fired && !globals.abandoned.contains(&fi));
         // 2. Due faults.
-        let now_ms = ph.t0.elapsed().as_millis() as u64;
-        let mut fired_now = Vec::new();
-        let total_commits: u64 = insts.iter().map(|i| i.commits).sum();
-        let any_running = insts.iter().any(|i| i.child.is_some());
-        // Instance faults first: they are instant, while a server restart blocks this loop until the server is back,
-        // and an instance fault due at the same moment must not miss its chance while the run races on.
-        let mut order = pending.clone();
-        order.sort_by_key(|&fi| faults[fi].action.is_global());
-        for &fi in &order {
-            let f = faults[fi];
-            if f.action.is_global() {
-                let due = match f.trigger {
-                    Trigger::CrashEnv => false,
-                    Trigger::AtMs(ms) => now_ms >= ms,
-                    Trigger::AfterCommits(n) => total_commits >= n,
-                };
-                if !due || !any_running || cut_waiting.is_some_and(|(w, _)| w == fi) {
-                    continue;
-                }
-                let rec = &mut records[fi];
-                let after = format!("after {total_commits} commits");
-                match (f.action, proxy.as_ref()) {
-                    (Action::RestartDb, _) => {
-                        let t = Instant::now();
-                        match launcher.restart() {
-                            Ok(()) => {
-                                rec.fired = true;
-                                rec.note = format!(
-                                    "postmaster SIGKILLed {after}, back up in {} ms",
-                                    t.elapsed().as_millis()
-                                );
-                            }
-                            Err(e) => {
-                                rec.note = format!("restart failed: {e}");
-                                abandoned.insert(fi);
-                            }
-                        }
-                    }
-                    (Action::DropConnections, Some(p)) => {
-                        // With no connection open there is nothing to drop yet: try again on the next poll.
-                        let n = p.reset_all();
-                        if n == 0 {
-                            continue;
-                        }
-                        rec.fired = true;
-                        rec.note = format!("reset {n} connection(s) {after}");
-                    }
-                    (Action::Blackhole { duration_ms }, Some(p)) => {
-                        let d = Duration::from_millis(duration_ms);
-                        p.blackhole(d);
-                        rec.fired = true;
-                        rec.note =
-                            format!("blackholed {} connection(s) {after}", p.open_connections());
-                        busy_until = busy_until.max(Some(Instant::now() + d));
-                    }
-                    (Action::Latency { ms, duration_ms }, Some(p)) => {
-                        let d = Duration::from_millis(duration_ms);
-                        p.latency(Duration::from_millis(ms), d);
-                        rec.fired = true;
-                        rec.note =
-                            format!("latency on {} connection(s) {after}", p.open_connections());
-                        busy_until = busy_until.max(Some(Instant::now() + d));
-                    }
-                    (Action::CutReply, Some(p)) => {
-                        // One armed cut at a time, so each cut proves exactly one fault.
-                        if cut_waiting.is_some() {
-                            continue;
-                        }
-                        p.arm_cut_reply();
-                        cut_waiting = Some((fi, p.cuts().len()));
-                        rec.note = format!("armed {after}");
-                    }
-                    _ => {
-                        rec.note = "no fault proxy in the path".into();
-                        abandoned.insert(fi);
-                        continue;
-                    }
-                }
-                rec.at_ms = Some(now_ms);
-                last_fault = Instant::now();
-                if ph.opts.verbose {
-                    eprintln!("  [{:>6}ms] {}", now_ms, f.describe());
-                }
-                continue;
-            }
-            let inst = &mut insts[f.instance as usize];
-            let due = match f.trigger {
-                Trigger::CrashEnv => false,
-                Trigger::AtMs(ms) => now_ms >= ms,
-                Trigger::AfterCommits(n) => inst.commits >= n,
-            };
-            let running = inst.child.is_some()
-                && inst.paused_until.is_none()
-                && inst.parked_on.is_none()
-                && inst.expecting.is_none();
-            if !due || !running {
-                continue;
-            }
-            let pid = Pid::from_raw(inst.child.as_ref().map_or(0, |c| c.id() as i32));
-            let sig = match f.action {
-                Action::Kill => Signal::SIGKILL,
-                Action::Pause { .. } => Signal::SIGSTOP,
-                Action::Stop => Signal::SIGTERM,
-                _ => continue,
-            };
-            if killpg(pid, sig).is_ok() {
-                records[fi].fired = !matches!(f.action, Action::Stop); // a stop counts once the drain exits 0
-                records[fi].at_ms = Some(now_ms);
-                records[fi].note = format!(
-                    "{sig} to process group {pid} after {} commits",
-                    inst.commits
-                );
-                match f.action {
-                    Action::Pause { duration_ms } => {
-                        inst.paused_until =
-                            Some(Instant::now() + Duration::from_millis(duration_ms))
-                    }
-                    a => inst.expecting = Some(a),
-                }
-                if let Action::Stop = f.action {
-                    fired_now.push(fi);
-                }
-                last_fault = Instant::now();
-                if ph.opts.verbose {
-                    eprintln!("  [{:>6}ms] {}", now_ms, f.describe());
-                }
-            }
-        }
-        let _ = fired_now;
+        fire_due_faults(
+            &ph,
+            faults,
+            &mut insts,
+            &pending,
+            &mut records,
+            proxy.as_ref(),
+            launcher,
+            &mut globals,
+            &mut last_fault,
+        );
         // 3. Pauses that are over.
-        for inst in insts.iter_mut() {
-            if let Some(until) = inst.paused_until {
-                if Instant::now() >= until {
-                    if let Some(c) = &inst.child {
-                        let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
-                    }
-                    inst.paused_until = None;
-                    last_fault = Instant::now();
-                }
-            }
-        }
+        end_pauses(&mut insts, &mut last_fault);
         // 4. Exits and restarts.
         for inst in insts.iter_mut() {
-            let status = match inst.child.as_mut().map(Child::try_wait) {
-                Some(Ok(Some(s))) => s,
-                _ => continue,
-            };
-            if !inst.exit_seen {
-                // Judge every exit on the next pass, after its last events were read (`try_wait` keeps returning
-                // the reaped status, so the child stays in place until then).
-                inst.exit_seen = true;
-                continue;
-            }
-            inst.exit_seen = false;
-            let pid = inst.child.as_ref().map_or(0, Child::id);
-            inst.child = None;
-            let expecting = inst.expecting.take();
-            let killed = status.signal() == Some(Signal::SIGKILL as i32);
-            let crash_fired = inst.crash_fired.take();
-            ph.ends.push(check::history::ProcessEnd {
-                instance: inst.id,
-                start: inst.starts,
-                pid,
-                status: describe_status(status),
-                killed_by_harness: killed
-                    && crash_fired.is_none()
-                    && expecting == Some(Action::Kill),
-                ended_us: chrono::Utc::now().timestamp_micros(),
-                violation: None,
-            });
-            let fate_before = ph.fate.len();
-            if let Some(point) = &crash_fired {
-                if !killed {
-                    ph.fate.push(Violation {
-                        invariant: Invariant::CrashKills,
-                        app_ids: vec![],
-                        message: format!(
-                            "instance {} start {} fired crash point {point} (action kill) but did not die by SIGKILL: \
-                             it ended with {} (log {})",
-                            inst.id,
-                            inst.starts,
-                            describe_status(status),
-                            ph.log_path(inst.id, inst.starts).display()
-                        ),
-                    });
-                }
-            }
-            if expecting == Some(Action::Stop) {
-                let finish = drain_finish(&ph.all_events, pid);
-                if !status.success() || finish != Some("drained") {
-                    ph.fate.push(Violation {
-                        invariant: Invariant::CleanDrain,
-                        app_ids: vec![],
-                        message: format!(
-                            "instance {} start {} was sent SIGTERM and ended with {} and {}: a drain must write \
-                             `finished` with reason `drained` and exit 0 (log {})",
-                            inst.id,
-                            inst.starts,
-                            describe_status(status),
-                            match finish {
-                                Some(r) => format!("a `finished` event with reason `{r}`"),
-                                None => "no `finished` event".to_owned(),
-                            },
-                            ph.log_path(inst.id, inst.starts).display()
-                        ),
-                    });
-                }
-            }
-            if ph.fate.len() > fate_before {
-                if let Some(end) = ph.ends.last_mut() {
-                    end.violation = ph.fate.last().map(|v| v.invariant);
-                }
-            }
-            match expecting {
-                Some(Action::Stop)
-                    if status.success() && drain_finish(&ph.all_events, pid).is_some() =>
-                {
-                    // Scenario C: the drain finished cleanly. The stop fault has now fired.
-                    if let Some((r, _)) = records.iter_mut().zip(faults).find(|(r, f)| {
-                        !r.fired && f.instance == inst.id && f.action == Action::Stop
-                    }) {
-                        r.fired = true;
-                        r.note.push_str("; drained and exited 0");
-                    }
-                    if plan.restarts {
-                        ph.spawn(inst, None)?;
-                    } else {
-                        inst.finished = true;
-                    }
-                }
-                Some(Action::Stop) => {
-                    // Reported as `clean-drain` above. The stop fault did fire (the signal was delivered).
-                    if let Some((r, _)) = records.iter_mut().zip(faults).find(|(r, f)| {
-                        !r.fired && f.instance == inst.id && f.action == Action::Stop
-                    }) {
-                        r.fired = true;
-                        r.note.push_str(&format!(
-                            "; ended with {} without draining",
-                            describe_status(status)
-                        ));
-                    }
-                    if plan.restarts {
-                        ph.spawn(inst, None)?;
-                    } else {
-                        inst.finished = true;
-                    }
-                }
-                Some(_) if killed => {
-                    if plan.restarts {
-                        ph.spawn(inst, None)?;
-                    } else {
-                        inst.finished = true;
-                    }
-                }
-                _ if status.success() => inst.finished = true,
-                _ => {
-                    ph.stats.unexpected_exits.push(format!(
-                        "instance {} start {} exited unexpectedly: {} (log {})",
-                        inst.id,
-                        inst.starts,
-                        describe_status(status),
-                        ph.log_path(inst.id, inst.starts).display()
-                    ));
-                    inst.finished = true;
-                }
-            }
+            supervise_exit(&mut ph, inst, &mut records, faults)?;
         }
         // 5. Done, or out of time.
         let all_done = insts.iter().all(|i| i.finished && i.child.is_none());
@@ -779,22 +920,7 @@ fn run_phase(
         }
         if last_fault.elapsed() > deadline {
             liveness_timeout = true;
-            for inst in insts.iter_mut() {
-                if let Some(c) = inst.child.as_mut() {
-                    let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
-                    let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
-                    let status = c.wait().map(describe_status).unwrap_or_default();
-                    ph.ends.push(check::history::ProcessEnd {
-                        instance: inst.id,
-                        start: inst.starts,
-                        pid: c.id(),
-                        status,
-                        killed_by_harness: true,
-                        ended_us: chrono::Utc::now().timestamp_micros(),
-                        violation: None,
-                    });
-                }
-            }
+            kill_all_for_liveness(&mut ph, &mut insts);
             break;
         }
         std::thread::sleep(poll);
@@ -807,72 +933,25 @@ fn run_phase(
     let proxy_stats = proxy.as_ref().map(FaultProxy::stats);
     drop(proxy);
     let mut violations = Vec::new();
-    // Runner-level invariants.
-    for (r, f) in records.iter().zip(faults) {
-        if !r.fired {
-            violations.push(Violation {
-                invariant: Invariant::FaultsFired,
-                app_ids: vec![],
-                message: format!("fault did not fire: {} (the run finished or the instance was not running when it was due)", f.describe()),
-            });
-        }
-    }
-    for u in &unmet {
-        violations.push(Violation {
-            invariant: Invariant::FaultsFired,
-            app_ids: vec![],
-            message: u.clone(),
-        });
-    }
-    if liveness_timeout {
-        violations.push(Violation {
-            invariant: Invariant::Liveness,
-            app_ids: vec![],
-            message: format!(
-                "processors had not converged {}s after the last fault",
-                plan.deadline_secs
-            ),
-        });
-    }
-    for u in &ph.stats.unexpected_exits {
-        violations.push(Violation {
-            invariant: Invariant::Liveness,
-            app_ids: vec![],
-            message: u.clone(),
-        });
-    }
+    // Runner-level invariants (check/history.rs), from what the fault scheduler and the supervisor saw.
+    let unfired: Vec<String> = records
+        .iter()
+        .zip(faults)
+        .filter(|(r, _)| !r.fired)
+        .map(|(_, f)| f.describe())
+        .collect();
+    violations.extend(check::history::run_invariants(&check::history::RunFacts {
+        unfired: &unfired,
+        unmet_resumes: &unmet,
+        timed_out_after_secs: liveness_timeout.then_some(plan.deadline_secs),
+        unexpected_exits: &ph.stats.unexpected_exits,
+    }));
     violations.append(&mut ph.fate);
-    let mut committed_by: HashMap<i64, u32> = HashMap::new();
-    let mut collisions = 0;
-    let mut lease_lost = 0;
-    for e in &ph.all_events {
-        match e.event {
-            EventKind::Committed => {
-                for a in &e.app_ids {
-                    *committed_by.entry(*a).or_default() += 1;
-                }
-            }
-            EventKind::Collision => collisions += e.app_ids.len() as u64,
-            EventKind::LeaseLost => lease_lost += e.app_ids.len() as u64,
-            _ => {}
-        }
-    }
-    ph.stats.committed_apps = committed_by.len() as u64;
-    ph.stats.collisions = collisions;
-    ph.stats.lease_lost = lease_lost;
-    ph.stats.redone = collisions + lease_lost;
-    ph.stats.apps_per_sec = ph.stats.committed_apps as f64 / ph.stats.wall_secs.max(1e-9);
+    count_events(&mut ph.stats, &ph.all_events);
     // The checker, on the final database.
     ph.all_events.sort_by_key(|e| e.ts_us);
     write_events(&dir.join("events.jsonl"), &ph.all_events)?;
-    let mut reader = open_reader_patiently(url, plan.needs_restart())?;
-    let report =
-        check::check_database_with(reader.as_mut(), contract_json, &ph.all_events, baseline)?;
-    violations.extend(report.violations.iter().cloned());
-    // The history invariants: every instance's events as one history, with how each process ended and the final
-    // processing_log (check/history.rs).
-    let log = check::history::read_log(reader.as_mut(), contract_json)?;
-    violations.extend(check::history::check(&ph.all_events, &ph.ends, Some(&log)));
+    let report = check_final(url, plan, contract_json, &ph, baseline, &mut violations)?;
     Ok(PhaseOutcome {
         url_redacted: processor::store::url::redact_url(url),
         stats: ph.stats,

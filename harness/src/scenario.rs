@@ -174,7 +174,7 @@ pub enum FaultSpec {
     /// `resume_on` it parks the same way and is resumed by an event instead of a clock (deterministic under load).
     CrashPoint {
         instance: u32,
-        point: String,
+        point: CrashPoint,
         #[serde(default = "one_u64")]
         nth: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,7 +252,112 @@ pub enum FaultSpec {
     },
 }
 
+/// When a fault fires, as written: `at_ms` after the run starts, or after `after_commits` committed transactions
+/// (exactly one of them; `plan` says so). Every kind but `crash-point` (armed in the environment, fired by its hit
+/// count) and `random-kill` (drawn from the seed) has one; this is the one place that knows which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TriggerSpec {
+    pub at_ms: Option<u64>,
+    pub after_commits: Option<u64>,
+}
+
 impl FaultSpec {
+    /// The fault's trigger, for the kinds that have one.
+    pub fn trigger(&self) -> Option<TriggerSpec> {
+        match self {
+            FaultSpec::Kill {
+                at_ms,
+                after_commits,
+                ..
+            }
+            | FaultSpec::Pause {
+                at_ms,
+                after_commits,
+                ..
+            }
+            | FaultSpec::Stop {
+                at_ms,
+                after_commits,
+                ..
+            }
+            | FaultSpec::DropConnections {
+                at_ms,
+                after_commits,
+            }
+            | FaultSpec::Blackhole {
+                at_ms,
+                after_commits,
+                ..
+            }
+            | FaultSpec::Latency {
+                at_ms,
+                after_commits,
+                ..
+            }
+            | FaultSpec::CutReply {
+                at_ms,
+                after_commits,
+            }
+            | FaultSpec::RestartDb {
+                at_ms,
+                after_commits,
+            } => Some(TriggerSpec {
+                at_ms: *at_ms,
+                after_commits: *after_commits,
+            }),
+            FaultSpec::CrashPoint { .. } | FaultSpec::RandomKill { .. } => None,
+        }
+    }
+
+    /// The same fault with trigger `t` (unchanged for a kind without a trigger).
+    pub fn with_trigger(&self, t: TriggerSpec) -> FaultSpec {
+        let mut f = self.clone();
+        match &mut f {
+            FaultSpec::Kill {
+                at_ms,
+                after_commits,
+                ..
+            }
+            | FaultSpec::Pause {
+                at_ms,
+                after_commits,
+                ..
+            }
+            | FaultSpec::Stop {
+                at_ms,
+                after_commits,
+                ..
+            }
+            | FaultSpec::DropConnections {
+                at_ms,
+                after_commits,
+            }
+            | FaultSpec::Blackhole {
+                at_ms,
+                after_commits,
+                ..
+            }
+            | FaultSpec::Latency {
+                at_ms,
+                after_commits,
+                ..
+            }
+            | FaultSpec::CutReply {
+                at_ms,
+                after_commits,
+            }
+            | FaultSpec::RestartDb {
+                at_ms,
+                after_commits,
+            } => {
+                *at_ms = t.at_ms;
+                *after_commits = t.after_commits;
+            }
+            FaultSpec::CrashPoint { .. } | FaultSpec::RandomKill { .. } => {}
+        }
+        f
+    }
+
     /// The kebab-case `kind` as written in files.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -545,6 +650,7 @@ impl Scenario {
         })
     }
 
+    // tidy:long-fn validation of every section in the order the file is read (name, run, fixture, faults, expect), each check a few lines
     /// Validates and draws the schedule. Nothing has started yet when this fails.
     pub fn plan(&self, seed: u64, source: Option<PathBuf>) -> Result<Plan, ScenarioError> {
         let bad = |p: String| ScenarioError::Invalid {
@@ -695,12 +801,53 @@ impl Scenario {
             ));
         }
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_fa17);
+        let faults = self.plan_faults(&mut rng)?;
+        let (expectation, expected_violations) = self.plan_expectation()?;
+        if self.expect.deadline_secs == 0 {
+            return Err(bad("expect.deadline_secs must be positive".into()));
+        }
+        Ok(Plan {
+            name: self.name.clone(),
+            source,
+            seed,
+            fixture_seed: f.seed.unwrap_or(seed),
+            apps: f.apps,
+            malformed_fraction: f.malformed_fraction,
+            edge_cases: f.edge_cases,
+            contract,
+            docs_dir,
+            docs_take: f.take,
+            real_generate,
+            unavailable,
+            stress_docs: f.stress_docs,
+            instances: r.instances,
+            mode: r.mode,
+            workers: r.workers,
+            batch_size: r.batch_size,
+            commit_mode: r.commit_mode,
+            lease_secs: r.lease_secs,
+            faults,
+            restarts: self.restarts,
+            baseline: self.baseline,
+            expectation,
+            expected_violations,
+            deadline_secs: self.expect.deadline_secs,
+            backends: self.backends.clone(),
+        })
+    }
+
+    // tidy:long-fn one match arm per fault kind, each with its own checks
+    /// The run-time faults of a validated scenario (random kills drawn from `rng`); each problem names its fault.
+    fn plan_faults(&self, rng: &mut ChaCha8Rng) -> Result<Vec<Fault>, ScenarioError> {
+        let bad = |p: String| ScenarioError::Invalid {
+            name: self.name.clone(),
+            problem: p,
+        };
+        let r = &self.run;
         let mut faults = Vec::new();
-        let trig = |at: Option<u64>,
-                    after: Option<u64>,
-                    what: &str|
-         -> Result<Trigger, ScenarioError> {
-            match (at, after) {
+        let trig = |t: Option<TriggerSpec>, what: &str| -> Result<Trigger, ScenarioError> {
+            let t = t.unwrap_or_default();
+            match (t.at_ms, t.after_commits) {
                 (Some(ms), None) => Ok(Trigger::AtMs(ms)),
                 (None, Some(n)) if n >= 1 => Ok(Trigger::AfterCommits(n)),
                 (None, Some(_)) => Err(bad(format!("{what}: after_commits must be at least 1"))),
@@ -746,13 +893,11 @@ impl Scenario {
                             )));
                         }
                     }
-                    let p: CrashPoint = point.parse().map_err(|e| bad(format!("{what}: {e}")))?;
+                    let p = *point;
                     if *nth == 0 {
                         return Err(bad(format!("{what}: nth must be at least 1")));
                     }
-                    if matches!(p, CrashPoint::AfterClaim | CrashPoint::AfterTakeover)
-                        && r.mode != Mode::Queue
-                    {
+                    if p.queue_only() && r.mode != Mode::Queue {
                         return Err(bad(format!(
                             "{what}: {} only exists in queue mode",
                             p.name()
@@ -776,16 +921,12 @@ impl Scenario {
                         trigger: Trigger::CrashEnv,
                     });
                 }
-                FaultSpec::Kill {
-                    instance,
-                    at_ms,
-                    after_commits,
-                } => {
+                FaultSpec::Kill { instance, .. } => {
                     check_inst(*instance)?;
                     faults.push(Fault {
                         instance: *instance,
                         action: Action::Kill,
-                        trigger: trig(*at_ms, *after_commits, &what)?,
+                        trigger: trig(fs.trigger(), &what)?,
                     });
                 }
                 FaultSpec::RandomKill {
@@ -823,8 +964,7 @@ impl Scenario {
                 FaultSpec::Pause {
                     instance,
                     duration_ms,
-                    at_ms,
-                    after_commits,
+                    ..
                 } => {
                     check_inst(*instance)?;
                     if *duration_ms == 0 {
@@ -835,33 +975,20 @@ impl Scenario {
                         action: Action::Pause {
                             duration_ms: *duration_ms,
                         },
-                        trigger: trig(*at_ms, *after_commits, &what)?,
+                        trigger: trig(fs.trigger(), &what)?,
                     });
                 }
-                FaultSpec::Stop {
-                    instance,
-                    at_ms,
-                    after_commits,
-                } => {
+                FaultSpec::Stop { instance, .. } => {
                     check_inst(*instance)?;
                     faults.push(Fault {
                         instance: *instance,
                         action: Action::Stop,
-                        trigger: trig(*at_ms, *after_commits, &what)?,
+                        trigger: trig(fs.trigger(), &what)?,
                     });
                 }
-                FaultSpec::DropConnections {
-                    at_ms,
-                    after_commits,
-                }
-                | FaultSpec::CutReply {
-                    at_ms,
-                    after_commits,
-                }
-                | FaultSpec::RestartDb {
-                    at_ms,
-                    after_commits,
-                } => {
+                FaultSpec::DropConnections { .. }
+                | FaultSpec::CutReply { .. }
+                | FaultSpec::RestartDb { .. } => {
                     let action = match fs {
                         FaultSpec::DropConnections { .. } => Action::DropConnections,
                         FaultSpec::CutReply { .. } => Action::CutReply,
@@ -870,14 +997,10 @@ impl Scenario {
                     faults.push(Fault {
                         instance: 0,
                         action,
-                        trigger: trig(*at_ms, *after_commits, &what)?,
+                        trigger: trig(fs.trigger(), &what)?,
                     });
                 }
-                FaultSpec::Blackhole {
-                    duration_ms,
-                    at_ms,
-                    after_commits,
-                } => {
+                FaultSpec::Blackhole { duration_ms, .. } => {
                     if *duration_ms == 0 {
                         return Err(bad(format!("{what}: duration_ms must be positive")));
                     }
@@ -886,14 +1009,11 @@ impl Scenario {
                         action: Action::Blackhole {
                             duration_ms: *duration_ms,
                         },
-                        trigger: trig(*at_ms, *after_commits, &what)?,
+                        trigger: trig(fs.trigger(), &what)?,
                     });
                 }
                 FaultSpec::Latency {
-                    ms,
-                    duration_ms,
-                    at_ms,
-                    after_commits,
+                    ms, duration_ms, ..
                 } => {
                     if *duration_ms == 0 || *ms == 0 {
                         return Err(bad(format!("{what}: ms and duration_ms must be positive")));
@@ -904,15 +1024,18 @@ impl Scenario {
                             ms: *ms,
                             duration_ms: *duration_ms,
                         },
-                        trigger: trig(*at_ms, *after_commits, &what)?,
+                        trigger: trig(fs.trigger(), &what)?,
                     });
                 }
             }
             // cut-reply spots a PostgreSQL COMMIT in the bytes it forwards (TDS traffic is TLS-encrypted after
             // login, so it cannot spot a SQL Server one); the other global faults need any database server.
-            let allowed = |b: &crate::db::Backend| match fs {
-                FaultSpec::CutReply { .. } => *b == crate::db::Backend::Postgres,
-                _ => *b != crate::db::Backend::Sqlite,
+            let allowed = |b: &crate::db::Backend| {
+                let c = b.capabilities();
+                match fs {
+                    FaultSpec::CutReply { .. } => c.commit_cut,
+                    _ => c.server,
+                }
             };
             if fs.is_global() && (self.backends.is_empty() || !self.backends.iter().all(allowed)) {
                 let (server, list) = match fs {
@@ -929,6 +1052,17 @@ impl Scenario {
                 )));
             }
         }
+        Ok(faults)
+    }
+
+    /// `expect.result` and `expect.violations`, checked against each other.
+    fn plan_expectation(
+        &self,
+    ) -> Result<(Expectation, Vec<crate::check::Invariant>), ScenarioError> {
+        let bad = |p: String| ScenarioError::Invalid {
+            name: self.name.clone(),
+            problem: p,
+        };
         let expectation = match self.expect.result.as_str() {
             "pass" => Expectation::Pass,
             "violations" => Expectation::Violations,
@@ -958,37 +1092,7 @@ impl Scenario {
             }
             _ => {}
         }
-        if self.expect.deadline_secs == 0 {
-            return Err(bad("expect.deadline_secs must be positive".into()));
-        }
-        Ok(Plan {
-            name: self.name.clone(),
-            source,
-            seed,
-            fixture_seed: f.seed.unwrap_or(seed),
-            apps: f.apps,
-            malformed_fraction: f.malformed_fraction,
-            edge_cases: f.edge_cases,
-            contract,
-            docs_dir,
-            docs_take: f.take,
-            real_generate,
-            unavailable,
-            stress_docs: f.stress_docs,
-            instances: r.instances,
-            mode: r.mode,
-            workers: r.workers,
-            batch_size: r.batch_size,
-            commit_mode: r.commit_mode,
-            lease_secs: r.lease_secs,
-            faults,
-            restarts: self.restarts,
-            baseline: self.baseline,
-            expectation,
-            expected_violations,
-            deadline_secs: self.expect.deadline_secs,
-            backends: self.backends.clone(),
-        })
+        Ok((expectation, expected_violations))
     }
 }
 

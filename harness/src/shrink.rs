@@ -3,26 +3,9 @@
 //! candidate is the caller's predicate — so it is property-testable. It must never propose a candidate that is
 //! invalid or not strictly smaller than the scenario it came from.
 
-use crate::scenario::{FaultSpec, Scenario};
+use crate::scenario::{FaultSpec, Scenario, TriggerSpec};
 use processor::crash::CrashPoint;
 use processor::engine::Mode;
-
-/// Crash points from simplest (earliest, least state) to latest; shrinking moves a crash point left.
-const POINT_ORDER: [CrashPoint; 6] = [
-    CrashPoint::BeforeWrite,
-    CrashPoint::MidWrite,
-    CrashPoint::AfterData,
-    CrashPoint::BeforeCommit,
-    CrashPoint::AfterCommit,
-    CrashPoint::AfterClaim,
-];
-
-fn point_rank(name: &str) -> u64 {
-    POINT_ORDER
-        .iter()
-        .position(|p| p.name() == name)
-        .map_or(POINT_ORDER.len() as u64, |i| i as u64)
-}
 
 /// The size a shrink step must strictly decrease, compared lexicographically: fault count, instances, the sum of
 /// every number in the faults (counts, nth, commits, milliseconds), crash-point ranks, applications, then the
@@ -33,61 +16,17 @@ pub fn size(s: &Scenario) -> Size {
     let mut magnitude = 0u64;
     let mut ranks = 0u64;
     for f in &s.faults {
-        let nums: Vec<u64> = match f {
-            FaultSpec::CrashPoint { nth, point, .. } => {
-                ranks += point_rank(point);
-                vec![*nth]
-            }
-            FaultSpec::Kill {
-                at_ms,
-                after_commits,
-                ..
-            }
-            | FaultSpec::Stop {
-                at_ms,
-                after_commits,
-                ..
-            }
-            | FaultSpec::DropConnections {
-                at_ms,
-                after_commits,
-            }
-            | FaultSpec::CutReply {
-                at_ms,
-                after_commits,
-            }
-            | FaultSpec::RestartDb {
-                at_ms,
-                after_commits,
-            } => vec![at_ms.unwrap_or(0), after_commits.unwrap_or(0)],
-            FaultSpec::RandomKill {
-                count,
-                within_commits,
-            } => vec![u64::from(*count), *within_commits],
-            FaultSpec::Pause {
-                duration_ms,
-                at_ms,
-                after_commits,
-                ..
-            }
-            | FaultSpec::Blackhole {
-                duration_ms,
-                at_ms,
-                after_commits,
-            } => vec![*duration_ms, at_ms.unwrap_or(0), after_commits.unwrap_or(0)],
-            FaultSpec::Latency {
-                ms,
-                duration_ms,
-                at_ms,
-                after_commits,
-            } => vec![
-                *ms,
-                *duration_ms,
-                at_ms.unwrap_or(0),
-                after_commits.unwrap_or(0),
-            ],
-        };
-        magnitude = nums.into_iter().fold(magnitude, u64::saturating_add);
+        if let FaultSpec::CrashPoint { point, .. } = f {
+            ranks += point.rank() as u64;
+        }
+        let trigger = f.trigger().unwrap_or_default();
+        magnitude = own_numbers(f)
+            .into_iter()
+            .chain([
+                trigger.at_ms.unwrap_or(0),
+                trigger.after_commits.unwrap_or(0),
+            ])
+            .fold(magnitude, u64::saturating_add);
     }
     let extras = u64::from(s.fixture.edge_cases) * 4
         + u64::from(s.fixture.malformed_fraction > 0.0) * 2
@@ -103,6 +42,28 @@ pub fn size(s: &Scenario) -> Size {
     )
 }
 
+/// A fault's numbers besides its trigger (hit counts, kill counts, durations).
+fn own_numbers(f: &FaultSpec) -> Vec<u64> {
+    match f {
+        FaultSpec::CrashPoint { nth, .. } => vec![*nth],
+        FaultSpec::RandomKill {
+            count,
+            within_commits,
+        } => vec![u64::from(*count), *within_commits],
+        FaultSpec::Pause { duration_ms, .. } | FaultSpec::Blackhole { duration_ms, .. } => {
+            vec![*duration_ms]
+        }
+        FaultSpec::Latency {
+            ms, duration_ms, ..
+        } => vec![*ms, *duration_ms],
+        FaultSpec::Kill { .. }
+        | FaultSpec::Stop { .. }
+        | FaultSpec::DropConnections { .. }
+        | FaultSpec::CutReply { .. }
+        | FaultSpec::RestartDb { .. } => vec![],
+    }
+}
+
 /// Smaller values to try for a positive number, most aggressive first (proptest's binary search toward 1).
 fn smaller(n: u64, floor: u64) -> Vec<u64> {
     let mut out = Vec::new();
@@ -114,226 +75,105 @@ fn smaller(n: u64, floor: u64) -> Vec<u64> {
     out
 }
 
-/// Every number field of one fault that can shrink, as (setter) candidates.
+/// Every number field of one fault that can shrink, as candidates: its own numbers first, then its trigger
+/// (the same for every kind that has one).
 fn fault_variants(f: &FaultSpec, mode: Mode) -> Vec<FaultSpec> {
+    let mut out = own_variants(f, mode);
+    if let Some(t) = f.trigger() {
+        let opt = |v: Option<u64>, floor: u64| -> Vec<Option<u64>> {
+            v.map_or_else(Vec::new, |n| {
+                smaller(n, floor).into_iter().map(Some).collect()
+            })
+        };
+        for a in opt(t.at_ms, 0) {
+            out.push(f.with_trigger(TriggerSpec { at_ms: a, ..t }));
+        }
+        for c in opt(t.after_commits, 1) {
+            out.push(f.with_trigger(TriggerSpec {
+                after_commits: c,
+                ..t
+            }));
+        }
+    }
+    out
+}
+
+/// Smaller values of a fault's own numbers, and simpler crash points (earlier in `CrashPoint::ALL`, existing in
+/// `mode`).
+fn own_variants(f: &FaultSpec, mode: Mode) -> Vec<FaultSpec> {
     let mut out = Vec::new();
-    let opt = |v: &Option<u64>, floor: u64| -> Vec<Option<u64>> {
-        v.map_or_else(Vec::new, |n| {
-            smaller(n, floor).into_iter().map(Some).collect()
-        })
+    let mut with = |g: &dyn Fn(&mut FaultSpec)| {
+        let mut v = f.clone();
+        g(&mut v);
+        out.push(v);
     };
-    match f.clone() {
-        FaultSpec::CrashPoint {
-            instance,
-            point,
-            nth,
-            pause_ms,
-            resume_on,
-        } => {
-            for n in smaller(nth, 1) {
-                out.push(FaultSpec::CrashPoint {
-                    instance,
-                    point: point.clone(),
-                    nth: n,
-                    pause_ms,
-                    resume_on: resume_on.clone(),
-                });
+    match f {
+        FaultSpec::CrashPoint { nth, point, .. } => {
+            for n in smaller(*nth, 1) {
+                with(&|v| set_crash(v, None, Some(n)));
             }
-            let rank = point_rank(&point) as usize;
-            for p in POINT_ORDER.iter().take(rank) {
-                if *p == CrashPoint::AfterClaim && mode != Mode::Queue {
-                    continue;
-                }
-                out.push(FaultSpec::CrashPoint {
-                    instance,
-                    point: p.name().to_owned(),
-                    nth,
-                    pause_ms,
-                    resume_on: resume_on.clone(),
-                });
-            }
-        }
-        FaultSpec::Kill {
-            instance,
-            at_ms,
-            after_commits,
-        } => {
-            for a in opt(&at_ms, 0) {
-                out.push(FaultSpec::Kill {
-                    instance,
-                    at_ms: a,
-                    after_commits,
-                });
-            }
-            for c in opt(&after_commits, 1) {
-                out.push(FaultSpec::Kill {
-                    instance,
-                    at_ms,
-                    after_commits: c,
-                });
-            }
-        }
-        FaultSpec::Stop {
-            instance,
-            at_ms,
-            after_commits,
-        } => {
-            for a in opt(&at_ms, 0) {
-                out.push(FaultSpec::Stop {
-                    instance,
-                    at_ms: a,
-                    after_commits,
-                });
-            }
-            for c in opt(&after_commits, 1) {
-                out.push(FaultSpec::Stop {
-                    instance,
-                    at_ms,
-                    after_commits: c,
-                });
+            for p in CrashPoint::in_mode(mode == Mode::Queue).take_while(|p| p < point) {
+                with(&|v| set_crash(v, Some(p), None));
             }
         }
         FaultSpec::RandomKill {
             count,
             within_commits,
         } => {
-            for c in smaller(u64::from(count), 1) {
-                out.push(FaultSpec::RandomKill {
-                    count: u32::try_from(c).unwrap_or(count),
-                    within_commits,
+            for c in smaller(u64::from(*count), 1) {
+                let c = u32::try_from(c).unwrap_or(*count);
+                with(&|v| {
+                    if let FaultSpec::RandomKill { count, .. } = v {
+                        *count = c;
+                    }
                 });
             }
-            for w in smaller(within_commits, 1) {
-                out.push(FaultSpec::RandomKill {
-                    count,
-                    within_commits: w,
-                });
-            }
-        }
-        FaultSpec::Pause {
-            instance,
-            duration_ms,
-            at_ms,
-            after_commits,
-        } => {
-            for d in smaller(duration_ms, 1) {
-                out.push(FaultSpec::Pause {
-                    instance,
-                    duration_ms: d,
-                    at_ms,
-                    after_commits,
-                });
-            }
-            for a in opt(&at_ms, 0) {
-                out.push(FaultSpec::Pause {
-                    instance,
-                    duration_ms,
-                    at_ms: a,
-                    after_commits,
-                });
-            }
-            for c in opt(&after_commits, 1) {
-                out.push(FaultSpec::Pause {
-                    instance,
-                    duration_ms,
-                    at_ms,
-                    after_commits: c,
+            for w in smaller(*within_commits, 1) {
+                with(&|v| {
+                    if let FaultSpec::RandomKill { within_commits, .. } = v {
+                        *within_commits = w;
+                    }
                 });
             }
         }
-        FaultSpec::Blackhole {
-            duration_ms,
-            at_ms,
-            after_commits,
-        } => {
-            for d in smaller(duration_ms, 1) {
-                out.push(FaultSpec::Blackhole {
-                    duration_ms: d,
-                    at_ms,
-                    after_commits,
-                });
-            }
-            for a in opt(&at_ms, 0) {
-                out.push(FaultSpec::Blackhole {
-                    duration_ms,
-                    at_ms: a,
-                    after_commits,
-                });
-            }
-            for c in opt(&after_commits, 1) {
-                out.push(FaultSpec::Blackhole {
-                    duration_ms,
-                    at_ms,
-                    after_commits: c,
+        FaultSpec::Latency { ms, .. } => {
+            for m in smaller(*ms, 1) {
+                with(&|v| {
+                    if let FaultSpec::Latency { ms, .. } = v {
+                        *ms = m;
+                    }
                 });
             }
         }
-        FaultSpec::Latency {
-            ms,
-            duration_ms,
-            at_ms,
-            after_commits,
-        } => {
-            for m in smaller(ms, 1) {
-                out.push(FaultSpec::Latency {
-                    ms: m,
-                    duration_ms,
-                    at_ms,
-                    after_commits,
-                });
-            }
-            for d in smaller(duration_ms, 1) {
-                out.push(FaultSpec::Latency {
-                    ms,
-                    duration_ms: d,
-                    at_ms,
-                    after_commits,
-                });
-            }
-            for c in opt(&after_commits, 1) {
-                out.push(FaultSpec::Latency {
-                    ms,
-                    duration_ms,
-                    at_ms,
-                    after_commits: c,
-                });
-            }
-        }
-        FaultSpec::DropConnections {
-            at_ms,
-            after_commits,
-        } => {
-            for c in opt(&after_commits, 1) {
-                out.push(FaultSpec::DropConnections {
-                    at_ms,
-                    after_commits: c,
-                });
-            }
-        }
-        FaultSpec::CutReply {
-            at_ms,
-            after_commits,
-        } => {
-            for c in opt(&after_commits, 1) {
-                out.push(FaultSpec::CutReply {
-                    at_ms,
-                    after_commits: c,
-                });
-            }
-        }
-        FaultSpec::RestartDb {
-            at_ms,
-            after_commits,
-        } => {
-            for c in opt(&after_commits, 1) {
-                out.push(FaultSpec::RestartDb {
-                    at_ms,
-                    after_commits: c,
-                });
-            }
+        _ => {}
+    }
+    if let FaultSpec::Pause { duration_ms, .. }
+    | FaultSpec::Blackhole { duration_ms, .. }
+    | FaultSpec::Latency { duration_ms, .. } = f
+    {
+        for d in smaller(*duration_ms, 1) {
+            with(&|v| {
+                if let FaultSpec::Pause { duration_ms, .. }
+                | FaultSpec::Blackhole { duration_ms, .. }
+                | FaultSpec::Latency { duration_ms, .. } = v
+                {
+                    *duration_ms = d;
+                }
+            });
         }
     }
     out
+}
+
+fn set_crash(v: &mut FaultSpec, p: Option<CrashPoint>, n: Option<u64>) {
+    if let FaultSpec::CrashPoint { point, nth, .. } = v {
+        if let Some(p) = p {
+            *point = p;
+        }
+        if let Some(n) = n {
+            *nth = n;
+        }
+    }
 }
 
 /// The instance a fault is pinned to, if any.
@@ -522,7 +362,7 @@ after_commits = 3
 
     fn is_after_data_crash(s: &Scenario) -> bool {
         s.faults.iter().any(|f| {
-            matches!(f, FaultSpec::CrashPoint { point, .. } if point == "after-data" || point == "before-commit")
+            matches!(f, FaultSpec::CrashPoint { point, .. } if matches!(point, CrashPoint::AfterData | CrashPoint::BeforeCommit))
         }) && s.fixture.apps >= 3
     }
 
@@ -536,7 +376,7 @@ after_commits = 3
             m.faults,
             vec![FaultSpec::CrashPoint {
                 instance: 0,
-                point: "after-data".into(),
+                point: CrashPoint::AfterData,
                 nth: 1,
                 pause_ms: None,
                 resume_on: None,
@@ -553,6 +393,98 @@ after_commits = 3
         assert_eq!(size(&r.minimal), size(&s));
         assert!(r.steps.is_empty());
         assert_eq!(r.attempts, candidates(&s).len().min(50));
+    }
+
+    /// Every kind with a trigger shrinks both halves of it (issue 14: `at_ms` was shrunk for four kinds only).
+    #[test]
+    fn every_kind_shrinks_its_trigger() {
+        let kinds = [
+            FaultSpec::Kill {
+                instance: 0,
+                at_ms: None,
+                after_commits: None,
+            },
+            FaultSpec::Pause {
+                instance: 0,
+                duration_ms: 1,
+                at_ms: None,
+                after_commits: None,
+            },
+            FaultSpec::Stop {
+                instance: 0,
+                at_ms: None,
+                after_commits: None,
+            },
+            FaultSpec::DropConnections {
+                at_ms: None,
+                after_commits: None,
+            },
+            FaultSpec::Blackhole {
+                duration_ms: 1,
+                at_ms: None,
+                after_commits: None,
+            },
+            FaultSpec::Latency {
+                ms: 1,
+                duration_ms: 1,
+                at_ms: None,
+                after_commits: None,
+            },
+            FaultSpec::CutReply {
+                at_ms: None,
+                after_commits: None,
+            },
+            FaultSpec::RestartDb {
+                at_ms: None,
+                after_commits: None,
+            },
+        ];
+        for k in kinds {
+            for t in [
+                TriggerSpec {
+                    at_ms: Some(400),
+                    after_commits: None,
+                },
+                TriggerSpec {
+                    at_ms: None,
+                    after_commits: Some(7),
+                },
+            ] {
+                let f = k.with_trigger(t);
+                assert_eq!(f.trigger(), Some(t), "{}", f.kind());
+                let vs = fault_variants(&f, Mode::Queue);
+                assert!(!vs.is_empty(), "{} with {t:?} does not shrink", f.kind());
+                for v in vs {
+                    let (a, b) = (v.trigger().unwrap_or_default(), t);
+                    let smaller = (a.at_ms.unwrap_or(0), a.after_commits.unwrap_or(0))
+                        < (b.at_ms.unwrap_or(0), b.after_commits.unwrap_or(0));
+                    assert!(smaller, "{}: {a:?} is not smaller than {b:?}", f.kind());
+                    assert_eq!(v.with_trigger(t), f, "only the trigger changed");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn crash_points_shrink_in_their_one_order() {
+        let f = FaultSpec::CrashPoint {
+            instance: 0,
+            point: CrashPoint::AfterTakeover,
+            nth: 1,
+            pause_ms: None,
+            resume_on: None,
+        };
+        let points = |mode| -> Vec<CrashPoint> {
+            fault_variants(&f, mode)
+                .into_iter()
+                .filter_map(|v| match v {
+                    FaultSpec::CrashPoint { point, .. } => Some(point),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(points(Mode::Queue), CrashPoint::ALL[..6].to_vec());
+        assert!(points(Mode::Uncoordinated).iter().all(|p| !p.queue_only()));
     }
 
     #[test]

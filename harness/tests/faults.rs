@@ -315,7 +315,7 @@ after_commits = 1
         min.faults,
         vec![FaultSpec::CrashPoint {
             instance: 0,
-            point: "after-data".into(),
+            point: processor::crash::CrashPoint::AfterData,
             nth: 1,
             pause_ms: None,
             resume_on: None,

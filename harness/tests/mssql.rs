@@ -9,7 +9,7 @@ use harness::runner::{self, ProcessorCmd, RunOptions, Verdict};
 use std::path::PathBuf;
 use std::process::Command;
 
-const ENV: &str = harness::db_mssql::ENV_URL;
+const ENV: &str = harness::db::mssql::ENV_URL;
 
 fn main() {
     use fixtures::trial::{self, Need};

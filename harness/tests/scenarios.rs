@@ -94,13 +94,13 @@ fn mssql_missing(file: &str) -> Option<String> {
     let restarts = Scenario::from_file(&path)
         .and_then(|sc| sc.plan(1, Some(path.clone())))
         .is_ok_and(|p| p.needs_restart());
-    let url = std::env::var(harness::db_mssql::ENV_URL).is_ok_and(|u| !u.trim().is_empty());
+    let url = std::env::var(harness::db::mssql::ENV_URL).is_ok_and(|u| !u.trim().is_empty());
     if (url && !restarts) || fixtures::babelfish::installed() {
         return None;
     }
     Some(format!(
         "{} is not set and no Babelfish is installed in /opt/babelfish (bash ../shared/tools/babelfish/install.sh)",
-        harness::db_mssql::ENV_URL
+        harness::db::mssql::ENV_URL
     ))
 }
 
@@ -112,22 +112,22 @@ fn mssql(file: &str) {
     let path = scenarios_dir().join(file);
     let sc = Scenario::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
     let plan = sc.plan(1, Some(path)).unwrap_or_else(|e| panic!("{e}"));
-    let url = std::env::var(harness::db_mssql::ENV_URL)
+    let url = std::env::var(harness::db::mssql::ENV_URL)
         .ok()
         .filter(|u| !u.trim().is_empty());
     let mut launcher: Box<dyn Launcher> = match url {
         Some(u) if !plan.needs_restart() => Box::new(
-            harness::db_mssql::ExternalMssql::new(&u).unwrap_or_else(|e| panic!("{file}: {e}")),
+            harness::db::mssql::ExternalMssql::new(&u).unwrap_or_else(|e| panic!("{file}: {e}")),
         ),
         _ if fixtures::babelfish::installed() => Box::new(
-            harness::db_mssql::BabelfishLauncher::start()
+            harness::db::mssql::BabelfishLauncher::start()
                 .unwrap_or_else(|e| panic!("{file}: {e}")),
         ),
         // Listed as runnable only when a server exists or SHREDPROOF_REQUIRE_MSSQL=1: never a silent pass.
         _ => panic!(
             "{file}: SHREDPROOF_REQUIRE_MSSQL=1 but neither {} is set (for a restart: nor is Babelfish installed in \
              /opt/babelfish)",
-            harness::db_mssql::ENV_URL
+            harness::db::mssql::ENV_URL
         ),
     };
     run_on(file, launcher.as_mut());

@@ -33,6 +33,8 @@ pub enum CrashPoint {
 }
 
 impl CrashPoint {
+    /// Every crash point, in the order a write reaches them (earliest, least state first): shrinking moves a
+    /// crash point left in this order, so the order is stated here and nowhere else.
     pub const ALL: [CrashPoint; 7] = [
         CrashPoint::BeforeWrite,
         CrashPoint::MidWrite,
@@ -42,6 +44,32 @@ impl CrashPoint {
         CrashPoint::AfterClaim,
         CrashPoint::AfterTakeover,
     ];
+
+    /// Its position in [`CrashPoint::ALL`] (0 = simplest).
+    pub fn rank(self) -> usize {
+        CrashPoint::ALL
+            .iter()
+            .position(|p| *p == self)
+            .unwrap_or(CrashPoint::ALL.len())
+    }
+
+    /// The point exists only in queue mode (it is about claims).
+    pub fn queue_only(self) -> bool {
+        matches!(self, CrashPoint::AfterClaim | CrashPoint::AfterTakeover)
+    }
+
+    /// The point fires whenever its mode does work; `after-takeover` needs an expired lease of another instance,
+    /// which a random schedule cannot promise (so `harness explore` does not draw it).
+    pub fn fires_unprovoked(self) -> bool {
+        self != CrashPoint::AfterTakeover
+    }
+
+    /// The points that exist in a run: all of them in queue mode, else those not [`CrashPoint::queue_only`].
+    pub fn in_mode(queue: bool) -> impl Iterator<Item = CrashPoint> {
+        CrashPoint::ALL
+            .into_iter()
+            .filter(move |p| queue || !p.queue_only())
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -56,6 +84,20 @@ impl CrashPoint {
     }
 }
 
+/// Written as its name (`"after-data"`), read strictly through [`FromStr`]: scenario files name points this way.
+impl serde::Serialize for CrashPoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CrashPoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for CrashPoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -64,7 +106,7 @@ impl fmt::Display for CrashPoint {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CrashSpecError {
-    #[error("unknown crash point '{0}' (known: before-write, mid-write, after-data, before-commit, after-commit, after-claim, after-takeover)")]
+    #[error("unknown crash point '{0}' (known: {known})", known = known_points())]
     UnknownPoint(String),
     #[error("unknown crash point action '{0}' (known: kill, pause)")]
     UnknownAction(String),
@@ -75,6 +117,11 @@ pub enum CrashSpecError {
          this binary does not have them: unset PROCESSOR_CRASH_AT"
     )]
     NoHook,
+}
+
+/// The names of [`CrashPoint::ALL`], for error messages.
+fn known_points() -> String {
+    CrashPoint::ALL.map(CrashPoint::name).join(", ")
 }
 
 impl FromStr for CrashPoint {

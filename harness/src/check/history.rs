@@ -33,6 +33,111 @@ pub struct ProcessEnd {
     pub violation: Option<Invariant>,
 }
 
+/// What the runner knows when a process ends: the input of the process-fate invariants.
+pub struct Fate<'a> {
+    pub end: &'a ProcessEnd,
+    /// It died by SIGKILL (from anyone).
+    pub sigkilled: bool,
+    /// It exited with code 0.
+    pub exited_ok: bool,
+    /// The crash point (`point:nth`) it fired with action `kill`, if any.
+    pub crash_fired: Option<&'a str>,
+    /// The harness sent it SIGTERM (a `stop` fault).
+    pub sigterm_sent: bool,
+    /// The reason of its session's `finished` event, if it wrote one.
+    pub finished: Option<&'a str>,
+    /// Its log file, for the message.
+    pub log: &'a str,
+}
+
+/// The process-fate invariants of one ended process: `crash-kills` (a process that fired a crash point with
+/// action `kill` dies by SIGKILL) and `clean-drain` (a SIGTERM'd process writes `finished` with reason `drained`
+/// and exits 0).
+pub fn process_fate(f: &Fate<'_>) -> Vec<Violation> {
+    let mut out = Vec::new();
+    if let Some(point) = f.crash_fired {
+        if !f.sigkilled {
+            out.push(Violation {
+                invariant: Invariant::CrashKills,
+                app_ids: vec![],
+                message: format!(
+                    "instance {} start {} fired crash point {point} (action kill) but did not die by SIGKILL: \
+                     it ended with {} (log {})",
+                    f.end.instance, f.end.start, f.end.status, f.log
+                ),
+            });
+        }
+    }
+    if f.sigterm_sent && (!f.exited_ok || f.finished != Some("drained")) {
+        out.push(Violation {
+            invariant: Invariant::CleanDrain,
+            app_ids: vec![],
+            message: format!(
+                "instance {} start {} was sent SIGTERM and ended with {} and {}: a drain must write \
+                 `finished` with reason `drained` and exit 0 (log {})",
+                f.end.instance,
+                f.end.start,
+                f.end.status,
+                match f.finished {
+                    Some(r) => format!("a `finished` event with reason `{r}`"),
+                    None => "no `finished` event".to_owned(),
+                },
+                f.log
+            ),
+        });
+    }
+    out
+}
+
+/// What the runner saw of a whole run, for the runner-level invariants.
+pub struct RunFacts<'a> {
+    /// Faults that never fired (their descriptions).
+    pub unfired: &'a [String],
+    /// Event-resumed parks whose event never came.
+    pub unmet_resumes: &'a [String],
+    /// The processors had not converged this many seconds after the last fault.
+    pub timed_out_after_secs: Option<u64>,
+    /// Processes that exited without a fault explaining it.
+    pub unexpected_exits: &'a [String],
+}
+
+/// `faults-fired` (every fault fired, every park was resumed by its event) and `liveness` (the run converged in
+/// time, no process exited unexpectedly).
+pub fn run_invariants(f: &RunFacts<'_>) -> Vec<Violation> {
+    let v = |invariant, message| Violation {
+        invariant,
+        app_ids: vec![],
+        message,
+    };
+    let mut out: Vec<Violation> = f
+        .unfired
+        .iter()
+        .map(|d| {
+            v(
+                Invariant::FaultsFired,
+                format!("fault did not fire: {d} (the run finished or the instance was not running when it was due)"),
+            )
+        })
+        .collect();
+    out.extend(
+        f.unmet_resumes
+            .iter()
+            .map(|u| v(Invariant::FaultsFired, u.clone())),
+    );
+    if let Some(secs) = f.timed_out_after_secs {
+        out.push(v(
+            Invariant::Liveness,
+            format!("processors had not converged {secs}s after the last fault"),
+        ));
+    }
+    out.extend(
+        f.unexpected_exits
+            .iter()
+            .map(|u| v(Invariant::Liveness, u.clone())),
+    );
+    out
+}
+
 /// One session as the history shows it.
 #[derive(Debug, Clone, Default)]
 struct Session<'e> {

@@ -5,7 +5,7 @@
 //! Must not print or log a password: whatever is shown goes through `MssqlConfig::redacted`; the full URL goes
 //! only to the processor child processes (`--db`).
 
-use crate::db::{Backend, DbError, Launcher};
+use super::{db_name, Backend, Capabilities, DbError, Launcher};
 use processor::store::mssql::{self, config::MssqlConfig};
 use processor::store::DbUrl;
 use std::time::{Duration, Instant};
@@ -14,12 +14,46 @@ use std::time::{Duration, Instant};
 /// create and drop databases).
 pub const ENV_URL: &str = "SHREDPROOF_MSSQL_URL";
 
+/// A SQL Server (or Babelfish) server: connection and server faults through the proxy, restarts where the harness
+/// started the server itself; no cut-reply (TDS is TLS-encrypted after login, the proxy cannot spot a COMMIT).
+pub const CAPABILITIES: Capabilities = Capabilities {
+    server: true,
+    commit_cut: false,
+    restart: true,
+};
+
+/// How `harness bench` loads the storage limit's rows into SQL Server.
+pub const BULK_METHOD: &str =
+    "SQL Server multi-row INSERT … VALUES (sp_executesql), one transaction";
+
+/// The server `db_url` names, else `SHREDPROOF_MSSQL_URL`, else a private Babelfish or a container.
+pub(super) fn launch(db_url: Option<&str>) -> Result<Box<dyn Launcher>, DbError> {
+    let url = db_url
+        .map(str::to_owned)
+        .or_else(|| std::env::var(ENV_URL).ok().filter(|s| !s.is_empty()));
+    match url {
+        Some(u) => Ok(Box::new(ExternalMssql::new(&u)?)),
+        None => without_url(),
+    }
+}
+
+/// Which server answers: Babelfish or SQL Server.
+pub(super) fn server_version(
+    cfg: &MssqlConfig,
+    contract: &processor::contract::Contract,
+) -> anyhow::Result<String> {
+    let s = mssql::MssqlStore::open(cfg, contract.clone())?;
+    Ok(match s.server_kind() {
+        mssql::ServerKind::Babelfish => {
+            "Babelfish 4.2.0, not SQL Server (Babelfish for PostgreSQL, a TDS endpoint)".into()
+        }
+        mssql::ServerKind::SqlServer => "SQL Server".into(),
+    })
+}
+
 /// Database names are `shredproof_<run>`: [a-z0-9_], at most 63 characters (the processor's identifier rule).
 pub fn database_name(run: &str) -> String {
-    let mut s = format!(
-        "shredproof_{}",
-        crate::db::pg_name(run).trim_start_matches('_')
-    );
+    let mut s = format!("shredproof_{}", db_name(run).trim_start_matches('_'));
     s.truncate(63);
     s
 }
@@ -81,8 +115,11 @@ impl Launcher for ExternalMssql {
             "cannot restart a SQL Server given by {ENV_URL} or --db-url (restart faults need the testcontainers launcher)"
         )))
     }
-    fn can_restart(&self) -> bool {
-        false
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            restart: false,
+            ..CAPABILITIES
+        }
     }
     fn describe(&self) -> String {
         format!("SQL Server at {}", self.server.redacted())
@@ -172,8 +209,8 @@ impl Launcher for BabelfishLauncher {
         };
         wait_ready(&cfg, READY_TIMEOUT)
     }
-    fn can_restart(&self) -> bool {
-        true
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
     }
     fn describe(&self) -> String {
         format!(
@@ -292,8 +329,8 @@ impl std::fmt::Display for DockerEndpoint {
 
 #[cfg(feature = "testcontainers")]
 mod container {
+    use super::{db_name, Backend, Capabilities, DbError, Launcher};
     use super::{DockerEndpoint, ExternalMssql};
-    use crate::db::{Backend, DbError, Launcher};
     use std::time::Duration;
     use testcontainers_modules::mssql_server::MssqlServer;
     use testcontainers_modules::testcontainers::core::IntoContainerPort;
@@ -395,8 +432,8 @@ mod container {
             };
             super::wait_ready(&cfg, super::READY_TIMEOUT)
         }
-        fn can_restart(&self) -> bool {
-            true
+        fn capabilities(&self) -> Capabilities {
+            super::CAPABILITIES
         }
         fn describe(&self) -> String {
             let id: String = self.container.id().chars().take(12).collect();
@@ -450,7 +487,7 @@ mod tests {
         assert!(e.describe().contains("***"));
         let recorded = processor::store::url::redact_url(&url);
         assert!(!recorded.contains("P%40ss"), "{recorded}");
-        assert!(!e.can_restart());
+        assert!(!e.capabilities().restart);
         assert!(matches!(
             ExternalMssql::new("mssql://sa:pw@h/master")
                 .expect("url")

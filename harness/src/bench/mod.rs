@@ -17,6 +17,17 @@
 //! * **storage limit** — the same mapped rows and log rows in one transaction: PostgreSQL `COPY … FROM STDIN`,
 //!   SQLite the store's own prepared multi-row inserts. Only the database calls are timed.
 
+mod markdown;
+mod proc;
+mod stats;
+mod svg;
+
+use markdown::splice_markdown;
+pub use markdown::{markdown, table};
+use proc::{children_cpu_secs, cpu_jiffies, machine};
+use stats::event_stats;
+use svg::plot;
+
 use crate::db::{self, Backend};
 use crate::runner::ProcessorCmd;
 use anyhow::{anyhow, bail, Context, Result};
@@ -27,7 +38,6 @@ use processor::store::{DbUrl, LogRow, LogStatus, Store};
 use processor::value::Value;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -167,7 +177,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
 
     eprint!("[limit] bulk load of the same rows … ");
     let url = launcher.fresh_database("bench_limit")?;
-    machine.database = database_version(&url, &contract)?;
+    machine.database = db::server_version(&url, &contract)?;
     let limit = storage_limit(&url, &contract, cfg, &work)?;
     eprintln!(
         "{:.0} apps/s ({} rows in {:.2} s, {})",
@@ -245,57 +255,6 @@ fn write_reports(cfg: &BenchConfig, report: &BenchReport) -> Result<()> {
         eprintln!("updated {}", p.display());
     }
     Ok(())
-}
-
-fn machine() -> Machine {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu_model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .and_then(|r| r.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib: f64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    Machine {
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        cpu_model,
-        memory_gib: (mem_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default(),
-        database: String::new(),
-    }
-}
-
-fn database_version(url: &str, contract: &Contract) -> Result<String> {
-    Ok(match DbUrl::parse(url)? {
-        DbUrl::Postgres(conn) => {
-            let mut c = conn.connect()?;
-            let v: String = c.query_one("SHOW server_version", &[])?.get(0);
-            let fsync: String = c.query_one("SHOW fsync", &[])?.get(0);
-            let sc: String = c.query_one("SHOW synchronous_commit", &[])?.get(0);
-            format!("PostgreSQL {v} (fsync={fsync}, synchronous_commit={sc})")
-        }
-        DbUrl::Sqlite(_) => format!("SQLite {}", rusqlite::version()),
-        DbUrl::Mssql(cfg) => {
-            let s = processor::store::mssql::MssqlStore::open(&cfg, contract.clone())?;
-            match s.server_kind() {
-                processor::store::mssql::ServerKind::Babelfish => {
-                    "Babelfish 4.2.0, not SQL Server (Babelfish for PostgreSQL, a TDS endpoint)"
-                        .into()
-                }
-                processor::store::mssql::ServerKind::SqlServer => "SQL Server".into(),
-            }
-        }
-    })
 }
 
 fn open_store(url: &str, contract: &Contract) -> Result<Box<dyn Store>> {
@@ -401,21 +360,10 @@ fn storage_limit(
     cfg: &BenchConfig,
     work: &Workload,
 ) -> Result<Limit> {
-    let mut store = open_store(url, contract)?;
-    let mut pg = match DbUrl::parse(url)? {
-        DbUrl::Postgres(conn) => Some(conn.connect()?),
-        _ => None,
-    };
+    let mut loader = db::bulk_loader(url, contract)?;
     let mut timed = Duration::ZERO;
     let mut rows = 0u64;
     let mut seen: Vec<HashSet<Vec<Option<String>>>> = vec![HashSet::new(); contract.tables.len()];
-    let mut tx = match pg.as_mut() {
-        Some(c) => Some(c.transaction()?),
-        None => {
-            store.begin()?;
-            None
-        }
-    };
     let step = match work {
         Workload::Generated => CHUNK_APPS,
         Workload::Real(_) => 100,
@@ -462,65 +410,10 @@ fn storage_limit(
             });
         }
         rows += logs.len() as u64 + per_table.iter().map(|t| t.len() as u64).sum::<u64>();
-        match tx.as_mut() {
-            Some(tx) => {
-                let bufs: Vec<Vec<u8>> = per_table
-                    .iter()
-                    .map(|t| copy_text(t.iter().map(|r| r.iter().map(Value::canonical))))
-                    .collect();
-                let log_buf = copy_text(logs.iter().map(|l| {
-                    [
-                        Some(l.app_id.to_string()),
-                        Some(l.status.as_str().to_owned()),
-                        l.reason.clone(),
-                        Some(l.attempts.to_string()),
-                        Some(l.instance_id.to_string()),
-                        Some(l.session_id.clone()),
-                        None,
-                        Some(l.coerced.to_string()),
-                        Some(chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()),
-                    ]
-                    .into_iter()
-                }));
-                let t0 = Instant::now();
-                for (t, buf) in bufs.iter().enumerate() {
-                    if buf.is_empty() {
-                        continue;
-                    }
-                    copy_in(tx, &copy_table_sql(contract, t), buf)?;
-                }
-                copy_in(tx, &copy_log_sql(contract), &log_buf)?;
-                timed += t0.elapsed();
-            }
-            None => {
-                let t0 = Instant::now();
-                for (t, trows) in per_table.iter().enumerate() {
-                    let refs: Vec<&[Value]> = trows.iter().map(Vec::as_slice).collect();
-                    if !refs.is_empty() {
-                        store.insert_rows(t, &refs)?;
-                    }
-                }
-                store.insert_logs(&logs)?;
-                timed += t0.elapsed();
-            }
-        }
+        timed += loader.load(&per_table, &logs)?;
     }
-    let t0 = Instant::now();
-    let method = match tx {
-        Some(tx) => {
-            tx.commit()?;
-            "PostgreSQL COPY … FROM STDIN (text), one transaction"
-        }
-        None => {
-            store.commit()?;
-            if store.backend() == "mssql" {
-                "SQL Server multi-row INSERT … VALUES (sp_executesql), one transaction"
-            } else {
-                "SQLite prepared inserts, one transaction"
-            }
-        }
-    };
-    timed += t0.elapsed();
+    let method = loader.method();
+    timed += loader.commit()?;
     let secs = timed.as_secs_f64();
     Ok(Limit {
         method: method.into(),
@@ -528,98 +421,6 @@ fn storage_limit(
         rows,
         secs,
         apps_per_sec: cfg.apps as f64 / secs.max(1e-9),
-    })
-}
-
-fn schema(contract: &Contract) -> String {
-    contract
-        .schema
-        .as_ref()
-        .map_or_else(|| "public".into(), |s| s.ansi())
-}
-
-// The bench's own bulk-load statements, like the checker's queries: an independent baseline, not the processor's
-// write path. Identifiers come from the validated contract and are quoted.
-fn copy_table_sql(contract: &Contract, t: usize) -> String {
-    let table = &contract.tables[t];
-    let cols: Vec<String> = table.columns.iter().map(|c| c.name.ansi()).collect();
-    format!(
-        "COPY {}.{} ({}) FROM STDIN",
-        schema(contract),
-        table.name.ansi(),
-        cols.join(", ")
-    )
-}
-
-fn copy_log_sql(contract: &Contract) -> String {
-    format!(
-        "COPY {}.\"processing_log\" (app_id, status, failure_reason, attempts, instance_id, session_id, fence, \
-         coerced, processed_at) FROM STDIN",
-        schema(contract)
-    )
-}
-
-fn copy_in(tx: &mut postgres::Transaction<'_>, sql: &str, buf: &[u8]) -> Result<()> {
-    let mut w = tx.copy_in(sql)?;
-    w.write_all(buf)?;
-    w.finish()?;
-    Ok(())
-}
-
-/// COPY text format: tab-separated, `\N` for NULL, backslash escapes.
-fn copy_text<R, F>(rows: R) -> Vec<u8>
-where
-    R: Iterator<Item = F>,
-    F: Iterator<Item = Option<String>>,
-{
-    let mut out = Vec::new();
-    for row in rows {
-        for (i, v) in row.enumerate() {
-            if i > 0 {
-                out.push(b'\t');
-            }
-            match v {
-                None => out.extend_from_slice(b"\\N"),
-                Some(s) => {
-                    for b in s.bytes() {
-                        match b {
-                            b'\\' => out.extend_from_slice(b"\\\\"),
-                            b'\t' => out.extend_from_slice(b"\\t"),
-                            b'\n' => out.extend_from_slice(b"\\n"),
-                            b'\r' => out.extend_from_slice(b"\\r"),
-                            _ => out.push(b),
-                        }
-                    }
-                }
-            }
-        }
-        out.push(b'\n');
-    }
-    out
-}
-
-/// CPU jiffies (busy, total) of the whole machine from `/proc/stat`.
-fn cpu_jiffies() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let vals: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = vals.iter().sum();
-    // idle + iowait are not busy.
-    let idle = vals.get(3).copied().unwrap_or(0) + vals.get(4).copied().unwrap_or(0);
-    (total.saturating_sub(idle), total)
-}
-
-fn children_cpu_secs() -> f64 {
-    use nix::sys::resource::{getrusage, UsageWho};
-    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(0.0, |u| {
-        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
-        t(u.user_time()) + t(u.system_time())
     })
 }
 
@@ -722,311 +523,6 @@ fn run_instances(
     })
 }
 
-struct EventStats {
-    apps: u64,
-    collisions: u64,
-    commit_interval: Latency,
-    claim_to_commit: Option<Latency>,
-    first_10: f64,
-    last_10: f64,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn latency(mut v: Vec<f64>) -> Latency {
-    v.sort_by(f64::total_cmp);
-    Latency {
-        p50_ms: percentile(&v, 50.0),
-        p99_ms: percentile(&v, 99.0),
-    }
-}
-
-/// Latencies and windowed throughput from the instances' events (sorted by time).
-fn event_stats(events: &[Event]) -> Result<EventStats> {
-    let mut last_by_session: HashMap<&str, i64> = HashMap::new();
-    let mut claimed_at: HashMap<i64, i64> = HashMap::new();
-    let mut interval = Vec::new();
-    let mut c2c = Vec::new();
-    let mut commits: Vec<(i64, u64)> = Vec::new();
-    let mut collisions = 0u64;
-    if !events.iter().any(|e| e.event == EventKind::Started) {
-        bail!("no started event: did the processor write its events?");
-    }
-    for e in events {
-        match e.event {
-            EventKind::Started => {
-                last_by_session.insert(&e.session_id, e.ts_us);
-            }
-            EventKind::Claimed => {
-                for a in &e.app_ids {
-                    claimed_at.insert(*a, e.ts_us);
-                }
-            }
-            EventKind::Committed => {
-                let prev = last_by_session.insert(&e.session_id, e.ts_us);
-                let ms = prev.map_or(0.0, |p| (e.ts_us - p) as f64 / 1000.0);
-                interval.extend(std::iter::repeat_n(ms, e.app_ids.len()));
-                for a in &e.app_ids {
-                    if let Some(c) = claimed_at.get(a) {
-                        c2c.push((e.ts_us - c) as f64 / 1000.0);
-                    }
-                }
-                commits.push((e.ts_us, e.app_ids.len() as u64));
-            }
-            EventKind::Collision => collisions += e.app_ids.len() as u64,
-            _ => {}
-        }
-    }
-    let apps: u64 = commits.iter().map(|c| c.1).sum();
-    let tenth = (apps / 10).max(1);
-    // First window: from the first commit (so process start and connect do not count against it) to the commit
-    // that reaches 10 % more; last: from the commit before the last 10 % began to the final commit.
-    let rate = |n: u64, t0: i64, t1: i64| n as f64 / ((t1 - t0) as f64 / 1e6).max(1e-6);
-    let (first_10, last_10) = match (commits.first(), commits.last()) {
-        (Some(&(t0, n0)), Some(&(t_end, _))) => {
-            // Cumulative applications committed at each commit.
-            let cum: Vec<u64> = commits
-                .iter()
-                .scan(0u64, |c, &(_, n)| {
-                    *c += n;
-                    Some(*c)
-                })
-                .collect();
-            let i10 = cum
-                .iter()
-                .position(|&c| c >= n0 + tenth)
-                .unwrap_or(cum.len() - 1);
-            let i90 = cum
-                .iter()
-                .rposition(|&c| c <= apps.saturating_sub(tenth))
-                .unwrap_or(0);
-            (
-                rate(cum[i10] - n0, t0, commits[i10].0),
-                rate(apps - cum[i90], commits[i90].0, t_end),
-            )
-        }
-        _ => (0.0, 0.0),
-    };
-    Ok(EventStats {
-        apps,
-        collisions,
-        commit_interval: latency(interval),
-        claim_to_commit: (!c2c.is_empty()).then(|| latency(c2c)),
-        first_10,
-        last_10,
-    })
-}
-
-fn fmt_lat(l: Option<&Latency>) -> String {
-    l.map_or_else(
-        || "—".into(),
-        |l| format!("{:.0} / {:.0}", l.p50_ms, l.p99_ms),
-    )
-}
-
-/// The Markdown results table.
-pub fn table(r: &BenchReport) -> String {
-    let mut s = String::from(
-        "| mode | instances | apps/s | × one instance | % of limit | commit interval p50/p99 ms | claim→commit p50/p99 ms | processor CPU s | machine busy % | first 10 % apps/s | last 10 % apps/s | last/first | collisions |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
-    for x in &r.runs {
-        s.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {:.0} % | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {} |\n",
-            x.mode,
-            x.instances,
-            x.apps_per_sec,
-            x.scaling_vs_one
-                .map_or_else(|| "—".into(), |v| format!("{v:.2}")),
-            100.0 * x.ratio_to_limit,
-            fmt_lat(Some(&x.commit_interval)),
-            fmt_lat(x.claim_to_commit.as_ref()),
-            x.processor_cpu_secs,
-            x.machine_busy_pct,
-            x.first_10pct_apps_per_sec,
-            x.last_10pct_apps_per_sec,
-            x.last_10pct_apps_per_sec / x.first_10pct_apps_per_sec.max(1e-9),
-            x.collisions
-        ));
-    }
-    s
-}
-
-/// The generated Markdown section: command, machine, limit, table, definitions.
-pub fn markdown(r: &BenchReport) -> String {
-    let m = &r.machine;
-    format!(
-        "### `{}` — {} on {}\n\n\
-         Generated by `harness bench` at {}; do not edit by hand.\n\n\
-         * Machine: {} cores, {}, {:.1} GiB RAM, Linux {}; database: {} (on the same machine).\n\
-         * Workload: {} applications of {}, batch size {}, \
-         workers {}.\n\
-         * Storage limit: {} — {} rows in {:.2} s = **{:.0} applications/s**.\n\n\
-         {}\n\
-         Definitions: *apps/s* = applications with a terminal log row ÷ wall time from spawning the instances to the \
-         last exit (process start, connect and schema checks included). *commit interval* = for every application \
-         in a `committed` event, the time since the same instance's previous commit (or start): the time its batch \
-         held the write stage; with the pipelined engine it also spent about one interval being mapped. \
-         *claim→commit* (queue mode) = from the `claimed` event to the `committed` event of the application. \
-         *processor CPU* = user+system seconds of all instances (getrusage of children); *machine busy* = \
-         non-idle share of all cores over the run from /proc/stat (includes the database server). \
-         *first/last 10 %* = applications/s over the first and the last tenth of committed applications.\n",
-        r.command,
-        // A TDS endpoint that is not SQL Server must say so wherever its figures are shown.
-        if m.database.contains("Babelfish") {
-            format!("{} (Babelfish 4.2.0, not SQL Server)", r.backend)
-        } else {
-            r.backend.to_string()
-        },
-        m.cpu_model,
-        r.generated_at,
-        m.cores,
-        m.cpu_model,
-        m.memory_gib,
-        m.kernel,
-        m.database,
-        r.apps,
-        r.workload,
-        r.batch_size,
-        r.workers
-            .map_or_else(|| "= cores (default)".into(), |w| w.to_string()),
-        r.limit.method,
-        r.limit.rows,
-        r.limit.secs,
-        r.limit.apps_per_sec,
-        table(r)
-    )
-}
-
-/// Replaces the generated section of `path` (between [`MD_BEGIN`] and [`MD_END`]) for this backend and app count,
-/// keeping everything else; appends the section when absent; creates the file when missing.
-fn splice_markdown(path: &Path, section: &str) -> Result<()> {
-    let old = std::fs::read_to_string(path).unwrap_or_default();
-    let heading = section.lines().next().unwrap_or_default();
-    let block = format!("{MD_BEGIN}\n{section}{MD_END}\n");
-    // Sections are keyed by their heading line (command); a rerun of the same command replaces its section.
-    let mut out = String::new();
-    let mut rest = old.as_str();
-    let mut replaced = false;
-    while let Some(b) = rest.find(MD_BEGIN) {
-        let Some(e) = rest[b..].find(MD_END) else {
-            break;
-        };
-        let e = b + e + MD_END.len();
-        let existing = &rest[b..e];
-        out.push_str(&rest[..b]);
-        if !replaced
-            && existing
-                .lines()
-                .nth(1)
-                .is_some_and(|l| heading_key(l) == heading_key(heading))
-        {
-            out.push_str(block.trim_end_matches('\n'));
-            replaced = true;
-        } else {
-            out.push_str(existing);
-        }
-        rest = &rest[e..];
-    }
-    out.push_str(rest);
-    if !replaced {
-        if !out.is_empty() && !out.ends_with("\n\n") {
-            out.push_str(if out.ends_with('\n') { "\n" } else { "\n\n" });
-        }
-        out.push_str(&block);
-    }
-    std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// The command part of a section heading: "### `cmd` — …" → "cmd".
-fn heading_key(l: &str) -> &str {
-    l.split('`').nth(1).unwrap_or(l)
-}
-
-/// apps/s against instances, one line per mode, and the storage limit as a dashed line.
-fn plot(r: &BenchReport, path: &Path) -> Result<()> {
-    use plotters::prelude::*;
-    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("plot: {e}"))?;
-    let max_n = r.runs.iter().map(|x| x.instances).max().unwrap_or(1);
-    let max_y = r
-        .runs
-        .iter()
-        .map(|x| x.apps_per_sec)
-        .fold(r.limit.apps_per_sec, f64::max)
-        * 1.1;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!(
-                "{} applications/s by instance count ({}, {} cores)",
-                r.backend, r.machine.cpu_model, r.machine.cores
-            ),
-            ("sans-serif", 18),
-        )
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.5f64..(f64::from(max_n) + 0.5), 0f64..max_y.max(1.0))
-        .map_err(|e| anyhow!("plot: {e}"))?;
-    chart
-        .configure_mesh()
-        .x_desc("processor instances")
-        .y_desc("applications/s")
-        .x_labels(max_n as usize)
-        .draw()
-        .map_err(|e| anyhow!("plot: {e}"))?;
-    let colors = [RED, BLUE, GREEN, MAGENTA, CYAN];
-    let mut modes: Vec<&str> = Vec::new();
-    for x in &r.runs {
-        if !modes.contains(&x.mode.as_str()) {
-            modes.push(&x.mode);
-        }
-    }
-    for (i, m) in modes.iter().enumerate() {
-        let color = colors[i % colors.len()];
-        let pts: Vec<(f64, f64)> = r
-            .runs
-            .iter()
-            .filter(|x| x.mode == *m)
-            .map(|x| (f64::from(x.instances), x.apps_per_sec))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(|e| anyhow!("plot: {e}"))?
-            .label(m.to_string())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart
-            .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))
-            .map_err(|e| anyhow!("plot: {e}"))?;
-    }
-    let lim = r.limit.apps_per_sec;
-    chart
-        .draw_series(DashedLineSeries::new(
-            vec![(0.5, lim), (f64::from(max_n) + 0.5, lim)],
-            6,
-            4,
-            BLACK.stroke_width(1),
-        ))
-        .map_err(|e| anyhow!("plot: {e}"))?
-        .label("storage limit (bulk load)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|e| anyhow!("plot: {e}"))?;
-    root.present().map_err(|e| anyhow!("plot: {e}"))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1060,7 +556,7 @@ mod tests {
     #[test]
     fn copy_text_escapes() {
         let rows = vec![vec![Some("a\tb\\c".to_owned()), None]];
-        let out = copy_text(rows.into_iter().map(Vec::into_iter));
+        let out = db::postgres::copy_text(rows.into_iter().map(Vec::into_iter));
         assert_eq!(out, b"a\\tb\\\\c\t\\N\n");
     }
 
