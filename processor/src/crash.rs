@@ -351,18 +351,6 @@ pub fn plant_from_env() -> Result<Option<PlantedBug>, PlantError> {
     Ok(bug)
 }
 
-/// The fetch query as the planted `ignore-log` bug has it: the anti-join against `processing_log` dropped (every
-/// backend's fetch writes it as one `AND NOT EXISTS (SELECT 1 FROM <log> …)` line). Unchanged unless planted.
-pub fn plant_ignore_log(sql: String) -> String {
-    if !planted(PlantedBug::IgnoreLog) {
-        return sql;
-    }
-    sql.lines()
-        .filter(|l| !l.trim_start().starts_with("AND NOT EXISTS (SELECT 1 FROM"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// Whether `bug` was planted in this process. Always false unless [`plant_from_env`] accepted it.
 pub fn planted(bug: PlantedBug) -> bool {
     PLANTED.get().copied().flatten() == Some(bug)

@@ -444,6 +444,54 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
     };
     let address_elem = child_elem("app_contact_address", "app_contact_address");
     let employment_elem = child_elem("app_contact_employment", "app_contact_employment");
+    check_relationships(&raw, &root)?;
+    let enums = lower_enums(&raw)?;
+    let (char_to_bit, bool_to_bit) = lower_bits(&raw)?;
+    let mut rtables = lower_tables(&raw)?;
+    lower_mappings(&raw, &root, &enums, &mut rtables)?;
+    let (tables, app_key) = store_tables(&mut rtables)?;
+    let source_table =
+        Ident::new(&raw.source_table).map_err(|e| invalid("source_table", e.to_string()))?;
+    let source_column =
+        Ident::new(&raw.source_column).map_err(|e| invalid("source_column", e.to_string()))?;
+    let schema = match raw.target_schema.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) => Some(Ident::new(s).map_err(|e| invalid("target_schema", e.to_string()))?),
+    };
+    let address_preferred = address_types.first().cloned().unwrap_or_default();
+    let (nodes, app_node) = path_trie(&root, &app_path, &rtables);
+    Ok(Contract {
+        root_element: root.clone(),
+        source_table,
+        source_column,
+        schema,
+        tables,
+        nodes,
+        app_node,
+        app_key,
+        json: text.to_owned(),
+        real: Some(std::sync::Arc::new(Plan {
+            app_elem,
+            contact_elem,
+            contact_type_attr,
+            contact_types,
+            address_elem,
+            address_type_attr,
+            address_preferred,
+            address_types,
+            employment_elem,
+            employment_type_attr,
+            employment_types,
+            tables: rtables,
+            enums,
+            char_to_bit,
+            bool_to_bit,
+        })),
+    })
+}
+
+/// Every relationship names listed tables and paths under the root element.
+fn check_relationships(raw: &RawContract, root: &str) -> Result<(), ContractError> {
     for (i, r) in raw.relationships.iter().enumerate() {
         let entry = format!("relationships[{i}]");
         for t in [&r.parent_table, &r.child_table] {
@@ -464,7 +512,13 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
         }
     }
 
-    // Enums: integers or strings (officer_code_to_email_enum maps to text).
+    Ok(())
+}
+
+/// Enums: integers or strings (officer_code_to_email_enum maps to text).
+fn lower_enums(
+    raw: &RawContract,
+) -> Result<HashMap<String, Vec<(String, EnumVal)>>, ContractError> {
     let mut enums = HashMap::default();
     for (name, map) in &raw.enum_mappings {
         let mut vals = Vec::new();
@@ -485,6 +539,14 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
         // match, which only matters when two keys differ only in case (none do in either contract).
         enums.insert(name.clone(), vals);
     }
+    Ok(enums)
+}
+
+/// A bit conversion table: source text → 0 or 1.
+type BitMap = HashMap<String, i64>;
+
+/// The two bit conversions (`char_to_bit`, `boolean_to_bit`), each value 0 or 1; any other conversion is refused.
+fn lower_bits(raw: &RawContract) -> Result<(BitMap, BitMap), ContractError> {
     let bits = |name: &str| -> Result<HashMap<String, i64>, ContractError> {
         let map = raw.bit_conversions.get(name).cloned().unwrap_or_default();
         if let Some((k, v)) = map.iter().find(|(_, v)| **v != 0 && **v != 1) {
@@ -506,7 +568,11 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
         }
     }
 
-    // Tables in insertion order; processing_log is the processor's own table and is skipped.
+    Ok((char_to_bit, bool_to_bit))
+}
+
+/// Tables in insertion order; processing_log is the processor's own table and is skipped.
+fn lower_tables(raw: &RawContract) -> Result<Vec<RTable>, ContractError> {
     let mut rtables: Vec<RTable> = Vec::new();
     for (i, t) in raw.table_insertion_order.iter().enumerate() {
         let entry = format!("table_insertion_order[{i}]");
@@ -526,6 +592,16 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
             col_index: std::sync::OnceLock::new(),
         });
     }
+    Ok(rtables)
+}
+
+/// Each mapping checked (types, paths, expressions, enums, defaults, column type) and attached to its table.
+fn lower_mappings(
+    raw: &RawContract,
+    root: &str,
+    enums: &HashMap<String, Vec<(String, EnumVal)>>,
+    rtables: &mut [RTable],
+) -> Result<(), ContractError> {
     let mut app_key_seen = false;
     for (i, m) in raw.mappings.iter().enumerate() {
         let entry = format!("mappings[{i}] ({}.{})", m.target_table, m.target_column);
@@ -605,7 +681,7 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
                 .enum_name
                 .clone()
                 .unwrap_or_else(|| m.target_column.clone());
-            if enum_type(&name, m.enum_name.is_some(), &enums).is_none() {
+            if enum_type(&name, m.enum_name.is_some(), enums).is_none() {
                 return Err(invalid(
                     &entry,
                     format!("mapping_type enum needs enum_mappings.{name}"),
@@ -658,7 +734,11 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
         ));
     }
 
-    // The Contract tables the stores create.
+    Ok(())
+}
+
+/// The Contract tables the stores create, and the application key's (table, column).
+fn store_tables(rtables: &mut [RTable]) -> Result<(Vec<Table>, (usize, usize)), ContractError> {
     let mut tables = Vec::new();
     let mut app_key = None;
     for (ti, t) in rtables.iter_mut().enumerate() {
@@ -715,19 +795,14 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
             "the XmlConversion format needs an app_base table",
         )
     })?;
-    let source_table =
-        Ident::new(&raw.source_table).map_err(|e| invalid("source_table", e.to_string()))?;
-    let source_column =
-        Ident::new(&raw.source_column).map_err(|e| invalid("source_column", e.to_string()))?;
-    let schema = match raw.target_schema.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(s) => Some(Ident::new(s).map_err(|e| invalid("target_schema", e.to_string()))?),
-    };
-    let address_preferred = address_types.first().cloned().unwrap_or_default();
-    // The element paths the contract names, as a trie (reports and the generator's shape detection read it; the
-    // XmlConversion mapping itself reads the whole document).
+    Ok((tables, app_key))
+}
+
+/// The element paths the contract names, as a trie (reports and the generator's shape detection read it; the
+/// XmlConversion mapping itself reads the whole document). Returns the nodes and the application element's node.
+fn path_trie(root: &str, app_path: &str, rtables: &[RTable]) -> (Vec<PathNode>, usize) {
     let mut nodes = vec![PathNode {
-        name: root.clone(),
+        name: root.to_owned(),
         parent: None,
         children: vec![],
         attrs: vec![],
@@ -764,42 +839,15 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
         }
         cur
     };
-    let app_node = insert(&app_path);
-    for t in &rtables {
+    let app_node = insert(app_path);
+    for t in rtables {
         for m in &t.maps {
             if !m.path.is_empty() {
                 insert(&m.path);
             }
         }
     }
-    Ok(Contract {
-        root_element: root.clone(),
-        source_table,
-        source_column,
-        schema,
-        tables,
-        nodes,
-        app_node,
-        app_key,
-        json: text.to_owned(),
-        real: Some(std::sync::Arc::new(Plan {
-            app_elem,
-            contact_elem,
-            contact_type_attr,
-            contact_types,
-            address_elem,
-            address_type_attr,
-            address_preferred,
-            address_types,
-            employment_elem,
-            employment_type_attr,
-            employment_types,
-            tables: rtables,
-            enums,
-            char_to_bit,
-            bool_to_bit,
-        })),
-    })
+    (nodes, app_node)
 }
 
 /// The replaced system's `_determine_enum_type`: `enum_name`, else the column name if it is an enum, else a
