@@ -1,20 +1,19 @@
-//! The checker's SQL Server reader: its own parsing of `mssql://…` URLs (tiberius's for ADO.NET strings), plain
+//! The checker's SQL Server reader: the connection string parsed by the processor's one parser, plain
 //! read-only queries, and every value rendered as canonical text from the type the server sends with it.
 //! Must not write (each statement runs in an implicit transaction that is always rolled back), must not use
 //! processor code, and must never put a password into a message.
 
 use super::{Dialect, Reader, SqlDialect};
 use crate::check::CheckError;
+use processor::store::mssql::config::{self, MssqlConfig};
 use std::time::Duration;
-use tiberius::{AuthMethod, Client, ColumnData, Config, EncryptionLevel, FromSql, SqlBrowser};
+use tiberius::{Client, ColumnData, Config, FromSql, SqlBrowser};
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 type Conn = Client<Compat<TcpStream>>;
 
-/// TCP + TLS + login deadline when the connection string names none (ADO.NET's default).
-const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 15;
 /// Per-round-trip deadline when none is named: the checker reads whole tables in one statement.
 const DEFAULT_COMMAND_TIMEOUT_SECS: u64 = 300;
 const APP_NAME: &str = "shredproof-checker";
@@ -55,176 +54,35 @@ fn bad(msg: impl std::fmt::Display) -> CheckError {
     CheckError::Db(format!("invalid SQL Server connection string: {msg}"))
 }
 
-fn percent_decode(s: &str) -> Result<String, CheckError> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let byte = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| bad("bad %-escape"))?;
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad("%-escapes are not UTF-8"))
-}
-
-fn parse_bool(key: &str, v: &str) -> Result<bool, CheckError> {
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "yes" | "1" | "on" => Ok(true),
-        "false" | "no" | "0" | "off" => Ok(false),
-        _ => Err(bad(format!("'{key}' must be true or false"))),
-    }
-}
-
-fn parse_secs(key: &str, v: &str) -> Result<u64, CheckError> {
-    match v.parse::<u64>() {
-        Ok(n) if (1..=86_400).contains(&n) => Ok(n),
-        _ => Err(bad(format!("'{key}' must be 1 to 86400 seconds"))),
-    }
-}
-
-fn parse_port(p: &str) -> Result<u16, CheckError> {
-    match p.parse::<u16>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(bad(format!("invalid port '{p}'"))),
-    }
-}
-
 impl Target {
+    /// Parsed by the processor's one connection-string parser (`MssqlConfig::parse`: `mssql://`/`sqlserver://`
+    /// URLs and ADO.NET strings, errors that never quote a value), then given the checker's own application name and
+    /// a longer per-round-trip deadline when the string names the processor's default: the checker reads whole tables
+    /// in one statement. Parsing a connection string is not what the checker must do independently (that is the
+    /// mapping and the queries); two parsers of one format were two places to get it wrong.
     pub(crate) fn parse(url: &str) -> Result<Self, CheckError> {
-        let s = url.trim();
-        let lower = s.to_ascii_lowercase();
-        for scheme in ["mssql://", "sqlserver://"] {
-            if lower.starts_with(scheme) {
-                return Self::parse_url(&s[scheme.len()..]);
-            }
+        let cfg = MssqlConfig::parse(url).map_err(bad)?;
+        let mut config = cfg.tiberius();
+        config.application_name(APP_NAME);
+        if cfg.command_timeout == Duration::from_secs(config::DEFAULT_COMMAND_TIMEOUT_SECS) {
+            config.command_timeout(Some(Duration::from_secs(DEFAULT_COMMAND_TIMEOUT_SECS)));
         }
-        Self::parse_ado(s)
-    }
-
-    /// `user:password@host[\INSTANCE][:port]/database?encrypt=…&trust_server_certificate=…&connect_timeout_secs=N
-    /// &command_timeout_secs=N`, the form the processor and the harness launchers hand out. The last `@` ends the
-    /// credentials; user, password, host and database are %-decoded.
-    fn parse_url(rest: &str) -> Result<Self, CheckError> {
-        let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (creds, location) = main
-            .rsplit_once('@')
-            .ok_or_else(|| bad("no user name (mssql://user:password@host/database)"))?;
-        let (user, password) = match creds.split_once(':') {
-            Some((u, p)) => (percent_decode(u)?, percent_decode(p)?),
-            None => (percent_decode(creds)?, String::new()),
-        };
-        if user.is_empty() {
-            return Err(bad("no user name (mssql://user:password@host/database)"));
+        let mut shown = cfg.host.clone();
+        if shown.contains(':') {
+            shown = format!("[{shown}]");
         }
-        let (server, database) = location.split_once('/').unwrap_or((location, ""));
-        let server = percent_decode(server)?;
-        let database = percent_decode(database)?;
-        let (host, mut instance, port) = if let Some(v6) = server.strip_prefix('[') {
-            let (addr, tail) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
-            let port = match tail.strip_prefix(':') {
-                Some(p) => Some(parse_port(p)?),
-                None if tail.is_empty() => None,
-                None => return Err(bad(format!("unexpected '{tail}' after an IPv6 address"))),
-            };
-            (addr.to_owned(), None, port)
-        } else {
-            let (hi, port) = match server.rsplit_once(':') {
-                Some((h, p)) => (h, Some(parse_port(p)?)),
-                None => (server.as_str(), None),
-            };
-            match hi.split_once('\\') {
-                Some((h, i)) if !i.is_empty() => (h.to_owned(), Some(i.to_owned()), port),
-                Some(_) => return Err(bad("empty instance name")),
-                None => (hi.to_owned(), None, port),
-            }
-        };
-        if host.is_empty() {
-            return Err(bad("no server host"));
-        }
-        let mut encrypt = EncryptionLevel::Required;
-        let mut trust = false;
-        let mut connect_secs = DEFAULT_CONNECT_TIMEOUT_SECS;
-        let mut command_secs = DEFAULT_COMMAND_TIMEOUT_SECS;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v)?;
-            match k.to_ascii_lowercase().replace('_', "").as_str() {
-                "encrypt" => {
-                    encrypt = match v.to_ascii_lowercase().as_str() {
-                        "true" | "yes" | "on" | "mandatory" | "required" => {
-                            EncryptionLevel::Required
-                        }
-                        "false" | "no" | "off" | "optional" => EncryptionLevel::Off,
-                        "strict" => EncryptionLevel::Strict,
-                        "dangerplaintext" | "danger_plaintext" | "plaintext" => {
-                            EncryptionLevel::NotSupported
-                        }
-                        _ => return Err(bad(format!("invalid encrypt value '{v}'"))),
-                    }
-                }
-                "trustservercertificate" => trust = parse_bool(k, &v)?,
-                "connecttimeoutsecs" | "connecttimeout" => connect_secs = parse_secs(k, &v)?,
-                "commandtimeoutsecs" | "commandtimeout" => command_secs = parse_secs(k, &v)?,
-                "instance" | "instancename" if !v.is_empty() => instance = Some(v),
-                _ => return Err(bad(format!("unknown setting '{k}'"))),
-            }
-        }
-        let mut c = Config::new();
-        c.host(&host);
-        // An explicit port wins over the instance name, which would otherwise need the SQL Browser (as ADO.NET).
-        match (port, &instance) {
-            (Some(p), _) => c.port(p),
-            (None, Some(i)) => c.instance_name(i),
-            (None, None) => c.port(1433),
-        }
-        if !database.is_empty() {
-            c.database(&database);
-        }
-        c.application_name(APP_NAME);
-        c.authentication(AuthMethod::sql_server(&user, &password));
-        c.encryption(encrypt);
-        // ADO.NET does not validate the certificate used for login-only encryption (`encrypt=false`).
-        if trust || encrypt == EncryptionLevel::Off {
-            c.trust_cert();
-        }
-        c.handshake_timeout(Some(Duration::from_secs(connect_secs)));
-        c.command_timeout(Some(Duration::from_secs(command_secs)));
-        let mut shown = host.clone();
-        match (port, &instance) {
+        match (cfg.port, &cfg.instance) {
             (Some(p), _) => shown.push_str(&format!(":{p}")),
             (None, Some(i)) => shown.push_str(&format!("\\{i}")),
             (None, None) => {}
         }
-        Ok(Target {
-            config: c,
-            connect_timeout: Duration::from_secs(connect_secs),
-            shown: format!("{shown}/{database}"),
-        })
-    }
-
-    /// ADO.NET (`Server=tcp:host,1433;Database=…;User Id=…;Password=…;TrustServerCertificate=true`), parsed by
-    /// tiberius. Its errors never echo the string, so they cannot leak the password.
-    fn parse_ado(s: &str) -> Result<Self, CheckError> {
-        let mut config = Config::from_ado_string(s).map_err(bad)?;
-        config.application_name(APP_NAME);
-        if config.get_command_timeout() < Some(Duration::from_secs(DEFAULT_COMMAND_TIMEOUT_SECS)) {
-            config.command_timeout(Some(Duration::from_secs(DEFAULT_COMMAND_TIMEOUT_SECS)));
+        if let Some(db) = &cfg.database {
+            shown.push_str(&format!("/{db}"));
         }
-        let connect_timeout = config
-            .get_handshake_timeout()
-            .unwrap_or(Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS));
         Ok(Target {
-            shown: config.get_addr(),
             config,
-            connect_timeout,
+            connect_timeout: cfg.connect_timeout,
+            shown,
         })
     }
 }
@@ -582,7 +440,7 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(t.config.get_addr(), "sqlhost:1500");
-        assert_eq!(t.shown, "sqlhost:1500");
+        assert_eq!(t.shown, "sqlhost:1500/shred"); // one rendering for URL and ADO.NET forms: server and database
         assert!(is_mssql_url("mssql://sa:pw@h/db"));
         assert!(is_mssql_url("SQLSERVER://sa:pw@h/db"));
         assert!(is_mssql_url("Server=h;Database=d;User Id=u;Password=p"));
