@@ -1430,18 +1430,11 @@ fn check_fencing(
     Ok(out.finish())
 }
 
-/// SQLite only: the database file itself must be intact after processes were killed mid-write
-/// (`PRAGMA integrity_check`). A damaged file makes every other finding moot, so it is reported as `content`.
+/// The database's storage must be intact after processes were killed mid-write (the reader says how, or that a
+/// server needs nothing: `Reader::storage_problems`). A damaged file makes every other finding moot, so it is
+/// reported as `content`.
 fn check_file_integrity(reader: &mut dyn Reader) -> Result<Vec<Violation>, CheckError> {
-    if reader.dialect() != Dialect::Sqlite {
-        return Ok(Vec::new());
-    }
-    let rows = reader.query_text(reader::SQLITE_INTEGRITY_CHECK)?;
-    let problems: Vec<String> = rows
-        .into_iter()
-        .filter_map(|r| r.into_iter().next().flatten())
-        .filter(|m| m != "ok")
-        .collect();
+    let problems = reader.storage_problems()?;
     if problems.is_empty() {
         return Ok(Vec::new());
     }
@@ -1449,7 +1442,7 @@ fn check_file_integrity(reader: &mut dyn Reader) -> Result<Vec<Violation>, Check
         Invariant::Content,
         Vec::<i64>::new(),
         format!(
-            "the SQLite file failed its integrity check: {}",
+            "the database file failed its integrity check: {}",
             problems.join("; ")
         ),
     )])

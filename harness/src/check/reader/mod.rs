@@ -18,7 +18,7 @@ pub enum Dialect {
 
 pub use mssql::MssqlReader;
 pub use postgres::PgReader;
-pub use sqlite::{SqliteReader, SQLITE_INTEGRITY_CHECK};
+pub use sqlite::SqliteReader;
 
 mod mssql;
 mod postgres;
@@ -81,6 +81,12 @@ pub trait Reader {
             row(r)?;
         }
         Ok(())
+    }
+    /// Damage to the storage itself after processes were killed mid-write, one message per problem. Only a backend
+    /// whose database is a file the processes write directly can have it (SQLite: `PRAGMA integrity_check`); a
+    /// server keeps its own storage consistent, so the default finds nothing.
+    fn storage_problems(&mut self) -> Result<Vec<String>, CheckError> {
+        Ok(Vec::new())
     }
 }
 

@@ -33,6 +33,15 @@ impl SqliteReader {
 }
 
 impl Reader for SqliteReader {
+    fn storage_problems(&mut self) -> Result<Vec<String>, CheckError> {
+        let rows = self.query_text(SQLITE_INTEGRITY_CHECK)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .filter(|m| m != "ok")
+            .collect())
+    }
+
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
     }
