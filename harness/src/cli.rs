@@ -549,6 +549,11 @@ pub struct BenchArgs {
     /// ../shared/seed/original/samples), cycled until --apps, each copy a distinct application.
     #[arg(long, value_name = "DIR")]
     pub real_docs: Option<PathBuf>,
+    /// The mapping contract the processors run and the storage limit maps with (default: the project's own).
+    /// With --real-docs and another contract (e.g. ../shared/seed/original/mapping_contract.json) the samples are
+    /// used as they are.
+    #[arg(long, value_name = "FILE")]
+    pub contract: Option<PathBuf>,
 }
 
 /// The command line as the report records it: `harness`, then the arguments, a `--db-url` value redacted.
@@ -586,6 +591,7 @@ impl std::fmt::Debug for BenchArgs {
             .field("processor_bin", &self.processor_bin)
             .field("markdown_into", &self.markdown_into)
             .field("real_docs", &self.real_docs)
+            .field("contract", &self.contract)
             .finish()
     }
 }
@@ -605,6 +611,13 @@ fn cmd_bench(a: BenchArgs) -> Exit {
             }
         },
     };
+    // A bad contract is the user's argument: refused here, before any database starts (exit 2).
+    if let Some(path) = &a.contract {
+        if let Err(e) = processor::contract::Contract::from_file(path) {
+            eprintln!("error: --contract {}: {e}", path.display());
+            return Exit::Usage;
+        }
+    }
     let command = shown_command(std::env::args());
     let cfg = crate::bench::BenchConfig {
         backend: a.backend,
@@ -619,6 +632,7 @@ fn cmd_bench(a: BenchArgs) -> Exit {
         processor,
         markdown_into: a.markdown_into,
         real_docs: a.real_docs,
+        contract: a.contract,
         command,
     };
     match crate::bench::run(&cfg) {

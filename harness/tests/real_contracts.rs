@@ -1,7 +1,8 @@
 //! The checker under the replaced system's own contracts (`../shared/seed/original/contracts`), which its reference
 //! mapping does not cover: a fault-free run of real sample documents passes by comparison with its baseline, and a
-//! planted wrong value in one stored row is caught as `content`, naming the application. Skipped, saying why, where
-//! the seed folder is absent; with `SHREDPROOF_REQUIRE_SEED=1` (CI) that is a failure.
+//! planted wrong value in one stored row is caught as `content`, naming the application. Reported skipped
+//! (`fixtures::trial`, `Need::Seed`) where the seed folder is absent; with `SHREDPROOF_REQUIRE_SEED=1` (CI) that is
+//! a failure. Also: `harness bench --contract` refuses a bad contract at start-up.
 
 use harness::check::{self, ContentBy, Invariant};
 use harness::db::SqliteDir;
@@ -12,19 +13,6 @@ use std::path::{Path, PathBuf};
 
 fn scenarios_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")
-}
-
-fn seed_present(what: &str) -> bool {
-    match harness::scenario::seed_root(&scenarios_dir()) {
-        Ok(_) => true,
-        Err(why) if std::env::var("SHREDPROOF_REQUIRE_SEED").is_ok_and(|v| v == "1") => {
-            panic!("SHREDPROOF_REQUIRE_SEED=1 but {why}")
-        }
-        Err(why) => {
-            eprintln!("skipped {what}: {why}");
-            false
-        }
-    }
 }
 
 fn planted_wrong_value_is_caught(contract: &str, dir: &str, table: &str) {
@@ -122,16 +110,45 @@ fn planted_wrong_value_is_caught(contract: &str, dir: &str, table: &str) {
     );
 }
 
-#[test]
 fn credit_card_contract_planted_wrong_value_is_content() {
-    if seed_present("the credit-card planted-value test") {
-        planted_wrong_value_is_caught("mapping_contract.json", "", "app_pricing_cc");
+    planted_wrong_value_is_caught("mapping_contract.json", "", "app_pricing_cc");
+}
+
+fn recreational_lending_contract_planted_wrong_value_is_content() {
+    planted_wrong_value_is_caught("mapping_contract_rl.json", "/reclending", "app_pricing_rl");
+}
+
+/// `harness bench --contract FILE`: a contract that cannot be read or is not valid stops at start-up with exit 2,
+/// naming the file, before any database is started.
+fn bench_refuses_a_bad_contract_with_exit_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"colour": "blue"}"#).expect("write");
+    for path in [bad, dir.path().join("absent.json")] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+            .args(["bench", "--apps", "10", "--out"])
+            .arg(dir.path().join("out"))
+            .arg("--contract")
+            .arg(&path)
+            .output()
+            .expect("spawn");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(
+            !dir.path().join("out").exists(),
+            "started before refusing: {err}"
+        );
     }
 }
 
-#[test]
-fn recreational_lending_contract_planted_wrong_value_is_content() {
-    if seed_present("the recreational-lending planted-value test") {
-        planted_wrong_value_is_caught("mapping_contract_rl.json", "/reclending", "app_pricing_rl");
-    }
+fn main() {
+    use fixtures::trial::Need;
+    use fixtures::trials;
+    let mut t = trials!([] => bench_refuses_a_bad_contract_with_exit_2);
+    t.extend(trials!([Need::Seed] =>
+        credit_card_contract_planted_wrong_value_is_content,
+        recreational_lending_contract_planted_wrong_value_is_content,
+    ));
+    fixtures::trial::run(t)
 }

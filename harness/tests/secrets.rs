@@ -279,6 +279,7 @@ fn debug_output_masks_passwords() {
             processor: harness::runner::ProcessorCmd::external("p".into()),
             markdown_into: None,
             real_docs: None,
+            contract: None,
             command: harness::cli::shown_command(
                 ["harness", "bench", "--db-url", url]
                     .into_iter()

@@ -64,6 +64,9 @@ pub struct BenchConfig {
     pub markdown_into: Option<PathBuf>,
     /// Real-shaped documents: the samples under this folder, cycled (see [`Workload`]).
     pub real_docs: Option<PathBuf>,
+    /// The mapping contract (default: the project's own). Under another contract the real documents are used as
+    /// they are (only their application and contact ids are renumbered per copy).
+    pub contract: Option<PathBuf>,
     /// The command line that produced this report, for reproduction (a `--db-url` password shown as `***`).
     pub command: String,
 }
@@ -89,6 +92,7 @@ impl std::fmt::Debug for BenchConfig {
             .field("processor", &self.processor)
             .field("markdown_into", &self.markdown_into)
             .field("real_docs", &self.real_docs)
+            .field("contract", &self.contract)
             .field("command", &self.command)
             .finish()
     }
@@ -156,7 +160,12 @@ pub struct BenchReport {
 
 /// Runs the whole benchmark and writes its reports. Errors are environment or I/O problems.
 pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
-    let contract = Contract::from_json(fixtures::CONTRACT_JSON).context("bad built-in contract")?;
+    let contract = match &cfg.contract {
+        None => Contract::from_json(fixtures::CONTRACT_JSON).context("bad built-in contract")?,
+        Some(path) => {
+            Contract::from_file(path).with_context(|| format!("bad contract {}", path.display()))?
+        }
+    };
     std::fs::create_dir_all(&cfg.out)
         .with_context(|| format!("cannot create {}", cfg.out.display()))?;
     let mut launcher =
@@ -276,12 +285,18 @@ impl Workload {
         let Some(dir) = &cfg.real_docs else {
             return Ok(Workload::Generated);
         };
-        // Credit-card applications (with contacts) only: the project's contract maps nothing else.
+        let own_contract = cfg.contract.is_none();
+        // Under the project's contract: credit-card applications (with contacts) only, made mappable by it (it maps
+        // nothing else). Under a given contract (e.g. the replaced system's), the documents as they are.
         let samples: Vec<_> = fixtures::samples::read_samples(dir)
             .into_iter()
-            .filter(|s| s.xml.contains("<contact "))
+            .filter(|s| !own_contract || s.xml.contains("<contact "))
             .map(|s| fixtures::samples::Sample {
-                xml: fixtures::samples::fit_project_contract(&s.xml),
+                xml: if own_contract {
+                    fixtures::samples::fit_project_contract(&s.xml)
+                } else {
+                    s.xml
+                },
                 name: s.name,
             })
             .collect();
@@ -455,6 +470,11 @@ fn run_instances(
             .arg(&events)
             .arg("--log-level")
             .arg("warn")
+            .args(
+                cfg.contract
+                    .iter()
+                    .flat_map(|c| [std::ffi::OsStr::new("--contract"), c.as_os_str()]),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
