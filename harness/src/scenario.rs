@@ -264,6 +264,26 @@ pub struct TriggerSpec {
 impl FaultSpec {
     /// The fault's trigger, for the kinds that have one.
     pub fn trigger(&self) -> Option<TriggerSpec> {
+        self.clone()
+            .trigger_fields()
+            .map(|(at_ms, after_commits)| TriggerSpec {
+                at_ms: *at_ms,
+                after_commits: *after_commits,
+            })
+    }
+
+    /// The same fault with trigger `t` (unchanged for a kind without a trigger).
+    pub fn with_trigger(&self, t: TriggerSpec) -> FaultSpec {
+        let mut f = self.clone();
+        if let Some((at_ms, after_commits)) = f.trigger_fields() {
+            *at_ms = t.at_ms;
+            *after_commits = t.after_commits;
+        }
+        f
+    }
+
+    /// The one place that knows which kinds have a trigger (`at_ms` / `after_commits`).
+    fn trigger_fields(&mut self) -> Option<(&mut Option<u64>, &mut Option<u64>)> {
         match self {
             FaultSpec::Kill {
                 at_ms,
@@ -301,61 +321,9 @@ impl FaultSpec {
             | FaultSpec::RestartDb {
                 at_ms,
                 after_commits,
-            } => Some(TriggerSpec {
-                at_ms: *at_ms,
-                after_commits: *after_commits,
-            }),
+            } => Some((at_ms, after_commits)),
             FaultSpec::CrashPoint { .. } | FaultSpec::RandomKill { .. } => None,
         }
-    }
-
-    /// The same fault with trigger `t` (unchanged for a kind without a trigger).
-    pub fn with_trigger(&self, t: TriggerSpec) -> FaultSpec {
-        let mut f = self.clone();
-        match &mut f {
-            FaultSpec::Kill {
-                at_ms,
-                after_commits,
-                ..
-            }
-            | FaultSpec::Pause {
-                at_ms,
-                after_commits,
-                ..
-            }
-            | FaultSpec::Stop {
-                at_ms,
-                after_commits,
-                ..
-            }
-            | FaultSpec::DropConnections {
-                at_ms,
-                after_commits,
-            }
-            | FaultSpec::Blackhole {
-                at_ms,
-                after_commits,
-                ..
-            }
-            | FaultSpec::Latency {
-                at_ms,
-                after_commits,
-                ..
-            }
-            | FaultSpec::CutReply {
-                at_ms,
-                after_commits,
-            }
-            | FaultSpec::RestartDb {
-                at_ms,
-                after_commits,
-            } => {
-                *at_ms = t.at_ms;
-                *after_commits = t.after_commits;
-            }
-            FaultSpec::CrashPoint { .. } | FaultSpec::RandomKill { .. } => {}
-        }
-        f
     }
 
     /// The kebab-case `kind` as written in files.
