@@ -59,3 +59,28 @@ pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// Sends SIGTERM to `child` and waits up to `bound` for it to exit: its status and how long it took. A child still
+/// running at the bound is killed and the test fails with `what`.
+pub fn sigterm_and_wait(
+    child: &mut std::process::Child,
+    bound: Duration,
+    what: &str,
+) -> (std::process::ExitStatus, Duration) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    let sent = Instant::now();
+    let mut status = None;
+    wait_until(bound, || {
+        status = child.try_wait().expect("wait");
+        status.is_some()
+    });
+    let took = sent.elapsed();
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("still running {took:?} after SIGTERM{what}");
+    };
+    (status, took)
+}

@@ -2,13 +2,11 @@
 //! cut short by SIGTERM, and the process ends as a clean drain (exit 0, `finished` with reason `drained`).
 
 use crate::wait_until;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use processor::events::EventKind;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub fn sigterm_while_the_database_is_unreachable_drains_at_once() {
     // A port nothing listens on: every connect is refused, which the retry policy treats as transient.
@@ -56,21 +54,10 @@ pub fn sigterm_while_the_database_is_unreachable_drains_at_once() {
             log.lock().map(|l| l.clone()).unwrap_or_default()
         );
     }
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
-    let sent = Instant::now();
-    let mut status = None;
     // The contract is "within 1 s"; the bound is generous (5 s) so a loaded machine does not fail it, while a
     // process that ignored the signal would retry for the policy's 120 s.
-    wait_until(Duration::from_secs(5), || {
-        status = child.try_wait().expect("wait");
-        status.is_some()
-    });
-    let took = sent.elapsed();
-    let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("still running {took:?} after SIGTERM while backing off");
-    };
+    let (status, _) =
+        crate::sigterm_and_wait(&mut child, Duration::from_secs(5), " while backing off");
     let _ = reader.join();
     let log = log.lock().map(|l| l.clone()).unwrap_or_default();
     assert_eq!(

@@ -4,11 +4,9 @@
 //! SIGTERM while a huge document maps ends the process within a deadline with nothing half-written.
 
 use crate::wait_until;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn processor(db: &str, sub: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_processor"));
@@ -354,19 +352,7 @@ pub fn sigterm_in_the_middle_of_a_huge_document_exits_promptly() {
             || matches!(child.try_wait(), Ok(Some(_)))),
         "the processor never got to work"
     );
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
-    let sent = Instant::now();
-    let mut status = None;
-    wait_until(Duration::from_secs(30), || {
-        status = child.try_wait().expect("wait");
-        status.is_some()
-    });
-    let took = sent.elapsed();
-    let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("still running {took:?} after SIGTERM");
-    };
+    let (status, took) = crate::sigterm_and_wait(&mut child, Duration::from_secs(30), "");
     eprintln!("exit {took:?} after SIGTERM");
     assert!(status.success(), "{status:?}");
     // 1 s is the promise; the margin is for a loaded 2-core CI machine, and stays far below any mapping time.
