@@ -389,14 +389,7 @@ fn build(raw: RawContract, text: &str) -> Result<Contract, ContractError> {
     };
     let app_parts = split_path("xml_application_path", &raw.xml_application_path)?;
     let app_node = trie.insert("xml_application_path", &app_parts, &root)?;
-    let source_table =
-        Ident::new(&raw.source_table).map_err(|e| invalid("source_table", e.to_string()))?;
-    let source_column =
-        Ident::new(&raw.source_column).map_err(|e| invalid("source_column", e.to_string()))?;
-    let schema = match raw.target_schema.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(s) => Some(Ident::new(s).map_err(|e| invalid("target_schema", e.to_string()))?),
-    };
+    let (source_table, source_column, schema) = source_and_schema(&raw)?;
 
     let mut tables = build_tables(&raw)?;
     let mut tree = Tree {
@@ -436,6 +429,21 @@ fn table_idx(entry: &str, name: &str, tables: &[Table]) -> Result<usize, Contrac
                 format!("unknown table '{name}' (not in table_insertion_order)"),
             )
         })
+}
+
+/// The source table and column and the target schema, as identifiers: the same three keys in both contract formats.
+pub(crate) fn source_and_schema(
+    raw: &RawContract,
+) -> Result<(Ident, Ident, Option<Ident>), ContractError> {
+    let source_table =
+        Ident::new(&raw.source_table).map_err(|e| invalid("source_table", e.to_string()))?;
+    let source_column =
+        Ident::new(&raw.source_column).map_err(|e| invalid("source_column", e.to_string()))?;
+    let schema = match raw.target_schema.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) => Some(Ident::new(s).map_err(|e| invalid("target_schema", e.to_string()))?),
+    };
+    Ok((source_table, source_column, schema))
 }
 
 /// Tables in insertion order.

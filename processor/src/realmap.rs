@@ -450,14 +450,7 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
     let mut rtables = lower_tables(&raw)?;
     lower_mappings(&raw, &root, &enums, &mut rtables)?;
     let (tables, app_key) = store_tables(&mut rtables)?;
-    let source_table =
-        Ident::new(&raw.source_table).map_err(|e| invalid("source_table", e.to_string()))?;
-    let source_column =
-        Ident::new(&raw.source_column).map_err(|e| invalid("source_column", e.to_string()))?;
-    let schema = match raw.target_schema.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(s) => Some(Ident::new(s).map_err(|e| invalid("target_schema", e.to_string()))?),
-    };
+    let (source_table, source_column, schema) = crate::contract::source_and_schema(&raw)?;
     let address_preferred = address_types.first().cloned().unwrap_or_default();
     let (nodes, app_node) = path_trie(&root, &app_path, &rtables);
     Ok(Contract {
