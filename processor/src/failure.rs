@@ -1,5 +1,5 @@
 //! Why a document was not written: a [`Stage`] and a message, rendered as `processing_log.failure_reason`. Shared
-//! by the parser (`xml`), the mappers (`mapping`, `realmap`) and the write algorithm (`store::write`), so none of
+//! by the parser (`xml`), the mappers (`mapping`, `contract::real`) and the write algorithm (`store::write`), so none of
 //! them imports another for it.
 
 use crate::budget::Interrupted;

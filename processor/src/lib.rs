@@ -16,7 +16,6 @@ pub mod expr;
 pub mod failure;
 pub mod ident;
 pub mod mapping;
-pub mod realmap;
 pub mod retry;
 pub mod rows;
 pub mod store;

@@ -6,7 +6,7 @@ use crate::contract::{Column, Contract, Source, Transform};
 use crate::expr::{scalar_of, Scalar};
 use crate::value::{convert, f64_text, ColType, ConvertError, Value};
 use crate::xml::{self, ParsedDoc};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 pub use crate::failure::{Failure, Stage, MAX_REASON_CHARS};
 pub use crate::rows::MappedApp;
@@ -29,7 +29,7 @@ pub fn map_document_within(
     budget: &Budget,
 ) -> Result<MappedApp, Failure> {
     if let Some(plan) = &contract.real {
-        return crate::realmap::map_document_real(contract, plan, app_id, xml, budget);
+        return crate::contract::real::map_document_real(contract, plan, app_id, xml, budget);
     }
     let doc = xml::parse_within(xml, contract, budget)?;
     budget.check().map_err(Failure::interrupted)?;
@@ -123,7 +123,7 @@ pub fn map_parsed_within(
                 t_elems.insert(app_elem, 0);
             }
         }
-        check_unique_keys(contract, ti, &t_rows)?;
+        crate::contract::check_unique_keys(contract, ti, &t_rows)?;
         rows.push(t_rows);
         row_of_elem.push(t_elems);
     }
@@ -418,49 +418,6 @@ pub fn extract_numeric(s: &str) -> Option<String> {
         }
     }
     Some(out)
-}
-
-/// Every table's natural key: no NULL in a key column, no two rows of one document with the same key.
-pub(crate) fn check_keys(contract: &Contract, rows: &[Vec<Vec<Value>>]) -> Result<(), Failure> {
-    for (ti, t_rows) in rows.iter().enumerate() {
-        let table = &contract.tables[ti];
-        for r in t_rows {
-            if let Some(&k) = table.key.iter().find(|&&k| r[k].is_null()) {
-                return Err(map_err(format!(
-                    "{}.{} (natural key) has no value",
-                    table.name, table.columns[k].name
-                )));
-            }
-        }
-        check_unique_keys(contract, ti, t_rows)?;
-    }
-    Ok(())
-}
-
-fn check_unique_keys(contract: &Contract, ti: usize, rows: &[Vec<Value>]) -> Result<(), Failure> {
-    let table = &contract.tables[ti];
-    if rows.len() < 2 {
-        return Ok(());
-    }
-    let mut seen = HashSet::with_capacity(rows.len());
-    for r in rows {
-        let key: Vec<&Value> = table.key.iter().map(|&k| &r[k]).collect();
-        if !seen.insert(key.clone()) {
-            let cols: Vec<&str> = table
-                .key
-                .iter()
-                .map(|&k| table.columns[k].name.as_str())
-                .collect();
-            let vals: Vec<String> = key.iter().map(|v| v.to_string()).collect();
-            return Err(map_err(format!(
-                "duplicate key ({}) = ({}) in {}",
-                cols.join(", "),
-                vals.join(", "),
-                table.name
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

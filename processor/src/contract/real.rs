@@ -9,8 +9,9 @@ use crate::contract::{
     scalar_text, Column, Contract, ContractError, PathNode, RawContract, RawMapping,
     RawMappingType, Source, Table,
 };
+use crate::failure::{Failure, Stage};
 use crate::ident::Ident;
-use crate::mapping::{Failure, MappedApp, Stage};
+use crate::rows::MappedApp;
 use crate::value::{convert, parse_decimal, ColType, Value};
 use quick_xml::events::attributes::Attributes;
 use quick_xml::events::Event;
@@ -3188,7 +3189,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
             }
             out.push(self.lower(contract, ti, t, recs)?);
         }
-        crate::mapping::check_keys(contract, &out)?;
+        crate::contract::check_keys(contract, &out)?;
         Ok(MappedApp {
             app_id: self.app_id,
             rows: out,

@@ -3,11 +3,16 @@
 //! beyond reading the file.
 
 use crate::expr::{self, Expr};
+use crate::failure::{Failure, Stage};
 use crate::ident::Ident;
-use crate::value::ColType;
+use crate::value::{ColType, Value};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+
+/// The XmlConversion contract format: its plan (built at load, held by [`Contract::real`]) and its mapper. A child
+/// of this module, so `contract` and `real` are one unit and no sibling module imports back into it.
+pub mod real;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContractError {
@@ -236,8 +241,8 @@ pub struct Contract {
     pub app_key: (usize, usize),
     /// The raw JSON text, for reports.
     pub json: String,
-    /// XmlConversion-format contracts map with that system's semantics (`realmap`); `None` for Shredproof's own.
-    pub real: Option<std::sync::Arc<crate::realmap::Plan>>,
+    /// XmlConversion-format contracts map with that system's semantics (`real`); `None` for Shredproof's own.
+    pub real: Option<std::sync::Arc<real::Plan>>,
 }
 
 impl Contract {
@@ -262,7 +267,7 @@ impl Contract {
             }
         })?;
         if raw.source_application_table.is_some() {
-            return crate::realmap::build(raw, text);
+            return real::build(raw, text);
         }
         build(raw, text)
     }
@@ -981,6 +986,60 @@ fn path_of(trie: &Trie, node: usize) -> String {
     format!("/{}", parts.join("/"))
 }
 
+/// The natural keys the contract declares, checked on one document's rows by both mappers (a contract fact, so it
+/// lives with the contract). Every table's natural key: no NULL in a key column, no two rows of one document with the same key.
+pub(crate) fn check_keys(contract: &Contract, rows: &[Vec<Vec<Value>>]) -> Result<(), Failure> {
+    for (ti, t_rows) in rows.iter().enumerate() {
+        let table = &contract.tables[ti];
+        for r in t_rows {
+            if let Some(&k) = table.key.iter().find(|&&k| r[k].is_null()) {
+                return Err(Failure::new(
+                    Stage::Map,
+                    format!(
+                        "{}.{} (natural key) has no value",
+                        table.name, table.columns[k].name
+                    ),
+                ));
+            }
+        }
+        check_unique_keys(contract, ti, t_rows)?;
+    }
+    Ok(())
+}
+
+/// No two rows of one table (one document) with the same natural key.
+pub(crate) fn check_unique_keys(
+    contract: &Contract,
+    ti: usize,
+    rows: &[Vec<Value>],
+) -> Result<(), Failure> {
+    let table = &contract.tables[ti];
+    if rows.len() < 2 {
+        return Ok(());
+    }
+    let mut seen = HashSet::with_capacity(rows.len());
+    for r in rows {
+        let key: Vec<&Value> = table.key.iter().map(|&k| &r[k]).collect();
+        if !seen.insert(key.clone()) {
+            let cols: Vec<&str> = table
+                .key
+                .iter()
+                .map(|&k| table.columns[k].name.as_str())
+                .collect();
+            let vals: Vec<String> = key.iter().map(|v| v.to_string()).collect();
+            return Err(Failure::new(
+                Stage::Map,
+                format!(
+                    "duplicate key ({}) = ({}) in {}",
+                    cols.join(", "),
+                    vals.join(", "),
+                    table.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
 #[cfg(test)]
 mod tests {
     use super::*;
