@@ -10,7 +10,6 @@ pub mod exit;
 pub mod explore;
 pub mod proxy;
 pub mod report;
-pub mod report_html;
 pub mod runner;
 pub mod scenario;
 pub mod shrink;

@@ -6,7 +6,9 @@
 //!   `db/<backend>.rs` and `check/reader/<backend>.rs`, and the test-cluster setup in `fixtures/src/pg.rs` and
 //!   `fixtures/src/babelfish.rs`); SQL is recognised by upper-case keywords (`SELECT `, `INSERT INTO`, …);
 //! * no function longer than 150 lines unless `// tidy:long-fn <reason>` stands directly above it (above its doc
-//!   comment and attributes, if any).
+//!   comment and attributes, if any);
+//! * no import cycle between the top-level modules of `processor/src` or `harness/src` (a folder module and its
+//!   children count as one unit).
 //!
 //! Test code is exempt from the last two rules: files under `tests/`, `tests.rs` / `*_tests.rs`, and everything
 //! after a file's first `#[cfg(test)]` line (the house puts unit tests at the end of a file).
@@ -413,4 +415,130 @@ fn the_lexer_tells_strings_from_code() {
     let lines: Vec<&str> = marked.lines().collect();
     assert!(has_long_fn_marker(&lines, 4));
     assert!(!has_long_fn_marker(&["fn c() {}"], 1));
+}
+
+/// The module import graph of one crate (`<crate>/src`): an edge `a → b` for every `crate::b` path in `a`'s
+/// non-test code (comments skipped), where `a` and `b` are top-level modules (a folder module and its children are
+/// one unit, so a child using its parent's types is not a cycle).
+fn module_graph(
+    krate: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let prefix = format!("{krate}/src/");
+    let top = |rel: &str| -> Option<String> {
+        let rest = rel.strip_prefix(&prefix)?;
+        let first = rest.split('/').next()?;
+        let name = first.strip_suffix(".rs").unwrap_or(first);
+        (name != "lib" && name != "main").then(|| name.to_owned())
+    };
+    let files: Vec<(String, String)> = sources()
+        .into_iter()
+        .filter(|(rel, _)| rel.starts_with(&prefix) && !is_test_file(rel))
+        .collect();
+    let modules: std::collections::BTreeSet<String> =
+        files.iter().filter_map(|(rel, _)| top(rel)).collect();
+    let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for (rel, text) in &files {
+        let Some(from) = top(rel) else { continue };
+        let end = test_start(text);
+        for (i, line) in text.lines().enumerate() {
+            if i + 1 >= end {
+                break;
+            }
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            for (pos, _) in code.match_indices("crate::") {
+                let ident: String = code[pos + 7..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if ident != from && modules.contains(&ident) {
+                    graph.entry(from.clone()).or_default().insert(ident);
+                }
+            }
+            // `use crate::{a, b::c}` groups.
+            if let Some(group) = code.strip_prefix("use crate::{") {
+                for part in group.split([',', '}']) {
+                    let ident = part.trim().split("::").next().unwrap_or("").to_owned();
+                    if ident != from && modules.contains(&ident) {
+                        graph.entry(from.clone()).or_default().insert(ident);
+                    }
+                }
+            }
+        }
+    }
+    graph
+}
+
+/// Every cycle reachable in `graph`, each as `a → b → … → a` (one per back edge found by a depth-first search).
+fn cycles(
+    graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> Vec<String> {
+    fn dfs(
+        node: &str,
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        stack: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+        out: &mut Vec<String>,
+    ) {
+        stack.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(at) = stack.iter().position(|s| s == next) {
+                let mut path = stack[at..].to_vec();
+                path.push(next.clone());
+                out.push(path.join(" → "));
+            } else if !done.contains(next) {
+                dfs(next, graph, stack, done, out);
+            }
+        }
+        stack.pop();
+        done.insert(node.to_owned());
+    }
+    let mut done = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for node in graph.keys() {
+        if !done.contains(node) {
+            dfs(node, graph, &mut Vec::new(), &mut done, &mut out);
+        }
+    }
+    out
+}
+
+#[test]
+fn no_import_cycle_between_processor_modules() {
+    let graph = module_graph("processor");
+    assert!(
+        graph.get("engine").is_some_and(|e| e.contains("store")),
+        "the graph builder found no `engine → store` edge: it is not reading the sources"
+    );
+    let found = cycles(&graph);
+    assert!(
+        found.is_empty(),
+        "import cycles in processor/src:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_cycle_finder_finds_a_planted_cycle() {
+    let mut graph = std::collections::BTreeMap::new();
+    for (a, b) in [("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")] {
+        graph
+            .entry(a.to_owned())
+            .or_insert_with(std::collections::BTreeSet::new)
+            .insert(b.to_owned());
+    }
+    assert_eq!(cycles(&graph), vec!["a → b → c → a".to_owned()]);
+}
+
+#[test]
+fn tmp_harness_cycles() {
+    let found = cycles(&module_graph("harness"));
+    assert!(
+        found.is_empty(),
+        "import cycles in harness/src:\n{}",
+        found.join("\n")
+    );
 }

@@ -374,6 +374,11 @@ pub fn stored_document(stored: &str) -> Result<Cow<'_, str>, DecodeError> {
     Ok(Cow::Borrowed(stored))
 }
 
+/// Strips a UTF-8 byte order mark (both parsers start here, so the fact lives with the decoder, a leaf).
+pub fn strip_bom(xml: &str) -> &str {
+    xml.strip_prefix('\u{feff}').unwrap_or(xml)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

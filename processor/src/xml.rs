@@ -38,10 +38,7 @@ fn parse_err(msg: impl Into<String>) -> Failure {
     Failure::new(Stage::Parse, msg)
 }
 
-/// Strips a UTF-8 byte order mark.
-pub fn strip_bom(xml: &str) -> &str {
-    xml.strip_prefix('\u{feff}').unwrap_or(xml)
-}
+pub use crate::decode::strip_bom;
 
 /// Parses `xml`, validating structure, attribute syntax and entity references everywhere, and collecting the
 /// contract's elements. The root element must be the contract's `xml_root_element`.

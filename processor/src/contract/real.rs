@@ -998,7 +998,7 @@ fn parse_err(msg: impl Into<String>) -> Failure {
 }
 
 fn parse_doc<'a>(xml: &'a str, root: &str, budget: &Budget) -> Result<Doc<'a>, Failure> {
-    let xml = crate::xml::strip_bom(xml);
+    let xml = crate::decode::strip_bom(xml);
     let mut reader = Reader::from_str(xml);
     reader.config_mut().check_end_names = true;
     let mut doc = Doc {

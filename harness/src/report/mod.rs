@@ -1,6 +1,9 @@
 //! Reports: one terminal line per scenario with the command that reproduces it, `summary.json` per run, and a
 //! JUnit XML file for CI. Formatting only; no decisions are made here.
 
+/// `report.html`: the timeline view of one scenario (a child of `report`, which writes it next to `summary.json`).
+pub mod html;
+
 use crate::runner::{ScenarioOutcome, Verdict};
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 use std::fmt::Write as _;
@@ -76,9 +79,9 @@ pub fn terminal_line(o: &ScenarioOutcome, backend: &str) -> String {
     s
 }
 
-/// Writes the scenario's `summary.json` and its HTML timeline `report.html` (see [`crate::report_html`]).
+/// Writes the scenario's `summary.json` and its HTML timeline `report.html` (see [`html`]).
 pub fn write_summary(o: &ScenarioOutcome, backend: &str) -> std::io::Result<()> {
-    crate::report_html::write(o, backend)?;
+    html::write(o, backend)?;
     let mut v = serde_json::to_value(o).map_err(std::io::Error::other)?;
     if let Some(obj) = v.as_object_mut() {
         obj.insert("backend".into(), backend.into());
