@@ -8,7 +8,7 @@ use crate::proxy::{FaultProxy, ProxyStats};
 use crate::scenario::{Action, Expectation, Fault, Plan, ResumeOn, Trigger};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use processor::events::{Event, EventKind};
+use processor::events::{Body, Event, EventKind, FinishReason};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -626,7 +626,7 @@ fn event_counts(events: &[Event]) -> (u64, u64, u64) {
     let mut collisions = 0;
     let mut lease_lost = 0;
     for e in events {
-        match e.event {
+        match e.kind() {
             EventKind::Committed => {
                 for a in &e.app_ids {
                     *committed_by.entry(*a).or_default() += 1;
@@ -652,13 +652,13 @@ fn read_events(
 ) -> Result<(), RunnerError> {
     for inst in insts.iter_mut() {
         for ev in read_new_events(inst)? {
-            if ev.event == EventKind::Committed {
+            if ev.kind() == EventKind::Committed {
                 inst.commits += 1;
             }
-            if ev.event == EventKind::Claimed {
+            if ev.kind() == EventKind::Claimed {
                 inst.last_claim = ev.app_ids.iter().copied().collect();
             }
-            if ev.event == EventKind::CrashPoint {
+            if let Body::CrashPoint { point, nth, .. } = &ev.body {
                 // Crash-point faults fire inside the process; the event is the proof.
                 let mut park_ms = None;
                 let mut park_on = None;
@@ -679,11 +679,7 @@ fn read_events(
                     {
                         records[fi].fired = true;
                         records[fi].at_ms = Some(ph.t0.elapsed().as_millis() as u64);
-                        records[fi].note = format!(
-                            "crash_point {} nth {}",
-                            ev.point.clone().unwrap_or_default(),
-                            ev.nth.unwrap_or(0)
-                        );
+                        records[fi].note = format!("crash_point {point} nth {nth}");
                     }
                 }
                 match (park_on, park_ms) {
@@ -697,11 +693,7 @@ fn read_events(
                     }
                     (None, None) => {
                         inst.expecting = Some(Action::Kill);
-                        inst.crash_fired = Some(format!(
-                            "{}:{}",
-                            ev.point.clone().unwrap_or_default(),
-                            ev.nth.unwrap_or(0)
-                        ));
+                        inst.crash_fired = Some(format!("{point}:{nth}"));
                     }
                 }
             }
@@ -728,7 +720,7 @@ fn resume_parked(
         let hit = ph.all_events.iter().find(|e| {
             e.instance_id == r.instance
                 && e.ts_us >= since
-                && r.matches(e.event)
+                && r.matches(e.kind())
                 && (e.app_ids.is_empty() || e.app_ids.iter().any(|a| claim.contains(a)))
         });
         let awaited = &insts[r.instance as usize];
@@ -736,7 +728,7 @@ fn resume_parked(
             Some(e) => format!(
                 "; resumed when instance {} wrote {}",
                 r.instance,
-                e.event.as_str()
+                e.kind().as_str()
             ),
             None if awaited.finished && awaited.child.is_none() => {
                 // It will never come: resume so the run can end, and say why the run proves nothing.
@@ -992,21 +984,18 @@ fn open_reader_patiently(
 }
 
 /// The `finished` reason of the session whose `started` event names `pid`, if it wrote one.
-fn drain_finish(events: &[Event], pid: u32) -> Option<&str> {
+fn drain_finish(events: &[Event], pid: u32) -> Option<FinishReason> {
     let session = events
         .iter()
         .rev()
-        .find(|e| {
-            e.event == EventKind::Started
-                && e.detail.get("pid").and_then(serde_json::Value::as_u64) == Some(u64::from(pid))
-        })?
+        .find(|e| e.started().is_some_and(|s| s.pid == pid))?
         .session_id
         .as_str();
     events
         .iter()
         .rev()
-        .find(|e| e.event == EventKind::Finished && e.session_id == session)
-        .and_then(|e| e.reason.as_deref())
+        .filter(|e| e.session_id == session)
+        .find_map(Event::finish_reason)
 }
 
 fn describe_status(s: ExitStatus) -> String {

@@ -141,8 +141,14 @@ mod postgres {
             let events = processor::events::read_file(&o.dir.join("events.jsonl")).expect("events");
             let resolved: Vec<_> = events
                 .iter()
-                .filter(|e| e.event == processor::events::EventKind::CommitResolved)
-                .filter(|e| e.reason.as_deref() == Some("committed") && !e.app_ids.is_empty())
+                .filter(|e| {
+                    matches!(
+                        e.body,
+                        processor::events::Body::CommitResolved {
+                            reason: processor::events::CommitOutcome::Committed
+                        }
+                    ) && !e.app_ids.is_empty()
+                })
                 .collect();
             assert!(
                 !resolved.is_empty(),

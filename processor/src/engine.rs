@@ -10,7 +10,9 @@ use crate::budget::Budget;
 use crate::contract::Contract;
 use crate::crash::{self, CrashPoint, Crasher};
 use crate::decode;
-use crate::events::{Event, EventKind, EventSink};
+use crate::events::{
+    Body, Coerced, CommitOutcome, CrashDetail, CrashEffect, Event, EventSink, FinishReason, Started,
+};
 use crate::failure::{Failure, Stage};
 use crate::mapping::map_document_within;
 use crate::retry::{with_retry, RetryPolicy};
@@ -120,20 +122,8 @@ impl RunConfig {
     }
 }
 
-/// What a run did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct RunSummary {
-    pub succeeded: u64,
-    pub failed: u64,
-    pub collisions: u64,
-    pub lease_lost: u64,
-    pub batches: u64,
-    pub slow_batches: u64,
-    pub retries: u64,
-    pub elapsed_secs: f64,
-    /// `done` (no eligible work left), `limit` or `drained` (SIGTERM/SIGINT).
-    pub reason: String,
-}
+/// What a run did: the `finished` event's payload (defined with the events it is part of).
+pub use crate::events::RunSummary;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -153,8 +143,8 @@ pub struct RunContext<'a> {
 }
 
 impl RunContext<'_> {
-    fn event(&self, kind: EventKind, instance_id: u32, app_ids: Vec<i64>) -> Event {
-        Event::new(kind, instance_id, self.session_id, app_ids)
+    fn event(&self, body: Body, instance_id: u32, app_ids: Vec<i64>) -> Event {
+        Event::new(body, instance_id, self.session_id, app_ids)
     }
 }
 
@@ -177,18 +167,25 @@ impl Hooks for CrashHooks<'_> {
 impl CrashHooks<'_> {
     fn hit(&self, point: CrashPoint) {
         if let Some(nth) = self.ctx.crasher.should_fire(point) {
-            let mut e = self
-                .ctx
-                .event(EventKind::CrashPoint, self.instance_id, vec![]);
-            e.point = Some(point.name().to_owned());
-            e.nth = Some(nth);
             let parks = self
                 .ctx
                 .crasher
                 .spec()
                 .is_some_and(|s| s.action == crash::CrashAction::Pause);
-            e.detail = serde_json::json!({ "action": if parks { "pause" } else { "kill" } });
-            self.ctx.events.emit(&e);
+            let body = Body::CrashPoint {
+                point: point.name().to_owned(),
+                nth,
+                detail: CrashDetail {
+                    action: if parks {
+                        CrashEffect::Pause
+                    } else {
+                        CrashEffect::Kill
+                    },
+                },
+            };
+            self.ctx
+                .events
+                .emit(&self.ctx.event(body, self.instance_id, vec![]));
             tracing::warn!(point = point.name(), nth, "crash point fired");
             match self.ctx.crasher.spec().map(|s| s.action) {
                 Some(crash::CrashAction::Pause) => {
@@ -395,7 +392,7 @@ pub fn run(
     // batch moves before it. The contract is cloned so the mapping threads do not borrow the store.
     let contract = store.contract().clone();
     let contract = &contract;
-    let reason = std::thread::scope(|scope| -> Result<&'static str, RunError> {
+    let reason = std::thread::scope(|scope| -> Result<FinishReason, RunError> {
         let mut inflight: Option<InFlight<'_>> = None;
         loop {
             let queued = inflight.as_ref().map_or(0, |f| f.ids.len() as u64);
@@ -424,7 +421,7 @@ pub fn run(
                         let unfinished =
                             with_retry(store, &cfg.retry, retry_log, |s| s.pending_count(&sel))?;
                         if unfinished == 0 {
-                            return Ok("done");
+                            return Ok(FinishReason::Done);
                         }
                         std::thread::sleep(Duration::from_millis(idle_wait_ms));
                         idle_wait_ms = (idle_wait_ms * 2).min(500);
@@ -435,7 +432,7 @@ pub fn run(
                         wrapped = true;
                         continue;
                     }
-                    _ => return Ok("done"),
+                    _ => return Ok(FinishReason::Done),
                 }
             }
             // An empty fetch with a batch still in flight falls through: that batch is written first, then the
@@ -501,7 +498,7 @@ pub fn drained_before_start(backend: &str, cfg: &RunConfig, ctx: &RunContext<'_>
         cfg,
         ctx,
         RunSummary::default(),
-        "drained",
+        FinishReason::Drained,
         0,
         Instant::now(),
     )
@@ -512,7 +509,7 @@ fn finish(
     cfg: &RunConfig,
     ctx: &RunContext<'_>,
     mut summary: RunSummary,
-    reason: &str,
+    reason: FinishReason,
     retries: u64,
     start: Instant,
 ) -> RunSummary {
@@ -522,13 +519,14 @@ fn finish(
     }
     summary.retries = retries;
     summary.elapsed_secs = start.elapsed().as_secs_f64();
-    summary.reason = reason.to_owned();
-    let mut fin = ctx.event(EventKind::Finished, iid, vec![]);
-    fin.reason = Some(reason.to_owned());
-    fin.detail = serde_json::to_value(&summary).unwrap_or_default();
-    ctx.events.emit(&fin);
-    tracing::info!(
+    summary.reason = reason.as_str().to_owned();
+    let body = Body::Finished {
         reason,
+        detail: summary.clone(),
+    };
+    ctx.events.emit(&ctx.event(body, iid, vec![]));
+    tracing::info!(
+        reason = reason.as_str(),
         succeeded = summary.succeeded,
         failed = summary.failed,
         collisions = summary.collisions,
@@ -539,16 +537,16 @@ fn finish(
 
 /// Why the run stops taking new work, if it does: `drained` after SIGTERM/SIGINT, `limit` once `taken` (written
 /// plus in flight) reaches `--limit`.
-fn stop_reason(cfg: &RunConfig, ctx: &RunContext<'_>, taken: u64) -> Option<&'static str> {
+fn stop_reason(cfg: &RunConfig, ctx: &RunContext<'_>, taken: u64) -> Option<FinishReason> {
     let stop = if ctx.shutdown.load(Ordering::SeqCst) {
-        Some("drained")
+        Some(FinishReason::Drained)
     } else {
         match cfg.limit {
-            Some(limit) if taken >= limit => Some("limit"),
+            Some(limit) if taken >= limit => Some(FinishReason::Limit),
             _ => None,
         }
     };
-    if stop == Some("drained") && crash::planted(crash::PlantedBug::ExitMidDrain) {
+    if stop == Some(FinishReason::Drained) && crash::planted(crash::PlantedBug::ExitMidDrain) {
         // Planted bug (harness tests only): leave at once, the batch in flight unwritten and unreported.
         crate::exit::ExitStatus::Done.exit_now();
     }
@@ -584,13 +582,12 @@ fn claimed(
     held: Vec<i64>,
     hooks: &CrashHooks<'_>,
 ) {
-    let mut e = ctx.event(
-        EventKind::Claimed,
+    let fences = docs.iter().map(|d| d.fence.unwrap_or(0)).collect();
+    ctx.events.emit(&ctx.event(
+        Body::Claimed { fences },
         iid,
         docs.iter().map(|d| d.app_id).collect(),
-    );
-    e.fences = docs.iter().map(|d| d.fence.unwrap_or(0)).collect();
-    ctx.events.emit(&e);
+    ));
     if let Some(hb) = heartbeat {
         hb.set(held);
     }
@@ -603,14 +600,19 @@ fn claimed(
 /// The `started` event and log line.
 fn emit_started(backend: &str, cfg: &RunConfig, ctx: &RunContext<'_>) {
     let iid = cfg.instance_id;
-    let mut started = ctx.event(EventKind::Started, iid, vec![]);
-    started.detail = serde_json::json!({
-        "mode": cfg.mode.as_str(), "commit_mode": cfg.commit_mode.as_str(), "pid": std::process::id(),
-        "backend": backend, "batch_size": cfg.batch_size, "workers": cfg.workers,
-        "instance_count": cfg.instance_count, "lease_secs": cfg.lease_secs,
-        "crash_at": ctx.crasher.spec().map(|s| s.to_string()),
-    });
-    ctx.events.emit(&started);
+    let detail = Started {
+        mode: cfg.mode.as_str().to_owned(),
+        commit_mode: cfg.commit_mode.as_str().to_owned(),
+        pid: std::process::id(),
+        backend: backend.to_owned(),
+        batch_size: cfg.batch_size,
+        workers: cfg.workers,
+        instance_count: cfg.instance_count,
+        lease_secs: cfg.lease_secs,
+        crash_at: ctx.crasher.spec().map(|s| s.to_string()),
+    };
+    ctx.events
+        .emit(&ctx.event(Body::Started { detail }, iid, vec![]));
     tracing::info!(
         mode = cfg.mode.as_str(),
         commit_mode = cfg.commit_mode.as_str(),
@@ -676,13 +678,11 @@ fn abandon_batch(
             tracing::warn!(error = %e, "could not release abandoned claims; they expire with their lease");
         }
     }
-    let mut e = ctx.event(
-        EventKind::Abandoned,
-        iid,
-        work.iter().map(|w| w.app_id).collect(),
-    );
-    e.reason = Some("stop requested while mapping".into());
-    ctx.events.emit(&e);
+    let body = Body::Abandoned {
+        reason: "stop requested while mapping".into(),
+    };
+    ctx.events
+        .emit(&ctx.event(body, iid, work.iter().map(|w| w.app_id).collect()));
 }
 
 /// Writes one mapped batch under the retry policy (`retries` counts the retries); an atomic COMMIT whose outcome
@@ -711,7 +711,7 @@ fn write_with_retry(
                             apps = mine.len(),
                             "commit outcome was unknown; the log shows it committed"
                         );
-                        emit_resolved(ctx, iid, mine.clone(), "committed");
+                        emit_resolved(ctx, iid, mine.clone(), CommitOutcome::Committed);
                         return Ok(result_from_committed(work, &mine));
                     }
                 }
@@ -725,14 +725,14 @@ fn write_with_retry(
                         if mine.is_empty() {
                             tracing::warn!(error = %e, "commit outcome was unknown; the log shows it did not commit");
                             let ids = work.iter().map(|w| w.app_id).collect();
-                            emit_resolved(ctx, iid, ids, "not_committed");
+                            emit_resolved(ctx, iid, ids, CommitOutcome::NotCommitted);
                             Err(e)
                         } else {
                             tracing::warn!(
                                 apps = mine.len(),
                                 "commit outcome was unknown; the log shows it committed"
                             );
-                            emit_resolved(ctx, iid, mine.clone(), "committed");
+                            emit_resolved(ctx, iid, mine.clone(), CommitOutcome::Committed);
                             Ok(result_from_committed(work, &mine))
                         }
                     }
@@ -788,10 +788,9 @@ fn report_progress(cfg: &RunConfig, summary: &RunSummary, start: Instant) {
 }
 
 /// The `commit_resolved` event: the harness proves the ambiguous-COMMIT path from it, never from log text.
-fn emit_resolved(ctx: &RunContext<'_>, iid: u32, app_ids: Vec<i64>, outcome: &str) {
-    let mut e = ctx.event(EventKind::CommitResolved, iid, app_ids);
-    e.reason = Some(outcome.to_owned());
-    ctx.events.emit(&e);
+fn emit_resolved(ctx: &RunContext<'_>, iid: u32, app_ids: Vec<i64>, reason: CommitOutcome) {
+    ctx.events
+        .emit(&ctx.event(Body::CommitResolved { reason }, iid, app_ids));
 }
 
 fn result_from_committed(work: &[AppWork], mine: &[i64]) -> BatchResult {
@@ -812,13 +811,17 @@ fn result_from_committed(work: &[AppWork], mine: &[i64]) -> BatchResult {
 fn emit_batch(ctx: &RunContext<'_>, iid: u32, r: &BatchResult, fenced: bool) {
     // Planted bug (harness tests only): the commit is not reported.
     if !r.committed.is_empty() && !crash::planted(crash::PlantedBug::SilentCommit) {
-        let mut e = ctx.event(EventKind::Committed, iid, r.committed.clone());
-        if fenced {
-            e.fences = r.committed_fences.clone();
-        }
+        let fences = if fenced {
+            r.committed_fences.clone()
+        } else {
+            Vec::new()
+        };
+        let mut detail = None;
         // Truncations/coercions per committed application (XmlConversion semantics), so none is silent.
         if r.committed_coerced.iter().any(|&n| n > 0) {
-            e.detail = serde_json::json!({ "coerced": r.committed_coerced });
+            detail = Some(Coerced {
+                coerced: r.committed_coerced.clone(),
+            });
             // The same figures in the log (text or `--log-format json`): which applications, how many values.
             let (ids, values): (Vec<i64>, Vec<u32>) = r
                 .committed
@@ -834,16 +837,15 @@ fn emit_batch(ctx: &RunContext<'_>, iid: u32, r: &BatchResult, fenced: bool) {
                 "committed with values truncated or coerced to fit the contract"
             );
         }
-        ctx.events.emit(&e);
+        let body = Body::Committed { fences, detail };
+        ctx.events.emit(&ctx.event(body, iid, r.committed.clone()));
     }
     if !r.failed.is_empty() {
-        let mut e = ctx.event(
-            EventKind::Failed,
-            iid,
-            r.failed.iter().map(|f| f.0).collect(),
-        );
-        e.reason = r.failed.first().map(|f| f.1.clone());
-        ctx.events.emit(&e);
+        let body = Body::Failed {
+            reason: r.failed[0].1.clone(),
+        };
+        ctx.events
+            .emit(&ctx.event(body, iid, r.failed.iter().map(|f| f.0).collect()));
     }
     if !r.collisions.is_empty() {
         tracing::info!(
@@ -851,17 +853,16 @@ fn emit_batch(ctx: &RunContext<'_>, iid: u32, r: &BatchResult, fenced: bool) {
             "collisions: another instance finished these first"
         );
         ctx.events
-            .emit(&ctx.event(EventKind::Collision, iid, r.collisions.clone()));
+            .emit(&ctx.event(Body::Collision, iid, r.collisions.clone()));
     }
     if !r.lease_lost.is_empty() {
         tracing::warn!(
             count = r.lease_lost.len(),
             "lease lost: claims were taken over; nothing committed for them"
         );
-        ctx.events.emit(&{
-            let mut e = ctx.event(EventKind::LeaseLost, iid, r.lease_lost.clone());
-            e.fences = r.lease_lost_fences.clone();
-            e
-        });
+        let body = Body::LeaseLost {
+            fences: r.lease_lost_fences.clone(),
+        };
+        ctx.events.emit(&ctx.event(body, iid, r.lease_lost.clone()));
     }
 }

@@ -548,7 +548,7 @@ mod tests {
     use super::*;
 
     fn ev(kind: EventKind, session: &str, ts_us: i64, ids: Vec<i64>) -> Event {
-        let mut e = Event::new(kind, 0, session, ids);
+        let mut e = Event::new(processor::events::Body::bare(kind), 0, session, ids);
         e.ts_us = ts_us;
         e
     }

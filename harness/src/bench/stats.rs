@@ -35,11 +35,11 @@ pub(super) fn event_stats(events: &[Event]) -> Result<EventStats> {
     let mut c2c = Vec::new();
     let mut commits: Vec<(i64, u64)> = Vec::new();
     let mut collisions = 0u64;
-    if !events.iter().any(|e| e.event == EventKind::Started) {
+    if !events.iter().any(|e| e.kind() == EventKind::Started) {
         bail!("no started event: did the processor write its events?");
     }
     for e in events {
-        match e.event {
+        match e.kind() {
             EventKind::Started => {
                 last_by_session.insert(&e.session_id, e.ts_us);
             }

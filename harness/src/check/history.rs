@@ -12,7 +12,7 @@
 use super::baseline::Layout;
 use super::reader::Sql;
 use super::{CheckError, Invariant, Reader, Violation};
-use processor::events::{Event, EventKind};
+use processor::events::{Body, CrashEffect, Event, EventKind, FinishReason};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// How one processor process (one start of one instance) ended, as the runner saw it.
@@ -45,7 +45,7 @@ pub struct Fate<'a> {
     /// The harness sent it SIGTERM (a `stop` fault).
     pub sigterm_sent: bool,
     /// The reason of its session's `finished` event, if it wrote one.
-    pub finished: Option<&'a str>,
+    pub finished: Option<FinishReason>,
     /// Its log file, for the message.
     pub log: &'a str,
 }
@@ -68,7 +68,7 @@ pub fn process_fate(f: &Fate<'_>) -> Vec<Violation> {
             });
         }
     }
-    if f.sigterm_sent && (!f.exited_ok || f.finished != Some("drained")) {
+    if f.sigterm_sent && (!f.exited_ok || f.finished != Some(FinishReason::Drained)) {
         out.push(Violation {
             invariant: Invariant::CleanDrain,
             app_ids: vec![],
@@ -79,7 +79,7 @@ pub fn process_fate(f: &Fate<'_>) -> Vec<Violation> {
                 f.end.start,
                 f.end.status,
                 match f.finished {
-                    Some(r) => format!("a `finished` event with reason `{r}`"),
+                    Some(r) => format!("a `finished` event with reason `{}`", r.as_str()),
                     None => "no `finished` event".to_owned(),
                 },
                 f.log
@@ -140,41 +140,30 @@ pub fn run_invariants(f: &RunFacts<'_>) -> Vec<Violation> {
 
 /// One session as the history shows it.
 #[derive(Debug, Clone, Default)]
-struct Session<'e> {
+struct Session {
     instance: u32,
     started_us: Option<i64>,
     pid: Option<u32>,
-    finished: Option<&'e str>,
+    finished: Option<FinishReason>,
     /// `--commit-mode split`: one transaction per application, one `committed` event per batch.
     split: bool,
     /// It fired a crash point whose action is `kill`.
     crashed: bool,
 }
 
-fn sessions(events: &[Event]) -> HashMap<&str, Session<'_>> {
-    let mut out: HashMap<&str, Session<'_>> = HashMap::new();
+fn sessions(events: &[Event]) -> HashMap<&str, Session> {
+    let mut out: HashMap<&str, Session> = HashMap::new();
     for e in events {
         let s = out.entry(e.session_id.as_str()).or_default();
         s.instance = e.instance_id;
-        match e.event {
-            EventKind::Started => {
+        match &e.body {
+            Body::Started { detail } => {
                 s.started_us = Some(e.ts_us);
-                s.pid = e
-                    .detail
-                    .get("pid")
-                    .and_then(serde_json::Value::as_u64)
-                    .and_then(|p| u32::try_from(p).ok());
-                s.split = e
-                    .detail
-                    .get("commit_mode")
-                    .and_then(serde_json::Value::as_str)
-                    == Some("split");
+                s.pid = Some(detail.pid);
+                s.split = detail.commit_mode == "split";
             }
-            EventKind::CrashPoint => {
-                s.crashed =
-                    e.detail.get("action").and_then(serde_json::Value::as_str) != Some("pause");
-            }
-            EventKind::Finished => s.finished = e.reason.as_deref(),
+            Body::CrashPoint { detail, .. } => s.crashed = detail.action != CrashEffect::Pause,
+            Body::Finished { reason, .. } => s.finished = Some(*reason),
             _ => {}
         }
     }
@@ -212,7 +201,7 @@ pub fn check(
 /// No application is committed by two transactions (two `committed` events), whatever the database shows now.
 fn committed_once(events: &[Event]) -> Vec<Violation> {
     let mut by: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
-    for e in events.iter().filter(|e| e.event == EventKind::Committed) {
+    for e in events.iter().filter(|e| e.kind() == EventKind::Committed) {
         for a in &e.app_ids {
             by.entry(*a).or_default().push(&e.session_id);
         }
@@ -243,14 +232,14 @@ fn committed_once(events: &[Event]) -> Vec<Violation> {
 /// or before this very collision, by S itself. Such a commit was visible to every selection S ever made, so S
 /// selected logged work (e.g. it ignored `processing_log`). Legitimate collisions are races between sessions that
 /// were both running before the commit.
-fn no_redo(events: &[Event], sess: &HashMap<&str, Session<'_>>) -> Vec<Violation> {
+fn no_redo(events: &[Event], sess: &HashMap<&str, Session>) -> Vec<Violation> {
     // app → (ts, session) of its first commit.
     let mut first_commit: HashMap<i64, (i64, &str)> = HashMap::new();
     let mut redone: BTreeSet<i64> = BTreeSet::new();
     let mut example: Option<String> = None;
     let mut redoers: BTreeSet<&str> = BTreeSet::new();
     for e in events {
-        match e.event {
+        match e.kind() {
             EventKind::Committed => {
                 for a in &e.app_ids {
                     first_commit.entry(*a).or_insert((e.ts_us, &e.session_id));
@@ -274,7 +263,7 @@ fn no_redo(events: &[Event], sess: &HashMap<&str, Session<'_>>) -> Vec<Violation
                                 "app {a} was committed by session {by}{}, and session {} then redid it ({})",
                                 if own { "" } else { " before the redoing session started" },
                                 e.session_id,
-                                e.event.as_str()
+                                e.kind().as_str()
                             ));
                         }
                     }
@@ -307,9 +296,9 @@ fn fences_increase(events: &[Event]) -> Vec<Violation> {
     let mut seen: HashMap<(i64, i64), &str> = HashMap::new();
     let mut bad: BTreeSet<i64> = BTreeSet::new();
     let mut example = None;
-    for e in events.iter().filter(|e| e.event == EventKind::Claimed) {
+    for e in events.iter().filter(|e| e.kind() == EventKind::Claimed) {
         for (i, a) in e.app_ids.iter().enumerate() {
-            let Some(f) = e.fences.get(i).copied() else {
+            let Some(f) = e.fences().get(i).copied() else {
                 continue;
             };
             if let Some(ps) = seen.insert((*a, f), &e.session_id) {
@@ -338,14 +327,14 @@ fn fences_increase(events: &[Event]) -> Vec<Violation> {
 
 /// A session that finished `drained` holds no claim: everything it claimed was written (committed, collision,
 /// lease lost) or released (`abandoned`) by itself before it finished.
-fn drained_holds_nothing(events: &[Event], sess: &HashMap<&str, Session<'_>>) -> Vec<Violation> {
+fn drained_holds_nothing(events: &[Event], sess: &HashMap<&str, Session>) -> Vec<Violation> {
     let mut held: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
     for e in events {
-        if sess.get(e.session_id.as_str()).and_then(|s| s.finished) != Some("drained") {
+        if sess.get(e.session_id.as_str()).and_then(|s| s.finished) != Some(FinishReason::Drained) {
             continue;
         }
         let h = held.entry(&e.session_id).or_default();
-        match e.event {
+        match e.kind() {
             EventKind::Claimed => h.extend(e.app_ids.iter().copied()),
             EventKind::Committed
             | EventKind::Collision
@@ -356,7 +345,7 @@ fn drained_holds_nothing(events: &[Event], sess: &HashMap<&str, Session<'_>>) ->
                     h.remove(a);
                 }
             }
-            EventKind::CommitResolved if e.reason.as_deref() == Some("committed") => {
+            EventKind::CommitResolved if e.is_commit() => {
                 for a in &e.app_ids {
                     h.remove(a);
                 }
@@ -387,15 +376,13 @@ fn drained_holds_nothing(events: &[Event], sess: &HashMap<&str, Session<'_>>) ->
 /// reported too.
 fn log_rows_reported(
     events: &[Event],
-    sess: &HashMap<&str, Session<'_>>,
+    sess: &HashMap<&str, Session>,
     ends: &[ProcessEnd],
     log: &[(i64, String)],
 ) -> Vec<Violation> {
     let mut reported: HashMap<&str, BTreeSet<i64>> = HashMap::new();
     for e in events {
-        let counts = e.event == EventKind::Committed
-            || (e.event == EventKind::CommitResolved && e.reason.as_deref() == Some("committed"));
-        if counts {
+        if e.is_commit() {
             reported
                 .entry(&e.session_id)
                 .or_default()
@@ -466,14 +453,16 @@ mod tests {
     use super::*;
 
     fn ev(kind: EventKind, ts: i64, session: &str, apps: &[i64]) -> Event {
-        let mut e = Event::new(kind, 0, session, apps.to_vec());
+        let mut e = Event::new(Body::bare(kind), 0, session, apps.to_vec());
         e.ts_us = ts;
         e
     }
 
     fn started(ts: i64, session: &str, pid: u32) -> Event {
         let mut e = ev(EventKind::Started, ts, session, &[]);
-        e.detail = serde_json::json!({ "pid": pid });
+        if let Body::Started { detail } = &mut e.body {
+            detail.pid = pid;
+        }
         e
     }
 
@@ -500,23 +489,23 @@ mod tests {
 
     #[test]
     fn fences_must_increase_and_drains_must_release() {
-        let mut c1 = ev(EventKind::Claimed, 1, "a", &[7]);
-        c1.fences = vec![2];
-        let mut c2 = ev(EventKind::Claimed, 5, "b", &[7]);
-        c2.fences = vec![2];
+        let c1 = ev(EventKind::Claimed, 1, "a", &[7]).with_fences(vec![2]);
+        let c2 = ev(EventKind::Claimed, 5, "b", &[7]).with_fences(vec![2]);
         let v = check(&[c1.clone(), c2], &[], None);
         assert!(v.iter().any(|v| v.invariant == Invariant::Fencing), "{v:?}");
         // Pause-past-lease: the paused instance's fence-1 `claimed` event is written after the takeover's fence-2
         // one (it was stopped between its claim and the event). Distinct fences: no violation.
-        let mut late = ev(EventKind::Claimed, 6, "b", &[7]);
-        late.fences = vec![1];
+        let late = ev(EventKind::Claimed, 6, "b", &[7]).with_fences(vec![1]);
         let v = check(&[c1.clone(), late], &[], None);
         assert!(
             !v.iter().any(|v| v.invariant == Invariant::Fencing),
             "{v:?}"
         );
         let mut fin = ev(EventKind::Finished, 9, "a", &[]);
-        fin.reason = Some("drained".into());
+        fin.body = Body::Finished {
+            reason: FinishReason::Drained,
+            detail: Default::default(),
+        };
         let v = check(&[c1.clone(), fin.clone()], &[], None);
         assert!(
             v.iter().any(|v| v.invariant == Invariant::CleanDrain),

@@ -1462,13 +1462,13 @@ fn check_fencing_events(events: &[Event]) -> Vec<Violation> {
     // (app, session) → (ts, fence held) of every lease_lost.
     let mut lost: HashMap<(i64, &str), Vec<Loss>> = HashMap::new();
     for e in events {
-        match e.event {
+        match e.kind() {
             EventKind::Claimed => {
                 for (i, app) in e.app_ids.iter().enumerate() {
                     claims.entry(*app).or_default().push((
                         e.ts_us,
                         &e.session_id,
-                        e.fences.get(i).copied(),
+                        e.fences().get(i).copied(),
                     ));
                 }
             }
@@ -1476,19 +1476,19 @@ fn check_fencing_events(events: &[Event]) -> Vec<Violation> {
                 for (i, app) in e.app_ids.iter().enumerate() {
                     lost.entry((*app, &e.session_id))
                         .or_default()
-                        .push((e.ts_us, e.fences.get(i).copied()));
+                        .push((e.ts_us, e.fences().get(i).copied()));
                 }
             }
             _ => {}
         }
     }
     let mut out = Vec::new();
-    for e in events.iter().filter(|e| e.event == EventKind::Committed) {
+    for e in events.iter().filter(|e| e.kind() == EventKind::Committed) {
         let s = e.session_id.as_str();
         let t = e.ts_us;
         for (i, app) in e.app_ids.iter().enumerate() {
             let app_claims = claims.get(app).map(Vec::as_slice).unwrap_or(&[]);
-            let own_fence = e.fences.get(i).copied().or_else(|| {
+            let own_fence = e.fences().get(i).copied().or_else(|| {
                 app_claims
                     .iter()
                     .filter(|(ts, ss, _)| *ss == s && *ts <= t)

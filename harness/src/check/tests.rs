@@ -2,6 +2,7 @@
 //! pass every invariant; each planted bug must trip exactly the invariant meant to catch it, naming the right app.
 
 use super::*;
+use processor::events::Body;
 use rusqlite::{params, Connection};
 use std::path::{Path, PathBuf};
 
@@ -452,9 +453,9 @@ fn log_fence_not_matching_claim_breaks_fencing() {
 }
 
 fn ev(kind: EventKind, session: &str, ts_us: i64, apps: &[i64], fences: &[i64]) -> Event {
-    let mut e = Event::new(kind, 0, session, apps.to_vec());
+    let mut e =
+        Event::new(Body::bare(kind), 0, session, apps.to_vec()).with_fences(fences.to_vec());
     e.ts_us = ts_us;
-    e.fences = fences.to_vec();
     e
 }
 

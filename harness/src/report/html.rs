@@ -7,7 +7,7 @@
 
 use crate::check::history::ProcessEnd;
 use crate::runner::{PhaseOutcome, ScenarioOutcome};
-use processor::events::{Event, EventKind};
+use processor::events::{Body, Event, EventKind, FinishReason};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
@@ -143,7 +143,7 @@ struct Segment<'e> {
     from: i64,
     to: i64,
     end: Option<&'e ProcessEnd>,
-    finished: Option<&'e str>,
+    finished: Option<FinishReason>,
 }
 
 // tidy:long-fn one SVG drawing whose lanes, marks and legend share one coordinate system; not yet split (issue 14)
@@ -180,20 +180,15 @@ fn timeline(o: &ScenarioOutcome, events: &[Event]) -> String {
     // Sessions per instance, in start order.
     let mut segs: BTreeMap<u32, Vec<Segment<'_>>> = BTreeMap::new();
     let mut last_ts: HashMap<&str, i64> = HashMap::new();
-    let mut fin: HashMap<&str, (&str, i64)> = HashMap::new();
+    let mut fin: HashMap<&str, (FinishReason, i64)> = HashMap::new();
     for e in events {
         last_ts.insert(&e.session_id, e.ts_us);
-        if e.event == EventKind::Finished {
-            fin.insert(&e.session_id, (e.reason.as_deref().unwrap_or(""), e.ts_us));
+        if let Some(r) = e.finish_reason() {
+            fin.insert(&e.session_id, (r, e.ts_us));
         }
     }
-    for e in events.iter().filter(|e| e.event == EventKind::Started) {
-        let pid = e
-            .detail
-            .get("pid")
-            .and_then(serde_json::Value::as_u64)
-            .and_then(|p| u32::try_from(p).ok());
-        let end = pid.and_then(|p| by_pid.get(&p).copied());
+    for (e, started) in events.iter().filter_map(|e| Some((e, e.started()?))) {
+        let end = by_pid.get(&started.pid).copied();
         let to = end
             .map(|p| p.ended_us)
             .or_else(|| fin.get(e.session_id.as_str()).map(|f| f.1))
@@ -258,7 +253,7 @@ fn timeline(o: &ScenarioOutcome, events: &[Event]) -> String {
                 k + 1,
                 esc(seg.session),
                 esc(&ended),
-                seg.finished.unwrap_or("(no finished event)")
+                seg.finished.map_or("(no finished event)", FinishReason::as_str)
             );
             // The end of the process: a bar, red when its ending broke a process-fate invariant.
             let bad = seg.end.and_then(|p| p.violation);
@@ -295,18 +290,20 @@ fn timeline(o: &ScenarioOutcome, events: &[Event]) -> String {
         let xx = x(e.ts_us);
         let apps = esc(&apps_sample(&e.app_ids));
         let title = format!(
-            "{} at {} ms, session {}{}{} {apps}",
-            e.event.as_str(),
+            "{} at {} ms, session {}{} {apps}",
+            e.kind().as_str(),
             (e.ts_us - m.t0_us) / 1000,
             esc(&e.session_id),
-            e.point
-                .as_ref()
-                .map_or(String::new(), |p| format!(", point {}", esc(p))),
-            e.reason
-                .as_ref()
-                .map_or(String::new(), |r| format!(", {}", esc(r))),
+            match &e.body {
+                Body::CrashPoint { point, .. } => format!(", point {}", esc(point)),
+                Body::Failed { reason } | Body::Abandoned { reason } =>
+                    format!(", {}", esc(reason)),
+                Body::Finished { reason, .. } => format!(", {}", reason.as_str()),
+                Body::CommitResolved { reason } => format!(", {}", reason.as_str()),
+                _ => String::new(),
+            },
         );
-        let (cy, shape) = match e.event {
+        let (cy, shape) = match e.kind() {
             EventKind::Claimed => (
                 y + 12.0,
                 format!(

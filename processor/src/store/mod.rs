@@ -13,6 +13,7 @@ use crate::value::Value;
 pub use url::{DbUrl, UrlError};
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// The harness's planted `ignore-log` bug (`crash::PlantedBug::IgnoreLog`), switched on once at start-up by the
 /// CLI so the store layer does not depend on the crash module.
@@ -84,7 +85,13 @@ pub struct StoreError {
     /// What was being done, typed (see [`OpKind`]).
     pub op_kind: OpKind,
     pub op: &'static str,
+    /// What went wrong, for a person: the driver's text with what it hides (a PostgreSQL error's detail naming the
+    /// key, a TDS error's number and state, the causes of a failed connect).
     pub message: String,
+    /// The driver error this was classified from, kept typed so code can inspect it ([`StoreError::cause`]) rather
+    /// than its text. Not a `#[source]`: its text is already in `message` (so a failure reason, a log field or an
+    /// event carries it), and printing the chain (`{:#}`) must not repeat it — the rule [`OpenError`] follows too.
+    cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl StoreError {
@@ -94,7 +101,19 @@ impl StoreError {
             op_kind: OpKind::of(op),
             op,
             message: message.into(),
+            cause: None,
         }
+    }
+
+    /// Keeps the driver error `e` this one was classified from.
+    pub fn with_cause(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Arc::new(e));
+        self
+    }
+
+    /// The driver error, when this came from one: `e.cause()?.downcast_ref::<rusqlite::Error>()`.
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.cause.as_deref()
     }
 
     pub fn is_retryable(&self) -> bool {

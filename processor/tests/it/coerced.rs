@@ -8,7 +8,7 @@
 //! return, unless `SHREDPROOF_REQUIRE_SEED=1` (CI), where that is a failure.
 
 use processor::contract::Contract;
-use processor::events::EventKind;
+use processor::events::Body;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -155,12 +155,12 @@ fn coerced_reach_the_user(
     // The committed events carry the same figure per application.
     let mut from_events = BTreeMap::new();
     for e in processor::events::read_file(&events).expect("events") {
-        if e.event != EventKind::Committed {
+        let Body::Committed { detail, .. } = &e.body else {
             continue;
-        }
-        let per_app = e.detail["coerced"].as_array().cloned().unwrap_or_default();
+        };
+        let per_app = detail.as_ref().map_or(&[][..], |d| &d.coerced[..]);
         for (i, id) in e.app_ids.iter().enumerate() {
-            from_events.insert(*id, per_app.get(i).and_then(|v| v.as_i64()).unwrap_or(0));
+            from_events.insert(*id, per_app.get(i).map_or(0, |&n| i64::from(n)));
         }
     }
     assert_eq!(

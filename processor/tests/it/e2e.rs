@@ -23,7 +23,7 @@ fn processor(db: &str, sub: &str) -> Command {
 fn committed_batches(events: &Path) -> usize {
     processor::events::read_file(events).map_or(0, |e| {
         e.iter()
-            .filter(|e| e.event == processor::events::EventKind::Committed)
+            .filter(|e| e.kind() == processor::events::EventKind::Committed)
             .count()
     })
 }

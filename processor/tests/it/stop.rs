@@ -2,7 +2,7 @@
 //! cut short by SIGTERM, and the process ends as a clean drain (exit 0, `finished` with reason `drained`).
 
 use crate::wait_until;
-use processor::events::EventKind;
+use processor::events::{EventKind, FinishReason};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -68,11 +68,11 @@ pub fn sigterm_while_the_database_is_unreachable_drains_at_once() {
     let all = processor::events::read_file(&events).expect("events");
     let fin = all
         .iter()
-        .find(|e| e.event == EventKind::Finished)
+        .find(|e| e.kind() == EventKind::Finished)
         .unwrap_or_else(|| panic!("no finished event: {all:?}"));
-    assert_eq!(fin.reason.as_deref(), Some("drained"), "{all:?}");
+    assert_eq!(fin.finish_reason(), Some(FinishReason::Drained), "{all:?}");
     assert!(
-        all.iter().any(|e| e.event == EventKind::Started),
+        all.iter().any(|e| e.kind() == EventKind::Started),
         "a drain's session starts with `started` (the harness finds it by pid): {all:?}"
     );
 }

@@ -336,8 +336,9 @@ pub fn sigterm_in_the_middle_of_a_huge_document_exits_promptly() {
         .expect("spawn");
     let claimed_huge = || {
         processor::events::read_file(&events).is_ok_and(|e| {
-            e.iter()
-                .any(|e| e.event == processor::events::EventKind::Claimed && e.app_ids.contains(&1))
+            e.iter().any(|e| {
+                e.kind() == processor::events::EventKind::Claimed && e.app_ids.contains(&1)
+            })
         })
     };
     assert!(
@@ -363,7 +364,7 @@ pub fn sigterm_in_the_middle_of_a_huge_document_exits_promptly() {
     let all = processor::events::read_file(&events).expect("events");
     let abandoned = all
         .iter()
-        .any(|e| e.event == processor::events::EventKind::Abandoned && e.app_ids.contains(&1));
+        .any(|e| e.kind() == processor::events::EventKind::Abandoned && e.app_ids.contains(&1));
     let conn = rusqlite::Connection::open(&path).expect("open");
     let q = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).expect(sql) };
     let logged = q("SELECT COUNT(*) FROM processing_log WHERE app_id = 1");

@@ -62,14 +62,15 @@ pub fn kind_of(e: &tiberius::error::Error) -> ErrorKind {
     }
 }
 
-pub fn classify(op: &'static str, e: &tiberius::error::Error) -> StoreError {
-    let message = match e {
+pub fn classify(op: &'static str, e: tiberius::error::Error) -> StoreError {
+    let message = match &e {
         tiberius::error::Error::Server(t) => {
             format!("{} (error {}, state {})", t.message(), t.code(), t.state())
         }
         other => other.to_string(),
     };
-    StoreError::new(kind_of(e), op, message)
+    let kind = kind_of(&e);
+    StoreError::new(kind, op, message).with_cause(e)
 }
 
 /// A unique or primary key violation (2627, 2601).
@@ -79,7 +80,7 @@ pub fn is_duplicate(e: &tiberius::error::Error) -> bool {
 
 /// `map_err` helper: `.map_err(err("insert rows"))`.
 pub fn err(op: &'static str) -> impl Fn(tiberius::error::Error) -> StoreError {
-    move |e| classify(op, &e)
+    move |e| classify(op, e)
 }
 
 #[cfg(test)]
@@ -125,7 +126,7 @@ mod tests {
             kind_of(&Error::Protocol("unexpected token".into())),
             ErrorKind::Transient
         );
-        let e = classify("connect", &io);
+        let e = classify("connect", io);
         assert_eq!(e.kind, ErrorKind::Transient);
         assert_eq!(e.op, "connect");
     }

@@ -98,7 +98,7 @@ async fn connect_inner(cfg: &MssqlConfig) -> StoreResult<(Conn, ServerKind)> {
                 redirects += 1;
                 cfg = cfg.redirected(&host, port);
             }
-            Err(e) => return Err(classify("connect", &e)),
+            Err(e) => return Err(classify("connect", e)),
         }
     }
 }
@@ -565,7 +565,7 @@ impl Store for MssqlStore {
                     Err(e) if t.shared && retries < SHARED_RETRIES && error::is_duplicate(&e) => {
                         retries += 1;
                     }
-                    Err(e) => return Err(classify("insert rows", &e)),
+                    Err(e) => return Err(classify("insert rows", e)),
                 }
             }
         }

@@ -2,7 +2,7 @@
 
 use crate::store::{ErrorKind, StoreError};
 
-pub fn classify(op: &'static str, e: &postgres::Error) -> StoreError {
+pub fn classify(op: &'static str, e: postgres::Error) -> StoreError {
     let kind = match e.code() {
         Some(code) => {
             let c = code.code();
@@ -33,9 +33,9 @@ pub fn classify(op: &'static str, e: &postgres::Error) -> StoreError {
         },
         // The driver's own text is terse ("error connecting to server"); the cause ("Connection refused") is in
         // its source chain.
-        None => with_causes(e),
+        None => with_causes(&e),
     };
-    StoreError::new(kind, op, message)
+    StoreError::new(kind, op, message).with_cause(e)
 }
 
 /// An error's message followed by each of its causes: `a: b: c`, a cause repeating its parent's text omitted.
@@ -54,5 +54,5 @@ pub fn with_causes(e: &dyn std::error::Error) -> String {
 }
 
 pub fn err(op: &'static str) -> impl Fn(postgres::Error) -> StoreError {
-    move |e| classify(op, &e)
+    move |e| classify(op, e)
 }
