@@ -26,7 +26,7 @@ pub struct Target {
 }
 
 impl Target {
-    /// Every proxy fault (cut-reply included) can be drawn.
+    /// Every proxy fault (cut-reply and drop-commit included) can be drawn.
     fn proxy_faults(&self) -> bool {
         let c = self.backend.capabilities();
         c.server && c.commit_cut
@@ -108,7 +108,7 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
         let n = rng.random_range(0..=2u32);
         for _ in 0..n {
             let after_commits = Some(rng.random_range(1..=hi_total));
-            let kinds = if t.can_restart { 5 } else { 4 };
+            let kinds = if t.can_restart { 6 } else { 5 };
             let f = match rng.random_range(0..kinds) {
                 0 => FaultSpec::DropConnections {
                     at_ms: None,
@@ -126,6 +126,10 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
                     after_commits,
                 },
                 3 => FaultSpec::CutReply {
+                    at_ms: None,
+                    after_commits,
+                },
+                4 => FaultSpec::DropCommit {
                     at_ms: None,
                     after_commits,
                 },

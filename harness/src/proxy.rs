@@ -1,11 +1,12 @@
 //! A TCP fault proxy between the processors and a database server: it forwards bytes both ways and, on command,
-//! resets every connection, blackholes traffic for a while, adds latency, or lets one COMMIT through while cutting
-//! its reply (so the client cannot know whether it committed). Plain std threads; it binds 127.0.0.1 only and
+//! resets every connection, blackholes traffic for a while, adds latency, lets one COMMIT through while cutting
+//! its reply, or swallows one COMMIT before the server sees it (either way the client cannot know whether it
+//! committed; the first did, the second did not). Plain std threads; it binds 127.0.0.1 only and
 //! must never interpret or rewrite the bytes it forwards beyond spotting a PostgreSQL `COMMIT` query.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,13 +34,29 @@ pub enum ProxyError {
     Url(String),
 }
 
-/// What happened to one COMMIT whose reply was cut.
+/// What happened to one COMMIT whose reply was cut, or which was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CutRecord {
     /// The command tag the server sent (and the client never saw): `COMMIT`, `ROLLBACK`, or `none` when the
-    /// server did not answer before the wait ran out.
+    /// server did not answer before the wait ran out; `never sent` for a dropped COMMIT.
     pub server_said: String,
 }
+
+/// What an armed cut does to the next COMMIT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutMode {
+    /// Forward the COMMIT, swallow its reply, reset the connection: the transaction committed, the client
+    /// does not know.
+    Reply,
+    /// Forward what precedes the COMMIT, swallow the COMMIT itself, reset the connection: the server rolls the
+    /// transaction back when the connection goes, the client does not know.
+    Commit,
+}
+
+/// `cut_armed` values.
+const ARMED_NONE: u8 = 0;
+const ARMED_REPLY: u8 = 1;
+const ARMED_COMMIT: u8 = 2;
 
 /// Counters for the report.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -66,7 +83,7 @@ struct Shared {
     stop: AtomicBool,
     faults: Mutex<Faults>,
     conns: Mutex<Vec<Conn>>,
-    cut_armed: AtomicBool,
+    cut_armed: AtomicU8,
     cuts: Mutex<Vec<CutRecord>>,
     accepted: AtomicU64,
     upstream_failures: AtomicU64,
@@ -151,7 +168,7 @@ impl FaultProxy {
             stop: AtomicBool::new(false),
             faults: Mutex::default(),
             conns: Mutex::default(),
-            cut_armed: AtomicBool::new(false),
+            cut_armed: AtomicU8::new(ARMED_NONE),
             cuts: Mutex::default(),
             accepted: AtomicU64::new(0),
             upstream_failures: AtomicU64::new(0),
@@ -210,15 +227,25 @@ impl FaultProxy {
 
     /// The next PostgreSQL COMMIT to pass is forwarded, its reply dropped, and its connection then reset.
     pub fn arm_cut_reply(&self) {
-        self.shared.cut_armed.store(true, Ordering::SeqCst);
+        self.arm_cut(CutMode::Reply);
     }
 
-    /// Whether an armed cut-reply is still waiting for a COMMIT.
+    /// Arms a cut of the next PostgreSQL COMMIT to pass: its reply ([`CutMode::Reply`]) or the COMMIT itself
+    /// ([`CutMode::Commit`]).
+    pub fn arm_cut(&self, mode: CutMode) {
+        let v = match mode {
+            CutMode::Reply => ARMED_REPLY,
+            CutMode::Commit => ARMED_COMMIT,
+        };
+        self.shared.cut_armed.store(v, Ordering::SeqCst);
+    }
+
+    /// Whether an armed cut is still waiting for a COMMIT.
     pub fn cut_pending(&self) -> bool {
-        self.shared.cut_armed.load(Ordering::SeqCst)
+        self.shared.cut_armed.load(Ordering::SeqCst) != ARMED_NONE
     }
 
-    /// COMMITs whose reply was cut so far.
+    /// COMMITs whose reply was cut, or which were dropped, so far.
     pub fn cuts(&self) -> Vec<CutRecord> {
         lock(&self.shared.cuts).clone()
     }
@@ -315,7 +342,8 @@ fn serve(client: TcpStream, upstream: SocketAddr, sh: &Arc<Shared>) {
     sh.forget(id);
 }
 
-/// Client → server. Spots the COMMIT to cut when a cut-reply is armed.
+/// Client → server. Spots the COMMIT to cut when a cut is armed: a reply cut forwards it and lets `pump_down`
+/// swallow the reply; a commit drop forwards only what precedes it and resets both sides at once.
 fn pump_up(mut client: TcpStream, mut server: TcpStream, sh: &Shared, cutting: &AtomicBool) {
     let mut buf = vec![0u8; READ_BUF];
     loop {
@@ -327,16 +355,32 @@ fn pump_up(mut client: TcpStream, mut server: TcpStream, sh: &Shared, cutting: &
             break;
         }
         let chunk = &buf[..n];
-        if sh.cut_armed.load(Ordering::SeqCst)
-            && contains(chunk, PG_COMMIT_QUERY)
-            && sh
+        let armed = sh.cut_armed.load(Ordering::SeqCst);
+        let at = if armed == ARMED_NONE {
+            None
+        } else {
+            find(chunk, PG_COMMIT_QUERY)
+        };
+        if let Some(at) = at {
+            if sh
                 .cut_armed
-                .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+                .compare_exchange(armed, ARMED_NONE, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
-        {
-            // Set before forwarding, so the reply cannot slip through ahead of the flag.
-            cutting.store(true, Ordering::SeqCst);
-            let _ = server.set_read_timeout(Some(Duration::from_millis(CUT_REPLY_WAIT_MS)));
+            {
+                if armed == ARMED_COMMIT {
+                    // The server never sees the COMMIT: it sees the connection go, mid-transaction, and rolls
+                    // back. Recorded before the reset, so the runner's wait on the record cannot miss it.
+                    let _ = server.write_all(&chunk[..at]);
+                    lock(&sh.cuts).push(CutRecord {
+                        server_said: "never sent".to_owned(),
+                    });
+                    sh.resets.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+                // Set before forwarding, so the reply cannot slip through ahead of the flag.
+                cutting.store(true, Ordering::SeqCst);
+                let _ = server.set_read_timeout(Some(Duration::from_millis(CUT_REPLY_WAIT_MS)));
+            }
         }
         if server.write_all(chunk).is_err() {
             break;
@@ -387,7 +431,11 @@ fn pump_down(
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    find(hay, needle).is_some()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Splits a `postgres://` URL into (upstream `host:port`, the same URL pointed at `proxy`), through the processor's
@@ -490,6 +538,29 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(p.cuts()[0].server_said, "COMMIT");
+        assert!(!p.cut_pending());
+
+        // Drop-commit: what precedes the COMMIT reaches the server, the COMMIT does not, the client sees a reset.
+        let mut c = connect(&p);
+        c.write_all(b"y").expect("write");
+        c.read_exact(&mut [0u8; 1]).expect("echo");
+        p.arm_cut(CutMode::Commit);
+        assert!(p.cut_pending());
+        let mut msg = b"z".to_vec();
+        msg.extend_from_slice(PG_COMMIT_QUERY);
+        c.write_all(&msg).expect("write");
+        // The echo of "z" may or may not arrive before the reset; the COMMIT's echo never does.
+        let mut got = Vec::new();
+        let mut b = [0u8; 64];
+        while let Ok(n) = c.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&b[..n]);
+        }
+        assert!(!contains(&got, b"COMMIT"), "the COMMIT reached the server");
+        assert_eq!(p.cuts().len(), 2);
+        assert_eq!(p.cuts()[1].server_said, "never sent");
         assert!(!p.cut_pending());
     }
 

@@ -4,7 +4,7 @@
 
 use crate::check::{self, CheckReport, Invariant, Violation};
 use crate::db::Launcher;
-use crate::proxy::{FaultProxy, ProxyStats};
+use crate::proxy::{CutMode, FaultProxy, ProxyStats};
 use crate::scenario::{Action, Expectation, Fault, Plan, ResumeOn, Trigger};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -402,12 +402,16 @@ fn fire_due_faults(
                     rec.note = format!("latency on {} connection(s) {after}", p.open_connections());
                     globals.busy_until = globals.busy_until.max(Some(Instant::now() + d));
                 }
-                (Action::CutReply, Some(p)) => {
+                (Action::CutReply | Action::DropCommit, Some(p)) => {
                     // One armed cut at a time, so each cut proves exactly one fault.
                     if globals.cut_waiting.is_some() {
                         continue;
                     }
-                    p.arm_cut_reply();
+                    p.arm_cut(if f.action == Action::DropCommit {
+                        CutMode::Commit
+                    } else {
+                        CutMode::Reply
+                    });
                     globals.cut_waiting = Some((fi, p.cuts().len()));
                     rec.note = format!("armed {after}");
                 }
@@ -874,10 +878,16 @@ fn run_phase(
             let cuts = p.cuts();
             if cuts.len() > base {
                 records[fi].fired = true;
-                records[fi].note = format!(
-                    "{}; the server answered {} to the COMMIT, the client saw a reset",
-                    records[fi].note, cuts[base].server_said
-                );
+                records[fi].note = match cuts[base].server_said.as_str() {
+                    "never sent" => format!(
+                        "{}; the COMMIT was swallowed before the server, the client saw a reset",
+                        records[fi].note
+                    ),
+                    said => format!(
+                        "{}; the server answered {said} to the COMMIT, the client saw a reset",
+                        records[fi].note
+                    ),
+                };
                 globals.cut_waiting = None;
                 last_fault = Instant::now();
             }

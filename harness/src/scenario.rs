@@ -243,6 +243,15 @@ pub enum FaultSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after_commits: Option<u64>,
     },
+    /// The next COMMIT never reaches the server: the proxy swallows it and resets the connection, so the client
+    /// cannot know the outcome and the server rolls the transaction back. Fires when a COMMIT passes after the
+    /// trigger. The twin of `cut-reply`: a processor that guesses either outcome is wrong under one of them.
+    DropCommit {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_commits: Option<u64>,
+    },
     /// SIGKILL the PostgreSQL postmaster and start it again on the same data directory and port.
     RestartDb {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -318,6 +327,10 @@ impl FaultSpec {
                 at_ms,
                 after_commits,
             }
+            | FaultSpec::DropCommit {
+                at_ms,
+                after_commits,
+            }
             | FaultSpec::RestartDb {
                 at_ms,
                 after_commits,
@@ -338,6 +351,7 @@ impl FaultSpec {
             FaultSpec::Blackhole { .. } => "blackhole",
             FaultSpec::Latency { .. } => "latency",
             FaultSpec::CutReply { .. } => "cut-reply",
+            FaultSpec::DropCommit { .. } => "drop-commit",
             FaultSpec::RestartDb { .. } => "restart-db",
         }
     }
@@ -350,6 +364,7 @@ impl FaultSpec {
                 | FaultSpec::Blackhole { .. }
                 | FaultSpec::Latency { .. }
                 | FaultSpec::CutReply { .. }
+                | FaultSpec::DropCommit { .. }
                 | FaultSpec::RestartDb { .. }
         )
     }
@@ -469,6 +484,7 @@ pub enum Action {
         duration_ms: u64,
     },
     CutReply,
+    DropCommit,
     RestartDb,
 }
 
@@ -482,6 +498,7 @@ impl Action {
                 | Action::Blackhole { .. }
                 | Action::Latency { .. }
                 | Action::CutReply
+                | Action::DropCommit
                 | Action::RestartDb
         )
     }
@@ -530,6 +547,7 @@ impl Fault {
             Action::Blackhole { duration_ms } => format!("blackhole {duration_ms}ms"),
             Action::Latency { ms, duration_ms } => format!("latency {ms}ms for {duration_ms}ms"),
             Action::CutReply => "cut-reply of a COMMIT".into(),
+            Action::DropCommit => "drop-commit (a COMMIT swallowed before the server)".into(),
             Action::RestartDb => "restart-db (kill -9 and restart)".into(),
         };
         let when = match self.trigger {
@@ -956,10 +974,12 @@ impl Scenario {
                 }
                 FaultSpec::DropConnections { .. }
                 | FaultSpec::CutReply { .. }
+                | FaultSpec::DropCommit { .. }
                 | FaultSpec::RestartDb { .. } => {
                     let action = match fs {
                         FaultSpec::DropConnections { .. } => Action::DropConnections,
                         FaultSpec::CutReply { .. } => Action::CutReply,
+                        FaultSpec::DropCommit { .. } => Action::DropCommit,
                         _ => Action::RestartDb,
                     };
                     faults.push(Fault {
@@ -1001,13 +1021,15 @@ impl Scenario {
             let allowed = |b: &crate::db::Backend| {
                 let c = b.capabilities();
                 match fs {
-                    FaultSpec::CutReply { .. } => c.commit_cut,
+                    FaultSpec::CutReply { .. } | FaultSpec::DropCommit { .. } => c.commit_cut,
                     _ => c.server,
                 }
             };
             if fs.is_global() && (self.backends.is_empty() || !self.backends.iter().all(allowed)) {
                 let (server, list) = match fs {
-                    FaultSpec::CutReply { .. } => ("a PostgreSQL server", "[\"postgres\"]"),
+                    FaultSpec::CutReply { .. } | FaultSpec::DropCommit { .. } => {
+                        ("a PostgreSQL server", "[\"postgres\"]")
+                    }
                     _ => (
                         "a database server",
                         "[\"postgres\"] or [\"postgres\", \"mssql\"]",

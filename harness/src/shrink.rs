@@ -60,6 +60,7 @@ fn own_numbers(f: &FaultSpec) -> Vec<u64> {
         | FaultSpec::Stop { .. }
         | FaultSpec::DropConnections { .. }
         | FaultSpec::CutReply { .. }
+        | FaultSpec::DropCommit { .. }
         | FaultSpec::RestartDb { .. } => vec![],
     }
 }
@@ -431,6 +432,10 @@ after_commits = 3
                 after_commits: None,
             },
             FaultSpec::CutReply {
+                at_ms: None,
+                after_commits: None,
+            },
+            FaultSpec::DropCommit {
                 at_ms: None,
                 after_commits: None,
             },

@@ -189,6 +189,8 @@ scenario_tests! {
     pg_blackhole_queue => "pg-blackhole-queue.toml",
     pg_cut_reply => "pg-cut-reply.toml",
     pg_cut_reply_queue => "pg-cut-reply-queue.toml",
+    pg_drop_commit => "pg-drop-commit.toml",
+    pg_drop_commit_queue => "pg-drop-commit-queue.toml",
     pg_drop_connections => "pg-drop-connections.toml",
     pg_latency_partitioned => "pg-latency-partitioned.toml",
     pg_restart_db => "pg-restart-db.toml",

@@ -292,14 +292,18 @@ pub enum PlantedBug {
     ExitMidDrain,
     /// Commits are not reported: no `committed` event (the database is right, the history is not).
     SilentCommit,
+    /// A COMMIT whose outcome is unknown (connection lost) is taken as committed without reading the log: right
+    /// when only its reply was lost, wrong when the COMMIT never reached the server.
+    AssumeCommitted,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 4] = [
+    pub const ALL: [PlantedBug; 5] = [
         PlantedBug::IgnoreLog,
         PlantedBug::NoKillAtCrash,
         PlantedBug::ExitMidDrain,
         PlantedBug::SilentCommit,
+        PlantedBug::AssumeCommitted,
     ];
 
     pub fn name(self) -> &'static str {
@@ -308,13 +312,14 @@ impl PlantedBug {
             PlantedBug::NoKillAtCrash => "no-kill-at-crash",
             PlantedBug::ExitMidDrain => "exit-mid-drain",
             PlantedBug::SilentCommit => "silent-commit",
+            PlantedBug::AssumeCommitted => "assume-committed",
         }
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlantError {
-    #[error("unknown planted bug '{0}' (known: ignore-log, no-kill-at-crash, exit-mid-drain, silent-commit)")]
+    #[error("unknown planted bug '{0}' (known: ignore-log, no-kill-at-crash, exit-mid-drain, silent-commit, assume-committed)")]
     Unknown(String),
     #[error(
         "planted bugs exist only in the harness's processor (`harness processor run …`); \

@@ -395,6 +395,8 @@ fn log_rows_reported(
         .map(|p| p.pid)
         .collect();
     let mut silent: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
+    let logged: HashMap<i64, &str> = log.iter().map(|(a, s)| (*a, s.as_str())).collect();
+    let mut out = unlogged_commits(&reported, &logged);
     for (app, session) in log {
         let s = sess.get(session.as_str());
         // Split mode commits each application on its own and reports the batch after its last one, so a crash point
@@ -412,9 +414,7 @@ fn log_rows_reported(
             silent.entry(session).or_default().insert(*app);
         }
     }
-    silent
-        .into_iter()
-        .map(|(s, apps)| {
+    out.extend(silent.into_iter().map(|(s, apps)| {
             let why = match sess.get(s) {
                 None => "a session that wrote no events at all".to_owned(),
                 Some(x) => format!("session {s} (instance {})", x.instance),
@@ -426,6 +426,43 @@ fn log_rows_reported(
                     "{} processing_log rows were written by {why} without a `committed` event for them: {}",
                     apps.len(),
                     sample(&apps)
+                ),
+            )
+    }));
+    out
+}
+
+/// The other direction: every application a session reported committed (`committed`, or `commit_resolved`
+/// `committed`) has its final `processing_log` row written by that session. A log row is never rewritten, so a
+/// report without one is a commit that never happened, e.g. an unknown COMMIT outcome guessed as "committed" when
+/// the COMMIT had not reached the server (`drop-commit`). No excuse applies: a kill cannot undo a COMMIT.
+fn unlogged_commits(
+    reported: &HashMap<&str, BTreeSet<i64>>,
+    logged: &HashMap<i64, &str>,
+) -> Vec<Violation> {
+    let mut by: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
+    for (s, apps) in reported {
+        for a in apps {
+            if logged.get(a) != Some(s) {
+                by.entry(s).or_default().insert(*a);
+            }
+        }
+    }
+    by.into_iter()
+        .map(|(s, apps)| {
+            let first = apps.iter().next().copied().unwrap_or_default();
+            Violation::new(
+                Invariant::CommitEvents,
+                apps.iter().copied(),
+                format!(
+                    "session {s} reported {} applications committed whose processing_log row is not its own: {} \
+                     (app {first}: {}); a commit reported that did not happen",
+                    apps.len(),
+                    sample(&apps),
+                    match logged.get(&first) {
+                        Some(o) => format!("logged by session {o}"),
+                        None => "not logged at all".to_owned(),
+                    }
                 ),
             )
         })
@@ -532,5 +569,29 @@ mod tests {
             violation: None,
         };
         assert!(check(&evs, &[end], Some(&log)).is_empty());
+    }
+
+    #[test]
+    fn a_reported_commit_needs_its_own_log_row() {
+        let evs = [
+            started(1, "a", 41),
+            ev(EventKind::Committed, 2, "a", &[3]),
+            ev(EventKind::Committed, 3, "a", &[4]),
+        ];
+        let log = vec![(3, "a".to_owned()), (4, "b".to_owned())];
+        let v = check(&evs, &[], Some(&log));
+        // 4: reported by a but logged by b (b's row is also unreported: the other direction).
+        assert!(
+            v.iter().any(|v| v.invariant == Invariant::CommitEvents
+                && v.app_ids == vec![4]
+                && v.message.contains("session a reported")),
+            "{v:?}"
+        );
+        let log = vec![(3, "a".to_owned())];
+        let v = check(&evs, &[], Some(&log));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].message.contains("not logged at all"), "{v:?}");
+        let log = vec![(3, "a".to_owned()), (4, "a".to_owned())];
+        assert!(check(&evs, &[], Some(&log)).is_empty());
     }
 }
