@@ -83,6 +83,10 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
                     nth: rng.random_range(1..=hi),
                     pause_ms: None,
                     resume_on: None,
+                    // Queue mode: sometimes a stall instead of a kill (a batch slower than the lease, process
+                    // alive), so `lease-kept` is explored too.
+                    stall_ms: (mode == Mode::Queue && rng.random_bool(0.3))
+                        .then(|| rng.random_range(500..=4000)),
                 }
             }
             1 => FaultSpec::Kill {

@@ -611,6 +611,18 @@ fn check_final(
     violations.extend(report.violations.iter().cloned());
     let log = check::history::read_log(reader.as_mut(), contract_json)?;
     violations.extend(check::history::check(&ph.all_events, &ph.ends, Some(&log)));
+    // Only kills, stops and stalls: nothing but the processor itself could keep a stalled session's heartbeat
+    // from renewing.
+    let quiet = plan.faults.iter().all(|f| match f.action {
+        Action::CrashPoint {
+            pause_ms,
+            resume_on,
+            ..
+        } => pause_ms.is_none() && resume_on.is_none(),
+        Action::Kill | Action::Stop => true,
+        _ => false,
+    });
+    violations.extend(check::history::leases_kept(&ph.all_events, quiet));
     Ok(report)
 }
 
@@ -666,9 +678,13 @@ fn read_events(
                 // Crash-point faults fire inside the process; the event is the proof.
                 let mut park_ms = None;
                 let mut park_on = None;
+                let mut stalls = false;
                 for &fi in pending {
                     if faults[fi].instance == inst.id {
                         match faults[fi].action {
+                            Action::CrashPoint {
+                                stall_ms: Some(_), ..
+                            } => stalls = true,
                             Action::CrashPoint {
                                 resume_on: Some(r), ..
                             } => park_on = Some((fi, r)),
@@ -687,6 +703,8 @@ fn read_events(
                     }
                 }
                 match (park_on, park_ms) {
+                    // A stall: the process sleeps at the point on its own and goes on; nothing to do or expect.
+                    _ if stalls => {}
                     // Parked until another instance's event says the moment has come (see step 3b).
                     (Some((fi, r)), _) => {
                         inst.parked_on = Some((fi, r, ev.ts_us, inst.last_claim.clone()))
@@ -1072,13 +1090,18 @@ impl Phase<'_> {
                     nth,
                     pause_ms,
                     resume_on,
+                    stall_ms,
                 },
             ..
         }) = crash
         {
             if inst.crash_armed {
                 let parks = pause_ms.is_some() || resume_on.is_some();
-                let action = if parks { ":pause" } else { "" };
+                let action = match stall_ms {
+                    Some(ms) => format!(":stall={ms}"),
+                    None if parks => ":pause".to_owned(),
+                    None => String::new(),
+                };
                 cmd.env(
                     processor::crash::CRASH_ENV,
                     format!("{point}:{nth}{action}"),

@@ -181,6 +181,10 @@ pub enum FaultSpec {
         pause_ms: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume_on: Option<ResumeOnSpec>,
+        /// Instead of dying or parking, the hitting thread sleeps `stall_ms` and the run goes on, the process (its
+        /// lease heartbeat) alive: a batch slower than its lease (queue mode), which must keep its claims.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stall_ms: Option<u64>,
     },
     /// SIGKILL the instance's process group at a time or after N committed transactions.
     Kill {
@@ -469,6 +473,7 @@ pub enum Action {
         nth: u64,
         pause_ms: Option<u64>,
         resume_on: Option<ResumeOn>,
+        stall_ms: Option<u64>,
     },
     Kill,
     Pause {
@@ -520,6 +525,12 @@ pub struct Fault {
 impl Fault {
     pub fn describe(&self) -> String {
         let what = match self.action {
+            Action::CrashPoint {
+                point,
+                nth,
+                stall_ms: Some(ms),
+                ..
+            } => format!("crash-point {point}:{nth} (stall {ms}ms, process alive)"),
             Action::CrashPoint {
                 point,
                 nth,
@@ -861,9 +872,17 @@ impl Scenario {
                     nth,
                     pause_ms,
                     resume_on,
+                    stall_ms,
                 } => {
-                    if *pause_ms == Some(0) {
-                        return Err(bad(format!("{what}: pause_ms must be positive")));
+                    if *pause_ms == Some(0) || *stall_ms == Some(0) {
+                        return Err(bad(format!(
+                            "{what}: pause_ms and stall_ms must be positive"
+                        )));
+                    }
+                    if stall_ms.is_some() && (pause_ms.is_some() || resume_on.is_some()) {
+                        return Err(bad(format!(
+                            "{what}: stall_ms excludes pause_ms and resume_on (a stalled process is not parked)"
+                        )));
                     }
                     check_inst(*instance)?;
                     if let Some(r) = resume_on {
@@ -903,6 +922,7 @@ impl Scenario {
                             resume_on: resume_on
                                 .as_ref()
                                 .map(|r| ResumeOn::new(r.instance, &r.events)),
+                            stall_ms: *stall_ms,
                         },
                         trigger: Trigger::CrashEnv,
                     });

@@ -381,6 +381,7 @@ after_commits = 3
                 nth: 1,
                 pause_ms: None,
                 resume_on: None,
+                stall_ms: None,
             }]
         );
         assert_eq!(m.fixture.apps, 3);
@@ -478,6 +479,7 @@ after_commits = 3
             nth: 1,
             pause_ms: None,
             resume_on: None,
+            stall_ms: None,
         };
         let points = |mode| -> Vec<CrashPoint> {
             fault_variants(&f, mode)

@@ -325,6 +325,7 @@ after_commits = 1
             nth: 1,
             pause_ms: None,
             resume_on: None,
+            stall_ms: None,
         }]
     );
     assert!(min.fixture.apps < 40);

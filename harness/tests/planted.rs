@@ -163,6 +163,14 @@ const CASES: &[(&str, &str, &str, &[Invariant])] = &[
         "silent-commit",
         &[Invariant::CommitEvents],
     ),
+    // The heartbeat that never renews: a batch slower than its lease (a stall, the process alive) loses its claims
+    // to the other instance's takeover; fencing keeps the database right, the lost lease is the only trace.
+    (
+        "a_heartbeat_that_never_renews_is_caught_by_a_slow_batch",
+        "slow-batch-queue.toml",
+        "no-renew",
+        &[Invariant::LeaseKept],
+    ),
 ];
 
 /// Cases whose fault only a PostgreSQL server can carry (the fault proxy reads its wire protocol): no SQLite twin.

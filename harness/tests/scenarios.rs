@@ -201,6 +201,7 @@ scenario_tests! {
     real_rl_generated_partitioned => "real-rl-generated-partitioned.toml",
     real_rl_queue => "real-rl-queue.toml",
     real_rl_split_crash_a => "real-rl-split-crash-a.toml",
+    slow_batch_queue => "slow-batch-queue.toml",
     split_crash_a => "split-crash-a.toml",
     split_three_instances => "split-three-instances.toml",
     stress_docs_queue => "stress-docs-queue.toml",

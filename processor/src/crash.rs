@@ -143,9 +143,23 @@ pub enum CrashAction {
     /// SIGSTOP itself, parked at exactly this point until the harness sends SIGCONT (e.g. to hold a claim past its
     /// lease deterministically).
     Pause,
+    /// The hitting thread sleeps this many milliseconds and carries on; every other thread (the lease heartbeat)
+    /// keeps running: a batch slower than its lease, with the process alive.
+    Stall(u64),
 }
 
-/// A parsed `PROCESSOR_CRASH_AT` value, `<point>[:<nth>[:kill|pause]]`: act on the `nth` hit of `point`.
+impl CrashAction {
+    /// The `action` the `crash_point` event names: `kill`, `pause` or `stall`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CrashAction::Kill => "kill",
+            CrashAction::Pause => "pause",
+            CrashAction::Stall(_) => "stall",
+        }
+    }
+}
+
+/// A parsed `PROCESSOR_CRASH_AT` value, `<point>[:<nth>[:kill|pause|stall=<ms>]]`: act on the `nth` hit of `point`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CrashSpec {
     pub point: CrashPoint,
@@ -168,7 +182,10 @@ impl FromStr for CrashSpec {
         let action = match parts.next() {
             None | Some("kill") => CrashAction::Kill,
             Some("pause") => CrashAction::Pause,
-            Some(other) => return Err(CrashSpecError::UnknownAction(other.to_owned())),
+            Some(other) => match other.strip_prefix("stall=").map(str::parse::<u64>) {
+                Some(Ok(ms)) if ms > 0 => CrashAction::Stall(ms),
+                _ => return Err(CrashSpecError::UnknownAction(other.to_owned())),
+            },
         };
         if let Some(extra) = parts.next() {
             return Err(CrashSpecError::UnknownAction(extra.to_owned()));
@@ -186,6 +203,7 @@ impl fmt::Display for CrashSpec {
         match self.action {
             CrashAction::Kill => write!(f, "{}:{}", self.point, self.nth),
             CrashAction::Pause => write!(f, "{}:{}:pause", self.point, self.nth),
+            CrashAction::Stall(ms) => write!(f, "{}:{}:stall={ms}", self.point, self.nth),
         }
     }
 }
@@ -295,15 +313,19 @@ pub enum PlantedBug {
     /// A COMMIT whose outcome is unknown (connection lost) is taken as committed without reading the log: right
     /// when only its reply was lost, wrong when the COMMIT never reached the server.
     AssumeCommitted,
+    /// Queue mode: the lease heartbeat never renews, so a batch slower than its lease loses it to a takeover
+    /// while its process is alive and well.
+    NoRenew,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 5] = [
+    pub const ALL: [PlantedBug; 6] = [
         PlantedBug::IgnoreLog,
         PlantedBug::NoKillAtCrash,
         PlantedBug::ExitMidDrain,
         PlantedBug::SilentCommit,
         PlantedBug::AssumeCommitted,
+        PlantedBug::NoRenew,
     ];
 
     pub fn name(self) -> &'static str {
@@ -313,13 +335,14 @@ impl PlantedBug {
             PlantedBug::ExitMidDrain => "exit-mid-drain",
             PlantedBug::SilentCommit => "silent-commit",
             PlantedBug::AssumeCommitted => "assume-committed",
+            PlantedBug::NoRenew => "no-renew",
         }
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlantError {
-    #[error("unknown planted bug '{0}' (known: ignore-log, no-kill-at-crash, exit-mid-drain, silent-commit, assume-committed)")]
+    #[error("unknown planted bug '{0}' (known: ignore-log, no-kill-at-crash, exit-mid-drain, silent-commit, assume-committed, no-renew)")]
     Unknown(String),
     #[error(
         "planted bugs exist only in the harness's processor (`harness processor run …`); \
@@ -381,6 +404,16 @@ mod tests {
                 .map(|s| s.action),
             Ok(CrashAction::Pause)
         );
+        let stall: CrashSpec = "before-write:2:stall=4000".parse().expect("stall parses");
+        assert_eq!(stall.action, CrashAction::Stall(4000));
+        assert_eq!(stall.to_string(), "before-write:2:stall=4000");
+        for bad in [
+            "before-write:1:stall=0",
+            "before-write:1:stall=x",
+            "before-write:1:stall",
+        ] {
+            assert!(bad.parse::<CrashSpec>().is_err(), "{bad}");
+        }
         assert!(matches!(
             "after-claim:1:nap".parse::<CrashSpec>(),
             Err(CrashSpecError::UnknownAction(_))

@@ -167,21 +167,15 @@ impl Hooks for CrashHooks<'_> {
 impl CrashHooks<'_> {
     fn hit(&self, point: CrashPoint) {
         if let Some(nth) = self.ctx.crasher.should_fire(point) {
-            let parks = self
-                .ctx
-                .crasher
-                .spec()
-                .is_some_and(|s| s.action == crash::CrashAction::Pause);
+            let action = match self.ctx.crasher.spec().map(|s| s.action) {
+                Some(crash::CrashAction::Pause) => CrashEffect::Pause,
+                Some(crash::CrashAction::Stall(_)) => CrashEffect::Stall,
+                _ => CrashEffect::Kill,
+            };
             let body = Body::CrashPoint {
                 point: point.name().to_owned(),
                 nth,
-                detail: CrashDetail {
-                    action: if parks {
-                        CrashEffect::Pause
-                    } else {
-                        CrashEffect::Kill
-                    },
-                },
+                detail: CrashDetail { action },
             };
             self.ctx
                 .events
@@ -191,6 +185,10 @@ impl CrashHooks<'_> {
                 Some(crash::CrashAction::Pause) => {
                     // Parked exactly here (every thread stops); the harness sends SIGCONT, and the run goes on.
                     crash::park();
+                }
+                // A slow batch: this thread only; the heartbeat keeps renewing (or should).
+                Some(crash::CrashAction::Stall(ms)) => {
+                    std::thread::sleep(Duration::from_millis(ms))
                 }
                 // Planted bug (harness tests only): the point "fires" and the process carries on.
                 _ if crash::planted(crash::PlantedBug::NoKillAtCrash) => {}
@@ -314,7 +312,8 @@ impl Heartbeat {
         let handle = std::thread::spawn(move || {
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(period) {
                 let ids = shared.lock().map(|g| g.clone()).unwrap_or_default();
-                if ids.is_empty() {
+                // Planted bug (harness tests only): the heartbeat beats and renews nothing.
+                if ids.is_empty() || crash::planted(crash::PlantedBug::NoRenew) {
                     continue;
                 }
                 if let Err(e) = store.renew(&owner, &ids, now_ms().saturating_add(lease_ms)) {
@@ -724,7 +723,7 @@ fn write_with_retry(
                             // Planted bug (harness tests only): guess "it committed".
                             unresolved = false;
                             let ids: Vec<i64> = work.iter().map(|w| w.app_id).collect();
-                            emit_resolved(ctx, iid, ids.clone(), "committed");
+                            emit_resolved(ctx, iid, ids.clone(), CommitOutcome::Committed);
                             return Ok(result_from_committed(work, &ids));
                         }
                         let mine = write::resolve_ambiguous_commit(s, work, ctx.session_id)?;

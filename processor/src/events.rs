@@ -200,6 +200,8 @@ pub enum CrashEffect {
     Kill,
     /// Parks every thread until SIGCONT, then goes on.
     Pause,
+    /// The hitting thread sleeps a while, every other thread (the lease heartbeat) runs on, then it goes on.
+    Stall,
 }
 
 /// Why a run ended.

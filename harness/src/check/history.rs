@@ -162,7 +162,9 @@ fn sessions(events: &[Event]) -> HashMap<&str, Session> {
                 s.pid = Some(detail.pid);
                 s.split = detail.commit_mode == "split";
             }
-            Body::CrashPoint { detail, .. } => s.crashed = detail.action != CrashEffect::Pause,
+            Body::CrashPoint { detail, .. } => {
+                s.crashed = detail.action == CrashEffect::Kill;
+            }
             Body::Finished { reason, .. } => s.finished = Some(*reason),
             _ => {}
         }
@@ -469,6 +471,47 @@ fn unlogged_commits(
         .collect()
 }
 
+/// `lease-kept`: a session that stalled at a crash point (action `stall`: one thread asleep, the process and its
+/// lease heartbeat alive) loses no lease afterwards: its heartbeat renews what it holds, however slow the batch.
+/// Judged only when `quiet` (the run's other faults are kills and stops: no pause, no park, no connection or server
+/// fault could have kept the heartbeat from the database); else a lost lease is the fencing working as meant.
+pub fn leases_kept(events: &[Event], quiet: bool) -> Vec<Violation> {
+    if !quiet {
+        return vec![];
+    }
+    let mut stalled: HashMap<&str, i64> = HashMap::new();
+    let mut lost: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
+    let mut events: Vec<&Event> = events.iter().collect();
+    events.sort_by_key(|e| e.ts_us);
+    for e in events {
+        match &e.body {
+            Body::CrashPoint { detail, .. } if detail.action == CrashEffect::Stall => {
+                stalled.entry(&e.session_id).or_insert(e.ts_us);
+            }
+            Body::LeaseLost { .. } if stalled.contains_key(e.session_id.as_str()) => {
+                lost.entry(&e.session_id)
+                    .or_default()
+                    .extend(e.app_ids.iter().copied());
+            }
+            _ => {}
+        }
+    }
+    lost.into_iter()
+        .map(|(s, apps)| {
+            Violation::new(
+                Invariant::LeaseKept,
+                apps.iter().copied(),
+                format!(
+                    "session {s} stalled (alive) at a crash point and then lost the lease of {} applications it \
+                     held: {}; nothing but its own heartbeat kept them, so it did not renew",
+                    apps.len(),
+                    sample(&apps)
+                ),
+            )
+        })
+        .collect()
+}
+
 /// The final `processing_log` as (app_id, session_id), read with the checker's own query.
 pub fn read_log(
     reader: &mut dyn Reader,
@@ -569,6 +612,24 @@ mod tests {
             violation: None,
         };
         assert!(check(&evs, &[end], Some(&log)).is_empty());
+    }
+
+    #[test]
+    fn a_stalled_session_keeps_its_leases_when_nothing_else_interferes() {
+        let mut stall = ev(EventKind::CrashPoint, 2, "a", &[]);
+        if let Body::CrashPoint { detail, .. } = &mut stall.body {
+            detail.action = CrashEffect::Stall;
+        }
+        let lost = ev(EventKind::LeaseLost, 9, "a", &[5]);
+        let other = ev(EventKind::LeaseLost, 9, "b", &[6]);
+        let v = leases_kept(&[stall.clone(), lost.clone(), other.clone()], true);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].invariant, Invariant::LeaseKept);
+        assert_eq!(v[0].app_ids, vec![5]);
+        // A pause or a connection fault in the run: a lost lease proves nothing.
+        assert!(leases_kept(&[stall, lost.clone()], false).is_empty());
+        // No stall: not this invariant's business.
+        assert!(leases_kept(&[lost, other], true).is_empty());
     }
 
     #[test]

@@ -46,10 +46,11 @@ pub enum Invariant {
     CommitEvents,
     CrashKills,
     CleanDrain,
+    LeaseKept,
 }
 
 impl Invariant {
-    pub const ALL: [Invariant; 11] = [
+    pub const ALL: [Invariant; 12] = [
         Invariant::Coverage,
         Invariant::NoDuplicates,
         Invariant::LogMatchesData,
@@ -61,6 +62,7 @@ impl Invariant {
         Invariant::CommitEvents,
         Invariant::CrashKills,
         Invariant::CleanDrain,
+        Invariant::LeaseKept,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +78,7 @@ impl Invariant {
             Invariant::CommitEvents => "commit-events",
             Invariant::CrashKills => "crash-kills",
             Invariant::CleanDrain => "clean-drain",
+            Invariant::LeaseKept => "lease-kept",
         }
     }
 }
