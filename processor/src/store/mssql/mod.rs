@@ -339,6 +339,23 @@ pub fn create_database(server: &MssqlConfig, name: &str) -> StoreResult<()> {
     }
 }
 
+/// Copies the source documents of database `from` into `to`'s database (same server; `to` already has the
+/// contract's schema and no documents), in one statement on one connection: the harness loads a scenario's
+/// documents once and copies them to its second database instead of loading them again. Returns the rows copied.
+pub fn copy_source(to: &MssqlConfig, from: &str, contract: &Contract) -> StoreResult<u64> {
+    let from = db_ident("copy source", from)?;
+    let sql = sql::copy_source(&Names::new(contract), &from);
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (mut c, _) = connect(to).await?;
+        let n = exec(&mut c, Query::new(sql))
+            .await
+            .map_err(err("copy source"))?;
+        let _ = c.close().await;
+        Ok(n)
+    })
+}
+
 /// Drops database `name` (if present), disconnecting its sessions first.
 pub fn drop_database(server: &MssqlConfig, name: &str) -> StoreResult<()> {
     let id = db_ident("drop database", name)?;
