@@ -140,7 +140,9 @@ pub fn copy_source(
     contract: &Contract,
 ) -> Option<Result<u64, DbError>> {
     match (DbUrl::parse(from_url), DbUrl::parse(to_url)) {
-        (Ok(DbUrl::Mssql(from)), Ok(DbUrl::Mssql(to))) => Some(mssql::copy_source(&from, &to, contract)),
+        (Ok(DbUrl::Mssql(from)), Ok(DbUrl::Mssql(to))) => {
+            Some(mssql::copy_source(&from, &to, contract))
+        }
         _ => None,
     }
 }

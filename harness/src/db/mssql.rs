@@ -58,12 +58,18 @@ pub(super) fn copy_source(
     contract: &processor::contract::Contract,
 ) -> Result<u64, DbError> {
     let fail = |e: &dyn std::fmt::Display| {
-        DbError::Other(format!("cannot copy the source documents on {}: {e}", to.redacted()))
+        DbError::Other(format!(
+            "cannot copy the source documents on {}: {e}",
+            to.redacted()
+        ))
     };
     if (&from.host, from.port, &from.instance) != (&to.host, to.port, &to.instance) {
         return Err(fail(&"the two databases are on different servers"));
     }
-    let db = from.database.as_deref().ok_or_else(|| fail(&"no source database"))?;
+    let db = from
+        .database
+        .as_deref()
+        .ok_or_else(|| fail(&"no source database"))?;
     mssql::copy_source(to, db, contract).map_err(|e| fail(&e))
 }
 
@@ -112,8 +118,7 @@ impl ExternalMssql {
                 self.server.redacted()
             ))
         };
-        mssql::drop_database(&self.server, &db).map_err(|e| fail("drop", e))?;
-        mssql::create_database(&self.server, &db).map_err(|e| fail("create", e))?;
+        mssql::recreate_database(&self.server, &db).map_err(|e| fail("drop and create", e))?;
         Ok(db)
     }
 }

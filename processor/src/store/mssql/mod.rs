@@ -297,10 +297,18 @@ impl MssqlStore {
 /// Runs `sql` as a plain batch on a fresh connection to `cfg` (no transaction): `CREATE/DROP DATABASE` and other
 /// administration that cannot run inside a transaction.
 fn admin(cfg: &MssqlConfig, op: &'static str, sql: &str) -> StoreResult<()> {
+    admin_batches(cfg, &[(op, sql)])
+}
+
+/// Runs each `(op, sql)` as a plain batch, in order, on one fresh connection to `cfg`: on Babelfish every new
+/// connection costs a login plus slow first parses, so related administration shares one.
+fn admin_batches(cfg: &MssqlConfig, batches: &[(&'static str, &str)]) -> StoreResult<()> {
     let rt = runtime()?;
     rt.block_on(async {
         let (mut c, _) = connect(cfg).await?;
-        batch(&mut c, sql).await.map_err(err(op))?;
+        for (op, sql) in batches {
+            batch(&mut c, sql).await.map_err(err(op))?;
+        }
         let _ = c.close().await;
         Ok(())
     })
@@ -314,8 +322,27 @@ fn db_ident(op: &'static str, name: &str) -> StoreResult<Ident> {
 /// give every run a fresh database.
 pub fn create_database(server: &MssqlConfig, name: &str) -> StoreResult<()> {
     let id = db_ident("create database", name)?;
-    let master = server.with_database("master");
-    // Five retries, 100 ms doubling (the one backoff schedule, `backoff::Backoff`).
+    let create = sql::create_database(&id);
+    retry_catalog_race(|| admin(&server.with_database("master"), "create database", &create))
+}
+
+/// Drops database `name` if present (as [`drop_database`]) and creates it empty, on one connection: a fresh
+/// database for a run whose name a previous run may have left.
+pub fn recreate_database(server: &MssqlConfig, name: &str) -> StoreResult<()> {
+    let id = db_ident("recreate database", name)?;
+    let (drop, create) = (sql::drop_database(&id), sql::create_database(&id));
+    retry_catalog_race(|| {
+        admin_batches(
+            &server.with_database("master"),
+            &[("drop database", &drop), ("create database", &create)],
+        )
+    })
+}
+
+/// Babelfish: two CREATE DATABASE at once race on PostgreSQL's catalog ("tuple concurrently updated",
+/// 33557097); the loser's statement did nothing and can simply run again (seen in CI, tests in parallel). Five
+/// retries, 100 ms doubling (the one backoff schedule, `backoff::Backoff`).
+fn retry_catalog_race(mut f: impl FnMut() -> StoreResult<()>) -> StoreResult<()> {
     let mut backoff = crate::backoff::RetryPolicy {
         first_delay_ms: 100,
         max_delay_ms: 1_600,
@@ -324,9 +351,7 @@ pub fn create_database(server: &MssqlConfig, name: &str) -> StoreResult<()> {
     .backoff();
     let mut attempt = 0;
     loop {
-        match admin(&master, "create database", &sql::create_database(&id)) {
-            // Babelfish: two CREATE DATABASE at once race on PostgreSQL's catalog ("tuple concurrently updated",
-            // 33557097); the loser's statement did nothing and can simply run again (seen in CI, tests in parallel).
+        match f() {
             Err(e) if attempt < 5 && e.message.contains("concurrently updated") => {
                 attempt += 1;
                 match backoff.next_wait() {
