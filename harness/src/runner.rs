@@ -843,12 +843,7 @@ fn run_phase(
     baseline: Option<&check::baseline::Snapshot>,
     copy_from: Option<&str>,
 ) -> Result<PhaseOutcome, RunnerError> {
-    // The documents are the baseline's: copied server-side where the backend can (SQL Server), else loaded again.
-    let fixtures_t0 = Instant::now();
-    if !copy_fixtures(plan, copy_from, url, opts, contract_json)? {
-        load_fixtures(plan, url, dir, opts)?;
-    }
-    let fixtures_secs = fixtures_t0.elapsed().as_secs_f64();
+    let fixtures_t0 = fill_database(plan, copy_from, url, dir, opts, contract_json)?;
     // Connection faults need the proxy in the path; the baseline of such a plan goes through it too (as a control).
     // Fixtures and the checker talk to the server directly.
     let (proxy, proc_url) = start_proxy(plan, url)?;
@@ -971,7 +966,7 @@ fn run_phase(
     let check_t0 = Instant::now();
     let report = check_final(url, plan, contract_json, &ph, baseline, &mut violations)?;
     ph.stats.check_secs = check_t0.elapsed().as_secs_f64();
-    ph.stats.fixtures_secs = fixtures_secs;
+    ph.stats.fixtures_secs = (ph.t0 - fixtures_t0).as_secs_f64();
     Ok(PhaseOutcome {
         url_redacted: processor::store::url::redact_url(url),
         stats: ph.stats,
@@ -1156,6 +1151,23 @@ fn write_events(path: &Path, events: &[Event]) -> Result<(), RunnerError> {
 }
 
 /// Loads the plan's fixtures through `processor load` (and the edge cases through `processor load --dir`).
+/// The phase's documents: the baseline's, copied server-side where the backend can (SQL Server), else loaded
+/// again. Returns when it started (the phase's `fixtures_secs` run from there to the first processor's start).
+fn fill_database(
+    plan: &Plan,
+    copy_from: Option<&str>,
+    url: &str,
+    dir: &Path,
+    opts: &RunOptions,
+    contract_json: &str,
+) -> Result<Instant, RunnerError> {
+    let t0 = Instant::now();
+    if !copy_fixtures(plan, copy_from, url, opts, contract_json)? {
+        load_fixtures(plan, url, dir, opts)?;
+    }
+    Ok(t0)
+}
+
 /// Fills the fresh database `url` with the documents the database `from` was loaded with (the same plan's
 /// baseline): `processor init` for the schema, then one server-side copy (`db::copy_source`). Loading the same
 /// documents again costs two `processor load` runs, each a new connection (on Babelfish its first statements are
