@@ -438,12 +438,24 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Splits a `postgres://` URL into (upstream `host:port`, the same URL pointed at `proxy`), through the processor's
-/// own URL parser, so the proxy and the processor agree on where the password ends.
+/// Splits a `postgres://` or SQL Server URL into (upstream `host:port`, the same URL pointed at `proxy`), through
+/// the processor's own URL parser, so the proxy and the processor agree on where the password ends.
 pub fn route_url(url: &str, proxy: SocketAddr) -> Result<(String, String), ProxyError> {
     use processor::store::url::DbUrl;
     let pg = match DbUrl::parse(url) {
         Ok(DbUrl::Postgres(pg)) => pg,
+        Ok(DbUrl::Mssql(cfg)) => {
+            // A named instance without a port would ask the SQL Browser for one: the proxy needs a fixed port.
+            let port = cfg
+                .port
+                .ok_or_else(|| ProxyError::Url(format!("{} has no TCP port", cfg.redacted())))?;
+            let upstream = format!("{}:{port}", cfg.host);
+            let mut routed = cfg.clone();
+            routed.host = proxy.ip().to_string();
+            routed.port = Some(proxy.port());
+            routed.instance = None;
+            return Ok((upstream, routed.connection_url()));
+        }
         Ok(other) => return Err(ProxyError::Url(format!("{other} is not a PostgreSQL url"))),
         Err(e) => return Err(ProxyError::Url(e.to_string())),
     };
@@ -481,6 +493,18 @@ mod tests {
         assert_eq!(up, "localhost:5432");
         assert_eq!(routed, "postgres://u:p%40w@127.0.0.1:7000/x");
         assert!(route_url("host=/tmp dbname=x", p).is_err());
+        // SQL Server: the same login and database, pointed at the proxy; a named instance needs a port here.
+        let (up, routed) = route_url(
+            "mssql://sa:pw@127.0.0.1:1433/db_2?trust_server_certificate=true",
+            p,
+        )
+        .expect("ok");
+        assert_eq!(up, "127.0.0.1:1433");
+        assert!(
+            routed.starts_with("mssql://sa:pw@127.0.0.1:7000/db_2?"),
+            "{routed}"
+        );
+        assert!(route_url("Server=host\\INST;Database=x;User Id=u;Password=p", p).is_err());
     }
 
     /// An echo server standing in for the database.

@@ -79,7 +79,13 @@ pub struct FaultRecord {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PhaseStats {
+    /// From the first processor's start to the last one's end.
     pub wall_secs: f64,
+    /// Before that: creating the phase's database; loading (or copying) its documents.
+    pub database_secs: f64,
+    pub fixtures_secs: f64,
+    /// After it: the final check.
+    pub check_secs: f64,
     pub process_starts: u32,
     pub committed_apps: u64,
     pub collisions: u64,
@@ -168,8 +174,10 @@ pub fn run_plan(
     let baseline = if plan.baseline {
         let bdir = dir.join("baseline");
         std::fs::create_dir_all(&bdir)?;
+        let db_t0 = Instant::now();
         let url = launcher.fresh_database(&format!("{}_baseline", plan.name))?;
-        Some(run_phase(
+        let database_secs = db_t0.elapsed().as_secs_f64();
+        let mut ph = run_phase(
             plan,
             &url,
             &[],
@@ -178,17 +186,26 @@ pub fn run_plan(
             launcher,
             &contract,
             None,
-        )?)
+            None,
+        )?;
+        ph.stats.database_secs = database_secs;
+        Some((ph, url))
     } else {
         None
     };
+    let (baseline, baseline_url) = match baseline {
+        Some((ph, url)) => (Some(ph), Some(url)),
+        None => (None, None),
+    };
+    let db_t0 = Instant::now();
     let url = launcher.fresh_database(&plan.name)?;
+    let database_secs = db_t0.elapsed().as_secs_f64();
     // Under a contract outside the reference mapping's format, content is judged against the baseline's rows.
     let base_snap = baseline
         .as_ref()
         .and_then(|b| b.check.as_ref())
         .and_then(|c| c.snapshot.as_ref());
-    let main = run_phase(
+    let mut main = run_phase(
         plan,
         &url,
         &plan.faults,
@@ -197,7 +214,9 @@ pub fn run_plan(
         launcher,
         &contract,
         base_snap,
+        baseline_url.as_deref(),
     )?;
+    main.stats.database_secs = database_secs;
     let (verdict, reason) = verdict(plan, baseline.as_ref(), &main);
     Ok(ScenarioOutcome {
         plan: plan.clone(),
@@ -844,8 +863,9 @@ fn run_phase(
     launcher: &mut dyn Launcher,
     contract_json: &str,
     baseline: Option<&check::baseline::Snapshot>,
+    copy_from: Option<&str>,
 ) -> Result<PhaseOutcome, RunnerError> {
-    load_fixtures(plan, url, dir, opts)?;
+    let fixtures_t0 = fill_database(plan, copy_from, url, dir, opts, contract_json)?;
     // Connection faults need the proxy in the path; the baseline of such a plan goes through it too (as a control).
     // Fixtures and the checker talk to the server directly.
     let (proxy, proc_url) = start_proxy(plan, url)?;
@@ -971,7 +991,10 @@ fn run_phase(
     // The checker, on the final database.
     ph.all_events.sort_by_key(|e| e.ts_us);
     write_events(&dir.join("events.jsonl"), &ph.all_events)?;
+    let check_t0 = Instant::now();
     let report = check_final(url, plan, contract_json, &ph, baseline, &mut violations)?;
+    ph.stats.check_secs = check_t0.elapsed().as_secs_f64();
+    ph.stats.fixtures_secs = (ph.t0 - fixtures_t0).as_secs_f64();
     Ok(PhaseOutcome {
         url_redacted: processor::store::url::redact_url(url),
         stats: ph.stats,
@@ -1161,6 +1184,65 @@ fn write_events(path: &Path, events: &[Event]) -> Result<(), RunnerError> {
 }
 
 /// Loads the plan's fixtures through `processor load` (and the edge cases through `processor load --dir`).
+/// The phase's documents: the baseline's, copied server-side where the backend can (SQL Server), else loaded
+/// again. Returns when it started (the phase's `fixtures_secs` run from there to the first processor's start).
+fn fill_database(
+    plan: &Plan,
+    copy_from: Option<&str>,
+    url: &str,
+    dir: &Path,
+    opts: &RunOptions,
+    contract_json: &str,
+) -> Result<Instant, RunnerError> {
+    let t0 = Instant::now();
+    if !copy_fixtures(plan, copy_from, url, opts, contract_json)? {
+        load_fixtures(plan, url, dir, opts)?;
+    }
+    Ok(t0)
+}
+
+/// Fills the fresh database `url` with the documents the database `from` was loaded with (the same plan's
+/// baseline): `processor init` for the schema, then one server-side copy (`db::copy_source`). Loading the same
+/// documents again costs two `processor load` runs, each a new connection (on Babelfish its first statements are
+/// parsed slowly). `false`: nothing to copy from, or this backend cannot copy, and the caller loads the fixtures.
+fn copy_fixtures(
+    plan: &Plan,
+    from: Option<&str>,
+    url: &str,
+    opts: &RunOptions,
+    contract_json: &str,
+) -> Result<bool, RunnerError> {
+    let Some(from) = from else {
+        return Ok(false);
+    };
+    let contract = processor::contract::Contract::from_json(contract_json)
+        .map_err(|e| RunnerError::Setup(format!("contract: {e}")))?;
+    if !crate::db::can_copy_source(from) {
+        return Ok(false);
+    }
+    let mut args = vec!["init".to_owned(), "--log-level".into(), "warn".into()];
+    args.extend(contract_args(plan));
+    let out = opts
+        .processor
+        .command()
+        .env(processor::store::url::DB_ENV, url)
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(RunnerError::Setup(format!(
+            "processor init failed ({}): {}",
+            describe_status(out.status),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    match crate::db::copy_source(from, url, &contract) {
+        Some(Ok(_)) => Ok(true),
+        Some(Err(e)) => Err(RunnerError::Setup(e.to_string())),
+        None => Ok(false),
+    }
+}
+
 fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Result<(), RunnerError> {
     let run = |args: &[&str], what: &str| -> Result<(), RunnerError> {
         let out = opts

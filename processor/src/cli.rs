@@ -776,6 +776,9 @@ fn run(a: RunArgs) -> Result<(), Exit> {
     )
     .context("failed to create the schema")
     .map_err(runtime)?;
+    if cfg.mode == Mode::Queue {
+        store.prepare_claims();
+    }
     let summary = engine::run(store.as_mut(), &cfg, &ctx)
         .context("run failed")
         .map_err(runtime)?;

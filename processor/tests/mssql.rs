@@ -21,6 +21,7 @@ fn main() {
         mssql_loads_writes_and_resumes,
         mssql_claims_are_fenced,
         mssql_init_adds_the_coerced_column_to_an_old_log,
+        mssql_copy_source_copies_another_databases_documents,
     );
     let name = "mssql_replaced_tools_flags_and_ado_strings_reach_the_same_server";
     let url = std::env::var(ENV).ok().filter(|u| !u.trim().is_empty());
@@ -213,6 +214,39 @@ fn mssql_loads_writes_and_resumes() {
             .total,
         200
     );
+}
+
+/// The harness's second scenario phase: one database's documents copied server-side into a fresh one.
+fn mssql_copy_source_copies_another_databases_documents() {
+    let server = server();
+    let (from, to) = (ScratchDb::create(&server), ScratchDb::create(&server));
+    let mut a = from.open();
+    a.init_schema().expect("init from");
+    let loaded = docs(25, 7, 500);
+    a.load_source(&loaded).expect("load");
+    let mut b = to.open();
+    b.init_schema().expect("init to");
+    let contract = Contract::from_json(fixtures::CONTRACT_JSON).expect("contract");
+    let n = mssql::copy_source(&server.with_database(&to.name), &from.name, &contract)
+        .expect("copy source");
+    assert_eq!(n, 25);
+    let sel = Selection::default();
+    let got = b.fetch_pending(&sel, i64::MIN, 100).expect("fetch");
+    let got: Vec<(i64, String)> = got.into_iter().map(|d| (d.app_id, d.xml)).collect();
+    let mut want = loaded.clone();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "the copy holds the same documents, byte for byte"
+    );
+    // A database that does not exist is a clear error, not a silent empty copy.
+    let e = mssql::copy_source(
+        &server.with_database(&to.name),
+        "shredproof_no_such_db",
+        &contract,
+    )
+    .expect_err("copy from a missing database");
+    assert!(!e.message.is_empty());
 }
 
 fn mssql_claims_are_fenced() {

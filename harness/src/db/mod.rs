@@ -3,8 +3,8 @@
 //! backend that cannot start is an environment error (exit 3), never a pass.
 //!
 //! What a backend can carry out is stated once, as its [`Capabilities`]; the rest of the harness asks those instead
-//! of naming backends. This file is the one registration point: [`Backend`], [`launch`], [`server_version`] and
-//! [`bulk_loader`] dispatch to the backend files, which hold all of the harness's backend-specific SQL outside the
+//! of naming backends. This file is the one registration point: [`Backend`], [`launch`], [`server_version`],
+//! [`copy_source`] and [`bulk_loader`] dispatch to the backend files, which hold all of the harness's backend-specific SQL outside the
 //! checker's readers (`check/reader/<backend>.rs`).
 
 pub mod mssql;
@@ -123,6 +123,28 @@ pub fn server_version(url: &str, contract: &Contract) -> anyhow::Result<String> 
         DbUrl::Sqlite(_) => sqlite::server_version(),
         DbUrl::Mssql(cfg) => mssql::server_version(&cfg, contract)?,
     })
+}
+
+/// Whether [`copy_source`] can copy out of the database `url` (a SQL Server one).
+pub fn can_copy_source(url: &str) -> bool {
+    matches!(DbUrl::parse(url), Ok(DbUrl::Mssql(_)))
+}
+
+/// Copies the source documents of database `from_url` into database `to_url` (same server; `to_url` has the
+/// contract's schema and no documents) by the server itself, when the backend can read one database from another
+/// (SQL Server's three-part names): `None` where it cannot (SQLite files, PostgreSQL databases), and the runner
+/// loads the documents again. A scenario's two phases (no-fault baseline, faulted run) load the same documents.
+pub fn copy_source(
+    from_url: &str,
+    to_url: &str,
+    contract: &Contract,
+) -> Option<Result<u64, DbError>> {
+    match (DbUrl::parse(from_url), DbUrl::parse(to_url)) {
+        (Ok(DbUrl::Mssql(from)), Ok(DbUrl::Mssql(to))) => {
+            Some(mssql::copy_source(&from, &to, contract))
+        }
+        _ => None,
+    }
 }
 
 /// The storage limit's bulk load (`harness bench`): the mapped rows and log rows of many applications in one

@@ -51,6 +51,28 @@ pub(super) fn server_version(
     })
 }
 
+/// Copies `from`'s source documents into `to` (both on one server; `to` initialised, empty) in one statement.
+pub(super) fn copy_source(
+    from: &MssqlConfig,
+    to: &MssqlConfig,
+    contract: &processor::contract::Contract,
+) -> Result<u64, DbError> {
+    let fail = |e: &dyn std::fmt::Display| {
+        DbError::Other(format!(
+            "cannot copy the source documents on {}: {e}",
+            to.redacted()
+        ))
+    };
+    if (&from.host, from.port, &from.instance) != (&to.host, to.port, &to.instance) {
+        return Err(fail(&"the two databases are on different servers"));
+    }
+    let db = from
+        .database
+        .as_deref()
+        .ok_or_else(|| fail(&"no source database"))?;
+    mssql::copy_source(to, db, contract).map_err(|e| fail(&e))
+}
+
 /// Database names are `shredproof_<run>`: [a-z0-9_], at most 63 characters (the processor's identifier rule).
 pub fn database_name(run: &str) -> String {
     let mut s = format!("shredproof_{}", db_name(run).trim_start_matches('_'));
@@ -96,8 +118,7 @@ impl ExternalMssql {
                 self.server.redacted()
             ))
         };
-        mssql::drop_database(&self.server, &db).map_err(|e| fail("drop", e))?;
-        mssql::create_database(&self.server, &db).map_err(|e| fail("create", e))?;
+        mssql::recreate_database(&self.server, &db).map_err(|e| fail("drop and create", e))?;
         Ok(db)
     }
 }

@@ -324,6 +324,11 @@ pub trait Store: Send {
     fn status(&mut self, now_ms: i64) -> StoreResult<StatusReport>;
     /// Drops and re-opens the connection after a transient failure.
     fn reconnect(&mut self) -> StoreResult<()>;
+    /// This connection will claim (queue mode): get ready so the first claim is as fast as the later ones, on
+    /// this connection and on every reconnect. Only Babelfish does something (it warms its parser for the claim
+    /// statement: `MssqlStore::warm_claim`); the others need nothing. Connections that never claim (`load`,
+    /// `status`, `init`, the lease heartbeat) do not pay for it.
+    fn prepare_claims(&mut self) {}
 }
 
 #[derive(Debug, thiserror::Error)]

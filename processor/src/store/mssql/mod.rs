@@ -39,6 +39,8 @@ pub struct MssqlStore {
     client: Conn,
     contract: Contract,
     names: Names,
+    /// Set by `prepare_claims`: this connection claims, so a reconnect warms the claim statement again.
+    claims: bool,
 }
 
 fn runtime() -> StoreResult<Runtime> {
@@ -225,16 +227,15 @@ impl MssqlStore {
         let rt = runtime()?;
         let (client, kind) = rt.block_on(connect(cfg))?;
         let names = Names::new(&contract);
-        let mut store = MssqlStore {
+        Ok(MssqlStore {
             cfg: cfg.clone(),
             kind,
             rt,
             client,
             contract,
             names,
-        };
-        store.warm_claim();
-        Ok(store)
+            claims: false,
+        })
     }
 
     /// Babelfish parses each new statement shape slowly the first time on a connection (its ANTLR parser warms up
@@ -244,7 +245,8 @@ impl MssqlStore {
     /// (`fencing-takeover-queue` with its 1 s lease). So on Babelfish a new connection runs the claim's text once
     /// with `TOP (0)`: it inserts no placeholder, picks and updates nothing, and returns no row. Any error (the
     /// tables do not exist before `init`) is ignored: the parse, which is what is being warmed, happened anyway.
-    /// SQL Server is not touched.
+    /// SQL Server is not touched. Only connections that claim (`Store::prepare_claims`) pay for it: the warm-up
+    /// alone took 2.9 s on `processor status` here (2-core machine, load 1), once per connection.
     fn warm_claim(&mut self) {
         if self.kind != ServerKind::Babelfish {
             return;
@@ -295,10 +297,18 @@ impl MssqlStore {
 /// Runs `sql` as a plain batch on a fresh connection to `cfg` (no transaction): `CREATE/DROP DATABASE` and other
 /// administration that cannot run inside a transaction.
 fn admin(cfg: &MssqlConfig, op: &'static str, sql: &str) -> StoreResult<()> {
+    admin_batches(cfg, &[(op, sql)])
+}
+
+/// Runs each `(op, sql)` as a plain batch, in order, on one fresh connection to `cfg`: on Babelfish every new
+/// connection costs a login plus slow first parses, so related administration shares one.
+fn admin_batches(cfg: &MssqlConfig, batches: &[(&'static str, &str)]) -> StoreResult<()> {
     let rt = runtime()?;
     rt.block_on(async {
         let (mut c, _) = connect(cfg).await?;
-        batch(&mut c, sql).await.map_err(err(op))?;
+        for (op, sql) in batches {
+            batch(&mut c, sql).await.map_err(err(op))?;
+        }
         let _ = c.close().await;
         Ok(())
     })
@@ -312,8 +322,27 @@ fn db_ident(op: &'static str, name: &str) -> StoreResult<Ident> {
 /// give every run a fresh database.
 pub fn create_database(server: &MssqlConfig, name: &str) -> StoreResult<()> {
     let id = db_ident("create database", name)?;
-    let master = server.with_database("master");
-    // Five retries, 100 ms doubling (the one backoff schedule, `backoff::Backoff`).
+    let create = sql::create_database(&id);
+    retry_catalog_race(|| admin(&server.with_database("master"), "create database", &create))
+}
+
+/// Drops database `name` if present (as [`drop_database`]) and creates it empty, on one connection: a fresh
+/// database for a run whose name a previous run may have left.
+pub fn recreate_database(server: &MssqlConfig, name: &str) -> StoreResult<()> {
+    let id = db_ident("recreate database", name)?;
+    let (drop, create) = (sql::drop_database(&id), sql::create_database(&id));
+    retry_catalog_race(|| {
+        admin_batches(
+            &server.with_database("master"),
+            &[("drop database", &drop), ("create database", &create)],
+        )
+    })
+}
+
+/// Babelfish: two CREATE DATABASE at once race on PostgreSQL's catalog ("tuple concurrently updated",
+/// 33557097); the loser's statement did nothing and can simply run again (seen in CI, tests in parallel). Five
+/// retries, 100 ms doubling (the one backoff schedule, `backoff::Backoff`).
+fn retry_catalog_race(mut f: impl FnMut() -> StoreResult<()>) -> StoreResult<()> {
     let mut backoff = crate::backoff::RetryPolicy {
         first_delay_ms: 100,
         max_delay_ms: 1_600,
@@ -322,9 +351,7 @@ pub fn create_database(server: &MssqlConfig, name: &str) -> StoreResult<()> {
     .backoff();
     let mut attempt = 0;
     loop {
-        match admin(&master, "create database", &sql::create_database(&id)) {
-            // Babelfish: two CREATE DATABASE at once race on PostgreSQL's catalog ("tuple concurrently updated",
-            // 33557097); the loser's statement did nothing and can simply run again (seen in CI, tests in parallel).
+        match f() {
             Err(e) if attempt < 5 && e.message.contains("concurrently updated") => {
                 attempt += 1;
                 match backoff.next_wait() {
@@ -335,6 +362,23 @@ pub fn create_database(server: &MssqlConfig, name: &str) -> StoreResult<()> {
             other => return other,
         }
     }
+}
+
+/// Copies the source documents of database `from` into `to`'s database (same server; `to` already has the
+/// contract's schema and no documents), in one statement on one connection: the harness loads a scenario's
+/// documents once and copies them to its second database instead of loading them again. Returns the rows copied.
+pub fn copy_source(to: &MssqlConfig, from: &str, contract: &Contract) -> StoreResult<u64> {
+    let from = db_ident("copy source", from)?;
+    let sql = sql::copy_source(&Names::new(contract), &from);
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (mut c, _) = connect(to).await?;
+        let n = exec(&mut c, Query::new(sql))
+            .await
+            .map_err(err("copy source"))?;
+        let _ = c.close().await;
+        Ok(n)
+    })
 }
 
 /// Drops database `name` (if present), disconnecting its sessions first.
@@ -691,8 +735,15 @@ impl Store for MssqlStore {
     fn reconnect(&mut self) -> StoreResult<()> {
         // The old connection is dropped (and its open transaction rolled back by the server) on success.
         (self.client, self.kind) = self.rt.block_on(connect(&self.cfg))?;
-        self.warm_claim();
+        if self.claims {
+            self.warm_claim();
+        }
         Ok(())
+    }
+
+    fn prepare_claims(&mut self) {
+        self.claims = true;
+        self.warm_claim();
     }
 }
 

@@ -313,6 +313,17 @@ pub fn insert_logs(n: &Names, nrows: usize) -> String {
     )
 }
 
+/// Copies every source document of database `from` (same server, same contract) into this database's source
+/// table in one statement: the second phase of a harness scenario loads the same documents as the first.
+pub fn copy_source(n: &Names, from: &Ident) -> String {
+    format!(
+        "INSERT INTO {src} (app_id, {col}) SELECT app_id, {col} FROM {db}.{src};",
+        src = n.src,
+        col = n.src_col,
+        db = from.bracket()
+    )
+}
+
 /// `nrows` documents, `@P(2r+1)` app_id, `@P(2r+2)` xml; app_ids already present are skipped.
 pub fn insert_source(n: &Names, nrows: usize) -> String {
     let values = values_rows(nrows, |r| format!("@P{}, @P{}", 2 * r + 1, 2 * r + 2));
