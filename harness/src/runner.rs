@@ -1231,6 +1231,18 @@ fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Resul
             "loading edge cases",
         )?;
     }
+    if plan.mismatched_ids > 0 {
+        let mis = dir.join("mismatched-ids");
+        std::fs::create_dir_all(&mis)?;
+        for (app_id, xml) in mismatched_documents(plan)? {
+            std::fs::write(mis.join(format!("{app_id}.xml")), xml)?;
+        }
+        let e = mis.display().to_string();
+        run(
+            with_contract(&["load", "--dir", &e, "--log-level", "warn"]),
+            "loading fixture.mismatched_ids documents",
+        )?;
+    }
     if let Some(contacts) = plan.stress_docs {
         let stress = dir.join("stress-docs");
         std::fs::create_dir_all(&stress)?;
@@ -1248,6 +1260,45 @@ fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Resul
 
 /// First app_id of `fixture.generate` documents: clear of generated project documents, edge cases and samples.
 const REAL_FIRST_APP_ID: i64 = 800_000_001;
+
+/// `fixture.mismatched_ids`: document i carries `Request@ID` `MISMATCH_REQUEST_ID + i` and is stored as app
+/// `MISMATCH_APP_ID + i`; neither range meets another fixture's ids, so rows keyed by the document's id name no
+/// source application at all.
+const MISMATCH_REQUEST_ID: i64 = 600_000_001;
+const MISMATCH_APP_ID: i64 = 610_000_001;
+
+/// `(stored app_id, document)` for `fixture.mismatched_ids`: clean documents (nothing malformed on purpose) in the
+/// contract's shape, the project's generator without `fixture.contract`, the real-shaped one with it.
+fn mismatched_documents(plan: &Plan) -> Result<Vec<(i64, String)>, RunnerError> {
+    let n = plan.mismatched_ids as usize;
+    let docs: Vec<(i64, String)> = match &plan.real_generate {
+        None => (0..n as i64)
+            .map(|i| {
+                let id = MISMATCH_REQUEST_ID + i;
+                (
+                    id,
+                    fixtures::generate_one(plan.fixture_seed, id, 0.0, 0.0, 0.0).xml,
+                )
+            })
+            .collect(),
+        Some((_, shape)) => {
+            let shape = fixtures::realshape::Shape::parse(shape)
+                .ok_or_else(|| RunnerError::Setup(format!("unknown document shape '{shape}'")))?;
+            let cfg = fixtures::realshape::RealConfig {
+                first_app_id: MISMATCH_REQUEST_ID,
+                malformed_fraction: 0.0,
+                ..fixtures::realshape::RealConfig::new(shape, n, plan.fixture_seed)
+            };
+            fixtures::realshape::real_generate_iter(&cfg)
+                .map(|d| (d.app_id, d.xml))
+                .collect()
+        }
+    };
+    Ok(docs
+        .into_iter()
+        .map(|(id, xml)| (id - MISMATCH_REQUEST_ID + MISMATCH_APP_ID, xml))
+        .collect())
+}
 
 /// `--contract FILE` when the plan names one.
 fn contract_args(plan: &Plan) -> Vec<String> {

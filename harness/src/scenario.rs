@@ -91,6 +91,12 @@ pub struct FixtureSpec {
     /// many-contacts one with this many contacts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stress_docs: Option<u32>,
+    /// Also load N documents whose `Request@ID` differs from their source row's `app_id` (each a clean document
+    /// drawn for id 600000001 + i, stored as app 610000001 + i), so a processor that keys rows by the document's id
+    /// instead of the row's is seen: the contract makes each a `map:` failure. Under `contract`, needs `generate`
+    /// (the documents are drawn in that shape).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mismatched_ids: Option<u32>,
 }
 
 fn default_apps() -> u64 {
@@ -112,6 +118,7 @@ impl Default for FixtureSpec {
             take: None,
             generate: None,
             stress_docs: None,
+            mismatched_ids: None,
         }
     }
 }
@@ -578,6 +585,8 @@ pub struct Plan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
     pub stress_docs: Option<u32>,
+    /// `fixture.mismatched_ids` (0: none).
+    pub mismatched_ids: u32,
     pub instances: u32,
     pub mode: Mode,
     pub workers: usize,
@@ -740,6 +749,22 @@ impl Scenario {
             })?;
             real_generate = Some((n, shape.name().to_owned()));
         }
+        match f.mismatched_ids {
+            Some(0) => return Err(bad("fixture.mismatched_ids must be at least 1".into())),
+            Some(n) if n > 10_000 => {
+                return Err(bad(format!(
+                    "fixture.mismatched_ids must be at most 10000 (got {n})"
+                )))
+            }
+            Some(_) if f.contract.is_some() && f.generate.is_none() => {
+                return Err(bad(
+                    "fixture.mismatched_ids under fixture.contract needs fixture.generate (the documents are drawn \
+                     in the real-shaped generator's shape for that contract)"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
         let docs_dir = resolve("dir", &f.dir, true)?;
         if let Some(c) = &contract {
             let text = std::fs::read_to_string(c).map_err(|e| {
@@ -788,6 +813,7 @@ impl Scenario {
             real_generate,
             unavailable,
             stress_docs: f.stress_docs,
+            mismatched_ids: f.mismatched_ids.unwrap_or(0),
             instances: r.instances,
             mode: r.mode,
             workers: r.workers,
@@ -1294,6 +1320,14 @@ mod tests {
             ("dir = \"seed:\"", "fixture.dir = \"seed:\""),
             ("apps = 0\nedge_cases = false", "fixture.apps"),
             ("take = 3", "fixture.take needs fixture.dir"),
+            (
+                "mismatched_ids = 0",
+                "fixture.mismatched_ids must be at least 1",
+            ),
+            (
+                "contract = \"c.json\"\nmismatched_ids = 2",
+                "fixture.mismatched_ids under fixture.contract needs fixture.generate",
+            ),
             ("generate = 3", "fixture.generate needs fixture.contract"),
             ("contract = \"c.json\"\ngenerate = 3", "no document shape"),
             (

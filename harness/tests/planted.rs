@@ -127,6 +127,14 @@ fn on_postgres(
 
 /// (test name, scenario, planted bug, the invariant that must catch it).
 const CASES: &[(&str, &str, &str, Invariant)] = &[
+    // Rows keyed by the document's Request@ID, not the source row's app_id (fixture.mismatched_ids): the
+    // mismatched applications are logged success though the contract makes them `map:` failures.
+    (
+        "rows_keyed_by_the_wrong_id_are_caught",
+        "crash-b-uncoordinated.toml",
+        "wrong-id",
+        Invariant::Content,
+    ),
     // Work selected without looking at processing_log: the rerun after a kill-after-commit redoes what was logged;
     // every redo is a rolled-back collision, so the final database is correct and only the history shows it.
     (
@@ -158,8 +166,32 @@ const CASES: &[(&str, &str, &str, Invariant)] = &[
     ),
 ];
 
+/// Cases under the replaced system's contracts (`fixture.contract = "cc"`): they also need the seed folder.
+const SEED_CASES: &[(&str, &str, &str, Invariant)] = &[
+    // Under the baseline comparison the no-fault run has the bug too; what it cannot hide is rows owned by an id
+    // that has no log row (the document's) next to a success with no rows (the source row's).
+    (
+        "rows_keyed_by_the_wrong_id_are_caught_under_a_real_contract",
+        "real-cc-generated-kills.toml",
+        "wrong-id",
+        Invariant::LogMatchesData,
+    ),
+];
+
 fn main() {
     let mut t: Vec<Trial> = Vec::new();
+    for &(name, file, bug, want) in SEED_CASES {
+        t.push(trial::trial(
+            format!("sqlite::{name}"),
+            &[Need::Seed],
+            on_sqlite(file, bug, want),
+        ));
+        t.push(trial::trial(
+            format!("postgres::{name}"),
+            &[Need::Seed, Need::Postgres],
+            on_postgres(file, bug, want),
+        ));
+    }
     for &(name, file, bug, want) in CASES {
         t.push(trial::trial(
             format!("sqlite::{name}"),

@@ -292,14 +292,18 @@ pub enum PlantedBug {
     ExitMidDrain,
     /// Commits are not reported: no `committed` event (the database is right, the history is not).
     SilentCommit,
+    /// Rows are keyed by the document's `Request@ID` instead of the source row's `app_id` (the mapper's
+    /// "does not match app_id" refusal is bypassed); the log row still names the source row.
+    WrongId,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 4] = [
+    pub const ALL: [PlantedBug; 5] = [
         PlantedBug::IgnoreLog,
         PlantedBug::NoKillAtCrash,
         PlantedBug::ExitMidDrain,
         PlantedBug::SilentCommit,
+        PlantedBug::WrongId,
     ];
 
     pub fn name(self) -> &'static str {
@@ -308,13 +312,14 @@ impl PlantedBug {
             PlantedBug::NoKillAtCrash => "no-kill-at-crash",
             PlantedBug::ExitMidDrain => "exit-mid-drain",
             PlantedBug::SilentCommit => "silent-commit",
+            PlantedBug::WrongId => "wrong-id",
         }
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlantError {
-    #[error("unknown planted bug '{0}' (known: ignore-log, no-kill-at-crash, exit-mid-drain, silent-commit)")]
+    #[error("unknown planted bug '{0}' (known: ignore-log, no-kill-at-crash, exit-mid-drain, silent-commit, wrong-id)")]
     Unknown(String),
     #[error(
         "planted bugs exist only in the harness's processor (`harness processor run …`); \
