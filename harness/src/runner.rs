@@ -602,8 +602,13 @@ fn check_final(
     violations: &mut Vec<Violation>,
 ) -> Result<check::CheckReport, RunnerError> {
     let mut reader = open_reader_patiently(url, plan.needs_restart())?;
-    let report =
-        check::check_database_with(reader.as_mut(), contract_json, &ph.all_events, baseline)?;
+    let report = check::check_database_rejecting(
+        reader.as_mut(),
+        contract_json,
+        &ph.all_events,
+        baseline,
+        plan.rejection.as_ref(),
+    )?;
     violations.extend(report.violations.iter().cloned());
     let log = check::history::read_log(reader.as_mut(), contract_json)?;
     violations.extend(check::history::check(&ph.all_events, &ph.ends, Some(&log)));
@@ -824,6 +829,13 @@ fn run_phase(
     baseline: Option<&check::baseline::Snapshot>,
 ) -> Result<PhaseOutcome, RunnerError> {
     load_fixtures(plan, url, dir, opts)?;
+    if let Some(r) = &plan.rejection {
+        // The schema exists once anything is loaded (every load runs the idempotent schema step).
+        let schema = check::baseline::Layout::parse(contract_json)?.target_schema;
+        crate::db::add_rejection(url, &schema, &r.table, r.every).map_err(|e| {
+            RunnerError::Setup(format!("fixture.reject_rows_in = \"{}\": {e:#}", r.table))
+        })?;
+    }
     // Connection faults need the proxy in the path; the baseline of such a plan goes through it too (as a control).
     // Fixtures and the checker talk to the server directly.
     let (proxy, proc_url) = start_proxy(plan, url)?;

@@ -97,6 +97,12 @@ pub struct FixtureSpec {
     /// (the documents are drawn in that shape).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mismatched_ids: Option<u32>,
+    /// A constraint the contract does not know, added to this target table once the schema exists: the database
+    /// refuses its rows whose `app_id` is a multiple of 7 (a trigger on SQLite, a CHECK on PostgreSQL). Such an
+    /// application maps cleanly and fails in a later table than its first insert, so the write path must roll its
+    /// savepoint back (it ends `failed`, `write:`, no rows). Judged through `check::Rejection`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject_rows_in: Option<String>,
 }
 
 fn default_apps() -> u64 {
@@ -119,6 +125,7 @@ impl Default for FixtureSpec {
             generate: None,
             stress_docs: None,
             mismatched_ids: None,
+            reject_rows_in: None,
         }
     }
 }
@@ -561,6 +568,9 @@ pub enum Expectation {
     Violations,
 }
 
+/// `fixture.reject_rows_in`: the database refuses that table's rows of every application whose id is a multiple.
+pub const REJECT_EVERY: i64 = 7;
+
 /// A validated scenario with its schedule drawn from the seed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -587,6 +597,9 @@ pub struct Plan {
     pub stress_docs: Option<u32>,
     /// `fixture.mismatched_ids` (0: none).
     pub mismatched_ids: u32,
+    /// `fixture.reject_rows_in`, as the checker applies it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejection: Option<crate::check::Rejection>,
     pub instances: u32,
     pub mode: Mode,
     pub workers: usize,
@@ -765,6 +778,13 @@ impl Scenario {
             }
             _ => {}
         }
+        if let Some(t) = &f.reject_rows_in {
+            if !crate::check::reader::valid_ident(t) {
+                return Err(bad(format!(
+                    "fixture.reject_rows_in = \"{t}\": not a table name (letters, digits, _)"
+                )));
+            }
+        }
         let docs_dir = resolve("dir", &f.dir, true)?;
         if let Some(c) = &contract {
             let text = std::fs::read_to_string(c).map_err(|e| {
@@ -814,6 +834,13 @@ impl Scenario {
             unavailable,
             stress_docs: f.stress_docs,
             mismatched_ids: f.mismatched_ids.unwrap_or(0),
+            rejection: f
+                .reject_rows_in
+                .clone()
+                .map(|table| crate::check::Rejection {
+                    table,
+                    every: REJECT_EVERY,
+                }),
             instances: r.instances,
             mode: r.mode,
             workers: r.workers,
@@ -1094,6 +1121,12 @@ impl Scenario {
 pub fn skip_reason(plan: &Plan, backend: crate::db::Backend) -> Option<String> {
     if let Some(why) = &plan.unavailable {
         return Some(why.clone());
+    }
+    if plan.rejection.is_some() && !backend.capabilities().reject_rows {
+        return Some(format!(
+            "fixture.reject_rows_in: the harness cannot add a constraint on {} yet",
+            backend.as_str()
+        ));
     }
     if plan.backends.is_empty() || plan.backends.contains(&backend) {
         return None;

@@ -295,15 +295,20 @@ pub enum PlantedBug {
     /// Rows are keyed by the document's `Request@ID` instead of the source row's `app_id` (the mapper's
     /// "does not match app_id" refusal is bypassed); the log row still names the source row.
     WrongId,
+    /// A constraint error in the per-application write path is not rolled back to the application's savepoint: its
+    /// rows written before the failing statement stay, next to a `failed` log row (on SQLite; PostgreSQL refuses
+    /// every later statement of the aborted transaction instead).
+    NoSavepointRollback,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 5] = [
+    pub const ALL: [PlantedBug; 6] = [
         PlantedBug::IgnoreLog,
         PlantedBug::NoKillAtCrash,
         PlantedBug::ExitMidDrain,
         PlantedBug::SilentCommit,
         PlantedBug::WrongId,
+        PlantedBug::NoSavepointRollback,
     ];
 
     pub fn name(self) -> &'static str {
@@ -313,13 +318,14 @@ impl PlantedBug {
             PlantedBug::ExitMidDrain => "exit-mid-drain",
             PlantedBug::SilentCommit => "silent-commit",
             PlantedBug::WrongId => "wrong-id",
+            PlantedBug::NoSavepointRollback => "no-savepoint-rollback",
         }
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlantError {
-    #[error("unknown planted bug '{0}' (known: ignore-log, no-kill-at-crash, exit-mid-drain, silent-commit, wrong-id)")]
+    #[error("unknown planted bug '{0}' (known: ignore-log, no-kill-at-crash, exit-mid-drain, silent-commit, wrong-id, no-savepoint-rollback)")]
     Unknown(String),
     #[error(
         "planted bugs exist only in the harness's processor (`harness processor run …`); \
