@@ -33,6 +33,10 @@ pub struct Scenario {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// The run seed `harness run` uses for this file when not given `--seed` (default 1): explore writes the seed
+    /// it drew with, so a corpus entry replays the same fixtures and schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     #[serde(default)]
     pub fixture: FixtureSpec,
     #[serde(default)]
