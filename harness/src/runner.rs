@@ -829,13 +829,7 @@ fn run_phase(
     baseline: Option<&check::baseline::Snapshot>,
 ) -> Result<PhaseOutcome, RunnerError> {
     load_fixtures(plan, url, dir, opts)?;
-    if let Some(r) = &plan.rejection {
-        // The schema exists once anything is loaded (every load runs the idempotent schema step).
-        let schema = check::baseline::Layout::parse(contract_json)?.target_schema;
-        crate::db::add_rejection(url, &schema, &r.table, r.every).map_err(|e| {
-            RunnerError::Setup(format!("fixture.reject_rows_in = \"{}\": {e:#}", r.table))
-        })?;
-    }
+    add_rejection(plan, url, contract_json)?;
     // Connection faults need the proxy in the path; the baseline of such a plan goes through it too (as a control).
     // Fixtures and the checker talk to the server directly.
     let (proxy, proc_url) = start_proxy(plan, url)?;
@@ -1137,6 +1131,16 @@ fn write_events(path: &Path, events: &[Event]) -> Result<(), RunnerError> {
     }
     std::fs::write(path, s)?;
     Ok(())
+}
+
+/// `fixture.reject_rows_in`: the constraint, once the schema exists (every load runs the idempotent schema step).
+fn add_rejection(plan: &Plan, url: &str, contract_json: &str) -> Result<(), RunnerError> {
+    let Some(r) = &plan.rejection else {
+        return Ok(());
+    };
+    let schema = check::baseline::Layout::parse(contract_json)?.target_schema;
+    crate::db::add_rejection(url, &schema, &r.table, r.every)
+        .map_err(|e| RunnerError::Setup(format!("fixture.reject_rows_in = \"{}\": {e:#}", r.table)))
 }
 
 /// Loads the plan's fixtures through `processor load` (and the edge cases through `processor load --dir`).
