@@ -189,7 +189,7 @@ pub fn load_plans(
     let mut plans = Vec::new();
     for f in files {
         let sc = Scenario::from_file(&f)?;
-        let s = seed.unwrap_or(1);
+        let s = seed.or(sc.seed).unwrap_or(1);
         plans.push(sc.plan(s, Some(f))?);
     }
     let mut names = std::collections::HashSet::new();
@@ -443,6 +443,10 @@ pub struct ExploreArgs {
     /// Candidate runs allowed while shrinking one failure.
     #[arg(long, default_value_t = 40)]
     pub shrink_attempts: usize,
+    /// Keep every failing run in this directory as a scenario file with its seed (the shrunk minimum when its
+    /// replay failed the same way, else the drawn one); `harness run DIR` replays them (e.g. `scenarios/corpus`).
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
     /// Print each fault as it fires.
     #[arg(long, short)]
     pub verbose: bool,
@@ -475,6 +479,7 @@ fn cmd_explore(a: ExploreArgs) -> Exit {
             commit_mode: a.commit_mode,
         },
         shrink_attempts: a.shrink_attempts,
+        corpus: a.corpus.clone(),
         run: RunOptions {
             out_dir: a.target.out.clone(),
             processor,
@@ -502,6 +507,9 @@ fn cmd_explore(a: ExploreArgs) -> Exit {
     );
     for s in &summary.shrunk {
         println!("  minimal failure of {}: {}", s.from, s.replay);
+    }
+    for c in &summary.corpus {
+        println!("  kept in the corpus: {}", c.display());
     }
     summary.exit()
 }

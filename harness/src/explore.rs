@@ -194,6 +194,7 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
     let global = faults.iter().any(FaultSpec::is_global);
     Scenario {
         name: name.to_owned(),
+        seed: Some(seed),
         description: format!(
             "drawn by harness explore from seed {seed} ({} backend, {} commit)",
             t.backend.as_str(),
@@ -256,6 +257,8 @@ pub struct ExploreOptions {
     pub target: Target,
     /// Candidate runs allowed while shrinking one failure.
     pub shrink_attempts: usize,
+    /// Where failing runs are kept as replayable scenario files (`None`: nowhere but `<out>/explore/`).
+    pub corpus: Option<PathBuf>,
     pub run: RunOptions,
 }
 
@@ -289,6 +292,8 @@ pub struct ExploreSummary {
     pub seed: u64,
     pub runs: Vec<RunLine>,
     pub shrunk: Vec<ShrinkReport>,
+    /// Files written into the corpus.
+    pub corpus: Vec<PathBuf>,
     pub errors: Vec<String>,
 }
 
@@ -385,10 +390,18 @@ pub fn explore(
             faults_fired: outcome.main.faults.iter().filter(|f| f.fired).count(),
         });
         let broke = real_violations(&outcome);
+        let mut keep = sc.clone();
         if outcome.verdict == Verdict::Fail && !broke.is_empty() {
-            summary
-                .shrunk
-                .push(shrink_failure(&sc, seed, &broke, launcher, o)?);
+            let r = shrink_failure(&sc, seed, &broke, launcher, o)?;
+            if r.replayed {
+                if let Ok(min) = Scenario::from_file(&r.file) {
+                    keep = min;
+                }
+            }
+            summary.shrunk.push(r);
+        }
+        if let (Some(corpus), true) = (&o.corpus, outcome.verdict != Verdict::Pass) {
+            summary.corpus.push(keep_in_corpus(corpus, keep, seed)?);
         }
     }
     let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
@@ -398,6 +411,19 @@ pub fn explore(
         source,
     })?;
     Ok(summary)
+}
+
+/// Writes a failing scenario into the corpus as `<corpus>/<name>.toml`, its seed recorded in the file so
+/// `harness run <corpus>` replays the same fixtures and schedule. Returns the path.
+pub fn keep_in_corpus(corpus: &Path, mut s: Scenario, seed: u64) -> Result<PathBuf, ExploreError> {
+    s.seed = Some(seed);
+    s.expect = ExpectSpec {
+        deadline_secs: s.expect.deadline_secs,
+        ..ExpectSpec::default()
+    };
+    let file = corpus.join(format!("{}.toml", s.name));
+    write_scenario(&s, &file)?;
+    Ok(file)
 }
 
 /// Shrinks a failing scenario: a candidate "still fails" when its run violates at least one of the invariants the

@@ -625,8 +625,13 @@ fn check_final(
     violations: &mut Vec<Violation>,
 ) -> Result<check::CheckReport, RunnerError> {
     let mut reader = open_reader_patiently(url, plan.needs_restart())?;
-    let report =
-        check::check_database_with(reader.as_mut(), contract_json, &ph.all_events, baseline)?;
+    let report = check::check_database_rejecting(
+        reader.as_mut(),
+        contract_json,
+        &ph.all_events,
+        baseline,
+        plan.rejection.as_ref(),
+    )?;
     violations.extend(report.violations.iter().cloned());
     let log = check::history::read_log(reader.as_mut(), contract_json)?;
     violations.extend(check::history::check(&ph.all_events, &ph.ends, Some(&log)));
@@ -866,6 +871,7 @@ fn run_phase(
     copy_from: Option<&str>,
 ) -> Result<PhaseOutcome, RunnerError> {
     let fixtures_t0 = fill_database(plan, copy_from, url, dir, opts, contract_json)?;
+    add_rejection(plan, url, contract_json)?;
     // Connection faults need the proxy in the path; the baseline of such a plan goes through it too (as a control).
     // Fixtures and the checker talk to the server directly.
     let (proxy, proc_url) = start_proxy(plan, url)?;
@@ -1183,7 +1189,16 @@ fn write_events(path: &Path, events: &[Event]) -> Result<(), RunnerError> {
     Ok(())
 }
 
-/// Loads the plan's fixtures through `processor load` (and the edge cases through `processor load --dir`).
+/// `fixture.reject_rows_in`: the constraint, once the schema exists (every load runs the idempotent schema step).
+fn add_rejection(plan: &Plan, url: &str, contract_json: &str) -> Result<(), RunnerError> {
+    let Some(r) = &plan.rejection else {
+        return Ok(());
+    };
+    let schema = check::baseline::Layout::parse(contract_json)?.target_schema;
+    crate::db::add_rejection(url, &schema, &r.table, r.every)
+        .map_err(|e| RunnerError::Setup(format!("fixture.reject_rows_in = \"{}\": {e:#}", r.table)))
+}
+
 /// The phase's documents: the baseline's, copied server-side where the backend can (SQL Server), else loaded
 /// again. Returns when it started (the phase's `fixtures_secs` run from there to the first processor's start).
 fn fill_database(
@@ -1243,6 +1258,7 @@ fn copy_fixtures(
     }
 }
 
+/// Loads the plan's fixtures through `processor load` (and the edge cases through `processor load --dir`).
 fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Result<(), RunnerError> {
     let run = |args: &[&str], what: &str| -> Result<(), RunnerError> {
         let out = opts
@@ -1346,6 +1362,18 @@ fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Resul
             "loading edge cases",
         )?;
     }
+    if plan.mismatched_ids > 0 {
+        let mis = dir.join("mismatched-ids");
+        std::fs::create_dir_all(&mis)?;
+        for (app_id, xml) in mismatched_documents(plan)? {
+            std::fs::write(mis.join(format!("{app_id}.xml")), xml)?;
+        }
+        let e = mis.display().to_string();
+        run(
+            with_contract(&["load", "--dir", &e, "--log-level", "warn"]),
+            "loading fixture.mismatched_ids documents",
+        )?;
+    }
     if let Some(contacts) = plan.stress_docs {
         let stress = dir.join("stress-docs");
         std::fs::create_dir_all(&stress)?;
@@ -1363,6 +1391,45 @@ fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Resul
 
 /// First app_id of `fixture.generate` documents: clear of generated project documents, edge cases and samples.
 const REAL_FIRST_APP_ID: i64 = 800_000_001;
+
+/// `fixture.mismatched_ids`: document i carries `Request@ID` `MISMATCH_REQUEST_ID + i` and is stored as app
+/// `MISMATCH_APP_ID + i`; neither range meets another fixture's ids, so rows keyed by the document's id name no
+/// source application at all.
+const MISMATCH_REQUEST_ID: i64 = 600_000_001;
+const MISMATCH_APP_ID: i64 = 610_000_001;
+
+/// `(stored app_id, document)` for `fixture.mismatched_ids`: clean documents (nothing malformed on purpose) in the
+/// contract's shape, the project's generator without `fixture.contract`, the real-shaped one with it.
+fn mismatched_documents(plan: &Plan) -> Result<Vec<(i64, String)>, RunnerError> {
+    let n = plan.mismatched_ids as usize;
+    let docs: Vec<(i64, String)> = match &plan.real_generate {
+        None => (0..n as i64)
+            .map(|i| {
+                let id = MISMATCH_REQUEST_ID + i;
+                (
+                    id,
+                    fixtures::generate_one(plan.fixture_seed, id, 0.0, 0.0, 0.0).xml,
+                )
+            })
+            .collect(),
+        Some((_, shape)) => {
+            let shape = fixtures::realshape::Shape::parse(shape)
+                .ok_or_else(|| RunnerError::Setup(format!("unknown document shape '{shape}'")))?;
+            let cfg = fixtures::realshape::RealConfig {
+                first_app_id: MISMATCH_REQUEST_ID,
+                malformed_fraction: 0.0,
+                ..fixtures::realshape::RealConfig::new(shape, n, plan.fixture_seed)
+            };
+            fixtures::realshape::real_generate_iter(&cfg)
+                .map(|d| (d.app_id, d.xml))
+                .collect()
+        }
+    };
+    Ok(docs
+        .into_iter()
+        .map(|(id, xml)| (id - MISMATCH_REQUEST_ID + MISMATCH_APP_ID, xml))
+        .collect())
+}
 
 /// `--contract FILE` when the plan names one.
 fn contract_args(plan: &Plan) -> Vec<String> {

@@ -33,6 +33,10 @@ pub struct Scenario {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// The run seed `harness run` uses for this file when not given `--seed` (default 1): explore writes the seed
+    /// it drew with, so a corpus entry replays the same fixtures and schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     #[serde(default)]
     pub fixture: FixtureSpec,
     #[serde(default)]
@@ -91,6 +95,18 @@ pub struct FixtureSpec {
     /// many-contacts one with this many contacts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stress_docs: Option<u32>,
+    /// Also load N documents whose `Request@ID` differs from their source row's `app_id` (each a clean document
+    /// drawn for id 600000001 + i, stored as app 610000001 + i), so a processor that keys rows by the document's id
+    /// instead of the row's is seen: the contract makes each a `map:` failure. Under `contract`, needs `generate`
+    /// (the documents are drawn in that shape).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mismatched_ids: Option<u32>,
+    /// A constraint the contract does not know, added to this target table once the schema exists: the database
+    /// refuses its rows whose `app_id` is a multiple of 7 (a trigger on SQLite, a CHECK on PostgreSQL). Such an
+    /// application maps cleanly and fails in a later table than its first insert, so the write path must roll its
+    /// savepoint back (it ends `failed`, `write:`, no rows). Judged through `check::Rejection`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject_rows_in: Option<String>,
 }
 
 fn default_apps() -> u64 {
@@ -112,6 +128,8 @@ impl Default for FixtureSpec {
             take: None,
             generate: None,
             stress_docs: None,
+            mismatched_ids: None,
+            reject_rows_in: None,
         }
     }
 }
@@ -583,6 +601,9 @@ pub enum Expectation {
     Violations,
 }
 
+/// `fixture.reject_rows_in`: the database refuses that table's rows of every application whose id is a multiple.
+pub const REJECT_EVERY: i64 = 7;
+
 /// A validated scenario with its schedule drawn from the seed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -607,6 +628,11 @@ pub struct Plan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
     pub stress_docs: Option<u32>,
+    /// `fixture.mismatched_ids` (0: none).
+    pub mismatched_ids: u32,
+    /// `fixture.reject_rows_in`, as the checker applies it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejection: Option<crate::check::Rejection>,
     pub instances: u32,
     pub mode: Mode,
     pub workers: usize,
@@ -769,6 +795,29 @@ impl Scenario {
             })?;
             real_generate = Some((n, shape.name().to_owned()));
         }
+        match f.mismatched_ids {
+            Some(0) => return Err(bad("fixture.mismatched_ids must be at least 1".into())),
+            Some(n) if n > 10_000 => {
+                return Err(bad(format!(
+                    "fixture.mismatched_ids must be at most 10000 (got {n})"
+                )))
+            }
+            Some(_) if f.contract.is_some() && f.generate.is_none() => {
+                return Err(bad(
+                    "fixture.mismatched_ids under fixture.contract needs fixture.generate (the documents are drawn \
+                     in the real-shaped generator's shape for that contract)"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(t) = &f.reject_rows_in {
+            if !crate::check::reader::valid_ident(t) {
+                return Err(bad(format!(
+                    "fixture.reject_rows_in = \"{t}\": not a table name (letters, digits, _)"
+                )));
+            }
+        }
         let docs_dir = resolve("dir", &f.dir, true)?;
         if let Some(c) = &contract {
             let text = std::fs::read_to_string(c).map_err(|e| {
@@ -817,6 +866,14 @@ impl Scenario {
             real_generate,
             unavailable,
             stress_docs: f.stress_docs,
+            mismatched_ids: f.mismatched_ids.unwrap_or(0),
+            rejection: f
+                .reject_rows_in
+                .clone()
+                .map(|table| crate::check::Rejection {
+                    table,
+                    every: REJECT_EVERY,
+                }),
             instances: r.instances,
             mode: r.mode,
             workers: r.workers,
@@ -1111,6 +1168,12 @@ pub fn skip_reason(plan: &Plan, backend: crate::db::Backend) -> Option<String> {
     if let Some(why) = &plan.unavailable {
         return Some(why.clone());
     }
+    if plan.rejection.is_some() && !backend.capabilities().reject_rows {
+        return Some(format!(
+            "fixture.reject_rows_in: the harness cannot add a constraint on {} yet",
+            backend.as_str()
+        ));
+    }
     if plan.backends.is_empty() || plan.backends.contains(&backend) {
         return None;
     }
@@ -1336,6 +1399,14 @@ mod tests {
             ("dir = \"seed:\"", "fixture.dir = \"seed:\""),
             ("apps = 0\nedge_cases = false", "fixture.apps"),
             ("take = 3", "fixture.take needs fixture.dir"),
+            (
+                "mismatched_ids = 0",
+                "fixture.mismatched_ids must be at least 1",
+            ),
+            (
+                "contract = \"c.json\"\nmismatched_ids = 2",
+                "fixture.mismatched_ids under fixture.contract needs fixture.generate",
+            ),
             ("generate = 3", "fixture.generate needs fixture.contract"),
             ("contract = \"c.json\"\ngenerate = 3", "no document shape"),
             (

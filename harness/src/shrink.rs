@@ -505,6 +505,7 @@ after_commits = 3
     fn minimal_scenario_has_no_candidates() {
         let s = Scenario {
             name: "m".into(),
+            seed: None,
             description: String::new(),
             fixture: FixtureSpec {
                 apps: 1,

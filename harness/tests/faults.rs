@@ -27,6 +27,10 @@ fn main() {
             explore_on_sqlite_writes_replayable_runs,
         ),
         (
+            "explore_keeps_a_failing_seed_in_the_corpus_and_run_replays_it",
+            explore_keeps_a_failing_seed_in_the_corpus_and_run_replays_it,
+        ),
+        (
             "split_failure_shrinks_to_one_crash_at_after_data",
             split_failure_shrinks_to_one_crash_at_after_data,
         ),
@@ -252,6 +256,7 @@ fn explore_on_sqlite_writes_replayable_runs() {
             commit_mode: CommitMode::Atomic,
         },
         shrink_attempts: 5,
+        corpus: None,
         run: opts(out.path()),
     };
     let summary = explore::explore(&mut l, &o).expect("explore runs");
@@ -270,6 +275,95 @@ fn explore_on_sqlite_writes_replayable_runs() {
         assert_eq!(replayed.apps, drawn.apps);
     }
     assert!(out.path().join("explore/summary.json").is_file());
+}
+
+/// A planted bug explore finds (`no-kill-at-crash`: a crash point that writes its event and carries on) lands its
+/// seed in the corpus; `harness run <corpus>` replays it and fails with the bug, and passes without it.
+fn explore_keeps_a_failing_seed_in_the_corpus_and_run_replays_it() {
+    let out = tempfile::tempdir().expect("tmp");
+    let corpus = out.path().join("corpus");
+    let mut l = SqliteDir::new().expect("tmp");
+    let planted = ProcessorCmd {
+        program: PathBuf::from("/usr/bin/env"),
+        prefix: vec![
+            "PROCESSOR_PLANT_BUG=no-kill-at-crash".into(),
+            env!("CARGO_BIN_EXE_harness").to_owned(),
+            "processor".into(),
+        ],
+    };
+    let target = explore::Target {
+        backend: Backend::Sqlite,
+        can_restart: false,
+        commit_mode: CommitMode::Atomic,
+    };
+    // The first base seed whose first draw arms a crash point that kills and fires on its own (a pure function of
+    // the seed, so this is the same seed every time).
+    let seed = (1..500)
+        .find(|&s| {
+            let sc = explore::generate("probe", explore::run_seed(s, 0), &target);
+            sc.faults.iter().any(|f| {
+                matches!(f, FaultSpec::CrashPoint { point, nth, pause_ms: None, .. }
+                    if point.fires_unprovoked() && *nth <= 2)
+            })
+        })
+        .expect("a seed that draws a killing crash point");
+    let o = ExploreOptions {
+        runs: 1,
+        seed,
+        target,
+        shrink_attempts: 2,
+        corpus: Some(corpus.clone()),
+        run: RunOptions {
+            out_dir: out.path().to_owned(),
+            processor: planted,
+            verbose: false,
+        },
+    };
+    let summary = explore::explore(&mut l, &o).expect("explore runs");
+    assert_eq!(
+        summary.runs[0].verdict,
+        Verdict::Fail,
+        "{}",
+        summary.runs[0].reason
+    );
+    assert!(
+        summary.runs[0].reason.contains("crash-kills"),
+        "{}",
+        summary.runs[0].reason
+    );
+    assert_eq!(summary.corpus.len(), 1, "{:?}", summary.corpus);
+    let kept = Scenario::from_file(&summary.corpus[0]).expect("corpus entry parses");
+    assert_eq!(
+        kept.seed,
+        Some(summary.runs[0].seed),
+        "the seed is in the file"
+    );
+    let files: Vec<_> = std::fs::read_dir(&corpus).expect("corpus dir").collect();
+    assert_eq!(files.len(), 1);
+    let replay = |bug: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_harness"));
+        c.args(["run", "--backend", "sqlite", "--out"])
+            .arg(out.path().join(format!("replay-{}", bug.unwrap_or("none"))))
+            .arg(&corpus)
+            .env_remove("PROCESSOR_PLANT_BUG");
+        if let Some(b) = bug {
+            c.env("PROCESSOR_PLANT_BUG", b);
+        }
+        let o = c.output().expect("harness run");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (code, text) = replay(Some("no-kill-at-crash"));
+    assert_eq!(code, Some(1), "the replay must fail with the bug:\n{text}");
+    assert!(text.contains("crash-kills"), "{text}");
+    let (code, text) = replay(None);
+    assert_eq!(
+        code,
+        Some(0),
+        "the same seed passes without the bug:\n{text}"
+    );
 }
 
 fn split_failure_shrinks_to_one_crash_at_after_data() {
@@ -310,6 +404,7 @@ after_commits = 1
             commit_mode: CommitMode::Split,
         },
         shrink_attempts: 30,
+        corpus: None,
         run: opts(out.path()),
     };
     let broke: BTreeSet<_> = [harness::check::Invariant::LogMatchesData].into();

@@ -715,6 +715,9 @@ fn run(a: RunArgs) -> Result<(), Exit> {
     let crasher = Crasher::from_env().map_err(usage)?;
     if let Some(bug) = crate::crash::plant_from_env().map_err(usage)? {
         crate::store::plant_ignore_log(bug == crate::crash::PlantedBug::IgnoreLog);
+        crate::store::plant_no_savepoint_rollback(
+            bug == crate::crash::PlantedBug::NoSavepointRollback,
+        );
         tracing::warn!(
             bug = bug.name(),
             "a bug is planted in this processor (harness test)"

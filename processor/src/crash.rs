@@ -316,16 +316,25 @@ pub enum PlantedBug {
     /// Queue mode: the lease heartbeat never renews, so a batch slower than its lease loses it to a takeover
     /// while its process is alive and well.
     NoRenew,
+    /// Rows are keyed by the document's `Request@ID` instead of the source row's `app_id` (the mapper's
+    /// "does not match app_id" refusal is bypassed); the log row still names the source row.
+    WrongId,
+    /// A constraint error in the per-application write path is not rolled back to the application's savepoint: its
+    /// rows written before the failing statement stay, next to a `failed` log row (on SQLite; PostgreSQL refuses
+    /// every later statement of the aborted transaction instead).
+    NoSavepointRollback,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 6] = [
+    pub const ALL: [PlantedBug; 8] = [
         PlantedBug::IgnoreLog,
         PlantedBug::NoKillAtCrash,
         PlantedBug::ExitMidDrain,
         PlantedBug::SilentCommit,
         PlantedBug::AssumeCommitted,
         PlantedBug::NoRenew,
+        PlantedBug::WrongId,
+        PlantedBug::NoSavepointRollback,
     ];
 
     pub fn name(self) -> &'static str {
@@ -336,13 +345,15 @@ impl PlantedBug {
             PlantedBug::SilentCommit => "silent-commit",
             PlantedBug::AssumeCommitted => "assume-committed",
             PlantedBug::NoRenew => "no-renew",
+            PlantedBug::WrongId => "wrong-id",
+            PlantedBug::NoSavepointRollback => "no-savepoint-rollback",
         }
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlantError {
-    #[error("unknown planted bug '{0}' (known: ignore-log, no-kill-at-crash, exit-mid-drain, silent-commit, assume-committed, no-renew)")]
+    #[error("unknown planted bug '{0}' (known: {known})", known = PlantedBug::ALL.map(PlantedBug::name).join(", "))]
     Unknown(String),
     #[error(
         "planted bugs exist only in the harness's processor (`harness processor run …`); \

@@ -308,6 +308,25 @@ pub fn structural(snap: &Snapshot) -> Vec<Violation> {
         unknown,
         "log rows name applications that are not in the source table",
     );
+    // Every contract gives a successful application at least its application-level row: one that owns no row in
+    // any table had its rows written under another key (e.g. the document's own id instead of the source row's).
+    let owners: BTreeSet<i64> = snap
+        .tables
+        .values()
+        .flatten()
+        .flat_map(|tr| tr.by_owner.keys().flatten().copied())
+        .collect();
+    let rowless: Vec<i64> = snap
+        .sources
+        .iter()
+        .filter(|a| snap.success(**a) && !owners.contains(a))
+        .copied()
+        .collect();
+    push(
+        Invariant::LogMatchesData,
+        rowless,
+        "applications logged success own no row in any target table",
+    );
     for (app, n) in &snap.log_multiples {
         out.push(Violation::new(
             Invariant::NoDuplicates,

@@ -260,3 +260,40 @@ fn layout_of_both_real_contracts_reads_their_tables_and_links() {
         assert_eq!(l.target_schema, "migration");
     }
 }
+
+#[test]
+fn a_success_whose_rows_are_keyed_by_another_id_breaks_log_matches_data_without_a_baseline() {
+    // What a processor that keys rows by the document's Request@ID leaves: the baseline has the same bug, so only
+    // the run alone can show it — a success owning nothing, and rows owned by an id with no log row.
+    let db = super::baseline(60, true);
+    let (app, _) = db.ok_apps().next().expect("a successful app");
+    let other = 777_000_001_i64;
+    for t in ["app_contact_base", "app_base"] {
+        db.conn()
+            .execute(
+                &format!("UPDATE {t} SET app_id = ?1 WHERE app_id = ?2"),
+                [other, app],
+            )
+            .expect("re-key");
+    }
+    let mut r = SqliteReader::open(&db.path).expect("open reader");
+    let rep = check_database_with(&mut r, &generic(), &[], None).expect("check runs");
+    assert_eq!(
+        rep.violated(),
+        BTreeSet::from([Invariant::LogMatchesData]),
+        "{:#?}",
+        rep.violations
+    );
+    assert!(
+        rep.violations
+            .iter()
+            .any(|v| v.app_ids == vec![app] && v.message.contains("own no row")),
+        "{:#?}",
+        rep.violations
+    );
+    assert!(
+        rep.violations.iter().any(|v| v.app_ids.contains(&other)),
+        "{:#?}",
+        rep.violations
+    );
+}

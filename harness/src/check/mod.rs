@@ -515,6 +515,39 @@ pub fn check_database(
     check_database_with(reader, contract_json, events, None)
 }
 
+/// A constraint the fixture adds to the target schema that the contract does not know (`[fixture]
+/// reject_rows_in`): every row of `table` whose `app_id` is a multiple of `every` is refused by the database, so
+/// such an application maps cleanly and must end `failed` with a `write:` reason and no rows at all. The reference
+/// mapping applies it to its outcome; under the baseline comparison both runs have the constraint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rejection {
+    pub table: String,
+    pub every: i64,
+}
+
+impl Rejection {
+    /// Whether the database refuses an application `app_id` whose reference rows are `rows`.
+    pub fn refuses(&self, app_id: i64, rows: &BTreeMap<String, Vec<RefRow>>) -> bool {
+        self.every > 0
+            && app_id % self.every == 0
+            && rows.get(&self.table).is_some_and(|r| !r.is_empty())
+    }
+}
+
+/// [`check_database_with`] under a fixture's [`Rejection`] (the reference path applies it; `None`: no constraint).
+pub fn check_database_rejecting(
+    reader: &mut dyn Reader,
+    contract_json: &str,
+    events: &[Event],
+    baseline: Option<&baseline::Snapshot>,
+    rejection: Option<&Rejection>,
+) -> Result<CheckReport, CheckError> {
+    if RefContract::parse(contract_json).is_ok() {
+        return check_chunked(reader, contract_json, events, CHUNK_APPS, rejection);
+    }
+    check_database_with(reader, contract_json, events, baseline)
+}
+
 /// `check_database`, for any contract the processor accepts: a contract outside the reference mapping's format
 /// has its `content` judged against `baseline` (a no-fault run's snapshot), or not at all without one. Only the
 /// reference path streams; the baseline snapshot holds the database's rows (see ARCHITECTURE.md).
@@ -571,7 +604,18 @@ pub fn check_database_chunked(
     events: &[Event],
     chunk_apps: usize,
 ) -> Result<CheckReport, CheckError> {
-    let contract = RefContract::parse(contract_json)?;
+    check_chunked(reader, contract_json, events, chunk_apps, None)
+}
+
+fn check_chunked(
+    reader: &mut dyn Reader,
+    contract_json: &str,
+    events: &[Event],
+    chunk_apps: usize,
+    rejection: Option<&Rejection>,
+) -> Result<CheckReport, CheckError> {
+    let mut contract = RefContract::parse(contract_json)?;
+    contract.rejection = rejection.cloned();
     let sql = Sql::new(reader.dialect(), &contract.target_schema)?;
     let with_fence = exists(reader, &sql.column_exists(LOG_TABLE, "fence")?)?;
     let mut g = Global::default();

@@ -26,6 +26,8 @@ pub struct RefContract {
     filters: Vec<FilterRule>,
     enums: BTreeMap<String, BTreeMap<String, i64>>,
     bits: BTreeMap<String, BTreeMap<String, i64>>,
+    /// A constraint of the fixture's the contract does not know (see [`super::Rejection`]); set by the checker.
+    pub rejection: Option<super::Rejection>,
 }
 
 /// One target table of the contract.
@@ -555,6 +557,7 @@ impl RefContract {
             filters,
             enums,
             bits,
+            rejection: None,
         })
     }
 
@@ -659,7 +662,16 @@ fn map_fail(msg: String) -> Fail {
 /// Maps one document. Never panics; every problem is a `Failed` outcome.
 pub fn reference_map(contract: &RefContract, app_id: i64, xml: &str) -> RefOutcome {
     match map_doc(contract, app_id, xml) {
-        Ok(rows) => RefOutcome::Success(rows),
+        Ok(rows) => match &contract.rejection {
+            Some(r) if r.refuses(app_id, &rows) => RefOutcome::Failed {
+                stage: "write".into(),
+                message: format!(
+                    "the fixture's constraint refuses rows of {} for app_id a multiple of {}",
+                    r.table, r.every
+                ),
+            },
+            _ => RefOutcome::Success(rows),
+        },
         Err(Fail(stage, message)) => RefOutcome::Failed { stage, message },
     }
 }

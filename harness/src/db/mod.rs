@@ -40,6 +40,9 @@ pub struct Capabilities {
     pub commit_cut: bool,
     /// The server can be SIGKILLed and restarted on the same data (`restart-db`).
     pub restart: bool,
+    /// The harness can add a constraint the contract does not know to a target table (`[fixture]
+    /// reject_rows_in`, `add_rejection`).
+    pub reject_rows: bool,
 }
 
 impl Backend {
@@ -144,6 +147,22 @@ pub fn copy_source(
             Some(mssql::copy_source(&from, &to, contract))
         }
         _ => None,
+    }
+}
+
+/// `[fixture] reject_rows_in`: makes the database behind `url` refuse every row of `table` (in `schema`) whose
+/// `app_id` is a multiple of `every` — a constraint the contract does not know, added once the schema exists.
+pub fn add_rejection(url: &str, schema: &str, table: &str, every: i64) -> anyhow::Result<()> {
+    for id in [schema, table] {
+        anyhow::ensure!(
+            crate::check::reader::valid_ident(id),
+            "not an identifier: {id:?}"
+        );
+    }
+    match DbUrl::parse(url)? {
+        DbUrl::Sqlite(path) => sqlite::add_rejection(&path, table, every),
+        DbUrl::Postgres(conn) => postgres::add_rejection(&conn, schema, table, every),
+        DbUrl::Mssql(_) => anyhow::bail!("fixture.reject_rows_in is not implemented on SQL Server"),
     }
 }
 

@@ -20,6 +20,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     server: true,
     commit_cut: false,
     restart: true,
+    reject_rows: false,
 };
 
 /// How `harness bench` loads the storage limit's rows into SQL Server.

@@ -16,6 +16,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     server: true,
     commit_cut: true,
     restart: true,
+    reject_rows: true,
 };
 
 /// A private cluster, or the existing server `db_url` names.
@@ -37,6 +38,22 @@ pub(super) fn server_version(conn: &PgUrl) -> anyhow::Result<String> {
     Ok(format!(
         "PostgreSQL {v} (fsync={fsync}, synchronous_commit={sc})"
     ))
+}
+
+/// `fixture.reject_rows_in`: a CHECK constraint (checked before `ON CONFLICT`, so an insert-if-absent row that
+/// already exists is refused too; SQLSTATE 23514).
+pub(super) fn add_rejection(
+    conn: &PgUrl,
+    schema: &str,
+    table: &str,
+    every: i64,
+) -> anyhow::Result<()> {
+    let mut c = conn.connect()?;
+    c.batch_execute(&format!(
+        "ALTER TABLE \"{schema}\".\"{table}\" ADD CONSTRAINT \"fixture_reject_{table}\" \
+         CHECK (app_id % {every} <> 0)"
+    ))?;
+    Ok(())
 }
 
 /// The storage limit's bulk load: `COPY … FROM STDIN` (text format) per table and for the log, in one

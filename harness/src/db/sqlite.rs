@@ -9,6 +9,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     server: false,
     commit_cut: false,
     restart: false,
+    reject_rows: true,
 };
 
 /// How `harness bench` loads the storage limit's rows into SQLite.
@@ -32,6 +33,19 @@ pub(super) fn launch(db_url: Option<&str>) -> Result<Box<dyn Launcher>, DbError>
 /// The linked SQLite library's version.
 pub(super) fn server_version() -> String {
     format!("SQLite {}", rusqlite::version())
+}
+
+/// `fixture.reject_rows_in`: a trigger (SQLite cannot add a CHECK to an existing table). It fires before the
+/// insert is attempted, so an insert-if-absent row that already exists is refused too; `RAISE(ABORT)` is a
+/// constraint error (`SQLITE_CONSTRAINT_TRIGGER`).
+pub(super) fn add_rejection(path: &std::path::Path, table: &str, every: i64) -> anyhow::Result<()> {
+    let c = rusqlite::Connection::open(path)?;
+    c.execute_batch(&format!(
+        "CREATE TRIGGER IF NOT EXISTS \"fixture_reject_{table}\" BEFORE INSERT ON \"{table}\" \
+         WHEN NEW.app_id % {every} = 0 \
+         BEGIN SELECT RAISE(ABORT, 'fixture: {table} refuses rows of an app_id that is a multiple of {every}'); END"
+    ))?;
+    Ok(())
 }
 
 /// SQLite: one file per run in a temporary directory.

@@ -24,6 +24,19 @@ pub fn plant_ignore_log(on: bool) {
     IGNORE_LOG.store(on, Ordering::Relaxed);
 }
 
+/// The harness's planted `no-savepoint-rollback` bug (`crash::PlantedBug::NoSavepointRollback`), switched on like
+/// `ignore-log`: the per-application write path does not roll back to its savepoint when a constraint trips.
+static NO_SAVEPOINT_ROLLBACK: AtomicBool = AtomicBool::new(false);
+
+/// Plants (or not) the `no-savepoint-rollback` bug in the write path for this process.
+pub fn plant_no_savepoint_rollback(on: bool) {
+    NO_SAVEPOINT_ROLLBACK.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn no_savepoint_rollback() -> bool {
+    NO_SAVEPOINT_ROLLBACK.load(Ordering::Relaxed)
+}
+
 /// The fetch query as the planted `ignore-log` bug has it: the anti-join against `processing_log` dropped (every
 /// backend's fetch writes it as one `AND NOT EXISTS (SELECT 1 FROM <log> …)` line). Unchanged unless planted.
 pub(crate) fn fetch_sql(sql: String) -> String {

@@ -232,7 +232,10 @@ fn atomic_slow(
                     }
                 }
                 Err(e) if e.kind == ErrorKind::Constraint => {
-                    store.rollback_to_savepoint()?;
+                    // Planted bug (harness tests only): the application's earlier rows stay.
+                    if !super::no_savepoint_rollback() {
+                        store.rollback_to_savepoint()?;
+                    }
                     if !store.logged(&[w.app_id])?.is_empty() {
                         result.collisions.push(w.app_id);
                     } else {
