@@ -1553,8 +1553,9 @@ impl Ctx<'_> {
 
 /// Key → value context of the calculated-field engine (a flattened dictionary, later keys overwriting). The
 /// case-insensitive lookups resolve to the first key in insertion order, as the replaced code's scans do. Two forms
-/// with the same answers: a map (the application context, built once per document, with case-folded indexes built
-/// on the first case-insensitive miss) and a view of one element's attributes (a contact or a contact's child,
+/// with the same answers: a map (the application context, built once per document; a case-insensitive miss scans
+/// its keys in insertion order, which costs less than building a folded index of every key for the few misses a
+/// document's expressions have) and a view of one element's attributes (a contact or a contact's child,
 /// optionally with `con_id` set on top), which borrows the document instead of copying every attribute per row.
 enum Context<'a> {
     Map(MapContext<'a>),
@@ -1565,14 +1566,73 @@ enum Context<'a> {
     },
 }
 
+/// A context key: borrowed from the document, or built once (`segment.attribute`) and shared by the map and the
+/// insertion order (one allocation per built key, not three).
+#[derive(Clone)]
+enum Key<'a> {
+    Doc(&'a str),
+    Built(std::rc::Rc<str>),
+}
+
+impl Key<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Key::Doc(s) => s,
+            Key::Built(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Key<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for Key<'_> {}
+impl std::hash::Hash for Key<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so a `&str` finds it (`Borrow`).
+        self.as_str().hash(state);
+    }
+}
+impl std::borrow::Borrow<str> for Key<'_> {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+impl<'a> From<&'a str> for Key<'a> {
+    fn from(s: &'a str) -> Self {
+        Key::Doc(s)
+    }
+}
+
 #[derive(Default)]
 struct MapContext<'a> {
-    map: HashMap<Cow<'a, str>, Cow<'a, str>>,
-    order: Vec<Cow<'a, str>>,
-    /// Upper- and lower-case key → first key in insertion order; built on the first case-insensitive miss.
-    /// (Two cells: a document's expressions often need only one of them.)
-    folded_up: std::cell::OnceCell<HashMap<String, usize>>,
-    folded_low: std::cell::OnceCell<HashMap<String, usize>>,
+    map: HashMap<Key<'a>, Cow<'a, str>>,
+    order: Vec<Key<'a>>,
+}
+
+/// `parts` joined in `buf` (reused between keys).
+fn built<'b>(buf: &'b mut String, parts: &[&str]) -> &'b str {
+    buf.clear();
+    for p in parts {
+        buf.push_str(p);
+    }
+    buf
+}
+
+/// `prefix` joined, then `k.to_lowercase()`, in `buf`.
+fn built_lower<'b>(buf: &'b mut String, prefix: &[&str], k: &str) -> &'b str {
+    buf.clear();
+    for p in prefix {
+        buf.push_str(p);
+    }
+    if k.is_ascii() {
+        buf.extend(k.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+    } else {
+        buf.push_str(&k.to_lowercase());
+    }
+    buf
 }
 
 /// `key.to_uppercase() == up`, without allocating for ASCII keys.
@@ -1605,19 +1665,29 @@ impl<'a> Context<'a> {
     fn empty() -> Context<'a> {
         Context::Map(MapContext::default())
     }
-    fn set(&mut self, k: impl Into<Cow<'a, str>>, v: impl Into<Cow<'a, str>>) {
+    fn set(&mut self, k: impl Into<Key<'a>>, v: impl Into<Cow<'a, str>>) {
         let Context::Map(c) = self else {
             unreachable!("only map contexts are built by setting keys")
         };
-        let (k, v) = (k.into(), v.into());
-        match c.map.get_mut(k.as_ref()) {
-            Some(slot) => *slot = v,
-            None => {
-                c.order.push(k.clone());
-                c.map.insert(k, v);
-                c.folded_up = std::cell::OnceCell::new();
-                c.folded_low = std::cell::OnceCell::new();
+        match c.map.entry(k.into()) {
+            // The first insertion's key and position stay; the value is overwritten.
+            std::collections::hash_map::Entry::Occupied(mut slot) => {
+                slot.insert(v.into());
             }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                c.order.push(slot.key().clone());
+                slot.insert(v.into());
+            }
+        }
+    }
+    /// [`set`](Self::set) with a key built in a scratch buffer: the key is allocated only when it is new.
+    fn set_built(&mut self, k: &str, v: impl Into<Cow<'a, str>>) {
+        let Context::Map(c) = self else {
+            unreachable!("only map contexts are built by setting keys")
+        };
+        match c.map.get_mut(k) {
+            Some(slot) => *slot = v.into(),
+            None => self.set(Key::Built(k.into()), v),
         }
     }
     fn get(&self, k: &str) -> Option<&str> {
@@ -1629,46 +1699,17 @@ impl<'a> Context<'a> {
             },
         }
     }
-    /// The keys in insertion order (element form only).
-    fn elem_keys(&self) -> impl Iterator<Item = &str> {
-        let (attrs, con_id): (&[(&str, Cow<'_, str>)], _) = match self {
-            Context::Elem { attrs, con_id } => (attrs, *con_id),
-            Context::Map(_) => (&[], None),
-        };
-        let extra = con_id
-            .filter(|_| !attrs.iter().any(|(n, _)| *n == "con_id"))
-            .map(|_| "con_id");
-        attrs.iter().map(|(n, _)| *n).chain(extra)
-    }
-    /// Folded key (`fold` of each key, first inserted wins) → index in `order`.
-    fn fold_index(c: &MapContext<'_>, fold: fn(&str) -> String) -> HashMap<String, usize> {
-        let mut m = HashMap::with_capacity_and_hasher(c.order.len(), FastState::default());
-        for (i, k) in c.order.iter().enumerate() {
-            m.entry(fold(k)).or_insert(i);
+    /// The keys in insertion order.
+    fn keys(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match self {
+            Context::Elem { attrs, con_id } => {
+                let extra = con_id
+                    .filter(|_| !attrs.iter().any(|(n, _)| *n == "con_id"))
+                    .map(|_| "con_id");
+                Box::new(attrs.iter().map(|(n, _)| *n).chain(extra))
+            }
+            Context::Map(c) => Box::new(c.order.iter().map(Key::as_str)),
         }
-        m
-    }
-    fn folded_up<'c>(c: &'c MapContext<'_>) -> &'c HashMap<String, usize> {
-        c.folded_up.get_or_init(|| {
-            Self::fold_index(c, |k| {
-                if k.is_ascii() {
-                    k.to_ascii_uppercase()
-                } else {
-                    k.to_uppercase()
-                }
-            })
-        })
-    }
-    fn folded_low<'c>(c: &'c MapContext<'_>) -> &'c HashMap<String, usize> {
-        c.folded_low.get_or_init(|| {
-            Self::fold_index(c, |k| {
-                if k.is_ascii() {
-                    k.to_ascii_lowercase()
-                } else {
-                    k.to_lowercase()
-                }
-            })
-        })
     }
     /// `_find_field_case_insensitive` then `.get`.
     fn get_ci(&self, k: &str) -> Option<&str> {
@@ -1679,10 +1720,7 @@ impl<'a> Context<'a> {
     }
     /// The key whose upper case is `up` (first inserted).
     fn key_upper(&self, up: &str) -> Option<&str> {
-        match self {
-            Context::Map(c) => Self::folded_up(c).get(up).map(|&i| c.order[i].as_ref()),
-            Context::Elem { .. } => self.elem_keys().find(|k| upper_is(k, up)),
-        }
+        self.keys().find(|k| upper_is(k, up))
     }
     /// `_get_attribute_case_insensitive` on the dictionary.
     fn attr_ci(&self, k: &str) -> Option<&str> {
@@ -1690,16 +1728,8 @@ impl<'a> Context<'a> {
             return Some(v);
         }
         let low = k.to_lowercase();
-        match self {
-            Context::Map(c) => {
-                let i = *Self::folded_low(c).get(&low)?;
-                self.get(&c.order[i])
-            }
-            Context::Elem { .. } => {
-                let key = self.elem_keys().find(|n| lower_is(n, &low))?;
-                self.get(key)
-            }
-        }
+        let key = self.keys().find(|n| lower_is(n, &low))?;
+        self.get(key)
     }
 }
 
@@ -2492,6 +2522,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
         let p = self.ctx.plan;
         let doc: &'d Doc<'d> = self.doc;
         let mut c = Context::empty();
+        let mut buf = String::new();
         if !self.contacts.is_empty() {
             let primary = self
                 .contacts
@@ -2502,7 +2533,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
                 })
                 .unwrap_or(&self.contacts[0]);
             for (k, v) in doc.el(primary.elem).attrs {
-                c.set(format!("contact.{k}"), v.as_ref());
+                c.set_built(built(&mut buf, &["contact.", k]), v.as_ref());
             }
             for (k, v) in doc.el(primary.elem).attrs {
                 c.set(*k, v.as_ref());
@@ -2511,23 +2542,21 @@ impl<'m, 'd> Mapper<'m, 'd> {
         c.set("app_id", self.app_id.to_string());
         for (path, ei) in &doc.paths {
             let seg = path.rsplit('/').next().unwrap_or("");
-            let el = doc.el(*ei);
-            let attrs: Vec<(&'d str, Cow<'d, str>)> =
-                el.attrs.iter().map(|(k, v)| (*k, xd(v))).collect();
+            let attrs = doc.el(*ei).attrs;
             if seg == p.app_elem {
-                for (k, v) in &attrs {
-                    c.set(format!("application.{}", k.to_lowercase()), v.clone());
+                for (k, v) in attrs {
+                    c.set_built(built_lower(&mut buf, &["application."], k), xd(v));
                     if seg != "application" {
-                        c.set(format!("{seg}.{k}"), v.clone());
+                        c.set_built(built(&mut buf, &[seg, ".", k]), xd(v));
                     }
                 }
             } else {
-                for (k, v) in &attrs {
-                    c.set(format!("{seg}.{}", k.to_lowercase()), v.clone());
+                for (k, v) in attrs {
+                    c.set_built(built_lower(&mut buf, &[seg, "."], k), xd(v));
                 }
             }
             for (k, v) in attrs {
-                c.set(k, v);
+                c.set(*k, xd(v));
             }
         }
         c
@@ -2989,7 +3018,7 @@ impl<'m, 'd> Mapper<'m, 'd> {
                                 budget.check().map_err(Failure::interrupted)?;
                             }
                             let cx = Context::Elem {
-                                attrs: &el.attrs,
+                                attrs: el.attrs,
                                 con_id: Some(con),
                             };
                             let mut r = self.record(t, Some(&cx), Some(Scope::Child))?;
