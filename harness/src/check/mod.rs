@@ -290,8 +290,9 @@ struct Ctx<'a> {
     refs: BTreeMap<i64, RefOutcome>,
     log: Vec<LogRow>,
     log_by_app: BTreeMap<i64, Vec<usize>>,
-    /// Shared table → natural key → apps of this chunk whose reference output contains it.
-    key_refs: BTreeMap<String, FastMap<Key, Vec<i64>>>,
+    /// Shared table → the first natural-key column's values that this chunk's reference outputs contain (with
+    /// repeats): the stored rows to look up.
+    key_refs: BTreeMap<String, Vec<String>>,
 }
 
 impl Ctx<'_> {
@@ -798,17 +799,15 @@ fn check_chunk(
         tables: mut range_tables,
     } = rows;
     // Only shared tables' keys are looked up by key; app-keyed tables are read by app_id range.
-    let mut key_refs: BTreeMap<String, FastMap<Key, Vec<i64>>> = BTreeMap::new();
-    for (app, outcome) in &refs {
+    let mut key_refs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for outcome in refs.values() {
         if let RefOutcome::Success(tables) = outcome {
             for (t, rows) in tables {
                 if !contract.table(t).is_some_and(|t| t.shared) {
                     continue;
                 }
                 let m = key_refs.entry(t.clone()).or_default();
-                for row in rows {
-                    m.entry(row.key.clone()).or_default().push(*app);
-                }
+                m.extend(rows.iter().filter_map(|r| r.key.first().cloned().flatten()));
             }
         }
     }
@@ -1011,15 +1010,7 @@ fn load_stored(
     for t in &ctx.contract.tables {
         let mut rows = Vec::new();
         if t.shared {
-            let mut wanted: Vec<String> = ctx
-                .key_refs
-                .get(&t.name)
-                .map(|m| {
-                    m.keys()
-                        .filter_map(|k| k.first().cloned().flatten())
-                        .collect()
-                })
-                .unwrap_or_default();
+            let mut wanted: Vec<String> = ctx.key_refs.get(&t.name).cloned().unwrap_or_default();
             wanted.sort_unstable();
             wanted.dedup();
             let Some(first_key) = t.key.first() else {

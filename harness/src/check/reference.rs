@@ -3,7 +3,7 @@
 //! processor's quick-xml pull reader, so that a bug in one is caught by the other.
 //! Must not call processor code, touch a database, or share parsing/mapping code with the processor.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::Value as Json;
 
@@ -576,16 +576,19 @@ struct Walker<'c> {
 }
 
 impl Walker<'_> {
-    fn passes(&self, node: Node<'_, '_>, abs: &[String]) -> bool {
-        self.filters.iter().filter(|r| r.path == abs).all(|r| {
-            r.attrs
-                .iter()
-                .all(|(a, allowed)| match (node.attribute(a.as_str()), allowed) {
-                    (Some(v), None) => !v.is_empty(),
-                    (Some(v), Some(list)) => list.iter().any(|x| x == v),
-                    (None, _) => false,
-                })
-        })
+    fn passes(&self, node: Node<'_, '_>, abs: &[&str]) -> bool {
+        self.filters
+            .iter()
+            .filter(|r| r.path.len() == abs.len() && r.path.iter().zip(abs).all(|(a, b)| a == b))
+            .all(|r| {
+                r.attrs
+                    .iter()
+                    .all(|(a, allowed)| match (node.attribute(a.as_str()), allowed) {
+                        (Some(v), None) => !v.is_empty(),
+                        (Some(v), Some(list)) => list.iter().any(|x| x == v),
+                        (None, _) => false,
+                    })
+            })
     }
 
     /// Every element at `rel` below `start` (whose absolute path is `start_abs`), in document order, skipping
@@ -597,16 +600,16 @@ impl Walker<'_> {
         rel: &[String],
     ) -> Vec<Node<'a, 'i>> {
         let mut out = Vec::new();
-        let mut abs = start_abs.to_vec();
+        let mut abs: Vec<&str> = start_abs.iter().map(String::as_str).collect();
         self.walk(start, &mut abs, rel, &mut out);
         out
     }
 
-    fn walk<'a, 'i>(
+    fn walk<'a, 'i, 'p>(
         &self,
         node: Node<'a, 'i>,
-        abs: &mut Vec<String>,
-        rel: &[String],
+        abs: &mut Vec<&'p str>,
+        rel: &'p [String],
         out: &mut Vec<Node<'a, 'i>>,
     ) {
         let Some((first, rest)) = rel.split_first() else {
@@ -617,7 +620,7 @@ impl Walker<'_> {
             .children()
             .filter(|c| c.is_element() && c.tag_name().name() == first)
         {
-            abs.push(first.clone());
+            abs.push(first.as_str());
             if self.passes(child, abs) {
                 self.walk(child, abs, rest, out);
             }
@@ -629,7 +632,7 @@ impl Walker<'_> {
     fn find_abs<'a, 'i>(&self, root: Node<'a, 'i>, path: &[String]) -> Vec<Node<'a, 'i>> {
         match path.split_first() {
             Some((first, rest)) if root.tag_name().name() == first => {
-                if !self.passes(root, &path[..1]) {
+                if !self.passes(root, &[first.as_str()]) {
                     return Vec::new();
                 }
                 self.find_all(root, &path[..1], rest)
@@ -652,8 +655,11 @@ enum Val {
 
 struct Fail(String, String);
 
-type TypedRow = BTreeMap<String, Val>;
-type CanonRow = BTreeMap<String, Option<String>>;
+/// Elements found per (start element, path below it; `None`: an absolute path from the root) within one
+/// document: several columns read attributes of the same element, and walking the tree again for each was a
+/// measured share of the reference's time. The result depends only on the element and the path (filter rules
+/// are a function of both), so a cached walk is the same walk.
+type FindCache<'a, 'i, 'c> = HashMap<(Option<roxmltree::NodeId>, &'c [String]), Vec<Node<'a, 'i>>>;
 
 fn map_fail(msg: String) -> Fail {
     Fail("map".into(), msg)
@@ -699,7 +705,8 @@ fn map_doc(c: &RefContract, app_id: i64, xml: &str) -> Result<BTreeMap<String, V
     let walker = Walker {
         filters: &c.filters,
     };
-    let app_elem = first_plain(root, &c.app_path).ok_or_else(|| {
+    // The application element must exist, whether or not a column reads it.
+    first_plain(root, &c.app_path).ok_or_else(|| {
         map_fail(format!(
             "application element /{} not found",
             c.app_path.join("/")
@@ -707,21 +714,23 @@ fn map_doc(c: &RefContract, app_id: i64, xml: &str) -> Result<BTreeMap<String, V
     })?;
 
     // Per table: (row element, its absolute path, typed values by column, canonical row).
-    struct Built<'a, 'i> {
+    struct Built<'a, 'i, 'c> {
         elem: Option<Node<'a, 'i>>,
-        typed: BTreeMap<String, Val>,
+        typed: BTreeMap<&'c str, Val>,
     }
-    let mut built: BTreeMap<String, Vec<Built<'_, '_>>> = BTreeMap::new();
+    let mut built: BTreeMap<String, Vec<Built<'_, '_, '_>>> = BTreeMap::new();
     let mut out: BTreeMap<String, Vec<RefRow>> = BTreeMap::new();
+    let mut found: FindCache<'_, '_, '_> = HashMap::new();
 
     for t in &c.tables {
         let mut rows_for_table = Vec::new();
         let mut rows_out = Vec::new();
-        // (row element, parent's typed values, parent's canonical values) for each row of this table.
-        let mut sources: Vec<(Option<Node<'_, '_>>, Option<TypedRow>, Option<CanonRow>)> =
-            Vec::new();
+        // (row element, parent's typed value and canonical text of the foreign key column) for each row of this
+        // table: only the foreign key is inherited from the parent row.
+        type Inherited = Option<(Val, Option<String>)>;
+        let mut sources: Vec<(Option<Node<'_, '_>>, Inherited)> = Vec::new();
         match &t.parent {
-            None => sources.push((None, None, None)),
+            None => sources.push((None, None)),
             Some(link) => {
                 let parent_rows = built.get(&link.table).map(Vec::as_slice).unwrap_or(&[]);
                 let parent_canon = out.get(&link.table).map(Vec::as_slice).unwrap_or(&[]);
@@ -740,36 +749,34 @@ fn map_doc(c: &RefContract, app_id: i64, xml: &str) -> Result<BTreeMap<String, V
                         )
                     };
                     let Some(pelem) = pelem else { continue };
+                    let tv = prow
+                        .typed
+                        .get(link.fk_column.as_str())
+                        .cloned()
+                        .unwrap_or(Val::Null);
+                    let v = parent_canon
+                        .get(pi)
+                        .and_then(|r| r.values.get(&link.fk_column).cloned())
+                        .flatten();
                     for e in walker.find_all(pelem, &pabs, &link.rel_path) {
-                        sources.push((
-                            Some(e),
-                            Some(prow.typed.clone()),
-                            parent_canon.get(pi).map(|r| r.values.clone()),
-                        ));
+                        sources.push((Some(e), Some((tv.clone(), v.clone()))));
                     }
                 }
             }
         }
         let mut seen: HashSet<Vec<Option<String>>> = HashSet::new();
-        for (elem, ptyped, pcanon) in sources {
-            let mut typed: BTreeMap<String, Val> = BTreeMap::new();
+        for (elem, inherited) in sources {
+            let mut typed: BTreeMap<&str, Val> = BTreeMap::new();
             let mut canon: BTreeMap<String, Option<String>> = BTreeMap::new();
             if let Some(link) = &t.parent {
-                let v = pcanon
-                    .as_ref()
-                    .and_then(|p| p.get(&link.fk_column).cloned())
-                    .flatten();
-                let tv = ptyped
-                    .as_ref()
-                    .and_then(|p| p.get(&link.fk_column).cloned())
-                    .unwrap_or(Val::Null);
+                let (tv, v) = inherited.unwrap_or((Val::Null, None));
                 canon.insert(link.fk_column.clone(), v);
-                typed.insert(link.fk_column.clone(), tv);
+                typed.insert(link.fk_column.as_str(), tv);
             }
             for m in t.mappings.iter().filter(|m| m.expr.is_none()) {
-                let (text, val) = map_column(c, &walker, t, m, root, app_elem, elem)?;
+                let (text, val) = map_column(c, &walker, t, m, root, elem, &mut found)?;
                 canon.insert(m.column.clone(), text);
-                typed.insert(m.column.clone(), val);
+                typed.insert(m.column.as_str(), val);
             }
             for m in t.mappings.iter() {
                 let Some(expr) = &m.expr else { continue };
@@ -861,21 +868,26 @@ fn check_app_id(
 }
 
 /// Steps 1–6 of "A column's value" for a non-calculated column.
-fn map_column(
+fn map_column<'a, 'i, 'c>(
     c: &RefContract,
     walker: &Walker<'_>,
-    t: &RefTable,
-    m: &ColMapping,
-    root: Node<'_, '_>,
-    _app_elem: Node<'_, '_>,
-    row_elem: Option<Node<'_, '_>>,
+    t: &'c RefTable,
+    m: &'c ColMapping,
+    root: Node<'a, 'i>,
+    row_elem: Option<Node<'a, 'i>>,
+    found: &mut FindCache<'a, 'i, 'c>,
 ) -> Result<(Option<String>, Val), Fail> {
     let curr_only = m.transforms.contains(&Transform::CurrAddressOnly);
-    let candidates = match (&t.parent, row_elem) {
-        (None, _) => walker.find_abs(root, &m.path),
-        (Some(_), Some(e)) => walker.find_all(e, &t.row_path, &m.path),
-        (Some(_), None) => Vec::new(),
+    let candidates: &[Node<'a, 'i>] = match (&t.parent, row_elem) {
+        (None, _) => found
+            .entry((None, m.path.as_slice()))
+            .or_insert_with(|| walker.find_abs(root, &m.path)),
+        (Some(_), Some(e)) => found
+            .entry((Some(e.id()), m.path.as_slice()))
+            .or_insert_with(|| walker.find_all(e, &t.row_path, &m.path)),
+        (Some(_), None) => &[],
     };
+    let candidates = candidates.iter().copied();
     let source = if curr_only {
         candidates
             .into_iter()
@@ -1517,12 +1529,12 @@ impl Expr {
         }
     }
 
-    fn eval(&self, row: &BTreeMap<String, Val>) -> Val {
+    fn eval(&self, row: &BTreeMap<&str, Val>) -> Val {
         match self {
             Expr::Num(n) => Val::Num(*n),
             Expr::Str(s) => Val::Str(s.clone()),
             Expr::Null => Val::Null,
-            Expr::Col(c) => row.get(c).cloned().unwrap_or(Val::Null),
+            Expr::Col(c) => row.get(c.as_str()).cloned().unwrap_or(Val::Null),
             Expr::Neg(e) => match as_num(&e.eval(row)) {
                 Some(n) => Val::Num(-n),
                 None => Val::Null,
@@ -1571,7 +1583,7 @@ impl Cond {
         }
     }
 
-    fn eval(&self, row: &BTreeMap<String, Val>) -> bool {
+    fn eval(&self, row: &BTreeMap<&str, Val>) -> bool {
         match self {
             Cond::And(a, b) => a.eval(row) && b.eval(row),
             Cond::Or(a, b) => a.eval(row) || b.eval(row),

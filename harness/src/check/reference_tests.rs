@@ -302,10 +302,7 @@ fn conversions() {
 
 fn eval(src: &str, row: &[(&str, Val)]) -> Val {
     let e = parse_expr(src).unwrap_or_else(|err| panic!("{src}: {err}"));
-    let row: BTreeMap<String, Val> = row
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect();
+    let row: BTreeMap<&str, Val> = row.iter().map(|(k, v)| (*k, v.clone())).collect();
     e.eval(&row)
 }
 
