@@ -1237,20 +1237,7 @@ fn copy_fixtures(
     }
     let mut args = vec!["init".to_owned(), "--log-level".into(), "warn".into()];
     args.extend(contract_args(plan));
-    let out = opts
-        .processor
-        .command()
-        .env(processor::store::url::DB_ENV, url)
-        .args(&args)
-        .stdin(Stdio::null())
-        .output()?;
-    if !out.status.success() {
-        return Err(RunnerError::Setup(format!(
-            "processor init failed ({}): {}",
-            describe_status(out.status),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+    run_setup(opts, url, &args, "processor init")?;
     match crate::db::copy_source(from, url, &contract) {
         Some(Ok(_)) => Ok(true),
         Some(Err(e)) => Err(RunnerError::Setup(e.to_string())),
@@ -1258,25 +1245,34 @@ fn copy_fixtures(
     }
 }
 
+/// Runs one set-up command of the processor under test (`init`, `load`) against `url`; its failure names `what`
+/// and the processor's own message.
+fn run_setup<S: AsRef<std::ffi::OsStr>>(
+    opts: &RunOptions,
+    url: &str,
+    args: &[S],
+    what: &str,
+) -> Result<(), RunnerError> {
+    let out = opts
+        .processor
+        .command()
+        .env(processor::store::url::DB_ENV, url)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(RunnerError::Setup(format!(
+            "{what} failed ({}): {}",
+            describe_status(out.status),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
 /// Loads the plan's fixtures through `processor load` (and the edge cases through `processor load --dir`).
 fn load_fixtures(plan: &Plan, url: &str, dir: &Path, opts: &RunOptions) -> Result<(), RunnerError> {
-    let run = |args: &[&str], what: &str| -> Result<(), RunnerError> {
-        let out = opts
-            .processor
-            .command()
-            .env(processor::store::url::DB_ENV, url)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            return Err(RunnerError::Setup(format!(
-                "{what} failed ({}): {}",
-                describe_status(out.status),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
-    };
+    let run = |args: &[&str], what: &str| run_setup(opts, url, args, what);
     let (n, seed, frac) = (
         plan.apps.to_string(),
         plan.fixture_seed.to_string(),
