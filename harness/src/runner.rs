@@ -345,6 +345,36 @@ struct GlobalFaults {
     abandoned: BTreeSet<usize>,
 }
 
+/// An armed cut-reply / drop-commit fault fires when the proxy has cut a COMMIT since it was armed: recorded with
+/// what the server said (or that it never saw the COMMIT).
+fn note_commit_cut(
+    globals: &mut GlobalFaults,
+    proxy: Option<&FaultProxy>,
+    records: &mut [FaultRecord],
+    last_fault: &mut Instant,
+) {
+    let (Some((fi, base)), Some(p)) = (globals.cut_waiting, proxy) else {
+        return;
+    };
+    let cuts = p.cuts();
+    if cuts.len() <= base {
+        return;
+    }
+    records[fi].fired = true;
+    records[fi].note = match cuts[base].server_said.as_str() {
+        "never sent" => format!(
+            "{}; the COMMIT was swallowed before the server, the client saw a reset",
+            records[fi].note
+        ),
+        said => format!(
+            "{}; the server answered {said} to the COMMIT, the client saw a reset",
+            records[fi].note
+        ),
+    };
+    globals.cut_waiting = None;
+    *last_fault = Instant::now();
+}
+
 /// The fault scheduler's step: fires every pending fault that is due. Instance faults (signals to a process
 /// group) first: they are instant, while a server restart blocks until the server is back, and an instance fault
 /// due at the same moment must not miss its chance while the run races on. A fault fired is recorded in
@@ -918,24 +948,7 @@ fn run_phase(
             &mut unmet,
             &mut last_fault,
         );
-        if let (Some((fi, base)), Some(p)) = (globals.cut_waiting, proxy.as_ref()) {
-            let cuts = p.cuts();
-            if cuts.len() > base {
-                records[fi].fired = true;
-                records[fi].note = match cuts[base].server_said.as_str() {
-                    "never sent" => format!(
-                        "{}; the COMMIT was swallowed before the server, the client saw a reset",
-                        records[fi].note
-                    ),
-                    said => format!(
-                        "{}; the server answered {said} to the COMMIT, the client saw a reset",
-                        records[fi].note
-                    ),
-                };
-                globals.cut_waiting = None;
-                last_fault = Instant::now();
-            }
-        }
+        note_commit_cut(&mut globals, proxy.as_ref(), &mut records, &mut last_fault);
         if globals.busy_until.is_some_and(|t| Instant::now() >= t) {
             globals.busy_until = None;
             last_fault = Instant::now();
