@@ -148,17 +148,6 @@ pub enum CrashAction {
     Stall(u64),
 }
 
-impl CrashAction {
-    /// The `action` the `crash_point` event names: `kill`, `pause` or `stall`.
-    pub fn name(self) -> &'static str {
-        match self {
-            CrashAction::Kill => "kill",
-            CrashAction::Pause => "pause",
-            CrashAction::Stall(_) => "stall",
-        }
-    }
-}
-
 /// A parsed `PROCESSOR_CRASH_AT` value, `<point>[:<nth>[:kill|pause|stall=<ms>]]`: act on the `nth` hit of `point`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CrashSpec {

@@ -228,9 +228,10 @@ fn map_one(
         decode::stored_document(&d.xml).map_err(|e| Failure::new(Stage::Parse, e.to_string()))?;
     let budget = Budget::new(Some(limits.max_map), cancel.cloned());
     // Planted bug (harness tests only): the document's own id keys the rows, whatever the source row says.
-    let key = match crash::planted(crash::PlantedBug::WrongId) {
-        true => crate::xml::request_id(d.xml.as_bytes()).unwrap_or(d.app_id),
-        false => d.app_id,
+    let key = if crash::planted(crash::PlantedBug::WrongId) {
+        crate::xml::request_id(d.xml.as_bytes()).unwrap_or(d.app_id)
+    } else {
+        d.app_id
     };
     map_document_within(contract, key, &text, &budget).map_err(|mut f| {
         if f.stage == Stage::Limit {
