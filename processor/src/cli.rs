@@ -740,7 +740,7 @@ fn run(a: RunArgs) -> Result<(), Exit> {
     let session_id = new_session_id(cfg.instance_id);
     // The lease heartbeat's own connection, retried like the main one (the server may be restarting right now).
     let open_hb = || -> store::StoreResult<Box<dyn Store>> {
-        match connect_with_retry(&url, &contract, &cfg.retry, None) {
+        match connect_with_retry(&url, &contract, &cfg.retry, None, &mut |_, _| {}) {
             Ok(Some(s)) => Ok(s),
             // Without a stop flag the loop never returns early; answer as an error rather than panic.
             Ok(None) => Err(store::StoreError::new(
@@ -763,7 +763,18 @@ fn run(a: RunArgs) -> Result<(), Exit> {
         open_heartbeat_store: Some(&open_hb),
     };
     // The database may be restarting right now: connecting is retried like any transient error.
-    let Some(mut store) = connect_with_retry(&url, &contract, &cfg.retry, Some(&shutdown))? else {
+    // Each wait is an event too, so a reader sees a process backing off, not a silent one.
+    let mut report = |attempt: u32, wait: std::time::Duration| {
+        let body = crate::events::Body::Retrying {
+            op: "connect".to_owned(),
+            attempt,
+            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        };
+        let event = crate::events::Event::new(body, cfg.instance_id, &session_id, vec![]);
+        events.emit(&event);
+    };
+    let connected = connect_with_retry(&url, &contract, &cfg.retry, Some(&shutdown), &mut report)?;
+    let Some(mut store) = connected else {
         // Stopped while the database was unreachable: nothing was claimed or written, so this is a clean drain.
         engine::drained_before_start(url.backend(), &cfg, &ctx);
         return Ok(());
@@ -810,8 +821,10 @@ fn connect_with_retry(
     contract: &Contract,
     policy: &RetryPolicy,
     stop: Option<&AtomicBool>,
+    on_retry: &mut dyn FnMut(u32, std::time::Duration),
 ) -> Result<Option<Box<dyn Store>>, Exit> {
     let mut backoff = policy.backoff();
+    let mut attempt = 0u32;
     loop {
         match store::open(url, contract.clone()) {
             Ok(s) => return Ok(Some(s)),
@@ -820,6 +833,8 @@ fn connect_with_retry(
                     return Err(OpenError::Connect { cause, url: shown }.into());
                 };
                 tracing::warn!(error = %cause, url = %url.redacted(), "database unreachable; retrying");
+                attempt += 1;
+                on_retry(attempt, wait);
                 if crate::retry::sleep_unless_stopped(wait, stop) {
                     return Ok(None);
                 }

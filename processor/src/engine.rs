@@ -15,7 +15,7 @@ use crate::events::{
 };
 use crate::failure::{Failure, Stage};
 use crate::mapping::map_document_within;
-use crate::retry::{with_retry, RetryPolicy};
+use crate::retry::{with_retry_until, Retry, RetryPolicy};
 use crate::store::write::{self, AppWork, BatchResult, Hooks, WriteCtx, WriteStep};
 use crate::store::{now_ms, OpKind, Selection, SourceDoc, Store, StoreError, StoreResult};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -129,6 +129,25 @@ pub use crate::events::RunSummary;
 pub enum RunError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// SIGTERM/SIGINT arrived during a retry wait. Handled inside [`run`], which then ends `drained`; carries
+    /// whether the batch being written had a COMMIT whose outcome was still unknown.
+    #[error("stop requested while retrying after: {error}")]
+    Stopped {
+        error: StoreError,
+        commit_unresolved: bool,
+    },
+}
+
+impl From<Retry> for RunError {
+    fn from(r: Retry) -> Self {
+        match r {
+            Retry::Failed(e) => RunError::Store(e),
+            Retry::Stopped(error) => RunError::Stopped {
+                error,
+                commit_unresolved: false,
+            },
+        }
+    }
 }
 
 /// Everything a run needs besides its configuration.
@@ -374,17 +393,15 @@ pub fn run(
     let mut summary = RunSummary::default();
     emit_started(store.backend(), cfg, ctx);
 
-    let heartbeat = match (cfg.mode, ctx.open_heartbeat_store) {
-        (Mode::Queue, Some(open)) => Some(Heartbeat::start(
-            open()?,
-            ctx.session_id.to_owned(),
-            lease_ms,
-        )),
-        _ => None,
-    };
+    let heartbeat = start_heartbeat(cfg, ctx, lease_ms)?;
     let mut retries = 0u64;
 
-    let (mut cursor, mut wrapped) = start_cursor(store, cfg, &sel)?;
+    let (mut cursor, mut wrapped) = match start_cursor(store, cfg, ctx, &sel) {
+        Err(RunError::Stopped { .. }) => {
+            return Ok(finish(cfg, ctx, summary, FinishReason::Drained, 0, start));
+        }
+        other => other?,
+    };
     let mut last_progress = Instant::now();
     let mut idle_wait_ms = 50u64;
     // Batches shrink when documents are large, so a run holds about RUN_BATCH_BYTES per batch (two batches are in
@@ -409,9 +426,8 @@ pub fn run(
                 let want = match cfg.limit {
                     Some(l) => cfg.batch_size.min((l - done - queued) as usize).max(1),
                     None => cfg.batch_size,
-                }
-                .min(byte_cap);
-                fetch_batch(store, cfg, ctx, &sel, cursor, want)?
+                };
+                fetch_batch(store, cfg, ctx, &sel, cursor, want.min(byte_cap))?
             };
             if docs.is_empty() && inflight.is_none() {
                 if let Some(r) = stop {
@@ -423,8 +439,16 @@ pub fn run(
                         // rest is held by live leases, or by a claim still being written (skipped as locked and not
                         // yet visible as a lease) whose owner may die before committing any of it. Wait for the
                         // owners to finish or for their leases to expire, then take over.
-                        let unfinished =
-                            with_retry(store, &cfg.retry, retry_log, |s| s.pending_count(&sel))?;
+                        let unfinished = match with_retry_until(
+                            store,
+                            &cfg.retry,
+                            Some(ctx.shutdown),
+                            retried(ctx, iid, &[]),
+                            |s| s.pending_count(&sel),
+                        ) {
+                            Err(Retry::Stopped(_)) => return Ok(FinishReason::Drained),
+                            other => other?,
+                        };
                         if unfinished == 0 {
                             return Ok(FinishReason::Done);
                         }
@@ -474,12 +498,14 @@ pub fn run(
                 .handle
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
-            if is_cancelled(&work) {
-                let still = inflight.as_ref().map_or_else(Vec::new, |f| f.ids.clone());
-                abandon_batch(store, cfg, ctx, &work, heartbeat.as_ref(), still);
+            let joined = Joined {
+                work: &work,
+                heartbeat: heartbeat.as_ref(),
+                still_held: inflight.as_ref().map_or_else(Vec::new, |f| f.ids.clone()),
+            };
+            let Some(result) = write_joined(store, cfg, ctx, &wctx, joined, &mut retries)? else {
                 continue;
-            }
-            let result = write_with_retry(store, cfg, ctx, &wctx, &work, &mut retries)?;
+            };
             if let Some(hb) = &heartbeat {
                 hb.set(inflight.as_ref().map_or_else(Vec::new, |f| f.ids.clone()));
             }
@@ -558,7 +584,24 @@ fn stop_reason(cfg: &RunConfig, ctx: &RunContext<'_>, taken: u64) -> Option<Fini
     stop
 }
 
-/// The next batch: claimed (queue mode) or fetched from `cursor` on, at most `want` documents.
+/// Queue mode: the lease heartbeat on its own connection.
+fn start_heartbeat(
+    cfg: &RunConfig,
+    ctx: &RunContext<'_>,
+    lease_ms: i64,
+) -> Result<Option<Heartbeat>, RunError> {
+    Ok(match (cfg.mode, ctx.open_heartbeat_store) {
+        (Mode::Queue, Some(open)) => Some(Heartbeat::start(
+            open()?,
+            ctx.session_id.to_owned(),
+            lease_ms,
+        )),
+        _ => None,
+    })
+}
+
+/// The next batch: claimed (queue mode) or fetched from `cursor` on, at most `want` documents. Empty when a stop
+/// came while the database was failing: the run's next turn drains what is in flight.
 fn fetch_batch(
     store: &mut dyn Store,
     cfg: &RunConfig,
@@ -568,14 +611,19 @@ fn fetch_batch(
     want: usize,
 ) -> Result<Vec<SourceDoc>, RunError> {
     let lease_ms = i64::try_from(cfg.lease_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-    Ok(match cfg.mode {
-        Mode::Queue => with_retry(store, &cfg.retry, retry_log, |s| {
+    let (stop, iid) = (Some(ctx.shutdown.as_ref()), cfg.instance_id);
+    let got = match cfg.mode {
+        Mode::Queue => with_retry_until(store, &cfg.retry, stop, retried(ctx, iid, &[]), |s| {
             s.claim(sel, ctx.session_id, now_ms(), lease_ms, want)
-        })?,
-        _ => with_retry(store, &cfg.retry, retry_log, |s| {
+        }),
+        _ => with_retry_until(store, &cfg.retry, stop, retried(ctx, iid, &[]), |s| {
             s.fetch_pending(sel, cursor, want)
-        })?,
-    })
+        }),
+    };
+    match got {
+        Err(Retry::Stopped(_)) => Ok(Vec::new()),
+        other => Ok(other?),
+    }
 }
 
 /// Queue mode, after a claim: the `claimed` event, the heartbeat told what is `held` now, the claim crash points.
@@ -631,17 +679,23 @@ fn emit_started(backend: &str, cfg: &RunConfig, ctx: &RunContext<'_>) {
 fn start_cursor(
     store: &mut dyn Store,
     cfg: &RunConfig,
+    ctx: &RunContext<'_>,
     sel: &Selection,
 ) -> Result<(i64, bool), RunError> {
     let sel = *sel;
     let mut cursor = i64::MIN;
     let mut wrapped = true;
+    let (stop, iid) = (Some(ctx.shutdown.as_ref()), cfg.instance_id);
     if cfg.mode == Mode::Uncoordinated && cfg.instance_count > 1 {
-        let pending = with_retry(store, &cfg.retry, retry_log, |s| s.pending_count(&sel))?;
+        let pending = with_retry_until(store, &cfg.retry, stop, retried(ctx, iid, &[]), |s| {
+            s.pending_count(&sel)
+        })?;
         let offset = pending * u64::from(cfg.instance_id) / u64::from(cfg.instance_count);
         if offset > 0 {
             if let Some(start) =
-                with_retry(store, &cfg.retry, retry_log, |s| s.pending_at(&sel, offset))?
+                with_retry_until(store, &cfg.retry, stop, retried(ctx, iid, &[]), |s| {
+                    s.pending_at(&sel, offset)
+                })?
             {
                 cursor = start;
                 wrapped = false;
@@ -651,8 +705,107 @@ fn start_cursor(
     Ok((cursor, wrapped))
 }
 
-fn retry_log(e: &StoreError, attempt: u32, wait: Duration) {
-    tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "transient database error; retrying");
+/// The retry loops' report of each retry: a log line and a `retrying` event (`app_ids`: the batch being written).
+fn retried<'a>(
+    ctx: &'a RunContext<'a>,
+    iid: u32,
+    apps: &'a [i64],
+) -> impl FnMut(&StoreError, u32, Duration) + 'a {
+    move |e, attempt, wait| {
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        tracing::warn!(error = %e, attempt, wait_ms, "transient database error; retrying");
+        let body = Body::Retrying {
+            op: e.op.to_owned(),
+            attempt,
+            wait_ms,
+        };
+        ctx.events.emit(&ctx.event(body, iid, apps.to_vec()));
+    }
+}
+
+/// A mapped batch, joined from its mapping thread: the batch, the heartbeat, and what it holds besides (the batch
+/// in flight behind it).
+struct Joined<'a> {
+    work: &'a [AppWork],
+    heartbeat: Option<&'a Heartbeat>,
+    still_held: Vec<i64>,
+}
+
+/// Writes a joined batch: abandoned if SIGTERM/SIGINT cancelled its mapping, else written under the retry policy,
+/// and settled by [`stopped_mid_write`] if a stop cuts a retry wait short. `None`: nothing written to report.
+fn write_joined(
+    store: &mut dyn Store,
+    cfg: &RunConfig,
+    ctx: &RunContext<'_>,
+    wctx: &WriteCtx<'_>,
+    batch: Joined<'_>,
+    retries: &mut u64,
+) -> Result<Option<BatchResult>, RunError> {
+    if is_cancelled(batch.work) {
+        let reason = "stop requested while mapping";
+        abandon_batch(
+            store,
+            cfg,
+            ctx,
+            batch.work,
+            batch.heartbeat,
+            batch.still_held,
+            reason,
+        );
+        return Ok(None);
+    }
+    match write_with_retry(store, cfg, ctx, wctx, batch.work, retries) {
+        Ok(r) => Ok(Some(r)),
+        Err(RunError::Stopped {
+            commit_unresolved, ..
+        }) => Ok(stopped_mid_write(store, cfg, ctx, batch, commit_unresolved)),
+        Err(e) => Err(e),
+    }
+}
+
+/// SIGTERM/SIGINT arrived while a batch's write was backing off after a database error. Without an unknown COMMIT
+/// nothing of the batch committed (its transaction died with the error): it is abandoned like a batch stopped while
+/// mapping. With one, the log is read once more (no wait) so the session can say what it did: `committed` (its
+/// result is returned and reported as usual), `not_committed` (then abandoned), or, when even that read fails,
+/// `commit_resolved` `unknown` — the log row, if any, is the truth, and a later run resumes either way.
+fn stopped_mid_write(
+    store: &mut dyn Store,
+    cfg: &RunConfig,
+    ctx: &RunContext<'_>,
+    stop: Joined<'_>,
+    commit_unresolved: bool,
+) -> Option<BatchResult> {
+    let iid = cfg.instance_id;
+    let ids: Vec<i64> = stop.work.iter().map(|w| w.app_id).collect();
+    if commit_unresolved {
+        let _ = store.reconnect();
+        match write::resolve_ambiguous_commit(store, stop.work, ctx.session_id) {
+            Ok(mine) if !mine.is_empty() => {
+                emit_resolved(ctx, iid, mine.clone(), CommitOutcome::Committed);
+                return Some(result_from_committed(stop.work, &mine));
+            }
+            Ok(_) => emit_resolved(ctx, iid, ids, CommitOutcome::NotCommitted),
+            Err(e) => {
+                tracing::warn!(error = %e, apps = ids.len(), "stop requested; the commit outcome stays unknown");
+                emit_resolved(ctx, iid, ids, CommitOutcome::Unknown);
+                if let Some(hb) = stop.heartbeat {
+                    hb.set(stop.still_held);
+                }
+                return None;
+            }
+        }
+    }
+    let reason = "stop requested while the database was failing";
+    abandon_batch(
+        store,
+        cfg,
+        ctx,
+        stop.work,
+        stop.heartbeat,
+        stop.still_held,
+        reason,
+    );
+    None
 }
 
 /// SIGTERM/SIGINT arrived while `work` was being mapped: nothing of it was written, and none of it is logged; the
@@ -665,6 +818,7 @@ fn abandon_batch(
     work: &[AppWork],
     heartbeat: Option<&Heartbeat>,
     still_held: Vec<i64>,
+    reason: &str,
 ) {
     let iid = cfg.instance_id;
     // SIGTERM/SIGINT arrived while this batch was being mapped: nothing of it was written, and none of it
@@ -684,7 +838,7 @@ fn abandon_batch(
         }
     }
     let body = Body::Abandoned {
-        reason: "stop requested while mapping".into(),
+        reason: reason.to_owned(),
     };
     ctx.events
         .emit(&ctx.event(body, iid, work.iter().map(|w| w.app_id).collect()));
@@ -754,15 +908,26 @@ fn write_with_retry(
             CommitMode::Split => write::write_split(s, work, wctx),
         }
     };
-    Ok(with_retry(
+    let ids: Vec<i64> = work.iter().map(|w| w.app_id).collect();
+    let mut report = retried(ctx, iid, &ids);
+    let out = with_retry_until(
         store,
         &cfg.retry,
+        Some(ctx.shutdown),
         |e, a, w| {
             *retries += 1;
-            retry_log(e, a, w)
+            report(e, a, w)
         },
         &mut attempt_result,
-    )?)
+    );
+    match out {
+        Ok(r) => Ok(r),
+        Err(Retry::Failed(e)) => Err(e.into()),
+        Err(Retry::Stopped(error)) => Err(RunError::Stopped {
+            error,
+            commit_unresolved: unresolved,
+        }),
+    }
 }
 
 impl RunSummary {

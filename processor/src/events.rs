@@ -24,6 +24,7 @@ pub enum EventKind {
     Abandoned,
     Finished,
     CommitResolved,
+    Retrying,
 }
 
 impl EventKind {
@@ -39,11 +40,12 @@ impl EventKind {
             EventKind::Abandoned => "abandoned",
             EventKind::Finished => "finished",
             EventKind::CommitResolved => "commit_resolved",
+            EventKind::Retrying => "retrying",
         }
     }
 
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Started,
         EventKind::Claimed,
         EventKind::Committed,
@@ -54,6 +56,7 @@ impl EventKind {
         EventKind::Abandoned,
         EventKind::Finished,
         EventKind::CommitResolved,
+        EventKind::Retrying,
     ];
 }
 
@@ -98,6 +101,14 @@ pub enum Body {
     /// A COMMIT whose outcome was unknown (the connection broke while it was in flight) was resolved by reading the
     /// log back (`app_ids`: the applications it did commit, or the batch's, which will be retried).
     CommitResolved { reason: CommitOutcome },
+    /// A database operation (`op`: connect, claim, write, …) failed with a transient or conflict error; attempt
+    /// `attempt` follows after `wait_ms` (the processor is alive and backing off, not stuck). `app_ids`: the batch
+    /// being written, if any.
+    Retrying {
+        op: String,
+        attempt: u32,
+        wait_ms: u64,
+    },
 }
 
 impl Body {
@@ -145,6 +156,11 @@ impl Body {
             EventKind::CommitResolved => Body::CommitResolved {
                 reason: CommitOutcome::Committed,
             },
+            EventKind::Retrying => Body::Retrying {
+                op: String::new(),
+                attempt: 0,
+                wait_ms: 0,
+            },
         }
     }
 
@@ -160,6 +176,7 @@ impl Body {
             Body::Abandoned { .. } => EventKind::Abandoned,
             Body::Finished { .. } => EventKind::Finished,
             Body::CommitResolved { .. } => EventKind::CommitResolved,
+            Body::Retrying { .. } => EventKind::Retrying,
         }
     }
 }
@@ -232,6 +249,9 @@ impl FinishReason {
 pub enum CommitOutcome {
     Committed,
     NotCommitted,
+    /// Still unknown when the process was told to stop (SIGTERM/SIGINT during the retry wait, and the one last
+    /// read of the log failed too): the log row, if there is one, is the truth; a later run resumes either way.
+    Unknown,
 }
 
 impl CommitOutcome {
@@ -239,6 +259,7 @@ impl CommitOutcome {
         match self {
             CommitOutcome::Committed => "committed",
             CommitOutcome::NotCommitted => "not_committed",
+            CommitOutcome::Unknown => "unknown",
         }
     }
 }

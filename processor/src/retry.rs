@@ -1,19 +1,43 @@
 //! The one retry policy: exponential backoff with jitter on transient and conflict errors, reconnecting after
 //! transient ones, until a deadline. It looks only at `ErrorKind`, never at a backend. Its schedule is
-//! [`crate::backoff`]'s, the one backoff in the processor.
+//! [`crate::backoff`]'s, the one backoff in the processor. Its waits are stop-aware: a SIGTERM/SIGINT during one ends
+//! the loop at once ([`Retry::Stopped`]), so a drain is honoured within a second even while the database is down.
 
 pub use crate::backoff::{sleep_unless_stopped, Backoff, RetryPolicy};
 use crate::store::{ErrorKind, Store, StoreError, StoreResult};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-/// Runs `f` until it succeeds, fails with a non-retryable error, or the policy gives up. `on_retry` is told about
-/// each retry (for logs); after a transient error the store reconnects before the next attempt.
-pub fn with_retry<T>(
+/// Why a retry loop ended without a result.
+#[derive(Debug, thiserror::Error)]
+pub enum Retry {
+    /// A non-retryable error, or the policy gave up on a retryable one.
+    #[error(transparent)]
+    Failed(#[from] StoreError),
+    /// The stop flag was set during a backoff wait; the error that caused the wait is kept.
+    #[error("stop requested while retrying after: {0}")]
+    Stopped(StoreError),
+}
+
+impl Retry {
+    /// The store error behind either ending.
+    pub fn into_store_error(self) -> StoreError {
+        match self {
+            Retry::Failed(e) | Retry::Stopped(e) => e,
+        }
+    }
+}
+
+/// Runs `f` until it succeeds, fails with a non-retryable error, the policy gives up, or `stop` is set during a
+/// backoff wait. `on_retry` is told about each retry (for logs and events); after a transient error the store
+/// reconnects before the next attempt.
+pub fn with_retry_until<T>(
     store: &mut dyn Store,
     policy: &RetryPolicy,
+    stop: Option<&AtomicBool>,
     mut on_retry: impl FnMut(&StoreError, u32, Duration),
     mut f: impl FnMut(&mut dyn Store) -> StoreResult<T>,
-) -> StoreResult<T> {
+) -> Result<T, Retry> {
     let mut backoff = policy.backoff();
     let mut attempt = 0u32;
     loop {
@@ -21,16 +45,29 @@ pub fn with_retry<T>(
             Ok(v) => return Ok(v),
             Err(e) if e.is_retryable() => match backoff.next_wait() {
                 Some(wait) => (e, wait),
-                None => return Err(e),
+                None => return Err(Retry::Failed(e)),
             },
-            Err(e) => return Err(e),
+            Err(e) => return Err(Retry::Failed(e)),
         };
         attempt += 1;
         on_retry(&err, attempt, wait);
-        std::thread::sleep(wait);
+        if sleep_unless_stopped(wait, stop) {
+            return Err(Retry::Stopped(err));
+        }
         if err.kind == ErrorKind::Transient {
             // A failed reconnect is itself transient; the next attempt will surface it and back off again.
             let _ = store.reconnect();
         }
     }
+}
+
+/// [`with_retry_until`] without a stop flag: for set-up steps that run before the work (schema creation), where
+/// a stop is looked at right after.
+pub fn with_retry<T>(
+    store: &mut dyn Store,
+    policy: &RetryPolicy,
+    on_retry: impl FnMut(&StoreError, u32, Duration),
+    f: impl FnMut(&mut dyn Store) -> StoreResult<T>,
+) -> StoreResult<T> {
+    with_retry_until(store, policy, None, on_retry, f).map_err(Retry::into_store_error)
 }

@@ -12,7 +12,7 @@
 use super::baseline::Layout;
 use super::reader::Sql;
 use super::{CheckError, Invariant, Reader, Violation};
-use processor::events::{Body, CrashEffect, Event, EventKind, FinishReason};
+use processor::events::{Body, CommitOutcome, CrashEffect, Event, EventKind, FinishReason};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// How one processor process (one start of one instance) ended, as the runner saw it.
@@ -347,7 +347,8 @@ fn drained_holds_nothing(events: &[Event], sess: &HashMap<&str, Session>) -> Vec
                     h.remove(a);
                 }
             }
-            EventKind::CommitResolved if e.is_commit() => {
+            // Reported either way: committed, or still unknown when the stop came (the log row decides).
+            EventKind::CommitResolved if e.is_commit() || unknown_outcome(e) => {
                 for a in &e.app_ids {
                     h.remove(a);
                 }
@@ -383,7 +384,18 @@ fn log_rows_reported(
     log: &[(i64, String)],
 ) -> Vec<Violation> {
     let mut reported: HashMap<&str, BTreeSet<i64>> = HashMap::new();
+    // Applications a session said it could not resolve when told to stop (`commit_resolved` `unknown`, then a
+    // `drained` finish): it reported them honestly, so a log row of its own is no silent commit.
+    let mut unknown: HashMap<&str, BTreeSet<i64>> = HashMap::new();
     for e in events {
+        let drained =
+            sess.get(e.session_id.as_str()).and_then(|s| s.finished) == Some(FinishReason::Drained);
+        if unknown_outcome(e) && drained {
+            unknown
+                .entry(&e.session_id)
+                .or_default()
+                .extend(e.app_ids.iter().copied());
+        }
         if e.is_commit() {
             reported
                 .entry(&e.session_id)
@@ -406,7 +418,10 @@ fn log_rows_reported(
         let excused = s.is_some_and(|s| {
             s.pid.is_some_and(|pid| killed.contains(&pid)) || (s.split && s.crashed)
         });
-        if excused {
+        let unsure = unknown
+            .get(session.as_str())
+            .is_some_and(|u| u.contains(app));
+        if excused || unsure {
             continue;
         }
         if !reported
@@ -432,6 +447,16 @@ fn log_rows_reported(
             )
     }));
     out
+}
+
+/// `commit_resolved` `unknown`: a stop came while a COMMIT's outcome was unknown and the log could not be read.
+fn unknown_outcome(e: &Event) -> bool {
+    matches!(
+        e.body,
+        Body::CommitResolved {
+            reason: CommitOutcome::Unknown
+        }
+    )
 }
 
 /// The other direction: every application a session reported committed (`committed`, or `commit_resolved`
@@ -612,6 +637,30 @@ mod tests {
             violation: None,
         };
         assert!(check(&evs, &[end], Some(&log)).is_empty());
+    }
+
+    #[test]
+    fn an_unknown_outcome_excuses_its_log_row_only_in_a_drained_session() {
+        let mut unknown = ev(EventKind::CommitResolved, 3, "a", &[3]);
+        unknown.body = Body::CommitResolved {
+            reason: CommitOutcome::Unknown,
+        };
+        let mut drained = ev(EventKind::Finished, 4, "a", &[]);
+        if let Body::Finished { reason, .. } = &mut drained.body {
+            *reason = FinishReason::Drained;
+        }
+        let log = vec![(3, "a".to_owned())];
+        let ok = [started(1, "a", 41), unknown.clone(), drained];
+        assert!(check(&ok, &[], Some(&log)).is_empty());
+        // The same claim without the stop: "unknown" is no excuse, the row is a silent commit.
+        let not_drained = [
+            started(1, "a", 41),
+            unknown,
+            ev(EventKind::Finished, 4, "a", &[]),
+        ];
+        let v = check(&not_drained, &[], Some(&log));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].invariant, Invariant::CommitEvents);
     }
 
     #[test]

@@ -300,6 +300,11 @@ fn timeline(o: &ScenarioOutcome, events: &[Event]) -> String {
                     format!(", {}", esc(reason)),
                 Body::Finished { reason, .. } => format!(", {}", reason.as_str()),
                 Body::CommitResolved { reason } => format!(", {}", reason.as_str()),
+                Body::Retrying {
+                    op,
+                    attempt,
+                    wait_ms,
+                } => format!(", {} attempt {attempt} after {wait_ms} ms", esc(op)),
                 _ => String::new(),
             },
         );
@@ -375,6 +380,13 @@ fn timeline(o: &ScenarioOutcome, events: &[Event]) -> String {
                     y + 18.0
                 ),
             ),
+            EventKind::Retrying => (
+                y + 34.0,
+                format!(
+                    "<circle cx=\"{xx:.1}\" cy=\"{:.1}\" r=\"2\" class=\"retrying\">",
+                    y + 34.0
+                ),
+            ),
             EventKind::Finished => (
                 y + 23.0,
                 format!(
@@ -411,12 +423,12 @@ tr.viol td{background:#fee}.ok{color:#2a7}.bad{color:#c33;font-weight:bold}.mono
 .grid{stroke:#eee}.axis{fill:#777}.lane{fill:#333;font-weight:bold}.seg0{fill:#e8eef8}.seg1{fill:#dde6f3}\
 .end{stroke:#333;stroke-width:2}.endbad{stroke:#e00;stroke-width:4}.fault{stroke:#e70;stroke-width:2;stroke-dasharray:4 3}\
 .claimed{fill:#36c}.committed{fill:#2a7}.failed{fill:#933}.collision{fill:#f90}.leaselost{fill:#d22}\
-.abandoned{fill:#999}.resolved{fill:#93c}.crash{stroke:#d00;stroke-width:2.5;fill:none}.started{fill:#333}\
+.abandoned{fill:#999}.retrying{fill:#e90}.resolved{fill:#93c}.crash{stroke:#d00;stroke-width:2.5;fill:none}.started{fill:#333}\
 .finished{fill:#111}.ring{fill:none;stroke:#e00;stroke-width:2}.legend span{margin-right:1.2em}";
 
 const LEGEND: &str = "<p class=\"legend\"><span style=\"color:#36c\">▮ claimed</span><span style=\"color:#2a7\">▮ committed</span>\
 <span style=\"color:#933\">▮ failed</span><span style=\"color:#f90\">● collision</span><span style=\"color:#d22\">▲ lease lost</span>\
-<span style=\"color:#999\">■ abandoned</span><span style=\"color:#93c\">◆ commit resolved</span><span style=\"color:#d00\">✕ crash point</span>\
+<span style=\"color:#999\">■ abandoned</span><span style=\"color:#93c\">◆ commit resolved</span><span style=\"color:#e90\">• retrying</span><span style=\"color:#d00\">✕ crash point</span>\
 <span>▶ started</span><span>▮ finished</span><span style=\"color:#e70\">┆ fault</span><span style=\"color:#e00\">○ touches a violated application</span>\
 <span style=\"color:#e00\">┃ a process end that broke an invariant</span>. Hover for details.</p>\n";
 

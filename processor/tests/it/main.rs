@@ -35,6 +35,7 @@ fn main() {
     ));
     t.extend(trials!([Need::Postgres] =>
         e2e::sigkill_and_resume_on_postgres,
+        stop::sigterm_while_writes_are_failing_drains_at_once_on_postgres,
         strict::nul_file_on_postgres_is_named_and_the_others_load,
         coerced::init_adds_the_coerced_column_to_an_old_postgres_log,
     ));
