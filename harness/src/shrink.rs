@@ -56,6 +56,12 @@ fn own_numbers(f: &FaultSpec) -> Vec<u64> {
         FaultSpec::Latency {
             ms, duration_ms, ..
         } => vec![*ms, *duration_ms],
+        FaultSpec::NetLoss {
+            percent,
+            duration_ms,
+            ..
+        } => vec![u64::from(*percent), *duration_ms],
+        FaultSpec::NetPartition { duration_ms, .. } => vec![*duration_ms],
         FaultSpec::Kill { .. }
         | FaultSpec::Stop { .. }
         | FaultSpec::DropConnections { .. }
@@ -146,17 +152,31 @@ fn own_variants(f: &FaultSpec, mode: Mode) -> Vec<FaultSpec> {
                 });
             }
         }
+        FaultSpec::NetLoss { percent, .. } => {
+            for p in smaller(u64::from(*percent), 1) {
+                let p = u8::try_from(p).unwrap_or(*percent);
+                with(&|v| {
+                    if let FaultSpec::NetLoss { percent, .. } = v {
+                        *percent = p;
+                    }
+                });
+            }
+        }
         _ => {}
     }
     if let FaultSpec::Pause { duration_ms, .. }
     | FaultSpec::Blackhole { duration_ms, .. }
-    | FaultSpec::Latency { duration_ms, .. } = f
+    | FaultSpec::Latency { duration_ms, .. }
+    | FaultSpec::NetLoss { duration_ms, .. }
+    | FaultSpec::NetPartition { duration_ms, .. } = f
     {
         for d in smaller(*duration_ms, 1) {
             with(&|v| {
                 if let FaultSpec::Pause { duration_ms, .. }
                 | FaultSpec::Blackhole { duration_ms, .. }
-                | FaultSpec::Latency { duration_ms, .. } = v
+                | FaultSpec::Latency { duration_ms, .. }
+                | FaultSpec::NetLoss { duration_ms, .. }
+                | FaultSpec::NetPartition { duration_ms, .. } = v
                 {
                     *duration_ms = d;
                 }
@@ -183,7 +203,9 @@ fn instance_of(f: &FaultSpec) -> Option<u32> {
         FaultSpec::CrashPoint { instance, .. }
         | FaultSpec::Kill { instance, .. }
         | FaultSpec::Pause { instance, .. }
-        | FaultSpec::Stop { instance, .. } => Some(*instance),
+        | FaultSpec::Stop { instance, .. }
+        | FaultSpec::NetLoss { instance, .. }
+        | FaultSpec::NetPartition { instance, .. } => Some(*instance),
         _ => None,
     }
 }
@@ -194,7 +216,9 @@ fn with_instance(f: &FaultSpec, to: u32) -> FaultSpec {
         FaultSpec::CrashPoint { instance, .. }
         | FaultSpec::Kill { instance, .. }
         | FaultSpec::Pause { instance, .. }
-        | FaultSpec::Stop { instance, .. } => *instance = to,
+        | FaultSpec::Stop { instance, .. }
+        | FaultSpec::NetLoss { instance, .. }
+        | FaultSpec::NetPartition { instance, .. } => *instance = to,
         _ => {}
     }
     f
