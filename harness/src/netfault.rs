@@ -1,6 +1,7 @@
-//! Network faults in a private network namespace, with netfilter (`net-loss`, `net-partition`): issue 15's
-//! "`ip netns` + `tc netem`" item. This kernel has no traffic-control qdiscs at all (`tc qdisc add … netem` answers
-//! "Specified qdisc kind is unknown"), so packets are dropped by nftables rules on `lo` instead.
+//! Network faults in a private network namespace, with netfilter (`net-loss`, `net-partition`, `net-delay`):
+//! issue 15's "`ip netns` + `tc netem`" item. This kernel has no traffic-control qdiscs at all (`tc qdisc add …
+//! netem` answers "Specified qdisc kind is unknown"), so packets are dropped by nftables rules on `lo` instead, and
+//! delayed by queueing them to the harness (NFQUEUE, the `nfq` crate), which accepts each one `ms` after it came.
 //!
 //! A plan with such a fault runs on a thread of its own that first leaves the harness's network namespace
 //! (`unshare(CLONE_NEWNET)`: a fresh namespace with only `lo`, which it brings up). Everything that thread starts
@@ -13,6 +14,8 @@
 use crate::db::{Launcher, PgLauncher};
 use serde::{Deserialize, Serialize};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Instance `i` reaches the server at 127.0.0.`NET_BASE + i` (so at most 16 instances stay below 127.0.0.27).
@@ -48,6 +51,8 @@ pub enum NetEffect {
     Loss { percent: u8 },
     /// Drop every matching packet.
     Partition,
+    /// Hold every matching packet `ms` before letting it through (NFQUEUE to a harness thread).
+    Delay { ms: u64 },
 }
 
 /// A validated network fault: effect, direction, window length.
@@ -63,6 +68,7 @@ impl NetFault {
         let what = match self.effect {
             NetEffect::Loss { percent } => format!("net-loss {percent}%"),
             NetEffect::Partition => "net-partition".into(),
+            NetEffect::Delay { ms } => format!("net-delay {ms}ms"),
         };
         format!(
             "{what} {} for {}ms",
@@ -170,18 +176,14 @@ fn table(fi: usize) -> String {
     format!("shredproof_fault_{fi}")
 }
 
-/// The ruleset of one fault: an `output` chain on which every packet of the instance's direction(s) is dropped
-/// (partition) or dropped at random (loss), with a counter so the fault can report what it dropped. On `lo`
-/// every packet passes `output` once, so one hook sees both directions.
-fn ruleset(fi: usize, instance: u32, port: u16, f: &NetFault) -> String {
+/// The ruleset of one loss or partition fault: an `output` chain on which every packet of the instance's
+/// direction(s) gets `verdict`, with a counter so the fault can report what it dropped. On `lo` every packet
+/// passes `output` once, so one hook sees both directions.
+fn ruleset(fi: usize, instance: u32, port: u16, direction: Direction, verdict: &str) -> String {
     let addr = instance_addr(instance);
-    let verdict = match f.effect {
-        NetEffect::Loss { percent } => format!("numgen random mod 100 < {percent} counter drop"),
-        NetEffect::Partition => "counter drop".into(),
-    };
     let to = format!("ip daddr {addr} tcp dport {port} {verdict}");
     let from = format!("ip saddr {addr} tcp sport {port} {verdict}");
-    let rules = match f.direction {
+    let rules = match direction {
         Direction::ToServer => to,
         Direction::FromServer => from,
         Direction::Both => format!("{to}\n    {from}"),
@@ -192,10 +194,152 @@ fn ruleset(fi: usize, instance: u32, port: u16, f: &NetFault) -> String {
     )
 }
 
-/// The open network-fault windows of one phase: each applied rule set and when it is to be removed.
+/// The nftables verdict of a loss or partition (`None` for a delay: this kernel lacks nftables' own `queue`
+/// expression, CONFIG_NFT_QUEUE, so a delay queues through the xtables NFQUEUE target, `iptables_specs`).
+fn nft_verdict(effect: NetEffect) -> Option<String> {
+    match effect {
+        NetEffect::Loss { percent } => {
+            Some(format!("numgen random mod 100 < {percent} counter drop"))
+        }
+        NetEffect::Partition => Some("counter drop".into()),
+        NetEffect::Delay { .. } => None,
+    }
+}
+
+/// The `iptables` rule specifications (chain OUTPUT) that queue the instance's packets to NFQUEUE `num`;
+/// `--queue-bypass`: should the harness's queue reader be gone, packets pass rather than vanish.
+fn iptables_specs(num: u16, instance: u32, port: u16, direction: Direction) -> Vec<Vec<String>> {
+    let addr = instance_addr(instance).to_string();
+    let spec = |side: &str, ports: &str| -> Vec<String> {
+        [
+            side,
+            &addr,
+            "-p",
+            "tcp",
+            ports,
+            &port.to_string(),
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            &num.to_string(),
+            "--queue-bypass",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let to = spec("-d", "--dport");
+    let from = spec("-s", "--sport");
+    match direction {
+        Direction::ToServer => vec![to],
+        Direction::FromServer => vec![from],
+        Direction::Both => vec![to, from],
+    }
+}
+
+fn iptables(op: &str, spec: &[String]) -> Result<String, String> {
+    let mut args = vec![op, "OUTPUT"];
+    args.extend(spec.iter().map(String::as_str));
+    run("iptables", &args, None).map_err(|e| {
+        format!(
+            "{e} (net-delay needs iptables with the NFQUEUE target: apt-get install -y iptables)"
+        )
+    })
+}
+
+/// The NFQUEUE number of fault `fi`'s delay.
+fn queue_num(fi: usize) -> u16 {
+    u16::try_from(fi).unwrap_or(u16::MAX)
+}
+
+/// A thread that reads one NFQUEUE and accepts each packet `delay` after it arrived (in arrival order, so TCP
+/// sees a longer path, not reordering). Started from the namespace's thread, so its netlink socket is in it.
+struct Delayer {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Result<u64, String>>,
+}
+
+impl Delayer {
+    fn start(num: u16, delay: Duration) -> Result<Delayer, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let opened = nfq::Queue::open().and_then(|mut q| {
+                q.bind(num)?;
+                q.set_copy_range(num, 0)?;
+                q.set_nonblocking(true);
+                Ok(q)
+            });
+            let mut q = match opened {
+                Ok(q) => {
+                    let _ = ready_tx.send(Ok(()));
+                    q
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("cannot read NFQUEUE {num}: {e}")));
+                    return Ok(0);
+                }
+            };
+            hold_and_release(&mut q, delay, &flag)
+        });
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Delayer { stop, handle }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("the NFQUEUE reader ended before it was ready".into()),
+        }
+    }
+
+    /// Call after the rules that queue to it are gone: releases what it holds, then ends; returns the count.
+    fn finish(self) -> Result<u64, String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle
+            .join()
+            .unwrap_or_else(|_| Err("the NFQUEUE reader panicked".into()))
+    }
+}
+
+/// The delay loop: queue each packet with its release time, accept those due, poll every millisecond. Once
+/// `stop` is set (no rule queues to it any more, and the kernel delivered every queued packet to the socket when
+/// it queued it) it drains the socket and releases everything held before ending.
+fn hold_and_release(q: &mut nfq::Queue, delay: Duration, stop: &AtomicBool) -> Result<u64, String> {
+    let mut held: std::collections::VecDeque<(Instant, nfq::Message)> = Default::default();
+    let mut count = 0;
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        match q.recv() {
+            Ok(m) => {
+                held.push_back((Instant::now() + delay, m));
+                count += 1;
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(format!("NFQUEUE read: {e}")),
+        }
+        let now = Instant::now();
+        while held.front().is_some_and(|(t, _)| stopping || now >= *t) {
+            if let Some((_, mut m)) = held.pop_front() {
+                m.set_verdict(nfq::Verdict::Accept);
+                q.verdict(m).map_err(|e| format!("NFQUEUE verdict: {e}"))?;
+            }
+        }
+        if stopping && held.is_empty() {
+            return Ok(count);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The open network-fault windows of one phase: each applied rule set, when it is to be removed, and the delay
+/// thread of a `net-delay`.
 #[derive(Default)]
 pub struct Windows {
-    open: Vec<(usize, Instant)>,
+    open: Vec<(usize, Instant, Option<Delay>)>,
+}
+
+/// An open `net-delay`: its queue reader and the iptables rules that feed it.
+struct Delay {
+    reader: Delayer,
+    specs: Vec<Vec<String>>,
 }
 
 impl Windows {
@@ -208,13 +352,33 @@ impl Windows {
         f: &NetFault,
     ) -> Result<String, String> {
         let port = server_port(url)?;
-        run("nft", &["-f", "-"], Some(&ruleset(fi, instance, port, f)))?;
-        self.open
-            .push((fi, Instant::now() + Duration::from_millis(f.duration_ms)));
-        Ok(format!(
-            "nftables rules on lo for {}:{port}",
-            instance_addr(instance)
-        ))
+        let until = Instant::now() + Duration::from_millis(f.duration_ms);
+        let addr = instance_addr(instance);
+        let Some(verdict) = nft_verdict(f.effect) else {
+            let NetEffect::Delay { ms } = f.effect else {
+                return Err("no rule for this network fault".into());
+            };
+            // The reader first: rules queueing to nobody would let packets pass (bypass) and prove nothing.
+            let reader = Delayer::start(queue_num(fi), Duration::from_millis(ms))?;
+            let specs = iptables_specs(queue_num(fi), instance, port, f.direction);
+            let mut added: Vec<&Vec<String>> = Vec::new();
+            for spec in &specs {
+                if let Err(e) = iptables("-A", spec) {
+                    for s in &added {
+                        let _ = iptables("-D", s);
+                    }
+                    let _ = reader.finish();
+                    return Err(e);
+                }
+                added.push(spec);
+            }
+            self.open.push((fi, until, Some(Delay { reader, specs })));
+            return Ok(format!("iptables NFQUEUE rules on lo for {addr}:{port}"));
+        };
+        let rules = ruleset(fi, instance, port, f.direction, &verdict);
+        run("nft", &["-f", "-"], Some(&rules))?;
+        self.open.push((fi, until, None));
+        Ok(format!("nftables rules on lo for {addr}:{port}"))
     }
 
     /// Removes the rule sets whose window is over (all of them with `all`); returns each closed fault's index and
@@ -222,19 +386,10 @@ impl Windows {
     pub fn close_due(&mut self, all: bool) -> Vec<(usize, String)> {
         let now = Instant::now();
         let (due, keep): (Vec<_>, Vec<_>) =
-            self.open.drain(..).partition(|(_, t)| all || now >= *t);
+            self.open.drain(..).partition(|(_, t, _)| all || now >= *t);
         self.open = keep;
         due.into_iter()
-            .map(|(fi, _)| {
-                let dropped = run("nft", &["list", "table", "inet", &table(fi)], None)
-                    .map(|t| dropped_packets(&t));
-                let removed = run("nft", &["delete", "table", "inet", &table(fi)], None);
-                let note = match (dropped, removed) {
-                    (Ok(n), Ok(_)) => format!("dropped {n} packet(s), rules removed"),
-                    (_, Err(e)) | (Err(e), _) => format!("could not read or remove the rules: {e}"),
-                };
-                (fi, note)
-            })
+            .map(|(fi, _, delay)| (fi, close(fi, delay)))
             .collect()
     }
 
@@ -244,8 +399,31 @@ impl Windows {
     }
 }
 
+/// Removes one fault's rules; says what they did.
+fn close(fi: usize, delay: Option<Delay>) -> String {
+    if let Some(d) = delay {
+        let removed: Result<Vec<String>, String> =
+            d.specs.iter().map(|s| iptables("-D", s)).collect();
+        // Removed first: the reader then releases what it still holds and ends.
+        let held = d.reader.finish();
+        return match (removed, held) {
+            (Ok(_), Ok(n)) => format!("delayed {n} packet(s), rules removed"),
+            (Err(e), _) | (_, Err(e)) => {
+                format!("could not remove the rules or read the queue: {e}")
+            }
+        };
+    }
+    let matched =
+        run("nft", &["list", "table", "inet", &table(fi)], None).map(|t| counted_packets(&t));
+    let removed = run("nft", &["delete", "table", "inet", &table(fi)], None);
+    match (matched, removed) {
+        (Ok(n), Ok(_)) => format!("dropped {n} packet(s), rules removed"),
+        (_, Err(e)) | (Err(e), _) => format!("could not read or remove the rules: {e}"),
+    }
+}
+
 /// The sum of `counter packets N` in an `nft list table` output.
-fn dropped_packets(listing: &str) -> u64 {
+fn counted_packets(listing: &str) -> u64 {
     let words: Vec<&str> = listing.split_whitespace().collect();
     words
         .windows(3)
@@ -265,21 +443,24 @@ mod tests {
             direction: Direction::ToServer,
             duration_ms: 100,
         };
-        let r = ruleset(2, 1, 5432, &f);
+        let r = ruleset(
+            2,
+            1,
+            5432,
+            f.direction,
+            &nft_verdict(f.effect).expect("nft"),
+        );
         assert!(r.contains(
             "ip daddr 127.0.0.12 tcp dport 5432 numgen random mod 100 < 30 counter drop"
         ));
         assert!(!r.contains("saddr"));
-        let both = ruleset(
-            0,
-            0,
-            7,
-            &NetFault {
-                effect: NetEffect::Partition,
-                direction: Direction::Both,
-                ..f
-            },
+        let both = ruleset(0, 0, 7, Direction::Both, "counter drop");
+        let q = iptables_specs(4, 0, 7, Direction::FromServer);
+        assert_eq!(
+            q[0].join(" "),
+            "-s 127.0.0.11 -p tcp --sport 7 -j NFQUEUE --queue-num 4 --queue-bypass"
         );
+        assert!(nft_verdict(NetEffect::Delay { ms: 5 }).is_none());
         assert!(both.contains("ip saddr 127.0.0.11 tcp sport 7 counter drop"));
         assert!(both.contains("ip daddr 127.0.0.11 tcp dport 7 counter drop"));
     }
@@ -288,7 +469,7 @@ mod tests {
     fn counters_are_summed() {
         let t = "table inet x {\n chain out {\n ip daddr 127.0.0.11 tcp dport 1 counter packets 12 bytes 800 drop\n \
                  ip saddr 127.0.0.11 tcp sport 1 counter packets 3 bytes 10 drop\n }\n}";
-        assert_eq!(dropped_packets(t), 15);
+        assert_eq!(counted_packets(t), 15);
     }
 
     #[test]

@@ -294,6 +294,19 @@ pub enum FaultSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after_commits: Option<u64>,
     },
+    /// Hold every packet of one instance's connections in `direction` for `ms` before it goes on (NFQUEUE: the
+    /// harness accepts each packet `ms` after it came), for `duration_ms`. PostgreSQL only.
+    NetDelay {
+        instance: u32,
+        ms: u64,
+        #[serde(default)]
+        direction: crate::netfault::Direction,
+        duration_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_commits: Option<u64>,
+    },
     /// Drop every packet of one instance's connections in `direction` (a one-way partition, or both ways) for
     /// `duration_ms`, the same way as `net-loss`. PostgreSQL only.
     NetPartition {
@@ -391,6 +404,11 @@ impl FaultSpec {
                 at_ms,
                 after_commits,
                 ..
+            }
+            | FaultSpec::NetDelay {
+                at_ms,
+                after_commits,
+                ..
             } => Some((at_ms, after_commits)),
             FaultSpec::CrashPoint { .. } | FaultSpec::RandomKill { .. } => None,
         }
@@ -412,6 +430,7 @@ impl FaultSpec {
             FaultSpec::RestartDb { .. } => "restart-db",
             FaultSpec::NetLoss { .. } => "net-loss",
             FaultSpec::NetPartition { .. } => "net-partition",
+            FaultSpec::NetDelay { .. } => "net-delay",
         }
     }
 
@@ -1139,7 +1158,9 @@ impl Scenario {
                         trigger: trig(fs.trigger(), &what)?,
                     });
                 }
-                FaultSpec::NetLoss { instance, .. } | FaultSpec::NetPartition { instance, .. } => {
+                FaultSpec::NetLoss { instance, .. }
+                | FaultSpec::NetPartition { instance, .. }
+                | FaultSpec::NetDelay { instance, .. } => {
                     check_inst(*instance)?;
                     faults.push(Fault {
                         instance: *instance,
@@ -1177,7 +1198,7 @@ impl Scenario {
         Ok(faults)
     }
 
-    /// A `net-loss` / `net-partition` fault, validated: a positive window, a loss of 1..=99 %, and a scenario that
+    /// A `net-loss` / `net-partition` / `net-delay` fault, validated: a positive window, a loss of 1..=99 %, and a scenario that
     /// runs on PostgreSQL only (the network namespace holds a private PostgreSQL cluster; SQLite has no network).
     fn net_fault(
         &self,
@@ -1210,6 +1231,17 @@ impl Scenario {
                 duration_ms,
                 ..
             } => (NetEffect::Partition, *direction, *duration_ms),
+            FaultSpec::NetDelay {
+                ms,
+                direction,
+                duration_ms,
+                ..
+            } => {
+                if *ms == 0 || *ms > 60_000 {
+                    return Err(bad(format!("ms must be 1..=60000 (got {ms})")));
+                }
+                (NetEffect::Delay { ms: *ms }, *direction, *duration_ms)
+            }
             _ => return Err(bad("not a network fault".into())),
         };
         if duration_ms == 0 {

@@ -62,6 +62,9 @@ fn own_numbers(f: &FaultSpec) -> Vec<u64> {
             ..
         } => vec![u64::from(*percent), *duration_ms],
         FaultSpec::NetPartition { duration_ms, .. } => vec![*duration_ms],
+        FaultSpec::NetDelay {
+            ms, duration_ms, ..
+        } => vec![*ms, *duration_ms],
         FaultSpec::Kill { .. }
         | FaultSpec::Stop { .. }
         | FaultSpec::DropConnections { .. }
@@ -152,6 +155,15 @@ fn own_variants(f: &FaultSpec, mode: Mode) -> Vec<FaultSpec> {
                 });
             }
         }
+        FaultSpec::NetDelay { ms, .. } => {
+            for m in smaller(*ms, 1) {
+                with(&|v| {
+                    if let FaultSpec::NetDelay { ms, .. } = v {
+                        *ms = m;
+                    }
+                });
+            }
+        }
         FaultSpec::NetLoss { percent, .. } => {
             for p in smaller(u64::from(*percent), 1) {
                 let p = u8::try_from(p).unwrap_or(*percent);
@@ -168,7 +180,8 @@ fn own_variants(f: &FaultSpec, mode: Mode) -> Vec<FaultSpec> {
     | FaultSpec::Blackhole { duration_ms, .. }
     | FaultSpec::Latency { duration_ms, .. }
     | FaultSpec::NetLoss { duration_ms, .. }
-    | FaultSpec::NetPartition { duration_ms, .. } = f
+    | FaultSpec::NetPartition { duration_ms, .. }
+    | FaultSpec::NetDelay { duration_ms, .. } = f
     {
         for d in smaller(*duration_ms, 1) {
             with(&|v| {
@@ -176,7 +189,8 @@ fn own_variants(f: &FaultSpec, mode: Mode) -> Vec<FaultSpec> {
                 | FaultSpec::Blackhole { duration_ms, .. }
                 | FaultSpec::Latency { duration_ms, .. }
                 | FaultSpec::NetLoss { duration_ms, .. }
-                | FaultSpec::NetPartition { duration_ms, .. } = v
+                | FaultSpec::NetPartition { duration_ms, .. }
+                | FaultSpec::NetDelay { duration_ms, .. } = v
                 {
                     *duration_ms = d;
                 }
@@ -205,7 +219,8 @@ fn instance_of(f: &FaultSpec) -> Option<u32> {
         | FaultSpec::Pause { instance, .. }
         | FaultSpec::Stop { instance, .. }
         | FaultSpec::NetLoss { instance, .. }
-        | FaultSpec::NetPartition { instance, .. } => Some(*instance),
+        | FaultSpec::NetPartition { instance, .. }
+        | FaultSpec::NetDelay { instance, .. } => Some(*instance),
         _ => None,
     }
 }
@@ -218,7 +233,8 @@ fn with_instance(f: &FaultSpec, to: u32) -> FaultSpec {
         | FaultSpec::Pause { instance, .. }
         | FaultSpec::Stop { instance, .. }
         | FaultSpec::NetLoss { instance, .. }
-        | FaultSpec::NetPartition { instance, .. } => *instance = to,
+        | FaultSpec::NetPartition { instance, .. }
+        | FaultSpec::NetDelay { instance, .. } => *instance = to,
         _ => {}
     }
     f
