@@ -439,6 +439,37 @@ after_commits = 3
 
     /// Every kind with a trigger shrinks both halves of it (issue 14: `at_ms` was shrunk for four kinds only).
     #[test]
+    fn network_faults_shrink_their_numbers() {
+        let f = FaultSpec::NetDelay {
+            instance: 1,
+            ms: 80,
+            direction: crate::netfault::Direction::Both,
+            duration_ms: 1000,
+            at_ms: None,
+            after_commits: Some(3),
+        };
+        let vs = own_variants(&f, Mode::Queue);
+        assert!(vs
+            .iter()
+            .any(|v| matches!(v, FaultSpec::NetDelay { ms: 1, .. })));
+        assert!(vs
+            .iter()
+            .any(|v| matches!(v, FaultSpec::NetDelay { duration_ms: 1, .. })));
+        let l = FaultSpec::NetLoss {
+            instance: 0,
+            percent: 30,
+            direction: crate::netfault::Direction::Both,
+            duration_ms: 10,
+            at_ms: None,
+            after_commits: Some(3),
+        };
+        assert!(own_variants(&l, Mode::Queue)
+            .iter()
+            .any(|v| matches!(v, FaultSpec::NetLoss { percent: 1, .. })));
+        assert_eq!(instance_of(&l), Some(0));
+    }
+
+    #[test]
     fn every_kind_shrinks_its_trigger() {
         let kinds = [
             FaultSpec::Kill {
@@ -481,6 +512,29 @@ after_commits = 3
                 after_commits: None,
             },
             FaultSpec::RestartDb {
+                at_ms: None,
+                after_commits: None,
+            },
+            FaultSpec::NetLoss {
+                instance: 0,
+                percent: 1,
+                direction: crate::netfault::Direction::Both,
+                duration_ms: 1,
+                at_ms: None,
+                after_commits: None,
+            },
+            FaultSpec::NetPartition {
+                instance: 0,
+                direction: crate::netfault::Direction::ToServer,
+                duration_ms: 1,
+                at_ms: None,
+                after_commits: None,
+            },
+            FaultSpec::NetDelay {
+                instance: 0,
+                ms: 1,
+                direction: crate::netfault::Direction::FromServer,
+                duration_ms: 1,
                 at_ms: None,
                 after_commits: None,
             },
