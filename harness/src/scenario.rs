@@ -907,6 +907,14 @@ impl Scenario {
                 )));
             }
         }
+        if f.stress_docs
+            .is_some_and(|n| n as usize > fixtures::STRESS_CONTACTS_MAX)
+        {
+            return Err(bad(format!(
+                "fixture.stress_docs must be at most {} contacts",
+                fixtures::STRESS_CONTACTS_MAX
+            )));
+        }
         if !(0.0..=1.0).contains(&f.malformed_fraction) {
             return Err(bad(
                 "fixture.malformed_fraction must be between 0 and 1".into()

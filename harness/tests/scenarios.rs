@@ -185,6 +185,7 @@ scenario_tests! {
     crash_c_uncoordinated => "crash-c-uncoordinated.toml",
     crash_points_queue => "crash-points-queue.toml",
     fencing_takeover_queue => "fencing-takeover-queue.toml",
+    huge_docs_past_lease_queue => "huge-docs-past-lease-queue.toml",
     pause_past_lease_queue => "pause-past-lease-queue.toml",
     pg_blackhole_queue => "pg-blackhole-queue.toml",
     pg_cut_reply => "pg-cut-reply.toml",
