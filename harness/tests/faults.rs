@@ -341,9 +341,9 @@ fn a_document_longer_than_its_lease_is_committed_once_by_a_lease_holder() {
     let c = commits[0];
     let claim = events
         .iter()
+        .rev()
         .filter(has)
-        .filter(|e| e.session_id == c.session_id && matches!(e.body, Body::Claimed { .. }))
-        .last()
+        .find(|e| e.session_id == c.session_id && matches!(e.body, Body::Claimed { .. }))
         .expect("the committing session claimed it");
     let lost_by_committer = events.iter().filter(has).any(|e| {
         e.session_id == c.session_id
