@@ -191,6 +191,10 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
             after_commits: Some(rng.random_range(1..=hi)),
         });
     }
+    // Drawn last, so every schedule drawn before network faults existed keeps its faults.
+    let net = draw_net_fault(&mut rng, t, instances, hi, &faults);
+    let networked = net.is_some();
+    faults.extend(net);
     let global = faults.iter().any(FaultSpec::is_global);
     Scenario {
         name: name.to_owned(),
@@ -223,12 +227,65 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
             deadline_secs: 60,
             ..ExpectSpec::default()
         },
-        backends: if global {
+        backends: if networked {
+            vec![Backend::Postgres]
+        } else if global {
             Backend::all_with(|c| c.server && c.commit_cut)
         } else {
             vec![]
         },
     }
+}
+
+/// On PostgreSQL, sometimes one network fault (`net-loss`, `net-partition` or `net-delay`, `netfault.rs`) on a
+/// random instance, within the first third of its work. Not with `restart-db`, which must stay the schedule's
+/// last fault (and the network-fault run has a cluster of its own).
+fn draw_net_fault(
+    rng: &mut ChaCha8Rng,
+    t: &Target,
+    instances: u32,
+    hi: u64,
+    faults: &[FaultSpec],
+) -> Option<FaultSpec> {
+    use crate::netfault::Direction;
+    if t.backend != Backend::Postgres
+        || faults
+            .iter()
+            .any(|f| matches!(f, FaultSpec::RestartDb { .. }))
+        || !rng.random_bool(0.3)
+    {
+        return None;
+    }
+    let instance = rng.random_range(0..instances);
+    let direction =
+        [Direction::ToServer, Direction::FromServer, Direction::Both][rng.random_range(0..3usize)];
+    let duration_ms = rng.random_range(300..=2000);
+    let after_commits = Some(rng.random_range(1..=hi));
+    Some(match rng.random_range(0..3u32) {
+        0 => FaultSpec::NetLoss {
+            instance,
+            percent: rng.random_range(5..=40),
+            direction,
+            duration_ms,
+            at_ms: None,
+            after_commits,
+        },
+        1 => FaultSpec::NetPartition {
+            instance,
+            direction,
+            duration_ms,
+            at_ms: None,
+            after_commits,
+        },
+        _ => FaultSpec::NetDelay {
+            instance,
+            ms: rng.random_range(5..=100),
+            direction,
+            duration_ms,
+            at_ms: None,
+            after_commits,
+        },
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -567,6 +624,40 @@ mod tests {
             let back: Scenario = toml::from_str(&text).expect("parse back");
             assert_eq!(back.faults, s.faults, "{text}");
             assert_eq!(toml::to_string(&back).expect("again"), text);
+        }
+    }
+
+    #[test]
+    fn network_faults_are_drawn_on_postgres_only() {
+        let net = |f: &FaultSpec| f.kind().starts_with("net-");
+        let pg: Vec<Scenario> = (0..200)
+            .map(|i| {
+                generate(
+                    "n",
+                    run_seed(3, i),
+                    &target(Backend::Postgres, CommitMode::Atomic),
+                )
+            })
+            .collect();
+        let kinds: BTreeSet<&str> = pg
+            .iter()
+            .flat_map(|s| s.faults.iter().filter(|f| net(f)).map(FaultSpec::kind))
+            .collect();
+        assert_eq!(
+            kinds.into_iter().collect::<Vec<_>>(),
+            ["net-delay", "net-loss", "net-partition"]
+        );
+        for s in pg.iter().filter(|s| s.faults.iter().any(net)) {
+            assert_eq!(s.backends, [Backend::Postgres]);
+            assert!(s.plan(1, None).is_ok_and(|p| p.needs_netns()));
+        }
+        for i in 0..200 {
+            let s = generate(
+                "n",
+                run_seed(3, i),
+                &target(Backend::Sqlite, CommitMode::Atomic),
+            );
+            assert!(!s.faults.iter().any(net));
         }
     }
 

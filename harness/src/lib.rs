@@ -8,6 +8,7 @@ pub mod crash_hook;
 pub mod db;
 pub mod exit;
 pub mod explore;
+pub mod netfault;
 pub mod proxy;
 pub mod report;
 pub mod runner;

@@ -145,8 +145,31 @@ pub struct ScenarioOutcome {
     pub wall_secs: f64,
 }
 
-/// Runs a plan: baseline (no faults) when asked, then the faulted run, then the verdict.
+/// Runs a plan: baseline (no faults) when asked, then the faulted run, then the verdict. A plan with network
+/// faults runs in a network namespace of its own, on a private PostgreSQL cluster started there
+/// (`netfault::run_isolated`) instead of `launcher`'s server.
 pub fn run_plan(
+    plan: &Plan,
+    launcher: &mut dyn Launcher,
+    opts: &RunOptions,
+) -> Result<ScenarioOutcome, RunnerError> {
+    if !plan.needs_netns() {
+        return run_plan_on(plan, launcher, opts);
+    }
+    if launcher.backend() != crate::db::Backend::Postgres {
+        return Err(RunnerError::Setup(format!(
+            "scenario {}: network faults need PostgreSQL (running on {})",
+            plan.name,
+            launcher.backend().as_str()
+        )));
+    }
+    crate::netfault::run_isolated(plan.instances, |l| {
+        run_plan_on(plan, l, opts).map_err(|e| e.to_string())
+    })
+    .map_err(RunnerError::Setup)
+}
+
+fn run_plan_on(
     plan: &Plan,
     launcher: &mut dyn Launcher,
     opts: &RunOptions,
@@ -343,6 +366,8 @@ struct GlobalFaults {
     busy_until: Option<Instant>,
     cut_waiting: Option<(usize, usize)>,
     abandoned: BTreeSet<usize>,
+    /// Open `net-loss` / `net-partition` windows (nftables rule sets to remove when they end).
+    net: crate::netfault::Windows,
 }
 
 /// An armed cut-reply / drop-commit fault fires when the proxy has cut a COMMIT since it was armed: recorded with
@@ -490,6 +515,11 @@ fn fire_due_faults(
         if !due || !running {
             continue;
         }
+        if let Action::Net(n) = f.action {
+            fire_net_fault(ph, fi, &f, &n, inst.commits, records, globals);
+            *last_fault = Instant::now();
+            continue;
+        }
         let pid = Pid::from_raw(inst.child.as_ref().map_or(0, |c| c.id() as i32));
         let sig = match f.action {
             Action::Kill => Signal::SIGKILL,
@@ -515,6 +545,46 @@ fn fire_due_faults(
                 eprintln!("  [{:>6}ms] {}", now_ms, f.describe());
             }
         }
+    }
+}
+
+/// Applies a network fault's rules (`netfault::Windows::open`); a failure abandons it (never fired: `faults-fired`).
+fn fire_net_fault(
+    ph: &Phase<'_>,
+    fi: usize,
+    f: &Fault,
+    n: &crate::netfault::NetFault,
+    commits: u64,
+    records: &mut [FaultRecord],
+    globals: &mut GlobalFaults,
+) {
+    let now_ms = ph.t0.elapsed().as_millis() as u64;
+    match globals.net.open(fi, f.instance, ph.url, n) {
+        Ok(note) => {
+            records[fi].fired = true;
+            records[fi].at_ms = Some(now_ms);
+            records[fi].note = format!("{note} after {commits} commits");
+            if ph.opts.verbose {
+                eprintln!("  [{:>6}ms] {}", now_ms, f.describe());
+            }
+        }
+        Err(e) => {
+            records[fi].note = format!("could not apply: {e}");
+            globals.abandoned.insert(fi);
+        }
+    }
+}
+
+/// Ends the network-fault windows that are over (all of them with `all`), noting what each dropped.
+fn close_net_windows(
+    globals: &mut GlobalFaults,
+    records: &mut [FaultRecord],
+    last_fault: &mut Instant,
+    all: bool,
+) {
+    for (fi, note) in globals.net.close_due(all) {
+        records[fi].note = format!("{}; {note}", records[fi].note);
+        *last_fault = Instant::now();
     }
 }
 
@@ -953,6 +1023,7 @@ fn run_phase(
             globals.busy_until = None;
             last_fault = Instant::now();
         }
+        close_net_windows(&mut globals, &mut records, &mut last_fault, false);
         pending.retain(|&fi| !records[fi].fired && !globals.abandoned.contains(&fi));
         // 2. Due faults.
         fire_due_faults(
@@ -984,6 +1055,7 @@ fn run_phase(
         }
         std::thread::sleep(poll);
     }
+    close_net_windows(&mut globals, &mut records, &mut last_fault, true);
     // Final drain of event files (lines written just before exit).
     for inst in insts.iter_mut() {
         ph.all_events.extend(read_new_events(inst)?);
@@ -1089,8 +1161,15 @@ impl Phase<'_> {
             .join(format!("events-{}-{}.jsonl", inst.id, inst.starts));
         let log = File::create(self.log_path(inst.id, inst.starts))?;
         let mut cmd = self.opts.processor.command();
-        // The URL (and its password) in the environment, not on the command line: see `DB_ENV`.
-        cmd.env(processor::store::url::DB_ENV, self.url);
+        // The URL (and its password) in the environment, not on the command line: see `DB_ENV`. Under network
+        // faults each instance reaches the server at an address of its own (`netfault::instance_url`).
+        if p.needs_netns() {
+            let url =
+                crate::netfault::instance_url(self.url, inst.id).map_err(RunnerError::Setup)?;
+            cmd.env(processor::store::url::DB_ENV, url);
+        } else {
+            cmd.env(processor::store::url::DB_ENV, self.url);
+        }
         cmd.args(["run", "--log-format", "pretty", "--log-level", "info"])
             .args([
                 "--mode",

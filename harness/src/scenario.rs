@@ -281,6 +281,44 @@ pub enum FaultSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after_commits: Option<u64>,
     },
+    /// Lose `percent` % of one instance's packets (`direction`: to-server, from-server or both) for
+    /// `duration_ms`: nftables on `lo` in the run's own network namespace (`netfault.rs`). PostgreSQL only.
+    NetLoss {
+        instance: u32,
+        percent: u8,
+        #[serde(default)]
+        direction: crate::netfault::Direction,
+        duration_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_commits: Option<u64>,
+    },
+    /// Hold every packet of one instance's connections in `direction` for `ms` before it goes on (NFQUEUE: the
+    /// harness accepts each packet `ms` after it came), for `duration_ms`. PostgreSQL only.
+    NetDelay {
+        instance: u32,
+        ms: u64,
+        #[serde(default)]
+        direction: crate::netfault::Direction,
+        duration_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_commits: Option<u64>,
+    },
+    /// Drop every packet of one instance's connections in `direction` (a one-way partition, or both ways) for
+    /// `duration_ms`, the same way as `net-loss`. PostgreSQL only.
+    NetPartition {
+        instance: u32,
+        #[serde(default)]
+        direction: crate::netfault::Direction,
+        duration_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_commits: Option<u64>,
+    },
 }
 
 /// When a fault fires, as written: `at_ms` after the run starts, or after `after_commits` committed transactions
@@ -356,6 +394,21 @@ impl FaultSpec {
             | FaultSpec::RestartDb {
                 at_ms,
                 after_commits,
+            }
+            | FaultSpec::NetLoss {
+                at_ms,
+                after_commits,
+                ..
+            }
+            | FaultSpec::NetPartition {
+                at_ms,
+                after_commits,
+                ..
+            }
+            | FaultSpec::NetDelay {
+                at_ms,
+                after_commits,
+                ..
             } => Some((at_ms, after_commits)),
             FaultSpec::CrashPoint { .. } | FaultSpec::RandomKill { .. } => None,
         }
@@ -375,6 +428,9 @@ impl FaultSpec {
             FaultSpec::CutReply { .. } => "cut-reply",
             FaultSpec::DropCommit { .. } => "drop-commit",
             FaultSpec::RestartDb { .. } => "restart-db",
+            FaultSpec::NetLoss { .. } => "net-loss",
+            FaultSpec::NetPartition { .. } => "net-partition",
+            FaultSpec::NetDelay { .. } => "net-delay",
         }
     }
 
@@ -509,6 +565,8 @@ pub enum Action {
     CutReply,
     DropCommit,
     RestartDb,
+    /// `net-loss` / `net-partition` on the fault's instance (`netfault.rs`).
+    Net(crate::netfault::NetFault),
 }
 
 impl Action {
@@ -578,6 +636,7 @@ impl Fault {
             Action::CutReply => "cut-reply of a COMMIT".into(),
             Action::DropCommit => "drop-commit (a COMMIT swallowed before the server)".into(),
             Action::RestartDb => "restart-db (kill -9 and restart)".into(),
+            Action::Net(n) => n.describe(),
         };
         let when = match self.trigger {
             Trigger::CrashEnv => String::new(),
@@ -658,6 +717,13 @@ impl Plan {
     /// The faults restart the database server.
     pub fn needs_restart(&self) -> bool {
         self.faults.iter().any(|f| f.action == Action::RestartDb)
+    }
+
+    /// The faults act on packets: the plan runs in a network namespace of its own (`netfault::run_isolated`).
+    pub fn needs_netns(&self) -> bool {
+        self.faults
+            .iter()
+            .any(|f| matches!(f.action, Action::Net(_)))
     }
 }
 
@@ -840,6 +906,14 @@ impl Scenario {
                     c.display()
                 )));
             }
+        }
+        if f.stress_docs
+            .is_some_and(|n| n as usize > fixtures::STRESS_CONTACTS_MAX)
+        {
+            return Err(bad(format!(
+                "fixture.stress_docs must be at most {} contacts",
+                fixtures::STRESS_CONTACTS_MAX
+            )));
         }
         if !(0.0..=1.0).contains(&f.malformed_fraction) {
             return Err(bad(
@@ -1092,6 +1166,16 @@ impl Scenario {
                         trigger: trig(fs.trigger(), &what)?,
                     });
                 }
+                FaultSpec::NetLoss { instance, .. }
+                | FaultSpec::NetPartition { instance, .. }
+                | FaultSpec::NetDelay { instance, .. } => {
+                    check_inst(*instance)?;
+                    faults.push(Fault {
+                        instance: *instance,
+                        action: Action::Net(self.net_fault(fs, &what)?),
+                        trigger: trig(fs.trigger(), &what)?,
+                    });
+                }
             }
             // cut-reply spots a PostgreSQL COMMIT in the bytes it forwards (TDS traffic is TLS-encrypted after
             // login, so it cannot spot a SQL Server one); the other global faults need any database server.
@@ -1120,6 +1204,69 @@ impl Scenario {
             }
         }
         Ok(faults)
+    }
+
+    /// A `net-loss` / `net-partition` / `net-delay` fault, validated: a positive window, a loss of 1..=99 %, and a scenario that
+    /// runs on PostgreSQL only (the network namespace holds a private PostgreSQL cluster; SQLite has no network).
+    fn net_fault(
+        &self,
+        fs: &FaultSpec,
+        what: &str,
+    ) -> Result<crate::netfault::NetFault, ScenarioError> {
+        use crate::netfault::{NetEffect, NetFault};
+        let bad = |p: String| ScenarioError::Invalid {
+            name: self.name.clone(),
+            problem: format!("{what}: {p}"),
+        };
+        let (effect, direction, duration_ms) = match fs {
+            FaultSpec::NetLoss {
+                percent,
+                direction,
+                duration_ms,
+                ..
+            } => {
+                if !(1..=99).contains(percent) {
+                    return Err(bad(format!("percent must be 1..=99 (got {percent})")));
+                }
+                (
+                    NetEffect::Loss { percent: *percent },
+                    *direction,
+                    *duration_ms,
+                )
+            }
+            FaultSpec::NetPartition {
+                direction,
+                duration_ms,
+                ..
+            } => (NetEffect::Partition, *direction, *duration_ms),
+            FaultSpec::NetDelay {
+                ms,
+                direction,
+                duration_ms,
+                ..
+            } => {
+                if *ms == 0 || *ms > 60_000 {
+                    return Err(bad(format!("ms must be 1..=60000 (got {ms})")));
+                }
+                (NetEffect::Delay { ms: *ms }, *direction, *duration_ms)
+            }
+            _ => return Err(bad("not a network fault".into())),
+        };
+        if duration_ms == 0 {
+            return Err(bad("duration_ms must be positive".into()));
+        }
+        if self.backends != [crate::db::Backend::Postgres] {
+            return Err(bad(format!(
+                "{} runs a private PostgreSQL server in the run's network namespace: declare backends = \
+                 [\"postgres\"] so other backends skip this scenario",
+                fs.kind()
+            )));
+        }
+        Ok(NetFault {
+            effect,
+            direction,
+            duration_ms,
+        })
     }
 
     /// `expect.result` and `expect.violations`, checked against each other.
@@ -1178,7 +1325,9 @@ pub fn skip_reason(plan: &Plan, backend: crate::db::Backend) -> Option<String> {
         return None;
     }
     let names: Vec<&str> = plan.backends.iter().map(|b| b.as_str()).collect();
-    let why = if plan.needs_proxy() || plan.needs_restart() {
+    let why = if plan.needs_netns() {
+        " (its network faults need a PostgreSQL server in the run's network namespace)"
+    } else if plan.needs_proxy() || plan.needs_restart() {
         " (its connection or server faults need a database server)"
     } else {
         ""

@@ -56,6 +56,15 @@ fn own_numbers(f: &FaultSpec) -> Vec<u64> {
         FaultSpec::Latency {
             ms, duration_ms, ..
         } => vec![*ms, *duration_ms],
+        FaultSpec::NetLoss {
+            percent,
+            duration_ms,
+            ..
+        } => vec![u64::from(*percent), *duration_ms],
+        FaultSpec::NetPartition { duration_ms, .. } => vec![*duration_ms],
+        FaultSpec::NetDelay {
+            ms, duration_ms, ..
+        } => vec![*ms, *duration_ms],
         FaultSpec::Kill { .. }
         | FaultSpec::Stop { .. }
         | FaultSpec::DropConnections { .. }
@@ -146,17 +155,42 @@ fn own_variants(f: &FaultSpec, mode: Mode) -> Vec<FaultSpec> {
                 });
             }
         }
+        FaultSpec::NetDelay { ms, .. } => {
+            for m in smaller(*ms, 1) {
+                with(&|v| {
+                    if let FaultSpec::NetDelay { ms, .. } = v {
+                        *ms = m;
+                    }
+                });
+            }
+        }
+        FaultSpec::NetLoss { percent, .. } => {
+            for p in smaller(u64::from(*percent), 1) {
+                let p = u8::try_from(p).unwrap_or(*percent);
+                with(&|v| {
+                    if let FaultSpec::NetLoss { percent, .. } = v {
+                        *percent = p;
+                    }
+                });
+            }
+        }
         _ => {}
     }
     if let FaultSpec::Pause { duration_ms, .. }
     | FaultSpec::Blackhole { duration_ms, .. }
-    | FaultSpec::Latency { duration_ms, .. } = f
+    | FaultSpec::Latency { duration_ms, .. }
+    | FaultSpec::NetLoss { duration_ms, .. }
+    | FaultSpec::NetPartition { duration_ms, .. }
+    | FaultSpec::NetDelay { duration_ms, .. } = f
     {
         for d in smaller(*duration_ms, 1) {
             with(&|v| {
                 if let FaultSpec::Pause { duration_ms, .. }
                 | FaultSpec::Blackhole { duration_ms, .. }
-                | FaultSpec::Latency { duration_ms, .. } = v
+                | FaultSpec::Latency { duration_ms, .. }
+                | FaultSpec::NetLoss { duration_ms, .. }
+                | FaultSpec::NetPartition { duration_ms, .. }
+                | FaultSpec::NetDelay { duration_ms, .. } = v
                 {
                     *duration_ms = d;
                 }
@@ -183,7 +217,10 @@ fn instance_of(f: &FaultSpec) -> Option<u32> {
         FaultSpec::CrashPoint { instance, .. }
         | FaultSpec::Kill { instance, .. }
         | FaultSpec::Pause { instance, .. }
-        | FaultSpec::Stop { instance, .. } => Some(*instance),
+        | FaultSpec::Stop { instance, .. }
+        | FaultSpec::NetLoss { instance, .. }
+        | FaultSpec::NetPartition { instance, .. }
+        | FaultSpec::NetDelay { instance, .. } => Some(*instance),
         _ => None,
     }
 }
@@ -194,7 +231,10 @@ fn with_instance(f: &FaultSpec, to: u32) -> FaultSpec {
         FaultSpec::CrashPoint { instance, .. }
         | FaultSpec::Kill { instance, .. }
         | FaultSpec::Pause { instance, .. }
-        | FaultSpec::Stop { instance, .. } => *instance = to,
+        | FaultSpec::Stop { instance, .. }
+        | FaultSpec::NetLoss { instance, .. }
+        | FaultSpec::NetPartition { instance, .. }
+        | FaultSpec::NetDelay { instance, .. } => *instance = to,
         _ => {}
     }
     f
@@ -399,6 +439,37 @@ after_commits = 3
 
     /// Every kind with a trigger shrinks both halves of it (issue 14: `at_ms` was shrunk for four kinds only).
     #[test]
+    fn network_faults_shrink_their_numbers() {
+        let f = FaultSpec::NetDelay {
+            instance: 1,
+            ms: 80,
+            direction: crate::netfault::Direction::Both,
+            duration_ms: 1000,
+            at_ms: None,
+            after_commits: Some(3),
+        };
+        let vs = own_variants(&f, Mode::Queue);
+        assert!(vs
+            .iter()
+            .any(|v| matches!(v, FaultSpec::NetDelay { ms: 1, .. })));
+        assert!(vs
+            .iter()
+            .any(|v| matches!(v, FaultSpec::NetDelay { duration_ms: 1, .. })));
+        let l = FaultSpec::NetLoss {
+            instance: 0,
+            percent: 30,
+            direction: crate::netfault::Direction::Both,
+            duration_ms: 10,
+            at_ms: None,
+            after_commits: Some(3),
+        };
+        assert!(own_variants(&l, Mode::Queue)
+            .iter()
+            .any(|v| matches!(v, FaultSpec::NetLoss { percent: 1, .. })));
+        assert_eq!(instance_of(&l), Some(0));
+    }
+
+    #[test]
     fn every_kind_shrinks_its_trigger() {
         let kinds = [
             FaultSpec::Kill {
@@ -441,6 +512,29 @@ after_commits = 3
                 after_commits: None,
             },
             FaultSpec::RestartDb {
+                at_ms: None,
+                after_commits: None,
+            },
+            FaultSpec::NetLoss {
+                instance: 0,
+                percent: 1,
+                direction: crate::netfault::Direction::Both,
+                duration_ms: 1,
+                at_ms: None,
+                after_commits: None,
+            },
+            FaultSpec::NetPartition {
+                instance: 0,
+                direction: crate::netfault::Direction::ToServer,
+                duration_ms: 1,
+                at_ms: None,
+                after_commits: None,
+            },
+            FaultSpec::NetDelay {
+                instance: 0,
+                ms: 1,
+                direction: crate::netfault::Direction::FromServer,
+                duration_ms: 1,
                 at_ms: None,
                 after_commits: None,
             },
