@@ -281,6 +281,15 @@ pub enum FaultSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after_commits: Option<u64>,
     },
+    /// A power cut under the database: the server's data directory lives on the harness's LazyFS-style layer
+    /// (`lazyfs`), and at the trigger the server is SIGKILLed, every write not fsynced is dropped, and the server
+    /// is started again. A commit acknowledged before it was durable is lost.
+    LoseUnsynced {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_commits: Option<u64>,
+    },
 }
 
 /// When a fault fires, as written: `at_ms` after the run starts, or after `after_commits` committed transactions
@@ -356,6 +365,10 @@ impl FaultSpec {
             | FaultSpec::RestartDb {
                 at_ms,
                 after_commits,
+            }
+            | FaultSpec::LoseUnsynced {
+                at_ms,
+                after_commits,
             } => Some((at_ms, after_commits)),
             FaultSpec::CrashPoint { .. } | FaultSpec::RandomKill { .. } => None,
         }
@@ -375,6 +388,7 @@ impl FaultSpec {
             FaultSpec::CutReply { .. } => "cut-reply",
             FaultSpec::DropCommit { .. } => "drop-commit",
             FaultSpec::RestartDb { .. } => "restart-db",
+            FaultSpec::LoseUnsynced { .. } => "lose-unsynced",
         }
     }
 
@@ -388,6 +402,15 @@ impl FaultSpec {
                 | FaultSpec::CutReply { .. }
                 | FaultSpec::DropCommit { .. }
                 | FaultSpec::RestartDb { .. }
+                | FaultSpec::LoseUnsynced { .. }
+        )
+    }
+
+    /// The server crashes (`restart-db`, `lose-unsynced`): the supervisor blocks until it is back.
+    pub fn crashes_server(&self) -> bool {
+        matches!(
+            self,
+            FaultSpec::RestartDb { .. } | FaultSpec::LoseUnsynced { .. }
         )
     }
 }
@@ -509,6 +532,7 @@ pub enum Action {
     CutReply,
     DropCommit,
     RestartDb,
+    LoseUnsynced,
 }
 
 impl Action {
@@ -523,12 +547,13 @@ impl Action {
                 | Action::CutReply
                 | Action::DropCommit
                 | Action::RestartDb
+                | Action::LoseUnsynced
         )
     }
 
     /// Needs the fault proxy between the processors and the server.
     pub fn needs_proxy(self) -> bool {
-        self.is_global() && self != Action::RestartDb
+        self.is_global() && !matches!(self, Action::RestartDb | Action::LoseUnsynced)
     }
 }
 
@@ -578,6 +603,9 @@ impl Fault {
             Action::CutReply => "cut-reply of a COMMIT".into(),
             Action::DropCommit => "drop-commit (a COMMIT swallowed before the server)".into(),
             Action::RestartDb => "restart-db (kill -9 and restart)".into(),
+            Action::LoseUnsynced => {
+                "lose-unsynced (kill -9, unsynced writes dropped, restart)".into()
+            }
         };
         let when = match self.trigger {
             Trigger::CrashEnv => String::new(),
@@ -657,7 +685,14 @@ impl Plan {
 
     /// The faults restart the database server.
     pub fn needs_restart(&self) -> bool {
-        self.faults.iter().any(|f| f.action == Action::RestartDb)
+        self.faults
+            .iter()
+            .any(|f| matches!(f.action, Action::RestartDb | Action::LoseUnsynced))
+    }
+
+    /// A `lose-unsynced` fault: the database must run on the LazyFS-style layer.
+    pub fn needs_lazyfs(&self) -> bool {
+        self.faults.iter().any(|f| f.action == Action::LoseUnsynced)
     }
 }
 
@@ -1052,11 +1087,13 @@ impl Scenario {
                 FaultSpec::DropConnections { .. }
                 | FaultSpec::CutReply { .. }
                 | FaultSpec::DropCommit { .. }
-                | FaultSpec::RestartDb { .. } => {
+                | FaultSpec::RestartDb { .. }
+                | FaultSpec::LoseUnsynced { .. } => {
                     let action = match fs {
                         FaultSpec::DropConnections { .. } => Action::DropConnections,
                         FaultSpec::CutReply { .. } => Action::CutReply,
                         FaultSpec::DropCommit { .. } => Action::DropCommit,
+                        FaultSpec::LoseUnsynced { .. } => Action::LoseUnsynced,
                         _ => Action::RestartDb,
                     };
                     faults.push(Fault {
@@ -1099,6 +1136,7 @@ impl Scenario {
                 let c = b.capabilities();
                 match fs {
                     FaultSpec::CutReply { .. } | FaultSpec::DropCommit { .. } => c.commit_cut,
+                    FaultSpec::LoseUnsynced { .. } => c.lose_unsynced,
                     _ => c.server,
                 }
             };
@@ -1107,6 +1145,10 @@ impl Scenario {
                     FaultSpec::CutReply { .. } | FaultSpec::DropCommit { .. } => {
                         ("a PostgreSQL server", "[\"postgres\"]")
                     }
+                    FaultSpec::LoseUnsynced { .. } => (
+                        "a PostgreSQL server the harness starts on its lazyfs layer",
+                        "[\"postgres\"]",
+                    ),
                     _ => (
                         "a database server",
                         "[\"postgres\"] or [\"postgres\", \"mssql\"]",

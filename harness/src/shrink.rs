@@ -61,7 +61,8 @@ fn own_numbers(f: &FaultSpec) -> Vec<u64> {
         | FaultSpec::DropConnections { .. }
         | FaultSpec::CutReply { .. }
         | FaultSpec::DropCommit { .. }
-        | FaultSpec::RestartDb { .. } => vec![],
+        | FaultSpec::RestartDb { .. }
+        | FaultSpec::LoseUnsynced { .. } => vec![],
     }
 }
 
@@ -441,6 +442,10 @@ after_commits = 3
                 after_commits: None,
             },
             FaultSpec::RestartDb {
+                at_ms: None,
+                after_commits: None,
+            },
+            FaultSpec::LoseUnsynced {
                 at_ms: None,
                 after_commits: None,
             },

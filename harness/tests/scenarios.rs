@@ -70,7 +70,7 @@ fn sqlite(file: &str) {
 fn postgres(file: &str) {
     let cluster = fixtures::pg::PgCluster::start()
         .unwrap_or_else(|e| panic!("{file}: could not start a private PostgreSQL cluster: {e}"));
-    let mut l = PgLauncher { cluster };
+    let mut l = PgLauncher::new(cluster);
     run_on(file, &mut l);
 }
 
