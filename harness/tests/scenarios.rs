@@ -193,6 +193,7 @@ scenario_tests! {
     pg_drop_commit_queue => "pg-drop-commit-queue.toml",
     pg_drop_connections => "pg-drop-connections.toml",
     pg_latency_partitioned => "pg-latency-partitioned.toml",
+    pg_lose_unsynced_queue => "pg-lose-unsynced-queue.toml",
     pg_restart_db => "pg-restart-db.toml",
     random_kill_uncoordinated => "random-kill-uncoordinated.toml",
     real_cc_generated_kills => "real-cc-generated-kills.toml",
