@@ -476,6 +476,7 @@ fn cmd_explore(a: ExploreArgs) -> Exit {
         target: explore::Target {
             backend,
             can_restart: launcher.capabilities().restart,
+            can_lose_unsynced: launcher.capabilities().lose_unsynced,
             commit_mode: a.commit_mode,
         },
         shrink_attempts: a.shrink_attempts,

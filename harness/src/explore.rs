@@ -7,7 +7,7 @@ use crate::check::Invariant;
 use crate::db::{Backend, Launcher};
 use crate::report;
 use crate::runner::{self, RunOptions, RunnerError, ScenarioOutcome, Verdict};
-use crate::scenario::{ExpectSpec, FaultSpec, FixtureSpec, RunSpec, Scenario};
+use crate::scenario::{ExpectSpec, FaultSpec, FixtureSpec, RunSpec, Scenario, TriggerSpec};
 use crate::shrink;
 use processor::crash::CrashPoint;
 use processor::engine::{CommitMode, Mode};
@@ -22,6 +22,8 @@ pub struct Target {
     pub backend: Backend,
     /// The server can be SIGKILLed and restarted (a cluster the harness started itself).
     pub can_restart: bool,
+    /// The launcher can put the server on the lazyfs layer: `lose-unsynced` is drawn as well as `restart-db`.
+    pub can_lose_unsynced: bool,
     pub commit_mode: CommitMode,
 }
 
@@ -140,6 +142,11 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
                     at_ms: None,
                     after_commits,
                 },
+                // The power-cut flavour of a server crash, where the server can be put on the lazyfs layer.
+                _ if t.can_lose_unsynced && rng.random_bool(0.5) => FaultSpec::LoseUnsynced {
+                    at_ms: None,
+                    after_commits,
+                },
                 _ => FaultSpec::RestartDb {
                     at_ms: None,
                     after_commits,
@@ -151,38 +158,31 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
     // A server restart blocks the supervisor until the server is back, and the processors may finish everything
     // meanwhile: at most one per schedule, and after every other fault, so nothing is left waiting for work that is
     // already done.
-    let mut restarts = faults
-        .iter()
-        .filter(|f| matches!(f, FaultSpec::RestartDb { .. }))
-        .count();
+    let mut restarts = faults.iter().filter(|f| f.crashes_server()).count();
     faults.retain(|f| {
-        let keep = !matches!(f, FaultSpec::RestartDb { .. }) || restarts == 1;
+        let keep = !f.crashes_server() || restarts == 1;
         if !keep {
             restarts -= 1;
         }
         keep
     });
-    if let Some(pos) = faults
-        .iter()
-        .position(|f| matches!(f, FaultSpec::RestartDb { .. }))
-    {
+    if let Some(pos) = faults.iter().position(FaultSpec::crashes_server) {
         let last = faults
             .iter()
             .filter_map(|f| match f {
                 FaultSpec::CrashPoint { nth, .. } => Some(*nth),
-                FaultSpec::RestartDb { .. } => None,
+                _ if f.crashes_server() => None,
                 _ => f.trigger().and_then(|t| t.after_commits),
             })
             .max()
             .unwrap_or(0);
         let f = faults.remove(pos);
-        if let FaultSpec::RestartDb { at_ms, .. } = f {
-            // Commits of all instances count for a global fault; every instance fault above is due by then.
-            faults.push(FaultSpec::RestartDb {
-                at_ms,
-                after_commits: Some(last.saturating_mul(u64::from(instances)) + 1),
-            });
-        }
+        // Commits of all instances count for a global fault; every instance fault above is due by then.
+        let at_ms = f.trigger().and_then(|t| t.at_ms);
+        faults.push(f.with_trigger(TriggerSpec {
+            at_ms,
+            after_commits: Some(last.saturating_mul(u64::from(instances)) + 1),
+        }));
     }
     if faults.is_empty() {
         faults.push(FaultSpec::Kill {
@@ -604,6 +604,7 @@ mod tests {
         Target {
             backend,
             can_restart: true,
+            can_lose_unsynced: false,
             commit_mode,
         }
     }

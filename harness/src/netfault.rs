@@ -119,10 +119,11 @@ pub fn run_isolated<T: Send>(
             let cluster = fixtures::pg::PgCluster::start_with(fixtures::pg::Flavor {
                 bin,
                 settings: vec![format!("listen_addresses={}", addrs.join(","))],
+                before_initdb: &|_| Ok(()),
                 after_initdb: &|_| Ok(()),
             })
             .map_err(|e| format!("cannot start PostgreSQL in the network namespace: {e}"))?;
-            let mut launcher = PgLauncher { cluster };
+            let mut launcher = PgLauncher::new(cluster);
             body(&mut launcher)
         })
         .join()

@@ -183,6 +183,14 @@ fn run_plan_on(
             launcher.describe()
         )));
     }
+    if plan.needs_lazyfs() && !launcher.capabilities().lose_unsynced {
+        return Err(RunnerError::Setup(format!(
+            "scenario {}: lose-unsynced needs a private PostgreSQL cluster the harness starts on its lazyfs layer \
+             (root and /dev/fuse); {} cannot lose unsynced writes",
+            plan.name,
+            launcher.describe()
+        )));
+    }
     let dir = opts.out_dir.join(&plan.name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
@@ -221,7 +229,11 @@ fn run_plan_on(
         None => (None, None),
     };
     let db_t0 = Instant::now();
-    let url = launcher.fresh_database(&plan.name)?;
+    let url = if plan.needs_lazyfs() {
+        launcher.fresh_database_lazy(&plan.name)?
+    } else {
+        launcher.fresh_database(&plan.name)?
+    };
     let database_secs = db_t0.elapsed().as_secs_f64();
     // Under a contract outside the reference mapping's format, content is judged against the baseline's rows.
     let base_snap = baseline
@@ -453,6 +465,16 @@ fn fire_due_faults(
                         }
                     }
                 }
+                (Action::LoseUnsynced, _) => match launcher.lose_unsynced() {
+                    Ok(note) => {
+                        rec.fired = true;
+                        rec.note = format!("{note} ({after})");
+                    }
+                    Err(e) => {
+                        rec.note = format!("lose-unsynced failed: {e}");
+                        globals.abandoned.insert(fi);
+                    }
+                },
                 (Action::DropConnections, Some(p)) => {
                     // With no connection open there is nothing to drop yet: try again on the next poll.
                     let n = p.reset_all();

@@ -319,6 +319,15 @@ pub enum FaultSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after_commits: Option<u64>,
     },
+    /// A power cut under the database: the server's data directory lives on the harness's LazyFS-style layer
+    /// (`lazyfs`), and at the trigger the server is SIGKILLed, every write not fsynced is dropped, and the server
+    /// is started again. A commit acknowledged before it was durable is lost.
+    LoseUnsynced {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_commits: Option<u64>,
+    },
 }
 
 /// When a fault fires, as written: `at_ms` after the run starts, or after `after_commits` committed transactions
@@ -409,6 +418,10 @@ impl FaultSpec {
                 at_ms,
                 after_commits,
                 ..
+            }
+            | FaultSpec::LoseUnsynced {
+                at_ms,
+                after_commits,
             } => Some((at_ms, after_commits)),
             FaultSpec::CrashPoint { .. } | FaultSpec::RandomKill { .. } => None,
         }
@@ -431,6 +444,7 @@ impl FaultSpec {
             FaultSpec::NetLoss { .. } => "net-loss",
             FaultSpec::NetPartition { .. } => "net-partition",
             FaultSpec::NetDelay { .. } => "net-delay",
+            FaultSpec::LoseUnsynced { .. } => "lose-unsynced",
         }
     }
 
@@ -444,6 +458,15 @@ impl FaultSpec {
                 | FaultSpec::CutReply { .. }
                 | FaultSpec::DropCommit { .. }
                 | FaultSpec::RestartDb { .. }
+                | FaultSpec::LoseUnsynced { .. }
+        )
+    }
+
+    /// The server crashes (`restart-db`, `lose-unsynced`): the supervisor blocks until it is back.
+    pub fn crashes_server(&self) -> bool {
+        matches!(
+            self,
+            FaultSpec::RestartDb { .. } | FaultSpec::LoseUnsynced { .. }
         )
     }
 }
@@ -567,6 +590,7 @@ pub enum Action {
     RestartDb,
     /// `net-loss` / `net-partition` on the fault's instance (`netfault.rs`).
     Net(crate::netfault::NetFault),
+    LoseUnsynced,
 }
 
 impl Action {
@@ -581,12 +605,13 @@ impl Action {
                 | Action::CutReply
                 | Action::DropCommit
                 | Action::RestartDb
+                | Action::LoseUnsynced
         )
     }
 
     /// Needs the fault proxy between the processors and the server.
     pub fn needs_proxy(self) -> bool {
-        self.is_global() && self != Action::RestartDb
+        self.is_global() && !matches!(self, Action::RestartDb | Action::LoseUnsynced)
     }
 }
 
@@ -637,6 +662,9 @@ impl Fault {
             Action::DropCommit => "drop-commit (a COMMIT swallowed before the server)".into(),
             Action::RestartDb => "restart-db (kill -9 and restart)".into(),
             Action::Net(n) => n.describe(),
+            Action::LoseUnsynced => {
+                "lose-unsynced (kill -9, unsynced writes dropped, restart)".into()
+            }
         };
         let when = match self.trigger {
             Trigger::CrashEnv => String::new(),
@@ -716,7 +744,14 @@ impl Plan {
 
     /// The faults restart the database server.
     pub fn needs_restart(&self) -> bool {
-        self.faults.iter().any(|f| f.action == Action::RestartDb)
+        self.faults
+            .iter()
+            .any(|f| matches!(f.action, Action::RestartDb | Action::LoseUnsynced))
+    }
+
+    /// A `lose-unsynced` fault: the database must run on the LazyFS-style layer.
+    pub fn needs_lazyfs(&self) -> bool {
+        self.faults.iter().any(|f| f.action == Action::LoseUnsynced)
     }
 
     /// The faults act on packets: the plan runs in a network namespace of its own (`netfault::run_isolated`).
@@ -1126,11 +1161,13 @@ impl Scenario {
                 FaultSpec::DropConnections { .. }
                 | FaultSpec::CutReply { .. }
                 | FaultSpec::DropCommit { .. }
-                | FaultSpec::RestartDb { .. } => {
+                | FaultSpec::RestartDb { .. }
+                | FaultSpec::LoseUnsynced { .. } => {
                     let action = match fs {
                         FaultSpec::DropConnections { .. } => Action::DropConnections,
                         FaultSpec::CutReply { .. } => Action::CutReply,
                         FaultSpec::DropCommit { .. } => Action::DropCommit,
+                        FaultSpec::LoseUnsynced { .. } => Action::LoseUnsynced,
                         _ => Action::RestartDb,
                     };
                     faults.push(Fault {
@@ -1183,6 +1220,7 @@ impl Scenario {
                 let c = b.capabilities();
                 match fs {
                     FaultSpec::CutReply { .. } | FaultSpec::DropCommit { .. } => c.commit_cut,
+                    FaultSpec::LoseUnsynced { .. } => c.lose_unsynced,
                     _ => c.server,
                 }
             };
@@ -1191,6 +1229,10 @@ impl Scenario {
                     FaultSpec::CutReply { .. } | FaultSpec::DropCommit { .. } => {
                         ("a PostgreSQL server", "[\"postgres\"]")
                     }
+                    FaultSpec::LoseUnsynced { .. } => (
+                        "a PostgreSQL server the harness starts on its lazyfs layer",
+                        "[\"postgres\"]",
+                    ),
                     _ => (
                         "a database server",
                         "[\"postgres\"] or [\"postgres\", \"mssql\"]",

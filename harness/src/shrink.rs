@@ -70,7 +70,8 @@ fn own_numbers(f: &FaultSpec) -> Vec<u64> {
         | FaultSpec::DropConnections { .. }
         | FaultSpec::CutReply { .. }
         | FaultSpec::DropCommit { .. }
-        | FaultSpec::RestartDb { .. } => vec![],
+        | FaultSpec::RestartDb { .. }
+        | FaultSpec::LoseUnsynced { .. } => vec![],
     }
 }
 
@@ -535,6 +536,10 @@ after_commits = 3
                 ms: 1,
                 direction: crate::netfault::Direction::FromServer,
                 duration_ms: 1,
+                at_ms: None,
+                after_commits: None,
+            },
+            FaultSpec::LoseUnsynced {
                 at_ms: None,
                 after_commits: None,
             },

@@ -180,7 +180,7 @@ mod postgres {
         let cluster = fixtures::pg::PgCluster::start().unwrap_or_else(|e| {
             panic!("{test}: could not start a private PostgreSQL cluster: {e}")
         });
-        PgLauncher { cluster }
+        PgLauncher::new(cluster)
     }
 
     fn drop_connections() {
@@ -389,6 +389,7 @@ fn explore_on_sqlite_writes_replayable_runs() {
         target: explore::Target {
             backend: Backend::Sqlite,
             can_restart: false,
+            can_lose_unsynced: false,
             commit_mode: CommitMode::Atomic,
         },
         shrink_attempts: 5,
@@ -430,6 +431,7 @@ fn explore_keeps_a_failing_seed_in_the_corpus_and_run_replays_it() {
     let target = explore::Target {
         backend: Backend::Sqlite,
         can_restart: false,
+        can_lose_unsynced: false,
         commit_mode: CommitMode::Atomic,
     };
     // The first base seed whose first draw arms a crash point that kills and fires on its own (a pure function of
@@ -537,6 +539,7 @@ after_commits = 1
         target: explore::Target {
             backend: Backend::Sqlite,
             can_restart: false,
+            can_lose_unsynced: false,
             commit_mode: CommitMode::Split,
         },
         shrink_attempts: 30,

@@ -141,7 +141,7 @@ fn on_postgres(
     move || {
         let cluster = fixtures::pg::PgCluster::start()
             .unwrap_or_else(|e| panic!("could not start a private PostgreSQL cluster: {e}"));
-        let mut l = PgLauncher { cluster };
+        let mut l = PgLauncher::new(cluster);
         caught(file, bug, on_pg(bug, want), &mut l);
     }
 }
@@ -220,6 +220,15 @@ const PG_CASES: &[(&str, &str, &str, &[Invariant])] = &[
         "assuming_an_unknown_commit_landed_is_caught_under_drop_commit_in_queue_mode",
         "pg-drop-commit-queue.toml",
         "assume-committed",
+        &[Invariant::CommitEvents, Invariant::NoDuplicates],
+    ),
+    // COMMIT acknowledged before it is durable (`synchronous_commit=off` in the session): the power cut under the
+    // server (lose-unsynced) drops commits already reported, whose applications are then written again by a
+    // session that is not the reporter (commit-events) or by the reporter once more (no-duplicates).
+    (
+        "an_asynchronous_commit_is_caught_under_lose_unsynced",
+        "pg-lose-unsynced-queue.toml",
+        "no-sync",
         &[Invariant::CommitEvents, Invariant::NoDuplicates],
     ),
 ];

@@ -70,7 +70,7 @@ fn sqlite(file: &str) {
 fn postgres(file: &str) {
     let cluster = fixtures::pg::PgCluster::start()
         .unwrap_or_else(|e| panic!("{file}: could not start a private PostgreSQL cluster: {e}"));
-    let mut l = PgLauncher { cluster };
+    let mut l = PgLauncher::new(cluster);
     run_on(file, &mut l);
 }
 
@@ -197,6 +197,7 @@ scenario_tests! {
     pg_net_delay_queue => "pg-net-delay-queue.toml",
     pg_net_loss_partitioned => "pg-net-loss-partitioned.toml",
     pg_net_partition_queue => "pg-net-partition-queue.toml",
+    pg_lose_unsynced_queue => "pg-lose-unsynced-queue.toml",
     pg_restart_db => "pg-restart-db.toml",
     random_kill_uncoordinated => "random-kill-uncoordinated.toml",
     real_cc_generated_kills => "real-cc-generated-kills.toml",

@@ -718,6 +718,7 @@ fn run(a: RunArgs) -> Result<(), Exit> {
         crate::store::plant_no_savepoint_rollback(
             bug == crate::crash::PlantedBug::NoSavepointRollback,
         );
+        crate::store::plant_no_sync(bug == crate::crash::PlantedBug::NoSync);
         tracing::warn!(
             bug = bug.name(),
             "a bug is planted in this processor (harness test)"

@@ -312,10 +312,13 @@ pub enum PlantedBug {
     /// rows written before the failing statement stay, next to a `failed` log row (on SQLite; PostgreSQL refuses
     /// every later statement of the aborted transaction instead).
     NoSavepointRollback,
+    /// COMMIT is acknowledged before it is durable (SQLite `synchronous=OFF`, PostgreSQL `synchronous_commit=off`
+    /// in the session): a database crash that loses unsynced writes (`lose-unsynced`) loses reported commits.
+    NoSync,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 8] = [
+    pub const ALL: [PlantedBug; 9] = [
         PlantedBug::IgnoreLog,
         PlantedBug::NoKillAtCrash,
         PlantedBug::ExitMidDrain,
@@ -324,6 +327,7 @@ impl PlantedBug {
         PlantedBug::NoRenew,
         PlantedBug::WrongId,
         PlantedBug::NoSavepointRollback,
+        PlantedBug::NoSync,
     ];
 
     pub fn name(self) -> &'static str {
@@ -336,6 +340,7 @@ impl PlantedBug {
             PlantedBug::NoRenew => "no-renew",
             PlantedBug::WrongId => "wrong-id",
             PlantedBug::NoSavepointRollback => "no-savepoint-rollback",
+            PlantedBug::NoSync => "no-sync",
         }
     }
 }

@@ -7,6 +7,7 @@
 //! [`copy_source`] and [`bulk_loader`] dispatch to the backend files, which hold all of the harness's backend-specific SQL outside the
 //! checker's readers (`check/reader/<backend>.rs`).
 
+pub mod lazy_pg;
 pub mod mssql;
 pub mod postgres;
 pub mod sqlite;
@@ -43,6 +44,9 @@ pub struct Capabilities {
     /// The harness can add a constraint the contract does not know to a target table (`[fixture]
     /// reject_rows_in`, `add_rejection`).
     pub reject_rows: bool,
+    /// The harness can put the server's data directory on its LazyFS-style layer and cut the power under it
+    /// (`lose-unsynced`: SIGKILL, drop every unsynced write, restart). A private PostgreSQL cluster, as root.
+    pub lose_unsynced: bool,
 }
 
 impl Backend {
@@ -101,6 +105,22 @@ pub trait Launcher {
     fn restart(&mut self) -> Result<(), DbError>;
     /// One line for the terminal, without credentials.
     fn describe(&self) -> String;
+    /// Like [`Launcher::fresh_database`], on a server whose data directory sits on the LazyFS-style layer
+    /// (`lose-unsynced`); later [`Launcher::restart`]s restart that server, until the next `fresh_database`.
+    fn fresh_database_lazy(&mut self, _name: &str) -> Result<String, DbError> {
+        Err(DbError::Other(format!(
+            "lose-unsynced needs a private PostgreSQL cluster started by the harness; {} cannot lose unsynced writes",
+            self.describe()
+        )))
+    }
+    /// The power cut (`lose-unsynced`): SIGKILL the server on the layer, drop every write it did not fsync, start
+    /// it again and wait until it accepts connections. Returns what was dropped, for the fault's note.
+    fn lose_unsynced(&mut self) -> Result<String, DbError> {
+        Err(DbError::Other(format!(
+            "{} cannot lose unsynced writes",
+            self.describe()
+        )))
+    }
     /// Keeps the databases after the harness exits (`--keep`); says where they are.
     fn keep(&mut self) -> String {
         format!(

@@ -21,6 +21,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     commit_cut: false,
     restart: true,
     reject_rows: false,
+    lose_unsynced: false,
 };
 
 /// How `harness bench` loads the storage limit's rows into SQL Server.

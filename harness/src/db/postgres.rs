@@ -17,14 +17,13 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     commit_cut: true,
     restart: true,
     reject_rows: true,
+    lose_unsynced: true,
 };
 
 /// A private cluster, or the existing server `db_url` names.
 pub(super) fn launch(db_url: Option<&str>) -> Result<Box<dyn Launcher>, DbError> {
     Ok(match db_url {
-        None => Box::new(PgLauncher {
-            cluster: PgCluster::start()?,
-        }),
+        None => Box::new(PgLauncher::new(PgCluster::start()?)),
         Some(u) => Box::new(ExternalPg { url: u.to_owned() }),
     })
 }
@@ -181,6 +180,21 @@ where
 /// A private PostgreSQL cluster started from the installed server binaries, removed on drop.
 pub struct PgLauncher {
     pub cluster: PgCluster,
+    /// The cluster on the lazyfs layer (`lose-unsynced`), started the first time a scenario needs it.
+    pub lazy: Option<super::lazy_pg::LazyPg>,
+    /// The last database was made on `lazy`: `restart` restarts that cluster.
+    pub on_lazy: bool,
+}
+
+impl PgLauncher {
+    /// A launcher on `cluster`; the lazyfs cluster is started when a scenario first needs it.
+    pub fn new(cluster: PgCluster) -> PgLauncher {
+        PgLauncher {
+            cluster,
+            lazy: None,
+            on_lazy: false,
+        }
+    }
 }
 
 impl Launcher for PgLauncher {
@@ -199,6 +213,7 @@ impl Launcher for PgLauncher {
     /// Isolation: a server that an earlier scenario left broken (a restart that did not come back, a crash) is
     /// restarted, or replaced by a new cluster, before this scenario gets its database; a failure says why.
     fn fresh_database(&mut self, name: &str) -> Result<String, DbError> {
+        self.on_lazy = false;
         let db = db_name(name);
         let first = match self.cluster.create_database(&db) {
             Ok(url) => return Ok(url),
@@ -234,19 +249,49 @@ impl Launcher for PgLauncher {
         self.cluster = fresh;
         Ok(self.cluster.create_database(&db)?)
     }
+    fn fresh_database_lazy(&mut self, name: &str) -> Result<String, DbError> {
+        let lazy = match self.lazy.take() {
+            Some(l) => l,
+            None => super::lazy_pg::LazyPg::start()?,
+        };
+        let lazy = self.lazy.insert(lazy);
+        self.on_lazy = true;
+        lazy.create_database(&db_name(name))
+    }
+    fn lose_unsynced(&mut self) -> Result<String, DbError> {
+        match self.lazy.as_mut() {
+            Some(l) if self.on_lazy => l.lose_unsynced(),
+            _ => Err(DbError::Other(
+                "lose-unsynced: the run's database is not on the lazyfs layer".into(),
+            )),
+        }
+    }
     fn restart(&mut self) -> Result<(), DbError> {
+        if let (true, Some(l)) = (self.on_lazy, self.lazy.as_mut()) {
+            return l.restart();
+        }
         self.cluster.kill9()?;
         self.cluster.restart()?;
         Ok(())
     }
     fn capabilities(&self) -> Capabilities {
-        CAPABILITIES
+        Capabilities {
+            lose_unsynced: super::lazy_pg::available(),
+            ..CAPABILITIES
+        }
     }
     fn describe(&self) -> String {
-        format!(
-            "private PostgreSQL cluster on 127.0.0.1:{}",
-            self.cluster.port()
-        )
+        match &self.lazy {
+            Some(l) => format!(
+                "private PostgreSQL clusters on 127.0.0.1:{} and (data directory on lazyfs) 127.0.0.1:{}",
+                self.cluster.port(),
+                l.port()
+            ),
+            None => format!(
+                "private PostgreSQL cluster on 127.0.0.1:{}",
+                self.cluster.port()
+            ),
+        }
     }
 }
 
@@ -311,6 +356,7 @@ impl Launcher for ExternalPg {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             restart: false,
+            lose_unsynced: false,
             ..CAPABILITIES
         }
     }

@@ -10,6 +10,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     commit_cut: false,
     restart: false,
     reject_rows: true,
+    lose_unsynced: false,
 };
 
 /// How `harness bench` loads the storage limit's rows into SQLite.

@@ -33,6 +33,20 @@ pub fn plant_no_savepoint_rollback(on: bool) {
     NO_SAVEPOINT_ROLLBACK.store(on, Ordering::Relaxed);
 }
 
+/// The harness's planted `no-sync` bug (`crash::PlantedBug::NoSync`), switched on like `ignore-log`: the
+/// connection acknowledges a COMMIT before it is durable (SQLite `synchronous=OFF`, PostgreSQL
+/// `synchronous_commit=off` for the session).
+static NO_SYNC: AtomicBool = AtomicBool::new(false);
+
+/// Plants (or not) the `no-sync` bug in every connection this process opens.
+pub fn plant_no_sync(on: bool) {
+    NO_SYNC.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn no_sync() -> bool {
+    NO_SYNC.load(Ordering::Relaxed)
+}
+
 pub(crate) fn no_savepoint_rollback() -> bool {
     NO_SAVEPOINT_ROLLBACK.load(Ordering::Relaxed)
 }

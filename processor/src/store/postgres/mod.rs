@@ -40,6 +40,10 @@ fn connect(url: &PgUrl) -> StoreResult<Client> {
     cfg.connect_timeout(Duration::from_secs(CONNECT_TIMEOUT_SECS));
     cfg.keepalives(true);
     cfg.application_name("shredproof-processor");
+    if super::no_sync() {
+        // The planted `no-sync` bug: COMMIT returns before its WAL record is flushed.
+        cfg.options("-c synchronous_commit=off");
+    }
     cfg.connect(NoTls).map_err(err("connect"))
 }
 

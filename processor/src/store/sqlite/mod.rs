@@ -49,6 +49,10 @@ fn connect(path: &Path) -> StoreResult<Connection> {
     // lock again and again while the others sleep: instances starve. Short, jittered waits keep it fair.
     conn.busy_handler(Some(busy_wait)).map_err(err("open"))?;
     conn.execute_batch(sql::PRAGMAS).map_err(err("open"))?;
+    if super::no_sync() {
+        conn.execute_batch(sql::NO_SYNC_PRAGMA)
+            .map_err(err("open"))?;
+    }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }

@@ -5,6 +5,8 @@ use crate::value::ColType;
 
 pub const PRAGMAS: &str =
     "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;";
+/// The planted `no-sync` bug's setting, run after [`PRAGMAS`]: a COMMIT no longer waits for the WAL to be fsynced.
+pub const NO_SYNC_PRAGMA: &str = "PRAGMA synchronous=OFF;";
 pub const BEGIN: &str = "BEGIN IMMEDIATE";
 pub const COMMIT: &str = "COMMIT";
 pub const ROLLBACK: &str = "ROLLBACK";
