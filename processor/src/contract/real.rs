@@ -2624,7 +2624,22 @@ impl<'m, 'd> Mapper<'m, 'd> {
     fn app_context(&self) -> Context<'d> {
         let p = self.ctx.plan;
         let doc: &'d Doc<'d> = self.doc;
-        let mut c = Context::empty();
+        // Sized for every key it sets (two per attribute), so the map is not rehashed as it grows.
+        let keys = 1
+            + 2 * doc
+                .paths
+                .iter()
+                .map(|(_, ei)| doc.el(*ei).attrs.len())
+                .sum::<usize>()
+            + self
+                .contacts
+                .first()
+                .map_or(0, |x| 2 * doc.el(x.elem).attrs.len());
+        let mut c = Context::Map(MapContext {
+            map: HashMap::with_capacity_and_hasher(keys, FastState::default()),
+            order: Vec::with_capacity(keys),
+            ..MapContext::default()
+        });
         let mut buf = String::new();
         if !self.contacts.is_empty() {
             let primary = self
