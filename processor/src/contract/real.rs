@@ -19,6 +19,8 @@ use quick_xml::{Reader, XmlVersion};
 use std::borrow::Cow;
 use std::collections::HashMap as StdHashMap;
 
+mod scan;
+
 /// The maps of this module hash document text (element paths and names, attribute names) once per element: a
 /// multiply-rotate hash (FxHash's) over 8-byte words instead of SipHash, which was the largest single cost of a
 /// parse (profile in BENCHMARKS.md). Seeded per process, so a document cannot be crafted against a fixed seed.
@@ -1045,111 +1047,60 @@ fn parse_err(msg: impl Into<String>) -> Failure {
     Failure::new(Stage::Parse, msg)
 }
 
-fn parse_doc<'a>(
-    xml: &'a str,
-    root: &str,
-    indexed: &[&'a str],
-    budget: &Budget,
-) -> Result<Doc<'a>, Failure> {
-    let xml = crate::decode::strip_bom(xml);
-    let mut reader = Reader::from_str(xml);
-    reader.config_mut().check_end_names = true;
-    let mut doc = Doc {
-        // About one element per 85 bytes and 1.5 attributes per element in the samples: one allocation each
-        // instead of a doubling series.
-        elems: Vec::with_capacity(xml.len() / 80 + 16),
-        attrs: Vec::with_capacity(xml.len() / 50 + 16),
-        paths: Vec::new(),
-        path_idx: HashMap::default(),
-        by_name: indexed.iter().map(|n| (*n, Vec::new())).collect(),
-    };
-    // (parent path, name) → path: an element's path is found by hashing its name, not its whole path string.
-    let mut path_of: HashMap<(u32, &'a str), u32> = HashMap::default();
-    let mut stack: Vec<(usize, u32)> = Vec::new(); // (elem, its path)
-    let mut seen_root = false;
-    let mut pacer = Pacer::new(budget);
-    loop {
-        pacer.tick().map_err(Failure::interrupted)?;
-        let before = reader.buffer_position() as usize;
-        let ev = reader
-            .read_event()
-            .map_err(|e| parse_err(format!("{e} at byte {}", reader.error_position())))?;
-        let (e, empty) = match ev {
-            Event::Start(e) => (e, false),
-            Event::Empty(e) => (e, true),
-            Event::End(_) => {
-                if let Some((id, _)) = stack.pop() {
-                    doc.elems[id].end = doc.elems.len() as u32;
-                }
-                continue;
-            }
-            Event::Text(t) => {
-                if stack.is_empty() && t.bytes().any(|b| !b.is_ascii_whitespace()) {
-                    return Err(parse_err("text outside the root element"));
-                }
-                continue;
-            }
-            Event::GeneralRef(r) => {
-                if stack.is_empty() {
-                    return Err(parse_err("entity reference outside the root element"));
-                }
-                let name: &str = &r;
-                let known = matches!(name, "lt" | "gt" | "amp" | "apos" | "quot");
-                if !known && r.resolve_char_ref().ok().flatten().is_none() {
-                    return Err(parse_err(format!("unknown entity &{name};")));
-                }
-                continue;
-            }
-            Event::CData(_) if stack.is_empty() => {
-                return Err(parse_err("CDATA outside the root element"))
-            }
-            Event::Eof => {
-                if !stack.is_empty() {
-                    return Err(parse_err(format!(
-                        "document ends inside an open element (depth {})",
-                        stack.len()
-                    )));
-                }
-                if !seen_root {
-                    return Err(parse_err("no root element"));
-                }
-                return Ok(doc);
-            }
-            _ => continue,
-        };
-        let end = reader.buffer_position() as usize;
-        let body: &'a str = xml
-            .get(before + 1..end.saturating_sub(if empty { 2 } else { 1 }))
-            .unwrap_or("");
-        let name_len = e.name().as_ref().len();
-        let name: &'a str = body.get(..name_len).unwrap_or("");
-        if stack.is_empty() {
-            if seen_root {
+/// The document as it is read, element by element: both readers (the fast scanner and quick-xml) feed it, so an
+/// element's path, its place among its siblings and the by-name index are built one way.
+struct Build<'a> {
+    doc: Doc<'a>,
+    /// (parent path, name) → path: an element's path is found by hashing its name, not its whole path string.
+    path_of: HashMap<(u32, &'a str), u32>,
+    /// (elem, its path) of the open elements.
+    stack: Vec<(usize, u32)>,
+    seen_root: bool,
+}
+
+impl<'a> Build<'a> {
+    fn new(len: usize, indexed: &[&'a str]) -> Self {
+        Build {
+            doc: Doc {
+                // About one element per 85 bytes and 1.5 attributes per element in the samples: one allocation
+                // each instead of a doubling series.
+                elems: Vec::with_capacity(len / 80 + 16),
+                attrs: Vec::with_capacity(len / 50 + 16),
+                paths: Vec::new(),
+                path_idx: HashMap::default(),
+                by_name: indexed.iter().map(|n| (*n, Vec::new())).collect(),
+            },
+            path_of: HashMap::default(),
+            stack: Vec::new(),
+            seen_root: false,
+        }
+    }
+
+    /// The root-element checks for a start tag named `name` (called before its attributes are read).
+    fn check_root(&mut self, name: &str, root: &str) -> Result<(), Failure> {
+        if self.stack.is_empty() {
+            if self.seen_root {
                 return Err(parse_err("more than one root element"));
             }
-            seen_root = true;
+            self.seen_root = true;
             if name != root {
                 return Err(parse_err(format!(
                     "root element is <{name}>, expected <{root}>"
                 )));
             }
         }
-        let a0 = doc.attrs.len() as u32;
-        for a in Attributes::new(body, name_len).with_checks(true) {
-            let a = a.map_err(|err| parse_err(format!("bad attribute: {err}")))?;
-            let v = a
-                .normalized_value(XmlVersion::Implicit1_0)
-                .map_err(|err| parse_err(format!("bad attribute value: {err}")))?;
-            // Both borrow from the document (the value unless unescaping or normalising changed it).
-            let key: &'a str = a.key.into_inner();
-            // Raw (XML-unescaped) as lxml gives it; `xd` is the replaced parser's processed form.
-            doc.attrs.push((key, v));
-        }
+        Ok(())
+    }
+
+    /// An element named `name` whose attributes are `doc.attrs[a0..]` (already pushed).
+    fn element(&mut self, name: &'a str, a0: u32, empty: bool) {
+        let doc = &mut self.doc;
         let id = doc.elems.len();
-        let (parent, parent_path) = stack
+        let (parent, parent_path) = self
+            .stack
             .last()
             .map_or((NO_PARENT, NO_PARENT), |&(p, pp)| (p as u32, pp));
-        let pi = match path_of.get(&(parent_path, name)) {
+        let pi = match self.path_of.get(&(parent_path, name)) {
             Some(&pi) => pi,
             None => {
                 let pi = doc.paths.len() as u32;
@@ -1160,7 +1111,7 @@ fn parse_doc<'a>(
                 };
                 full.push('/');
                 full.push_str(name);
-                path_of.insert((parent_path, name), pi);
+                self.path_of.insert((parent_path, name), pi);
                 doc.path_idx.insert(full.clone(), pi as usize);
                 doc.paths.push((full, id));
                 pi
@@ -1177,8 +1128,118 @@ fn parse_doc<'a>(
             end: id as u32 + 1,
         });
         if !empty {
-            stack.push((id, pi));
+            self.stack.push((id, pi));
         }
+    }
+
+    /// The end tag of the innermost open element.
+    fn close(&mut self) {
+        if let Some((id, _)) = self.stack.pop() {
+            self.doc.elems[id].end = self.doc.elems.len() as u32;
+        }
+    }
+}
+
+/// The document's elements. The fast scanner ([`scan::parse_fast`]) reads the documents the samples are made of;
+/// whatever it does not handle (or anything malformed) is read again by quick-xml from the start, so the result and
+/// every error message are quick-xml's.
+fn parse_doc<'a>(
+    xml: &'a str,
+    root: &str,
+    indexed: &[&'a str],
+    budget: &Budget,
+) -> Result<Doc<'a>, Failure> {
+    let xml = crate::decode::strip_bom(xml);
+    if let Some(doc) = scan::parse_fast(xml, root, indexed, budget)? {
+        #[cfg(debug_assertions)]
+        // Unlimited: a budget running out during the comparison is not a disagreement.
+        if let Ok(q) = parse_quick(xml, root, indexed, &Budget::unlimited()) {
+            assert_eq!(scan::shape(&doc), scan::shape(&q), "the two readers differ");
+        } else {
+            panic!("the fast reader accepted a document quick-xml refuses");
+        }
+        return Ok(doc);
+    }
+    parse_quick(xml, root, indexed, budget)
+}
+
+/// The reference reader: quick-xml's events, with its end-name and attribute checks.
+fn parse_quick<'a>(
+    xml: &'a str,
+    root: &str,
+    indexed: &[&'a str],
+    budget: &Budget,
+) -> Result<Doc<'a>, Failure> {
+    let mut reader = Reader::from_str(xml);
+    reader.config_mut().check_end_names = true;
+    let mut b = Build::new(xml.len(), indexed);
+    let mut pacer = Pacer::new(budget);
+    loop {
+        pacer.tick().map_err(Failure::interrupted)?;
+        let before = reader.buffer_position() as usize;
+        let ev = reader
+            .read_event()
+            .map_err(|e| parse_err(format!("{e} at byte {}", reader.error_position())))?;
+        let (e, empty) = match ev {
+            Event::Start(e) => (e, false),
+            Event::Empty(e) => (e, true),
+            Event::End(_) => {
+                b.close();
+                continue;
+            }
+            Event::Text(t) => {
+                if b.stack.is_empty() && t.bytes().any(|b| !b.is_ascii_whitespace()) {
+                    return Err(parse_err("text outside the root element"));
+                }
+                continue;
+            }
+            Event::GeneralRef(r) => {
+                if b.stack.is_empty() {
+                    return Err(parse_err("entity reference outside the root element"));
+                }
+                let name: &str = &r;
+                let known = matches!(name, "lt" | "gt" | "amp" | "apos" | "quot");
+                if !known && r.resolve_char_ref().ok().flatten().is_none() {
+                    return Err(parse_err(format!("unknown entity &{name};")));
+                }
+                continue;
+            }
+            Event::CData(_) if b.stack.is_empty() => {
+                return Err(parse_err("CDATA outside the root element"))
+            }
+            Event::Eof => {
+                if !b.stack.is_empty() {
+                    return Err(parse_err(format!(
+                        "document ends inside an open element (depth {})",
+                        b.stack.len()
+                    )));
+                }
+                if !b.seen_root {
+                    return Err(parse_err("no root element"));
+                }
+                return Ok(b.doc);
+            }
+            _ => continue,
+        };
+        let end = reader.buffer_position() as usize;
+        let body: &'a str = xml
+            .get(before + 1..end.saturating_sub(if empty { 2 } else { 1 }))
+            .unwrap_or("");
+        let name_len = e.name().as_ref().len();
+        let name: &'a str = body.get(..name_len).unwrap_or("");
+        b.check_root(name, root)?;
+        let a0 = b.doc.attrs.len() as u32;
+        for a in Attributes::new(body, name_len).with_checks(true) {
+            let a = a.map_err(|err| parse_err(format!("bad attribute: {err}")))?;
+            let v = a
+                .normalized_value(XmlVersion::Implicit1_0)
+                .map_err(|err| parse_err(format!("bad attribute value: {err}")))?;
+            // Both borrow from the document (the value unless unescaping or normalising changed it).
+            let key: &'a str = a.key.into_inner();
+            // Raw (XML-unescaped) as lxml gives it; `xd` is the replaced parser's processed form.
+            b.doc.attrs.push((key, v));
+        }
+        b.element(name, a0, empty);
     }
 }
 
@@ -2564,7 +2625,22 @@ impl<'m, 'd> Mapper<'m, 'd> {
     fn app_context(&self) -> Context<'d> {
         let p = self.ctx.plan;
         let doc: &'d Doc<'d> = self.doc;
-        let mut c = Context::empty();
+        // Sized for every key it sets (two per attribute), so the map is not rehashed as it grows.
+        let keys = 1
+            + 2 * doc
+                .paths
+                .iter()
+                .map(|(_, ei)| doc.el(*ei).attrs.len())
+                .sum::<usize>()
+            + self
+                .contacts
+                .first()
+                .map_or(0, |x| 2 * doc.el(x.elem).attrs.len());
+        let mut c = Context::Map(MapContext {
+            map: HashMap::with_capacity_and_hasher(keys, FastState::default()),
+            order: Vec::with_capacity(keys),
+            ..MapContext::default()
+        });
         let mut buf = String::new();
         if !self.contacts.is_empty() {
             let primary = self
