@@ -498,39 +498,83 @@ fn parse_id(v: &Option<String>, what: &str) -> Result<i64, CheckError> {
         .ok_or_else(|| CheckError::Db(format!("{what}: app_id {} is not an integer", show(v))))
 }
 
-/// Maps every document of a chunk, using every core: the reference is the slow part of a check.
-fn map_all(contract: &RefContract, docs: Vec<(i64, String)>) -> BTreeMap<i64, RefOutcome> {
+/// One document's reference outcome. A panic in the reference is a checker bug: it is surfaced as a failed
+/// mapping of that document rather than aborting the run.
+fn map_one(contract: &RefContract, id: i64, xml: &str) -> RefOutcome {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        reference_map(contract, id, xml)
+    }))
+    .unwrap_or_else(|_| RefOutcome::Failed {
+        stage: "checker".into(),
+        message: "reference mapping panicked".into(),
+    })
+}
+
+type Docs = Vec<(i64, String)>;
+type Mapped = Vec<(i64, RefOutcome)>;
+
+/// The mapping stage, on every core: this thread splits each chunk's documents between worker threads that live
+/// for the whole check (threads spawned per chunk each started with a fresh allocator heap, whose pages the kernel
+/// had to fault in and zero again every chunk), and hands the chunk's outcomes on in one map.
+fn map_chunks(
+    contract: &RefContract,
+    doc_rx: std::sync::mpsc::Receiver<Docs>,
+    ref_tx: std::sync::mpsc::SyncSender<BTreeMap<i64, RefOutcome>>,
+) {
+    use std::sync::mpsc::sync_channel;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 8);
-    let chunk = docs.len().div_ceil(threads).max(1);
-    let mut out = BTreeMap::new();
     std::thread::scope(|s| {
-        let handles: Vec<_> = docs
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|(id, xml)| (*id, reference_map(contract, *id, xml)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            // A panic in the reference is a checker bug; surface it as a failed mapping rather than abort the run.
-            if let Ok(v) = h.join() {
-                out.extend(v);
+        let mut workers = Vec::new();
+        for _ in 0..threads {
+            let (part_tx, part_rx) = sync_channel::<Docs>(1);
+            let (done_tx, done_rx) = sync_channel::<Mapped>(1);
+            s.spawn(move || {
+                for part in part_rx {
+                    let mapped = part
+                        .iter()
+                        .map(|(id, xml)| (*id, map_one(contract, *id, xml)))
+                        .collect();
+                    drop(part);
+                    if done_tx.send(mapped).is_err() {
+                        break;
+                    }
+                }
+            });
+            workers.push((part_tx, done_rx));
+        }
+        for mut docs in doc_rx {
+            let ids: Vec<i64> = docs.iter().map(|d| d.0).collect();
+            let per = docs.len().div_ceil(threads).max(1);
+            let mut sent = Vec::new();
+            for (part_tx, done_rx) in &workers {
+                if docs.is_empty() {
+                    break;
+                }
+                let part: Docs = docs.drain(..per.min(docs.len())).collect();
+                if part_tx.send(part).is_ok() {
+                    sent.push(done_rx);
+                }
+            }
+            let mut out = BTreeMap::new();
+            for done_rx in sent {
+                out.extend(done_rx.recv().unwrap_or_default());
+            }
+            for id in ids {
+                out.entry(id).or_insert_with(|| RefOutcome::Failed {
+                    stage: "checker".into(),
+                    message: "the reference mapping's thread stopped".into(),
+                });
+            }
+            if ref_tx.send(out).is_err() {
+                break;
             }
         }
+        // Dropping the part senders ends the workers.
+        drop(workers);
     });
-    for (id, _) in &docs {
-        out.entry(*id).or_insert_with(|| RefOutcome::Failed {
-            stage: "checker".into(),
-            message: "reference mapping panicked".into(),
-        });
-    }
-    out
 }
 
 /// Runs every database invariant (coverage, no-duplicates, log-matches-data, content, fencing) on a final database.
@@ -766,13 +810,7 @@ fn stream_chunks(
     std::thread::scope(|s| {
         let (doc_tx, doc_rx) = sync_channel::<Vec<(i64, String)>>(1);
         let (ref_tx, ref_rx) = sync_channel::<BTreeMap<i64, RefOutcome>>(1);
-        s.spawn(move || {
-            for docs in doc_rx {
-                if ref_tx.send(map_all(contract, docs)).is_err() {
-                    break;
-                }
-            }
-        });
+        s.spawn(move || map_chunks(contract, doc_rx, ref_tx));
         let lost = || CheckError::Unsupported("the checker's mapper thread stopped".into());
         // The range a chunk answers for: (after, last] — or to the end when the source is exhausted, so that log
         // and target rows of applications that are not in the source are seen too.
