@@ -221,8 +221,6 @@ fn show(v: &Option<String>) -> String {
 
 /// Source applications read, mapped and compared at a time.
 pub const CHUNK_APPS: usize = 2000;
-/// Values in one `IN (…)` list of a shared-row lookup.
-const IN_LIST_MAX: usize = 1000;
 
 type Key = Vec<Option<String>>;
 
@@ -290,9 +288,6 @@ struct Ctx<'a> {
     refs: BTreeMap<i64, RefOutcome>,
     log: Vec<LogRow>,
     log_by_app: BTreeMap<i64, Vec<usize>>,
-    /// Shared table → the first natural-key column's values that this chunk's reference outputs contain (with
-    /// repeats): the stored rows to look up.
-    key_refs: BTreeMap<String, Vec<String>>,
 }
 
 impl Ctx<'_> {
@@ -338,11 +333,13 @@ struct Global {
     flags: Vec<u8>,
     /// Log rows that name no source application but say success (owners may still be such apps).
     unknown_success: Vec<i64>,
-    /// (hash of table and natural key, index into `apps`) per row of a shared table that an application whose
-    /// reference mapping succeeds expects; sorted by `finish`. A 64-bit hash: a collision (odds ~1e-6 at ten
-    /// million rows) could only make a row look referenced by one more application.
-    /// Each entry is `[hash >> 32, hash & 0xffff_ffff, app index]`: 12 bytes where a `(u64, u32)` takes 16.
-    shared_refs: Vec<[u32; 3]>,
+    /// (hash of table and natural key, index into `apps`, hash of the compared columns) per row of a shared table
+    /// that an application whose reference mapping succeeds expects; sorted by `finish`. A 64-bit key hash: a
+    /// collision (odds ~1e-6 at ten million rows) could only make a row look referenced by one more application.
+    /// The content hash is 32 bits: a stored row that differs from the expected one goes unnoticed with odds
+    /// 2^-32. Each entry is `[hash >> 32, hash & 0xffff_ffff, app index, content hash]`: 16 bytes. Shared rows are
+    /// read once, after the chunks (`check_shared_rows`), and compared with these entries.
+    shared_refs: Vec<[u32; 4]>,
     missing: Vec<i64>,
     multiple: Vec<i64>,
     bad_status: Vec<i64>,
@@ -357,8 +354,25 @@ fn key_hash(table: usize, key: &[Option<String>]) -> u64 {
     h.finish()
 }
 
-fn ref_entry(hash: u64, app_index: u32) -> [u32; 3] {
-    [(hash >> 32) as u32, hash as u32, app_index]
+fn ref_entry(hash: u64, app_index: u32, content: u32) -> [u32; 4] {
+    [(hash >> 32) as u32, hash as u32, app_index, content]
+}
+
+/// A shared row's compared columns (every column but the app key, which names whichever app wrote it first), in
+/// the contract's column order, hashed to 32 bits: `value(i)` is column `i`'s canonical text.
+fn content_hash<'v>(
+    t: &RefTable,
+    app_key: &str,
+    mut value: impl FnMut(usize, &str) -> Option<&'v str>,
+) -> u32 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (i, c) in t.columns.iter().enumerate() {
+        if c != app_key {
+            value(i, c).hash(&mut h);
+        }
+    }
+    (h.finish() >> 32) as u32
 }
 
 impl Global {
@@ -391,17 +405,31 @@ impl Global {
         }
     }
 
-    /// Apps whose reference output contains this shared row.
-    fn refs(&self, table: usize, key: &[Option<String>]) -> Vec<i64> {
-        let [hi, lo, _] = ref_entry(key_hash(table, key), 0);
+    /// The `shared_refs` entries of this shared row (the applications whose reference output contains it).
+    fn ref_range(&self, table: usize, key: &[Option<String>]) -> std::ops::Range<usize> {
+        let [hi, lo, _, _] = ref_entry(key_hash(table, key), 0, 0);
         let start = self
             .shared_refs
             .partition_point(|e| (e[0], e[1]) < (hi, lo));
-        self.shared_refs[start..]
+        let len = self.shared_refs[start..]
             .iter()
             .take_while(|e| (e[0], e[1]) == (hi, lo))
+            .count();
+        start..start + len
+    }
+
+    /// Apps whose reference output contains this shared row.
+    fn refs(&self, table: usize, key: &[Option<String>]) -> Vec<i64> {
+        self.refs_in(self.ref_range(table, key))
+    }
+
+    fn refs_in(&self, range: std::ops::Range<usize>) -> Vec<i64> {
+        let mut out: Vec<i64> = self.shared_refs[range]
+            .iter()
             .filter_map(|e| self.apps.get(e[2] as usize).copied())
-            .collect()
+            .collect();
+        out.dedup();
+        out
     }
 
     fn finish(&mut self) {
@@ -470,39 +498,83 @@ fn parse_id(v: &Option<String>, what: &str) -> Result<i64, CheckError> {
         .ok_or_else(|| CheckError::Db(format!("{what}: app_id {} is not an integer", show(v))))
 }
 
-/// Maps every document of a chunk, using every core: the reference is the slow part of a check.
-fn map_all(contract: &RefContract, docs: Vec<(i64, String)>) -> BTreeMap<i64, RefOutcome> {
+/// One document's reference outcome. A panic in the reference is a checker bug: it is surfaced as a failed
+/// mapping of that document rather than aborting the run.
+fn map_one(contract: &RefContract, id: i64, xml: &str) -> RefOutcome {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        reference_map(contract, id, xml)
+    }))
+    .unwrap_or_else(|_| RefOutcome::Failed {
+        stage: "checker".into(),
+        message: "reference mapping panicked".into(),
+    })
+}
+
+type Docs = Vec<(i64, String)>;
+type Mapped = Vec<(i64, RefOutcome)>;
+
+/// The mapping stage, on every core: this thread splits each chunk's documents between worker threads that live
+/// for the whole check (threads spawned per chunk each started with a fresh allocator heap, whose pages the kernel
+/// had to fault in and zero again every chunk), and hands the chunk's outcomes on in one map.
+fn map_chunks(
+    contract: &RefContract,
+    doc_rx: std::sync::mpsc::Receiver<Docs>,
+    ref_tx: std::sync::mpsc::SyncSender<BTreeMap<i64, RefOutcome>>,
+) {
+    use std::sync::mpsc::sync_channel;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 8);
-    let chunk = docs.len().div_ceil(threads).max(1);
-    let mut out = BTreeMap::new();
     std::thread::scope(|s| {
-        let handles: Vec<_> = docs
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|(id, xml)| (*id, reference_map(contract, *id, xml)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            // A panic in the reference is a checker bug; surface it as a failed mapping rather than abort the run.
-            if let Ok(v) = h.join() {
-                out.extend(v);
+        let mut workers = Vec::new();
+        for _ in 0..threads {
+            let (part_tx, part_rx) = sync_channel::<Docs>(1);
+            let (done_tx, done_rx) = sync_channel::<Mapped>(1);
+            s.spawn(move || {
+                for part in part_rx {
+                    let mapped = part
+                        .iter()
+                        .map(|(id, xml)| (*id, map_one(contract, *id, xml)))
+                        .collect();
+                    drop(part);
+                    if done_tx.send(mapped).is_err() {
+                        break;
+                    }
+                }
+            });
+            workers.push((part_tx, done_rx));
+        }
+        for mut docs in doc_rx {
+            let ids: Vec<i64> = docs.iter().map(|d| d.0).collect();
+            let per = docs.len().div_ceil(threads).max(1);
+            let mut sent = Vec::new();
+            for (part_tx, done_rx) in &workers {
+                if docs.is_empty() {
+                    break;
+                }
+                let part: Docs = docs.drain(..per.min(docs.len())).collect();
+                if part_tx.send(part).is_ok() {
+                    sent.push(done_rx);
+                }
+            }
+            let mut out = BTreeMap::new();
+            for done_rx in sent {
+                out.extend(done_rx.recv().unwrap_or_default());
+            }
+            for id in ids {
+                out.entry(id).or_insert_with(|| RefOutcome::Failed {
+                    stage: "checker".into(),
+                    message: "the reference mapping's thread stopped".into(),
+                });
+            }
+            if ref_tx.send(out).is_err() {
+                break;
             }
         }
+        // Dropping the part senders ends the workers.
+        drop(workers);
     });
-    for (id, _) in &docs {
-        out.entry(*id).or_insert_with(|| RefOutcome::Failed {
-            stage: "checker".into(),
-            message: "reference mapping panicked".into(),
-        });
-    }
-    out
 }
 
 /// Runs every database invariant (coverage, no-duplicates, log-matches-data, content, fencing) on a final database.
@@ -632,11 +704,13 @@ fn check_chunked(
     )?;
     g.finish();
     out.extend(coverage_violations(&mut g));
+    let mut found = vec![false; g.shared_refs.len()];
     for (ti, t) in contract.tables.iter().enumerate() {
         if t.shared {
-            check_shared_rows(reader, &contract, &sql, ti, &g, &mut out)?;
+            check_shared_rows(reader, &contract, &sql, ti, &g, &mut found, &mut out)?;
         }
     }
+    check_shared_missing(reader, &contract, &sql, &g, &found, &mut out)?;
     out.extend(check_no_duplicates(reader, &contract, &sql, &g)?);
     out.extend(check_fencing(reader, &sql, events)?);
     let mut violations = out.finish();
@@ -736,13 +810,7 @@ fn stream_chunks(
     std::thread::scope(|s| {
         let (doc_tx, doc_rx) = sync_channel::<Vec<(i64, String)>>(1);
         let (ref_tx, ref_rx) = sync_channel::<BTreeMap<i64, RefOutcome>>(1);
-        s.spawn(move || {
-            for docs in doc_rx {
-                if ref_tx.send(map_all(contract, docs)).is_err() {
-                    break;
-                }
-            }
-        });
+        s.spawn(move || map_chunks(contract, doc_rx, ref_tx));
         let lost = || CheckError::Unsupported("the checker's mapper thread stopped".into());
         // The range a chunk answers for: (after, last] — or to the end when the source is exhausted, so that log
         // and target rows of applications that are not in the source are seen too.
@@ -770,7 +838,7 @@ fn stream_chunks(
                 None => None,
             };
             let refs = ref_rx.recv().map_err(|_| lost())?;
-            check_chunk(reader, contract, sql, refs, rows, g, out)?;
+            check_chunk(contract, refs, rows, g, out)?;
             match hi {
                 Some(h) => {
                     after = Some(h);
@@ -782,12 +850,9 @@ fn stream_chunks(
     })
 }
 
-/// One chunk, its documents mapped and its range rows read: read its shared rows, run the per-application checks.
-#[allow(clippy::too_many_arguments)]
+/// One chunk, its documents mapped and its range rows read: run the per-application checks, keep what outlives it.
 fn check_chunk(
-    reader: &mut dyn Reader,
     contract: &RefContract,
-    sql: &Sql,
     refs: BTreeMap<i64, RefOutcome>,
     rows: RangeRows,
     g: &mut Global,
@@ -798,25 +863,11 @@ fn check_chunk(
         log_by_app,
         tables: mut range_tables,
     } = rows;
-    // Only shared tables' keys are looked up by key; app-keyed tables are read by app_id range.
-    let mut key_refs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for outcome in refs.values() {
-        if let RefOutcome::Success(tables) = outcome {
-            for (t, rows) in tables {
-                if !contract.table(t).is_some_and(|t| t.shared) {
-                    continue;
-                }
-                let m = key_refs.entry(t.clone()).or_default();
-                m.extend(rows.iter().filter_map(|r| r.key.first().cloned().flatten()));
-            }
-        }
-    }
     let ctx = Ctx {
         contract,
         refs,
         log,
         log_by_app,
-        key_refs,
     };
     // What outlives the chunk.
     for (app, outcome) in &ctx.refs {
@@ -836,7 +887,11 @@ fn check_chunk(
         if let RefOutcome::Success(tables) = outcome {
             for (ti, t) in contract.tables.iter().enumerate().filter(|(_, t)| t.shared) {
                 for row in tables.get(&t.name).map(Vec::as_slice).unwrap_or(&[]) {
-                    g.shared_refs.push(ref_entry(key_hash(ti, &row.key), idx));
+                    let content = content_hash(t, &contract.app_key, |_, c| {
+                        row.values.get(c).and_then(Option::as_deref)
+                    });
+                    g.shared_refs
+                        .push(ref_entry(key_hash(ti, &row.key), idx, content));
                 }
             }
         }
@@ -847,7 +902,7 @@ fn check_chunk(
         }
     }
     check_coverage(&ctx, g);
-    let stored = load_stored(reader, &ctx, sql, &mut range_tables)?;
+    let stored = load_stored(&ctx, &mut range_tables);
     out.extend(check_log_matches_data(&ctx, &stored));
     out.extend(check_content(&ctx, &stored));
     Ok(())
@@ -997,37 +1052,16 @@ struct StoredTable {
     by_key: FastMap<Key, Vec<usize>>,
 }
 
-/// A chunk's stored rows: of app-keyed tables, those in the chunk's app_id range (read by `read_range`, taken from
-/// `range_tables`); of shared tables, those whose natural key the chunk's documents expect (looked up by the key's
-/// first column).
+/// A chunk's stored rows of app-keyed tables: those in the chunk's app_id range (read by `read_range`, taken from
+/// `range_tables`). Shared tables are not read per chunk: `check_shared_rows` reads each once, after the chunks.
+/// An app-keyed table has the app key among its key columns (or no parent), so its owner is that column.
 fn load_stored(
-    reader: &mut dyn Reader,
     ctx: &Ctx,
-    sql: &Sql,
     range_tables: &mut BTreeMap<String, Vec<Vec<Option<String>>>>,
-) -> Result<BTreeMap<String, StoredTable>, CheckError> {
+) -> BTreeMap<String, StoredTable> {
     let mut out: BTreeMap<String, StoredTable> = BTreeMap::new();
-    for t in &ctx.contract.tables {
-        let mut rows = Vec::new();
-        if t.shared {
-            let mut wanted: Vec<String> = ctx.key_refs.get(&t.name).cloned().unwrap_or_default();
-            wanted.sort_unstable();
-            wanted.dedup();
-            let Some(first_key) = t.key.first() else {
-                continue;
-            };
-            for part in wanted.chunks(IN_LIST_MAX) {
-                reader.query_each(
-                    &sql.rows_with(&t.name, &t.columns, first_key, part)?,
-                    &mut |r| {
-                        rows.push(r);
-                        Ok(())
-                    },
-                )?;
-            }
-        } else {
-            rows = range_tables.remove(&t.name).unwrap_or_default();
-        }
+    for t in ctx.contract.tables.iter().filter(|t| !t.shared) {
+        let rows = range_tables.remove(&t.name).unwrap_or_default();
         let pos: Vec<usize> = t
             .key
             .iter()
@@ -1038,38 +1072,13 @@ fn load_stored(
             .map(|r| pos.iter().map(|p| r.get(*p).cloned().flatten()).collect())
             .collect();
         let app_col = t.columns.iter().position(|c| *c == ctx.contract.app_key);
-        // Parent's foreign-key value → owner, so the chain costs one hash lookup per row.
-        let parent_owner: FastMap<Option<String>, Option<i64>> = match &t.parent {
-            Some(link) => out
-                .get(&link.table)
-                .and_then(|p| {
-                    let pcol = p.columns.iter().position(|c| *c == link.fk_column)?;
-                    let mut m = FastMap::default();
-                    for (r, o) in p.rows.iter().zip(&p.owners) {
-                        m.entry(r.get(pcol).cloned().flatten()).or_insert(*o);
-                    }
-                    Some(m)
-                })
-                .unwrap_or_default(),
-            None => FastMap::default(),
-        };
-        let fk_col = t
-            .parent
-            .as_ref()
-            .and_then(|l| t.columns.iter().position(|c| *c == l.fk_column));
         let owners: Vec<Option<i64>> = rows
             .iter()
-            .map(|r| match (app_col, fk_col) {
-                (Some(i), _) => r
-                    .get(i)
-                    .cloned()
-                    .flatten()
-                    .and_then(|v| v.trim().parse().ok()),
-                (None, Some(i)) => parent_owner
-                    .get(&r.get(i).cloned().flatten())
-                    .copied()
-                    .flatten(),
-                (None, None) => None,
+            .map(|r| {
+                app_col
+                    .and_then(|i| r.get(i))
+                    .and_then(Option::as_deref)
+                    .and_then(|v| v.trim().parse().ok())
             })
             .collect();
         let mut by_key: FastMap<Key, Vec<usize>> = FastMap::default();
@@ -1087,7 +1096,7 @@ fn load_stored(
             },
         );
     }
-    Ok(out)
+    out
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1286,8 +1295,11 @@ fn first_difference(
     app: i64,
     tables: &BTreeMap<String, Vec<RefRow>>,
 ) -> Option<String> {
-    for t in &ctx.contract.tables {
-        let st = stored.get(&t.name)?;
+    // Shared tables are compared after the chunks, by `check_shared_rows`.
+    for t in ctx.contract.tables.iter().filter(|t| !t.shared) {
+        let Some(st) = stored.get(&t.name) else {
+            continue;
+        };
         let rows = tables.get(&t.name).map(Vec::as_slice).unwrap_or(&[]);
         if rows.is_empty() {
             continue;
@@ -1330,15 +1342,22 @@ fn first_difference(
 // ---------------------------------------------------------------------------------------------------------------
 // shared-entity rows (log-matches-data and content), one streaming pass per table after the chunks
 
-/// Every stored row of a shared table, streamed with its owner: it must be referenced by a successful application
-/// (or owned by one: then an unexpected row is content's finding), and its app key must name a successful
-/// application that references it.
+/// Per application, a stored shared row that differs from its expected row: the first such row's columns (kept
+/// for the first `MAX_PER_INVARIANT` applications only, to explain them), and how many.
+type Diffs = BTreeMap<i64, (usize, Option<Vec<Option<String>>>)>;
+
+/// Every stored row of a shared table, streamed once with its owner. It must be referenced by a successful
+/// application (or owned by one: then an unexpected row is content's finding); its app key must name a successful
+/// application that references it; and its compared columns must hash like every successful referencing
+/// application's expected row (content). Each `shared_refs` entry it matches is marked in `found`, so that
+/// `check_shared_missing` can report expected rows that no stored row matched.
 fn check_shared_rows(
     reader: &mut dyn Reader,
     contract: &RefContract,
     sql: &Sql,
     ti: usize,
     g: &Global,
+    found: &mut [bool],
     out: &mut Collector,
 ) -> Result<(), CheckError> {
     let Some(t) = contract.tables.get(ti) else {
@@ -1354,6 +1373,7 @@ fn check_shared_rows(
     let owner_col = t.columns.len();
     let mut bad: BTreeMap<Option<i64>, (usize, String, Vec<i64>)> = BTreeMap::new();
     let mut extra: BTreeMap<i64, (usize, String)> = BTreeMap::new();
+    let mut diffs = Diffs::new();
     reader.query_each(&sql.rows_with_owner(contract, t)?, &mut |r| {
         let key: Key = pos.iter().map(|p| r.get(*p).cloned().flatten()).collect();
         let owner = r
@@ -1361,7 +1381,26 @@ fn check_shared_rows(
             .cloned()
             .flatten()
             .and_then(|v| v.trim().parse::<i64>().ok());
-        let refs = g.refs(ti, &key);
+        let range = g.ref_range(ti, &key);
+        let stored_hash = content_hash(t, app_key, |i, _| r.get(i).and_then(Option::as_deref));
+        for (e, seen) in g.shared_refs[range.clone()]
+            .iter()
+            .zip(&mut found[range.clone()])
+        {
+            *seen = true;
+            let app = g.apps.get(e[2] as usize).copied();
+            if let (Some(a), true) = (app, e[3] != stored_hash) {
+                if g.status(a) == Some("success") {
+                    let keep = diffs.len() < MAX_PER_INVARIANT;
+                    let d = diffs.entry(a).or_insert_with(|| (0, None));
+                    d.0 += 1;
+                    if keep && d.1.is_none() {
+                        d.1 = Some(r.clone());
+                    }
+                }
+            }
+        }
+        let refs = g.refs_in(range);
         let owner_ok = owner.is_some_and(|o| g.is_success(o));
         // log-matches-data: referenced by a successful app, or owned by one.
         if !refs.iter().any(|a| g.is_success(*a)) && !owner_ok {
@@ -1413,7 +1452,138 @@ fn check_shared_rows(
     for (owner, (n, first)) in extra {
         out.push(extra_rows_violation(t, owner, n, &first));
     }
+    for (app, (n, row)) in diffs {
+        let detail = match row {
+            Some(row) => shared_difference(reader, contract, sql, t, app, &row)?,
+            None => None,
+        };
+        let msg = detail.unwrap_or_else(|| {
+            format!(
+                "app {app}: {n} stored {} rows differ from the reference mapping's",
+                t.name
+            )
+        });
+        out.push(Violation::new(Invariant::Content, [app], msg));
+    }
     Ok(())
+}
+
+/// The reference outcome of one application, mapped again from its document: shared rows are compared by hash,
+/// so a violation's details (which column, which key) come from a second mapping of the one application involved.
+fn remap(
+    reader: &mut dyn Reader,
+    contract: &RefContract,
+    sql: &Sql,
+    app: i64,
+) -> Result<Option<BTreeMap<String, Vec<RefRow>>>, CheckError> {
+    let docs = read_page(reader, contract, sql, app.checked_sub(1), 1)?;
+    Ok(match docs.first() {
+        Some((id, xml)) if *id == app => match reference_map(contract, app, xml) {
+            RefOutcome::Success(tables) => Some(tables),
+            RefOutcome::Failed { .. } => None,
+        },
+        _ => None,
+    })
+}
+
+/// The first column in which the stored shared row `row` (columns in contract order) differs from `app`'s
+/// expected row of the same key, as `first_difference` words it.
+fn shared_difference(
+    reader: &mut dyn Reader,
+    contract: &RefContract,
+    sql: &Sql,
+    t: &RefTable,
+    app: i64,
+    row: &[Option<String>],
+) -> Result<Option<String>, CheckError> {
+    let Some(tables) = remap(reader, contract, sql, app)? else {
+        return Ok(None);
+    };
+    let pos: Vec<usize> = t
+        .key
+        .iter()
+        .map(|k| t.columns.iter().position(|c| c == k).unwrap_or(0))
+        .collect();
+    let key: Key = pos.iter().map(|p| row.get(*p).cloned().flatten()).collect();
+    let Some(want_row) = tables
+        .get(&t.name)
+        .and_then(|rows| rows.iter().find(|r| r.key == key))
+    else {
+        return Ok(None);
+    };
+    for (i, col) in t.columns.iter().enumerate() {
+        if *col == contract.app_key {
+            continue;
+        }
+        let got = row.get(i).cloned().flatten();
+        let want = want_row.values.get(col).cloned().flatten();
+        if got != want {
+            return Ok(Some(format!(
+                "app {app}: {}.{col} = {}, expected {} (key {})",
+                t.name,
+                show(&got),
+                show(&want),
+                key_text(&key)
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// log-matches-data for shared tables: an application logged success whose expected shared rows were not all
+/// matched by a stored row (`found`, filled by `check_shared_rows`).
+fn check_shared_missing(
+    reader: &mut dyn Reader,
+    contract: &RefContract,
+    sql: &Sql,
+    g: &Global,
+    found: &[bool],
+    out: &mut Collector,
+) -> Result<(), CheckError> {
+    // App → (missing rows, key hash of one of them).
+    let mut missing: BTreeMap<i64, (usize, (u32, u32))> = BTreeMap::new();
+    for (e, _) in g.shared_refs.iter().zip(found).filter(|(_, f)| !**f) {
+        let Some(app) = g.apps.get(e[2] as usize).copied() else {
+            continue;
+        };
+        if g.status(app) == Some("success") {
+            missing.entry(app).or_insert((0, (e[0], e[1]))).0 += 1;
+        }
+    }
+    for (i, (app, (n, hash))) in missing.into_iter().enumerate() {
+        let first = if i < MAX_PER_INVARIANT {
+            missing_row(reader, contract, sql, app, hash)?
+        } else {
+            None
+        };
+        let first = first.unwrap_or_else(|| "a shared row".to_owned());
+        let msg =
+            format!("app {app}: logged success but {n} expected rows are missing, first {first}");
+        out.push(Violation::new(Invariant::LogMatchesData, [app], msg));
+    }
+    Ok(())
+}
+
+/// `table (key)` of `app`'s expected shared row whose key hashes to `hash`.
+fn missing_row(
+    reader: &mut dyn Reader,
+    contract: &RefContract,
+    sql: &Sql,
+    app: i64,
+    hash: (u32, u32),
+) -> Result<Option<String>, CheckError> {
+    let Some(tables) = remap(reader, contract, sql, app)? else {
+        return Ok(None);
+    };
+    for (ti, t) in contract.tables.iter().enumerate().filter(|(_, t)| t.shared) {
+        for row in tables.get(&t.name).map(Vec::as_slice).unwrap_or(&[]) {
+            let [hi, lo, _, _] = ref_entry(key_hash(ti, &row.key), 0, 0);
+            if (hi, lo) == hash {
+                return Ok(Some(format!("{} {}", t.name, key_text(&row.key))));
+            }
+        }
+    }
+    Ok(None)
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -359,7 +359,13 @@ fn success_app_missing_an_address_breaks_log_matches_data() {
             params![key[0], key[1]],
         )
         .expect("delete");
-    only(&db.check(&[]), Invariant::LogMatchesData, app);
+    let report = db.check(&[]);
+    only(&report, Invariant::LogMatchesData, app);
+    let msg = &report.violations[0].message;
+    assert!(
+        msg.contains(&format!("first app_contact_address {}", key_text(&key))),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -400,6 +406,44 @@ fn changed_risk_band_breaks_content() {
     assert!(
         msg.starts_with(&format!(
             "app {app}: app_base.risk_band = '{other}', expected "
+        )),
+        "{msg}"
+    );
+}
+
+/// Shared rows are compared by hash after the chunks; the message still names the column, both values and the key
+/// (the one application involved is mapped again).
+#[test]
+fn changed_shared_address_breaks_content() {
+    let db = baseline(60, true);
+    // An address whose con_id belongs to one app only, so exactly one application expects it.
+    let mut counts: HashMap<Key, usize> = HashMap::new();
+    for (_, t) in db.ok_apps() {
+        for r in &t["app_contact_address"] {
+            *counts.entry(r.key.clone()).or_default() += 1;
+        }
+    }
+    let (app, key) = db
+        .ok_apps()
+        .find_map(|(a, t)| {
+            t["app_contact_address"]
+                .iter()
+                .find(|r| counts[&r.key] == 1)
+                .map(|r| (a, r.key.clone()))
+        })
+        .expect("an app with an address");
+    db.conn()
+        .execute(
+            "UPDATE app_contact_address SET city = 'Nowhere' WHERE con_id = ?1 AND address_type_enum = ?2",
+            params![key[0], key[1]],
+        )
+        .expect("update");
+    let report = db.check(&[]);
+    only(&report, Invariant::Content, app);
+    let msg = &report.violations[0].message;
+    assert!(
+        msg.starts_with(&format!(
+            "app {app}: app_contact_address.city = 'Nowhere', expected "
         )),
         "{msg}"
     );

@@ -288,8 +288,9 @@ impl Sql {
     }
 
     /// Every row of a table (its columns as text), then its owner: its app key column, or the smallest app key of
-    /// the parent rows its foreign key names, up the chain (correlated subqueries, each an index lookup on the
-    /// parent's natural key).
+    /// the parent rows its foreign key names, up the chain. The chain is a derived table per level (foreign-key
+    /// value → smallest owner, grouped once) joined by hash, not a correlated subquery per row: one pass over each
+    /// table instead of one index lookup per row and level.
     pub fn rows_with_owner(
         &self,
         contract: &super::RefContract,
@@ -300,44 +301,70 @@ impl Sql {
             .iter()
             .map(|c| Ok(self.cast(&format!("t0.{}", self.quote(c)?))))
             .collect::<Result<Vec<_>, CheckError>>()?;
-        let owner = self.owner_expr(contract, t, "t0", 1)?;
+        let (owner, join) = if t.columns.contains(&contract.app_key) {
+            (
+                format!("t0.{}", self.quote(&contract.app_key)?),
+                String::new(),
+            )
+        } else {
+            let parent = t
+                .parent
+                .as_ref()
+                .and_then(|l| Some((l, contract.table(&l.table)?)));
+            match parent {
+                Some((link, p)) => match self.owner_map(contract, p, &link.fk_column, 1)? {
+                    Some(m) => (
+                        "p0.o".to_owned(),
+                        format!(
+                            " LEFT JOIN {m} p0 ON p0.k = t0.{}",
+                            self.quote(&link.fk_column)?
+                        ),
+                    ),
+                    None => ("NULL".to_owned(), String::new()),
+                },
+                None => ("NULL".to_owned(), String::new()),
+            }
+        };
         Ok(format!(
-            "SELECT {}, {} FROM {} t0",
+            "SELECT {}, {} FROM {} t0{join}",
             cols.join(", "),
             self.cast(&owner),
             self.table(&t.name)?
         ))
     }
 
-    fn owner_expr(
+    /// A derived table `(k, o)`: per value `k` of `t`'s column `fk`, the smallest owner `o` of `t`'s rows with it
+    /// (their app key, or their own parents' owner, up to 8 levels). `None`: `t` has no way to an owner.
+    fn owner_map(
         &self,
         contract: &super::RefContract,
         t: &super::RefTable,
-        alias: &str,
+        fk: &str,
         depth: usize,
-    ) -> Result<String, CheckError> {
+    ) -> Result<Option<String>, CheckError> {
+        let a = format!("m{depth}");
+        let key = format!("{a}.{}", self.quote(fk)?);
+        let from = format!("{} {a}", self.table(&t.name)?);
         if t.columns.contains(&contract.app_key) {
-            return Ok(format!("{alias}.{}", self.quote(&contract.app_key)?));
+            let app = self.quote(&contract.app_key)?;
+            return Ok(Some(format!(
+                "(SELECT {key} AS k, MIN({a}.{app}) AS o FROM {from} GROUP BY {key})"
+            )));
         }
         let (Some(link), true) = (&t.parent, depth < 8) else {
-            return Ok("NULL".to_owned());
+            return Ok(None);
         };
         let Some(parent) = contract.table(&link.table) else {
-            return Ok("NULL".to_owned());
+            return Ok(None);
         };
-        let pa = format!("t{depth}");
-        let fk = self.quote(&link.fk_column)?;
-        let inner = self.owner_expr(contract, parent, &pa, depth + 1)?;
-        let from = format!(
-            "{} {pa} WHERE {pa}.{fk} = {alias}.{fk}",
-            self.table(&parent.name)?
-        );
-        Ok(if parent.columns.contains(&contract.app_key) {
-            format!("(SELECT MIN({inner}) FROM {from})")
-        } else {
-            // An aggregate over a subquery is refused by SQL Server: aggregate a derived table instead.
-            format!("(SELECT MIN(s{depth}.o) FROM (SELECT {inner} AS o FROM {from}) s{depth})")
-        })
+        let Some(inner) = self.owner_map(contract, parent, &link.fk_column, depth + 1)? else {
+            return Ok(None);
+        };
+        let j = format!("j{depth}");
+        Ok(Some(format!(
+            "(SELECT {key} AS k, MIN({j}.o) AS o FROM {from} LEFT JOIN {inner} {j} ON {j}.k = {a}.{} GROUP BY {key})",
+            self.quote(&link.fk_column)?
+        )))
     }
 
     /// `SELECT app_id FROM source ORDER BY app_id`: the applications, without their documents.
