@@ -312,10 +312,17 @@ pub enum PlantedBug {
     /// rows written before the failing statement stay, next to a `failed` log row (on SQLite; PostgreSQL refuses
     /// every later statement of the aborted transaction instead).
     NoSavepointRollback,
+    /// Queue mode: lease arithmetic (claim, takeover, renewal) on the processor's own clock instead of the
+    /// database's: a processor whose clock runs ahead takes live leases over, one whose clock runs behind renews
+    /// its own into the past (`PROCESSOR_CLOCK_SKEW_MS`, `clock-skew` faults).
+    LocalLeaseClock,
+    /// Queue mode: the fenced completion compares the claim's owner only, not its fence: a session that re-claimed
+    /// its own expired claim (a new fence) while the old batch was in flight commits that old batch too.
+    CompleteByOwner,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 8] = [
+    pub const ALL: [PlantedBug; 10] = [
         PlantedBug::IgnoreLog,
         PlantedBug::NoKillAtCrash,
         PlantedBug::ExitMidDrain,
@@ -324,6 +331,8 @@ impl PlantedBug {
         PlantedBug::NoRenew,
         PlantedBug::WrongId,
         PlantedBug::NoSavepointRollback,
+        PlantedBug::LocalLeaseClock,
+        PlantedBug::CompleteByOwner,
     ];
 
     pub fn name(self) -> &'static str {
@@ -336,6 +345,8 @@ impl PlantedBug {
             PlantedBug::NoRenew => "no-renew",
             PlantedBug::WrongId => "wrong-id",
             PlantedBug::NoSavepointRollback => "no-savepoint-rollback",
+            PlantedBug::LocalLeaseClock => "local-lease-clock",
+            PlantedBug::CompleteByOwner => "complete-by-owner",
         }
     }
 }
