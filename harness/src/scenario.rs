@@ -281,6 +281,37 @@ pub enum FaultSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after_commits: Option<u64>,
     },
+    /// The instance's processor runs on a clock `skew_ms` (±) off the host's, on every start
+    /// (`PROCESSOR_CLOCK_SKEW_MS`: the harness processor's test clock). Leases are judged on the database's clock,
+    /// so a skewed instance must neither take a live lease over (clock ahead) nor lose or keep its own (clock behind
+    /// or ahead). Fires when the instance's `started` event reports the skew.
+    ClockSkew { instance: u32, skew_ms: i64 },
+}
+
+/// The planned `clock-skew` fault: a non-zero skew within a day, one per instance (one environment variable).
+fn clock_skew_fault(planned: &[Fault], instance: u32, skew_ms: i64) -> Result<Fault, String> {
+    if skew_ms == 0 || skew_ms.unsigned_abs() > 86_400_000 {
+        return Err("skew_ms must be non-zero and at most a day (±86400000)".into());
+    }
+    if planned
+        .iter()
+        .any(|f| f.instance == instance && matches!(f.action, Action::ClockSkew { .. }))
+    {
+        return Err("one clock-skew per instance".into());
+    }
+    Ok(Fault {
+        instance,
+        action: Action::ClockSkew { skew_ms },
+        trigger: Trigger::CrashEnv,
+    })
+}
+
+/// The clock skew a plan gives `instance` (its processor's `PROCESSOR_CLOCK_SKEW_MS`), if any.
+pub fn clock_skew_of(faults: &[Fault], instance: u32) -> Option<i64> {
+    faults.iter().find_map(|f| match f.action {
+        Action::ClockSkew { skew_ms } if f.instance == instance => Some(skew_ms),
+        _ => None,
+    })
 }
 
 /// When a fault fires, as written: `at_ms` after the run starts, or after `after_commits` committed transactions
@@ -357,7 +388,9 @@ impl FaultSpec {
                 at_ms,
                 after_commits,
             } => Some((at_ms, after_commits)),
-            FaultSpec::CrashPoint { .. } | FaultSpec::RandomKill { .. } => None,
+            FaultSpec::CrashPoint { .. }
+            | FaultSpec::RandomKill { .. }
+            | FaultSpec::ClockSkew { .. } => None,
         }
     }
 
@@ -375,6 +408,7 @@ impl FaultSpec {
             FaultSpec::CutReply { .. } => "cut-reply",
             FaultSpec::DropCommit { .. } => "drop-commit",
             FaultSpec::RestartDb { .. } => "restart-db",
+            FaultSpec::ClockSkew { .. } => "clock-skew",
         }
     }
 
@@ -509,6 +543,9 @@ pub enum Action {
     CutReply,
     DropCommit,
     RestartDb,
+    ClockSkew {
+        skew_ms: i64,
+    },
 }
 
 impl Action {
@@ -578,6 +615,7 @@ impl Fault {
             Action::CutReply => "cut-reply of a COMMIT".into(),
             Action::DropCommit => "drop-commit (a COMMIT swallowed before the server)".into(),
             Action::RestartDb => "restart-db (kill -9 and restart)".into(),
+            Action::ClockSkew { skew_ms } => format!("clock-skew {skew_ms:+}ms"),
         };
         let when = match self.trigger {
             Trigger::CrashEnv => String::new(),
@@ -1048,6 +1086,13 @@ impl Scenario {
                         action: Action::Stop,
                         trigger: trig(fs.trigger(), &what)?,
                     });
+                }
+                FaultSpec::ClockSkew { instance, skew_ms } => {
+                    check_inst(*instance)?;
+                    faults.push(
+                        clock_skew_fault(&faults, *instance, *skew_ms)
+                            .map_err(|p| bad(format!("{what}: {p}")))?,
+                    );
                 }
                 FaultSpec::DropConnections { .. }
                 | FaultSpec::CutReply { .. }

@@ -56,6 +56,7 @@ fn own_numbers(f: &FaultSpec) -> Vec<u64> {
         FaultSpec::Latency {
             ms, duration_ms, ..
         } => vec![*ms, *duration_ms],
+        FaultSpec::ClockSkew { skew_ms, .. } => vec![skew_ms.unsigned_abs()],
         FaultSpec::Kill { .. }
         | FaultSpec::Stop { .. }
         | FaultSpec::DropConnections { .. }
@@ -137,6 +138,17 @@ fn own_variants(f: &FaultSpec, mode: Mode) -> Vec<FaultSpec> {
                 });
             }
         }
+        FaultSpec::ClockSkew { skew_ms, .. } => {
+            // A smaller skew of the same sign, down to 1 ms.
+            for m in smaller(skew_ms.unsigned_abs(), 1) {
+                let m = i64::try_from(m).unwrap_or(1) * skew_ms.signum();
+                with(&|v| {
+                    if let FaultSpec::ClockSkew { skew_ms, .. } = v {
+                        *skew_ms = m;
+                    }
+                });
+            }
+        }
         FaultSpec::Latency { ms, .. } => {
             for m in smaller(*ms, 1) {
                 with(&|v| {
@@ -183,7 +195,8 @@ fn instance_of(f: &FaultSpec) -> Option<u32> {
         FaultSpec::CrashPoint { instance, .. }
         | FaultSpec::Kill { instance, .. }
         | FaultSpec::Pause { instance, .. }
-        | FaultSpec::Stop { instance, .. } => Some(*instance),
+        | FaultSpec::Stop { instance, .. }
+        | FaultSpec::ClockSkew { instance, .. } => Some(*instance),
         _ => None,
     }
 }
@@ -194,7 +207,8 @@ fn with_instance(f: &FaultSpec, to: u32) -> FaultSpec {
         FaultSpec::CrashPoint { instance, .. }
         | FaultSpec::Kill { instance, .. }
         | FaultSpec::Pause { instance, .. }
-        | FaultSpec::Stop { instance, .. } => *instance = to,
+        | FaultSpec::Stop { instance, .. }
+        | FaultSpec::ClockSkew { instance, .. } => *instance = to,
         _ => {}
     }
     f

@@ -618,6 +618,7 @@ fn emit_started(backend: &str, cfg: &RunConfig, ctx: &RunContext<'_>) {
         instance_count: cfg.instance_count,
         lease_secs: cfg.lease_secs,
         crash_at: ctx.crasher.spec().map(|s| s.to_string()),
+        clock_skew_ms: Some(crate::clock::skew_ms()).filter(|&ms| ms != 0),
     };
     ctx.events
         .emit(&ctx.event(Body::Started { detail }, iid, vec![]));
