@@ -1383,6 +1383,30 @@ mod tests {
     }
 
     #[test]
+    fn clock_skew_is_per_instance_non_zero_and_set_on_every_start() {
+        let skew = |body: &str| {
+            parse(&format!(
+                "name = \"x\"\n[run]\ninstances = 2\nmode = \"queue\"\n{body}"
+            ))
+        };
+        let p = skew("[[faults]]\nkind = \"clock-skew\"\ninstance = 1\nskew_ms = -2500")
+            .expect("valid");
+        assert_eq!(clock_skew_of(&p.faults, 1), Some(-2500));
+        assert_eq!(clock_skew_of(&p.faults, 0), None);
+        assert_eq!(p.faults[0].trigger, Trigger::CrashEnv);
+        assert_eq!(p.faults[0].describe(), "clock-skew -2500ms on instance 1");
+        for bad in [
+            "[[faults]]\nkind = \"clock-skew\"\ninstance = 0\nskew_ms = 0",
+            "[[faults]]\nkind = \"clock-skew\"\ninstance = 0\nskew_ms = 86400001",
+            "[[faults]]\nkind = \"clock-skew\"\ninstance = 2\nskew_ms = 5",
+            "[[faults]]\nkind = \"clock-skew\"\ninstance = 0\nskew_ms = 5\nat_ms = 1",
+            "[[faults]]\nkind = \"clock-skew\"\ninstance = 0\nskew_ms = 5\n[[faults]]\nkind = \"clock-skew\"\ninstance = 0\nskew_ms = 6",
+        ] {
+            assert!(skew(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn fixture_contract_and_dir_resolve_skip_or_refuse() {
         let dir = tempfile::tempdir().expect("tmp");
         let file = dir.path().join("s.toml");
