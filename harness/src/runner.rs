@@ -343,6 +343,8 @@ struct Inst {
     exit_seen: bool,
     /// This start fired a crash point whose action is `kill`: it must now die by SIGKILL, nothing else.
     crash_fired: Option<String>,
+    /// A `clock-skew` fault: every start of this instance runs with `PROCESSOR_CLOCK_SKEW_MS` set to it.
+    clock_skew_ms: Option<i64>,
 }
 
 struct Phase<'a> {
@@ -765,7 +767,8 @@ fn check_final(
             resume_on,
             ..
         } => pause_ms.is_none() && resume_on.is_none(),
-        Action::Kill | Action::Stop => true,
+        // A skewed clock keeps no heartbeat from the database: leases are on the database's clock.
+        Action::Kill | Action::Stop | Action::ClockSkew { .. } => true,
         _ => false,
     });
     violations.extend(check::history::leases_kept(&ph.all_events, quiet));
@@ -820,6 +823,9 @@ fn read_events(
             if ev.kind() == EventKind::Claimed {
                 inst.last_claim = ev.app_ids.iter().copied().collect();
             }
+            if let Body::Started { detail } = &ev.body {
+                note_clock_skew(ph, inst.id, detail.clock_skew_ms, faults, pending, records);
+            }
             if let Body::CrashPoint { point, nth, .. } = &ev.body {
                 // Crash-point faults fire inside the process; the event is the proof.
                 let mut park_ms = None;
@@ -869,6 +875,27 @@ fn read_events(
         }
     }
     Ok(())
+}
+
+/// A `clock-skew` fault fires when its instance's processor reports the skew in its `started` event (the
+/// processor honoured `PROCESSOR_CLOCK_SKEW_MS`; one that ignored it leaves the fault unfired: `faults-fired`).
+fn note_clock_skew(
+    ph: &Phase<'_>,
+    instance: u32,
+    reported: Option<i64>,
+    faults: &[Fault],
+    pending: &[usize],
+    records: &mut [FaultRecord],
+) {
+    for &fi in pending {
+        if let Action::ClockSkew { skew_ms } = faults[fi].action {
+            if faults[fi].instance == instance && reported == Some(skew_ms) {
+                records[fi].fired = true;
+                records[fi].at_ms = Some(ph.t0.elapsed().as_millis() as u64);
+                records[fi].note = format!("started with its clock {skew_ms:+} ms off");
+            }
+        }
+    }
 }
 
 /// Resumes (SIGCONT) every instance parked at a crash point whose resume event has come, or can no longer come
@@ -936,6 +963,7 @@ fn new_instances(plan: &Plan, faults: &[Fault]) -> Vec<Inst> {
             finished: false,
             exit_seen: false,
             crash_fired: None,
+            clock_skew_ms: crate::scenario::clock_skew_of(faults, id),
             crash_armed: faults
                 .iter()
                 .any(|f| f.instance == id && matches!(f.action, Action::CrashPoint { .. })),
@@ -1221,6 +1249,7 @@ impl Phase<'_> {
             .arg("--events")
             .arg(&events)
             .env_remove(processor::crash::CRASH_ENV)
+            .env_remove(processor::clock::SKEW_ENV)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -1251,6 +1280,9 @@ impl Phase<'_> {
                 );
                 inst.crash_armed = false;
             }
+        }
+        if let Some(ms) = inst.clock_skew_ms {
+            cmd.env(processor::clock::SKEW_ENV, ms.to_string());
         }
         let child = cmd.spawn().map_err(|e| {
             RunnerError::Setup(format!(

@@ -328,6 +328,37 @@ pub enum FaultSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after_commits: Option<u64>,
     },
+    /// The instance's processor runs on a clock `skew_ms` (±) off the host's, on every start
+    /// (`PROCESSOR_CLOCK_SKEW_MS`: the harness processor's test clock). Leases are judged on the database's clock,
+    /// so a skewed instance must neither take a live lease over (clock ahead) nor lose or keep its own (clock behind
+    /// or ahead). Fires when the instance's `started` event reports the skew.
+    ClockSkew { instance: u32, skew_ms: i64 },
+}
+
+/// The planned `clock-skew` fault: a non-zero skew within a day, one per instance (one environment variable).
+fn clock_skew_fault(planned: &[Fault], instance: u32, skew_ms: i64) -> Result<Fault, String> {
+    if skew_ms == 0 || skew_ms.unsigned_abs() > 86_400_000 {
+        return Err("skew_ms must be non-zero and at most a day (±86400000)".into());
+    }
+    if planned
+        .iter()
+        .any(|f| f.instance == instance && matches!(f.action, Action::ClockSkew { .. }))
+    {
+        return Err("one clock-skew per instance".into());
+    }
+    Ok(Fault {
+        instance,
+        action: Action::ClockSkew { skew_ms },
+        trigger: Trigger::CrashEnv,
+    })
+}
+
+/// The clock skew a plan gives `instance` (its processor's `PROCESSOR_CLOCK_SKEW_MS`), if any.
+pub fn clock_skew_of(faults: &[Fault], instance: u32) -> Option<i64> {
+    faults.iter().find_map(|f| match f.action {
+        Action::ClockSkew { skew_ms } if f.instance == instance => Some(skew_ms),
+        _ => None,
+    })
 }
 
 /// When a fault fires, as written: `at_ms` after the run starts, or after `after_commits` committed transactions
@@ -423,7 +454,9 @@ impl FaultSpec {
                 at_ms,
                 after_commits,
             } => Some((at_ms, after_commits)),
-            FaultSpec::CrashPoint { .. } | FaultSpec::RandomKill { .. } => None,
+            FaultSpec::CrashPoint { .. }
+            | FaultSpec::RandomKill { .. }
+            | FaultSpec::ClockSkew { .. } => None,
         }
     }
 
@@ -445,6 +478,7 @@ impl FaultSpec {
             FaultSpec::NetPartition { .. } => "net-partition",
             FaultSpec::NetDelay { .. } => "net-delay",
             FaultSpec::LoseUnsynced { .. } => "lose-unsynced",
+            FaultSpec::ClockSkew { .. } => "clock-skew",
         }
     }
 
@@ -591,6 +625,9 @@ pub enum Action {
     /// `net-loss` / `net-partition` on the fault's instance (`netfault.rs`).
     Net(crate::netfault::NetFault),
     LoseUnsynced,
+    ClockSkew {
+        skew_ms: i64,
+    },
 }
 
 impl Action {
@@ -665,6 +702,7 @@ impl Fault {
             Action::LoseUnsynced => {
                 "lose-unsynced (kill -9, unsynced writes dropped, restart)".into()
             }
+            Action::ClockSkew { skew_ms } => format!("clock-skew {skew_ms:+}ms"),
         };
         let when = match self.trigger {
             Trigger::CrashEnv => String::new(),
@@ -1158,6 +1196,13 @@ impl Scenario {
                         trigger: trig(fs.trigger(), &what)?,
                     });
                 }
+                FaultSpec::ClockSkew { instance, skew_ms } => {
+                    check_inst(*instance)?;
+                    faults.push(
+                        clock_skew_fault(&faults, *instance, *skew_ms)
+                            .map_err(|p| bad(format!("{what}: {p}")))?,
+                    );
+                }
                 FaultSpec::DropConnections { .. }
                 | FaultSpec::CutReply { .. }
                 | FaultSpec::DropCommit { .. }
@@ -1526,6 +1571,30 @@ mod tests {
                 .expect_err("bad invariant");
         assert!(e.to_string().contains("unknown invariant"), "{e}");
         assert!(parse("name = \"x\"\n[[faults]]\nkind = \"crash-point\"\ninstance = 0\npoint = \"after-claim\"").is_err());
+    }
+
+    #[test]
+    fn clock_skew_is_per_instance_non_zero_and_set_on_every_start() {
+        let skew = |body: &str| {
+            parse(&format!(
+                "name = \"x\"\n[run]\ninstances = 2\nmode = \"queue\"\n{body}"
+            ))
+        };
+        let p = skew("[[faults]]\nkind = \"clock-skew\"\ninstance = 1\nskew_ms = -2500")
+            .expect("valid");
+        assert_eq!(clock_skew_of(&p.faults, 1), Some(-2500));
+        assert_eq!(clock_skew_of(&p.faults, 0), None);
+        assert_eq!(p.faults[0].trigger, Trigger::CrashEnv);
+        assert_eq!(p.faults[0].describe(), "clock-skew -2500ms on instance 1");
+        for bad in [
+            "[[faults]]\nkind = \"clock-skew\"\ninstance = 0\nskew_ms = 0",
+            "[[faults]]\nkind = \"clock-skew\"\ninstance = 0\nskew_ms = 86400001",
+            "[[faults]]\nkind = \"clock-skew\"\ninstance = 2\nskew_ms = 5",
+            "[[faults]]\nkind = \"clock-skew\"\ninstance = 0\nskew_ms = 5\nat_ms = 1",
+            "[[faults]]\nkind = \"clock-skew\"\ninstance = 0\nskew_ms = 5\n[[faults]]\nkind = \"clock-skew\"\ninstance = 0\nskew_ms = 6",
+        ] {
+            assert!(skew(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

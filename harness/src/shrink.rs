@@ -65,6 +65,7 @@ fn own_numbers(f: &FaultSpec) -> Vec<u64> {
         FaultSpec::NetDelay {
             ms, duration_ms, ..
         } => vec![*ms, *duration_ms],
+        FaultSpec::ClockSkew { skew_ms, .. } => vec![skew_ms.unsigned_abs()],
         FaultSpec::Kill { .. }
         | FaultSpec::Stop { .. }
         | FaultSpec::DropConnections { .. }
@@ -147,6 +148,17 @@ fn own_variants(f: &FaultSpec, mode: Mode) -> Vec<FaultSpec> {
                 });
             }
         }
+        FaultSpec::ClockSkew { skew_ms, .. } => {
+            // A smaller skew of the same sign, down to 1 ms.
+            for m in smaller(skew_ms.unsigned_abs(), 1) {
+                let m = i64::try_from(m).unwrap_or(1) * skew_ms.signum();
+                with(&|v| {
+                    if let FaultSpec::ClockSkew { skew_ms, .. } = v {
+                        *skew_ms = m;
+                    }
+                });
+            }
+        }
         FaultSpec::Latency { ms, .. } => {
             for m in smaller(*ms, 1) {
                 with(&|v| {
@@ -221,7 +233,8 @@ fn instance_of(f: &FaultSpec) -> Option<u32> {
         | FaultSpec::Stop { instance, .. }
         | FaultSpec::NetLoss { instance, .. }
         | FaultSpec::NetPartition { instance, .. }
-        | FaultSpec::NetDelay { instance, .. } => Some(*instance),
+        | FaultSpec::NetDelay { instance, .. }
+        | FaultSpec::ClockSkew { instance, .. } => Some(*instance),
         _ => None,
     }
 }
@@ -235,7 +248,8 @@ fn with_instance(f: &FaultSpec, to: u32) -> FaultSpec {
         | FaultSpec::Stop { instance, .. }
         | FaultSpec::NetLoss { instance, .. }
         | FaultSpec::NetPartition { instance, .. }
-        | FaultSpec::NetDelay { instance, .. } => *instance = to,
+        | FaultSpec::NetDelay { instance, .. }
+        | FaultSpec::ClockSkew { instance, .. } => *instance = to,
         _ => {}
     }
     f

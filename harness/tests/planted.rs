@@ -201,6 +201,29 @@ const CASES: &[(&str, &str, &str, &[Invariant])] = &[
         "no-renew",
         &[Invariant::LeaseKept],
     ),
+    // Lease arithmetic on the processor's own clock: an instance whose clock runs ahead sees the stalled
+    // instance's live (renewed) claims as expired and takes them over; one whose clock runs behind writes leases
+    // that have already expired. Either way a live, renewing session loses its lease.
+    (
+        "lease_arithmetic_on_a_clock_ahead_is_caught",
+        "clock-skew-ahead-queue.toml",
+        "local-lease-clock",
+        &[Invariant::LeaseKept],
+    ),
+    (
+        "lease_arithmetic_on_a_clock_behind_is_caught",
+        "clock-skew-behind-queue.toml",
+        "local-lease-clock",
+        &[Invariant::LeaseKept],
+    ),
+    // A completion that compares the owner only: the session re-claimed its own expired batch (fence 2) while the
+    // fence-1 copy was in flight, and that copy commits too.
+    (
+        "a_completion_on_owner_only_is_caught_by_an_own_reclaim",
+        "reclaim-own-expired-queue.toml",
+        "complete-by-owner",
+        &[Invariant::Fencing],
+    ),
 ];
 
 /// Cases whose fault only a PostgreSQL server can carry (the fault proxy reads its wire protocol): no SQLite twin.

@@ -713,6 +713,13 @@ pub fn new_session_id(instance_id: u32) -> String {
 fn run(a: RunArgs) -> Result<(), Exit> {
     let cfg = run_config(&a)?;
     let crasher = Crasher::from_env().map_err(usage)?;
+    let skew = crate::clock::skew_from_env().map_err(usage)?;
+    if skew != 0 {
+        tracing::warn!(
+            skew_ms = skew,
+            "this processor's clock is skewed (harness test)"
+        );
+    }
     if let Some(bug) = crate::crash::plant_from_env().map_err(usage)? {
         crate::store::plant_ignore_log(bug == crate::crash::PlantedBug::IgnoreLog);
         crate::store::plant_no_savepoint_rollback(
@@ -856,7 +863,9 @@ fn status(a: StatusArgs) -> Result<(), Exit> {
         }
     }
     let mut s = open_store(&a.common)?;
-    let r = match s.status(store::now_ms()) {
+    // Live and expired on the lease clock (the database's), as the processors judge them.
+    let now = store::lease_now(s.as_mut()).unwrap_or_else(|_| store::now_ms());
+    let r = match s.status(now) {
         Ok(r) => r,
         Err(e) if e.kind == store::ErrorKind::Missing => {
             return Err(usage(anyhow!(

@@ -315,10 +315,17 @@ pub enum PlantedBug {
     /// COMMIT is acknowledged before it is durable (SQLite `synchronous=OFF`, PostgreSQL `synchronous_commit=off`
     /// in the session): a database crash that loses unsynced writes (`lose-unsynced`) loses reported commits.
     NoSync,
+    /// Queue mode: lease arithmetic (claim, takeover, renewal) on the processor's own clock instead of the
+    /// database's: a processor whose clock runs ahead takes live leases over, one whose clock runs behind renews
+    /// its own into the past (`PROCESSOR_CLOCK_SKEW_MS`, `clock-skew` faults).
+    LocalLeaseClock,
+    /// Queue mode: the fenced completion compares the claim's owner only, not its fence: a session that re-claimed
+    /// its own expired claim (a new fence) while the old batch was in flight commits that old batch too.
+    CompleteByOwner,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 9] = [
+    pub const ALL: [PlantedBug; 11] = [
         PlantedBug::IgnoreLog,
         PlantedBug::NoKillAtCrash,
         PlantedBug::ExitMidDrain,
@@ -328,6 +335,8 @@ impl PlantedBug {
         PlantedBug::WrongId,
         PlantedBug::NoSavepointRollback,
         PlantedBug::NoSync,
+        PlantedBug::LocalLeaseClock,
+        PlantedBug::CompleteByOwner,
     ];
 
     pub fn name(self) -> &'static str {
@@ -341,6 +350,8 @@ impl PlantedBug {
             PlantedBug::WrongId => "wrong-id",
             PlantedBug::NoSavepointRollback => "no-savepoint-rollback",
             PlantedBug::NoSync => "no-sync",
+            PlantedBug::LocalLeaseClock => "local-lease-clock",
+            PlantedBug::CompleteByOwner => "complete-by-owner",
         }
     }
 }

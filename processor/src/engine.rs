@@ -17,7 +17,7 @@ use crate::failure::{Failure, Stage};
 use crate::mapping::map_document_within;
 use crate::retry::{with_retry_until, Retry, RetryPolicy};
 use crate::store::write::{self, AppWork, BatchResult, Hooks, WriteCtx, WriteStep};
-use crate::store::{now_ms, OpKind, Selection, SourceDoc, Store, StoreError, StoreResult};
+use crate::store::{lease_now, OpKind, Selection, SourceDoc, Store, StoreError, StoreResult};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -341,7 +341,9 @@ impl Heartbeat {
                 if ids.is_empty() || crash::planted(crash::PlantedBug::NoRenew) {
                     continue;
                 }
-                if let Err(e) = store.renew(&owner, &ids, now_ms().saturating_add(lease_ms)) {
+                let renewed = lease_now(store.as_mut())
+                    .and_then(|now| store.renew(&owner, &ids, now, now.saturating_add(lease_ms)));
+                if let Err(e) = renewed {
                     tracing::warn!(error = %e, "lease renewal failed");
                     let _ = store.reconnect();
                 }
@@ -614,7 +616,8 @@ fn fetch_batch(
     let (stop, iid) = (Some(ctx.shutdown.as_ref()), cfg.instance_id);
     let got = match cfg.mode {
         Mode::Queue => with_retry_until(store, &cfg.retry, stop, retried(ctx, iid, &[]), |s| {
-            s.claim(sel, ctx.session_id, now_ms(), lease_ms, want)
+            let now = lease_now(s)?;
+            s.claim(sel, ctx.session_id, now, lease_ms, want)
         }),
         _ => with_retry_until(store, &cfg.retry, stop, retried(ctx, iid, &[]), |s| {
             s.fetch_pending(sel, cursor, want)
@@ -663,6 +666,7 @@ fn emit_started(backend: &str, cfg: &RunConfig, ctx: &RunContext<'_>) {
         instance_count: cfg.instance_count,
         lease_secs: cfg.lease_secs,
         crash_at: ctx.crasher.spec().map(|s| s.to_string()),
+        clock_skew_ms: Some(crate::clock::skew_ms()).filter(|&ms| ms != 0),
     };
     ctx.events
         .emit(&ctx.event(Body::Started { detail }, iid, vec![]));
@@ -833,7 +837,8 @@ fn abandon_batch(
             hb.set(still_held);
         }
         let ids: Vec<i64> = work.iter().map(|w| w.app_id).collect();
-        if let Err(e) = store.renew(ctx.session_id, &ids, now_ms()) {
+        let released = lease_now(store).and_then(|now| store.renew(ctx.session_id, &ids, now, now));
+        if let Err(e) = released {
             tracing::warn!(error = %e, "could not release abandoned claims; they expire with their lease");
         }
     }

@@ -127,6 +127,7 @@ impl Body {
                     instance_count: 0,
                     lease_secs: 0,
                     crash_at: None,
+                    clock_skew_ms: None,
                 },
             },
             EventKind::Claimed => Body::Claimed { fences: Vec::new() },
@@ -196,6 +197,9 @@ pub struct Started {
     pub lease_secs: u64,
     /// The armed crash point (`PROCESSOR_CRASH_AT`), if any.
     pub crash_at: Option<String>,
+    /// The test clock skew in force (`PROCESSOR_CLOCK_SKEW_MS`, harness processor only), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_ms: Option<i64>,
 }
 
 /// `committed`: values truncated or coerced per committed application, parallel to `app_ids`.
@@ -443,6 +447,7 @@ mod tests {
                     instance_count: 3,
                     lease_secs: 30,
                     crash_at: None,
+                    clock_skew_ms: None,
                 },
             },
             Body::Claimed { fences: vec![1, 2] },

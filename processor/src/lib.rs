@@ -6,6 +6,7 @@
 pub mod backoff;
 pub mod budget;
 pub mod cli;
+pub mod clock;
 pub mod contract;
 pub mod crash;
 pub mod decode;

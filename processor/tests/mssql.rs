@@ -269,7 +269,10 @@ fn mssql_claims_are_fenced() {
     let other = b.claim(&sel, "owner-b", t0 + 50, 100, 10).expect("claim b");
     assert_eq!(other.len(), 10);
     assert!(other.iter().all(|d| !ids.contains(&d.app_id)));
-    assert_eq!(a.renew("owner-a", &ids, t0 + 150).expect("renew"), 10);
+    assert_eq!(
+        a.renew("owner-a", &ids, t0 + 50, t0 + 150).expect("renew"),
+        10
+    );
 
     // The lease expires; B takes A's applications over with a higher fence.
     let taken = b
@@ -291,7 +294,11 @@ fn mssql_claims_are_fenced() {
     assert!(r.committed.is_empty());
     assert!(a.logged(&ids).expect("logged").is_empty());
     // A cannot renew what it lost.
-    assert_eq!(a.renew("owner-a", &ids, t0 + 99_999).expect("renew"), 0);
+    assert_eq!(
+        a.renew("owner-a", &ids, t0 + 300, t0 + 99_999)
+            .expect("renew"),
+        0
+    );
 
     // B completes them under its own fence.
     let mine_b: Vec<SourceDoc> = taken

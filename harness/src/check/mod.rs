@@ -1703,22 +1703,28 @@ fn check_fencing_events(events: &[Event]) -> Vec<Violation> {
                     .max_by_key(|c| c.0)
                     .and_then(|c| c.2)
             });
+            // A higher fence claimed before the commit, by another session or by this one (a re-claim of its own
+            // expired claim while the old batch was in flight: the old fence must then commit nothing).
             let usurper = app_claims.iter().find(|(ts, ss, f)| {
-                *ss != s
-                    && *ts < t
+                *ts < t
                     && match (f, own_fence) {
                         (Some(f), Some(own)) => *f > own,
                         // Without a fence to compare, any other session's claim before the commit is suspect only if
                         // this session never claimed the app itself.
-                        _ => !app_claims.iter().any(|(_, ss2, _)| *ss2 == s),
+                        _ => *ss != s && !app_claims.iter().any(|(_, ss2, _)| *ss2 == s),
                     }
             });
             if let Some((_, other, f)) = usurper {
+                let by = if *other == s {
+                    "it had re-claimed it itself".to_owned()
+                } else {
+                    format!("session {other} had claimed it")
+                };
                 out.push(Violation::new(
                     Invariant::Fencing,
                     [*app],
                     format!(
-                        "app {app}: session {s} committed with fence {} after session {other} had claimed it with fence {}",
+                        "app {app}: session {s} committed with fence {} after {by} with fence {}",
                         own_fence.map_or("?".into(), |f| f.to_string()),
                         f.map_or("?".into(), |f| f.to_string())
                     ),

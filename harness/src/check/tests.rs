@@ -551,6 +551,14 @@ fn commit_after_a_higher_fence_claim_breaks_fencing() {
         "{:#?}",
         db.check(&pipelined).violations
     );
+    // Committing the old fence after its own re-claim is not, even with no loss reported (a completion that
+    // compares the owner only: planted `complete-by-owner`).
+    let own_stale = [
+        ev(EventKind::Claimed, "a", 1, &[3], &[1]),
+        ev(EventKind::Claimed, "a", 2, &[3], &[2]),
+        ev(EventKind::Committed, "a", 3, &[3], &[1]),
+    ];
+    only(&db.check(&own_stale), Invariant::Fencing, 3);
     // Committing the fence it lost is not.
     let stale = [
         ev(EventKind::Claimed, "a", 1, &[3], &[2]),

@@ -328,8 +328,19 @@ pub trait Store: Send {
         lease_ms: i64,
         limit: usize,
     ) -> StoreResult<Vec<SourceDoc>>;
-    /// Queue: extends this owner's unfinished leases. Returns how many were extended.
-    fn renew(&mut self, owner: &str, app_ids: &[i64], until_ms: i64) -> StoreResult<u64>;
+    /// Queue: extends this owner's leases that are still live at `now_ms` to `until_ms` (`until_ms == now_ms`
+    /// releases them). A lease that already expired is not revived: it may be taken over (by this session too, with
+    /// a new fence) at any moment, so the batch holding it must find out at its fenced completion. Returns how many
+    /// were extended.
+    fn renew(
+        &mut self,
+        owner: &str,
+        app_ids: &[i64],
+        now_ms: i64,
+        until_ms: i64,
+    ) -> StoreResult<u64>;
+    /// The database server's clock, in milliseconds since the Unix epoch: the lease clock (see [`lease_now`]).
+    fn clock_ms(&mut self) -> StoreResult<i64>;
     /// Queue: whether any unlogged application in `sel` is held by a live lease (so the queue is not yet drained).
     fn live_claims(&mut self, sel: &Selection, now_ms: i64) -> StoreResult<u64>;
 
@@ -382,9 +393,28 @@ pub fn open(url: &DbUrl, contract: Contract) -> Result<Box<dyn Store>, OpenError
     })
 }
 
-/// Milliseconds since the Unix epoch (lease arithmetic; instances share one host clock or NTP-synced clocks).
+/// Milliseconds since the Unix epoch on this process's clock ([`crate::clock`]: skewed in harness tests). Not the
+/// lease clock: see [`lease_now`].
 pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    crate::clock::now_ms()
+}
+
+/// "Now" for lease arithmetic (claim, takeover, renewal, release): the database's clock, one clock for every
+/// instance whatever each host's clock says, so a processor with a skewed clock can neither take a live lease over
+/// nor keep an expired one. Read once per claim or renewal, just before it, so the lease it sets starts at most
+/// one round trip early (a slightly shorter lease, never a longer one) and a takeover sees at most one round trip
+/// less expiry. The planted `local-lease-clock` bug (harness tests only) uses the process's own clock instead.
+pub fn lease_now(store: &mut dyn Store) -> StoreResult<i64> {
+    if crate::crash::planted(crate::crash::PlantedBug::LocalLeaseClock) {
+        return Ok(now_ms());
+    }
+    store.clock_ms()
+}
+
+/// Whether the planted `complete-by-owner` bug (harness tests only) is on: the backends' fenced completion then
+/// matches a claim on its owner alone.
+pub fn complete_by_owner() -> bool {
+    crate::crash::planted(crate::crash::PlantedBug::CompleteByOwner)
 }
 
 #[cfg(test)]

@@ -98,6 +98,29 @@ pub fn the_shipped_binary_refuses_planted_bugs() {
     }
 }
 
+/// The test clock skew (`PROCESSOR_CLOCK_SKEW_MS`, the harness's `clock-skew` fault) exists only in the harness's
+/// processor: the shipped binary refuses it at start-up, before touching the database; a malformed value too.
+pub fn the_shipped_binary_refuses_a_clock_skew() {
+    for skew in ["60000", "-1", "soon"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = format!("sqlite:{}", dir.path().join("x.db").display());
+        let out = processor()
+            .args(["run", "--db", &db])
+            .env("PROCESSOR_CLOCK_SKEW_MS", skew)
+            .env_remove("PROCESSOR_CRASH_AT")
+            .env_remove("PROCESSOR_PLANT_BUG")
+            .output()
+            .expect("spawn");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{skew}: {:?} {err}", out.status);
+        assert!(err.contains("PROCESSOR_CLOCK_SKEW_MS"), "{skew}: {err}");
+        assert!(
+            !dir.path().join("x.db").exists(),
+            "{skew}: touched the database"
+        );
+    }
+}
+
 /// The shipped binary has no crash points (only `harness processor …` installs the hook that fires them): a valid
 /// crash point is refused loudly, before any database is touched, instead of killing the user's run.
 pub fn the_shipped_binary_refuses_crash_points() {

@@ -341,8 +341,12 @@ fn queue_claims_are_exclusive_renewable_and_fenced(b: Backend) {
         assert_eq!(ids_b, (11..=20).collect::<Vec<_>>());
         assert!(a.iter().all(|d| d.fence == Some(1)));
         assert_eq!(s.live_claims(&sel, now).expect("live"), 20);
-        assert_eq!(s.renew("A", &ids_a, now + 5_000).expect("renew"), 10);
-        assert_eq!(s.renew("B", &ids_a, now + 5_000).expect("renew other's"), 0);
+        assert_eq!(s.renew("A", &ids_a, now, now + 5_000).expect("renew"), 10);
+        assert_eq!(
+            s.renew("B", &ids_a, now, now + 5_000)
+                .expect("renew other's"),
+            0
+        );
         // B's lease expires; a new instance C takes B's work over with a higher fence.
         let later = now + 2_000;
         let c_claim = sc.claim(&sel, "C", later, 1_000, 10).expect("claim C");
@@ -371,6 +375,49 @@ fn queue_claims_are_exclusive_renewable_and_fenced(b: Backend) {
         let ids_d: Vec<i64> = next.iter().map(|d| d.app_id).collect();
         assert!(ids_d.iter().all(|id| !ids_c.contains(id)), "{ids_d:?}");
         assert_eq!(ids_d.len(), 20, "A's expired claims and the unclaimed rest");
+    });
+}
+
+/// The lease clock is the database's, close to the host's; an expired lease is not renewed (nor released), and its
+/// owner's own next claim takes it again with a new fence, so the old batch's fenced completion commits nothing.
+fn an_expired_lease_is_not_renewed_and_its_own_reclaim_is_fenced(b: Backend) {
+    on_backend(b, |open| {
+        let c = contract();
+        let mut s = open();
+        s.init_schema().expect("init");
+        let d = docs(10, 7);
+        s.load_source(&d).expect("load");
+        let sel = Selection::default();
+        let db_now = s.clock_ms().expect("clock");
+        assert!(
+            (db_now - store::now_ms()).abs() < 60_000,
+            "{}: the database clock is {} ms off the host's",
+            s.backend(),
+            db_now - store::now_ms()
+        );
+        let t0 = db_now;
+        let first = s.claim(&sel, "A", t0, 1_000, 10).expect("claim");
+        let ids: Vec<i64> = first.iter().map(|d| d.app_id).collect();
+        assert_eq!(ids.len(), 10);
+        // Expired at t0 + 1000: neither extended nor released any more.
+        assert_eq!(
+            s.renew("A", &ids, t0 + 1_000, t0 + 9_000).expect("renew"),
+            0
+        );
+        assert_eq!(
+            s.renew("A", &ids, t0 + 2_000, t0 + 2_000).expect("release"),
+            0
+        );
+        let again = s.claim(&sel, "A", t0 + 2_000, 1_000, 10).expect("re-claim");
+        assert_eq!(again.iter().map(|d| d.app_id).collect::<Vec<_>>(), ids);
+        assert!(again.iter().all(|d| d.fence == Some(2)), "{}", s.backend());
+        // The old batch (fence 1) commits nothing; the re-claimed one (fence 2) commits.
+        let old = write_atomic(s.as_mut(), &work(&c, &d, Some(1)), &ctx("A", true)).expect("old");
+        assert_eq!(old.lease_lost, ids);
+        assert!(old.committed.is_empty());
+        let new = write_atomic(s.as_mut(), &work(&c, &d, Some(2)), &ctx("A", true)).expect("new");
+        assert!(new.lease_lost.is_empty());
+        assert_eq!(new.committed.len(), 10, "{new:?}");
     });
 }
 
@@ -442,5 +489,9 @@ const TESTS: &[Named] = &[
     (
         "split_mode_reproduces_the_replaced_systems_failure",
         split_mode_reproduces_the_replaced_systems_failure,
+    ),
+    (
+        "an_expired_lease_is_not_renewed_and_its_own_reclaim_is_fenced",
+        an_expired_lease_is_not_renewed_and_its_own_reclaim_is_fenced,
     ),
 ];

@@ -23,6 +23,7 @@ fn main() {
         cli::passwords_are_never_printed,
         cli::load_generates_real_shaped_documents_on_request,
         cli::the_shipped_binary_refuses_planted_bugs,
+        cli::the_shipped_binary_refuses_a_clock_skew,
         cli::a_shape_given_as_contract_is_refused_with_the_way_to_say_it,
         cli::status_into_a_closed_pipe_exits_quietly,
         coerced::init_adds_the_coerced_column_to_an_old_sqlite_log,

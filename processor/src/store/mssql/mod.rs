@@ -522,13 +522,20 @@ impl Store for MssqlStore {
             .collect()
     }
 
-    fn renew(&mut self, owner: &str, app_ids: &[i64], until_ms: i64) -> StoreResult<u64> {
+    fn renew(
+        &mut self,
+        owner: &str,
+        app_ids: &[i64],
+        now_ms: i64,
+        until_ms: i64,
+    ) -> StoreResult<u64> {
         let mut n = 0;
         for r in chunk_rows(1, app_ids.len()) {
             let mut q = Query::new(sql::renew(&self.names, r.len()));
             q.bind(owner);
             q.bind(until_ms);
             q.bind(LEASE_DONE);
+            q.bind(now_ms);
             for &id in &app_ids[r] {
                 q.bind(id);
             }
@@ -538,6 +545,19 @@ impl Store for MssqlStore {
                 .map_err(err("renew"))?;
         }
         Ok(n)
+    }
+
+    fn clock_ms(&mut self) -> StoreResult<i64> {
+        const OP: &str = "clock";
+        let q = Query::new(sql::CLOCK_MS);
+        let rows = self
+            .rt
+            .block_on(fetch(&mut self.client, q))
+            .map_err(err(OP))?;
+        match rows.first() {
+            Some(r) => need_i64(OP, r, 0),
+            None => Err(StoreError::new(ErrorKind::Fatal, OP, "no row".to_owned())),
+        }
     }
 
     fn live_claims(&mut self, sel: &Selection, now_ms: i64) -> StoreResult<u64> {
@@ -640,7 +660,11 @@ impl Store for MssqlStore {
         const OP: &str = "complete claims";
         let mut kept = Vec::with_capacity(claims.len());
         for r in chunk_rows(2, claims.len()) {
-            let mut q = Query::new(sql::complete_claims(&self.names, r.len()));
+            let mut q = Query::new(sql::complete_claims(
+                &self.names,
+                r.len(),
+                super::complete_by_owner(),
+            ));
             q.bind(owner);
             q.bind(LEASE_DONE);
             for &(id, fence) in &claims[r] {

@@ -446,29 +446,40 @@ pub fn claim(n: &Names) -> String {
     )
 }
 
-/// `@P1` owner, `@P2` expiry, `@P3` done marker, `@P4`.. the `nids` app ids.
+/// `@P1` owner, `@P2` expiry, `@P3` done marker, `@P4` now (only a live lease is extended or released), `@P5`..
+/// the `nids` app ids.
 pub fn renew(n: &Names, nids: usize) -> String {
-    let ids: Vec<String> = (0..nids).map(|i| format!("@P{}", i + 4)).collect();
+    let ids: Vec<String> = (0..nids).map(|i| format!("@P{}", i + 5)).collect();
     format!(
         "UPDATE {} SET lease_expires_at = @P2
-         WHERE owner = @P1 AND lease_expires_at < @P3 AND app_id IN ({});",
+         WHERE owner = @P1 AND lease_expires_at < @P3 AND lease_expires_at > @P4 AND app_id IN ({});",
         n.claim,
         ids.join(", ")
     )
 }
 
+/// The server's clock in ms since the Unix epoch (`SYSUTCDATETIME()`, the time of this statement).
+pub const CLOCK_MS: &str =
+    "SELECT DATEDIFF_BIG(millisecond, CAST('1970-01-01T00:00:00' AS DATETIME2), SYSUTCDATETIME());";
+
 /// Fenced completion, inside the write transaction. `@P1` owner, `@P2` done marker, then `(@P(2i+3) app_id,
 /// @P(2i+4) fence)` pairs. Marks this owner's claims with a matching fence done and returns their app_ids; the
 /// row locks it takes make a takeover wait for our commit or rollback.
-pub fn complete_claims(n: &Names, npairs: usize) -> String {
+/// `by_owner`: the planted `complete-by-owner` bug (harness tests only), the fence not compared.
+pub fn complete_claims(n: &Names, npairs: usize, by_owner: bool) -> String {
     let values = values_rows(npairs, |i| format!("@P{}, @P{}", 2 * i + 3, 2 * i + 4));
     format!(
         "UPDATE c SET c.lease_expires_at = @P2
          OUTPUT inserted.app_id
          FROM {claim} AS c WITH (ROWLOCK)
-         JOIN (VALUES {values}) AS f (app_id, fence) ON c.app_id = f.app_id AND c.fence = f.fence
+         JOIN (VALUES {values}) AS f (app_id, fence) ON c.app_id = f.app_id AND {fence}
          WHERE c.owner = @P1;",
-        claim = n.claim
+        claim = n.claim,
+        fence = if by_owner {
+            "f.fence IS NOT NULL"
+        } else {
+            "c.fence = f.fence"
+        }
     )
 }
 
@@ -760,7 +771,7 @@ mod tests {
         assert!(q.contains("IF ERROR_NUMBER() NOT IN (2601, 2627) THROW;"));
         assert!(q.contains("((c.app_id % @P5) + @P5) % @P5 = @P6"));
 
-        let q = complete_claims(&n, 2);
+        let q = complete_claims(&n, 2, false);
         assert!(q.contains("SET c.lease_expires_at = @P2"));
         assert!(q.contains("OUTPUT inserted.app_id"));
         assert!(q.contains("(@P3, @P4), (@P5, @P6)"));
@@ -768,8 +779,9 @@ mod tests {
         assert!(q.contains("WHERE c.owner = @P1"));
 
         let q = renew(&n, 3);
-        assert!(q.contains("app_id IN (@P4, @P5, @P6)"));
-        assert!(q.contains("lease_expires_at < @P3"));
+        assert!(q.contains("app_id IN (@P5, @P6, @P7)"));
+        assert!(q.contains("lease_expires_at < @P3 AND lease_expires_at > @P4"));
+        assert!(complete_claims(&n, 1, true).contains("f.fence IS NOT NULL"));
         assert!(logged(&n, 2).contains("IN (@P1, @P2)"));
         assert!(fetch_pending(&n).contains("SELECT TOP (@P2)"));
         assert!(fetch_pending(&n).contains("s.app_id >= @P1"));

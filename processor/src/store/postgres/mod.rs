@@ -239,12 +239,24 @@ impl Store for PgStore {
             .collect()
     }
 
-    fn renew(&mut self, owner: &str, app_ids: &[i64], until_ms: i64) -> StoreResult<u64> {
+    fn renew(
+        &mut self,
+        owner: &str,
+        app_ids: &[i64],
+        now_ms: i64,
+        until_ms: i64,
+    ) -> StoreResult<u64> {
         let q = sql::renew(&self.names);
         let st = self.stmt("renew", &q)?;
         self.client
-            .execute(&st, &[&owner, &app_ids, &until_ms, &LEASE_DONE])
+            .execute(&st, &[&owner, &app_ids, &until_ms, &LEASE_DONE, &now_ms])
             .map_err(err("renew"))
+    }
+
+    fn clock_ms(&mut self) -> StoreResult<i64> {
+        let st = self.stmt("clock", sql::CLOCK_MS)?;
+        let row = self.client.query_one(&st, &[]).map_err(err("clock"))?;
+        col(&row, 0, "clock")
     }
 
     fn live_claims(&mut self, sel: &Selection, now_ms: i64) -> StoreResult<u64> {
@@ -342,7 +354,7 @@ impl Store for PgStore {
     }
 
     fn complete_claims(&mut self, owner: &str, claims: &[(i64, i64)]) -> StoreResult<Vec<i64>> {
-        let q = sql::complete_claims(&self.names);
+        let q = sql::complete_claims(&self.names, super::complete_by_owner());
         let st = self.stmt("complete claims", &q)?;
         let ids: Vec<i64> = claims.iter().map(|c| c.0).collect();
         let fences: Vec<i64> = claims.iter().map(|c| c.1).collect();

@@ -252,22 +252,33 @@ pub fn claim(n: &Names) -> String {
     )
 }
 
-/// `$1` owner, `$2` app ids, `$3` expiry, `$4` done marker.
+/// `$1` owner, `$2` app ids, `$3` expiry, `$4` done marker, `$5` now (only a live lease is extended or released).
 pub fn renew(n: &Names) -> String {
     format!(
-        "UPDATE {} SET lease_expires_at = $3 WHERE owner = $1 AND app_id = ANY($2) AND lease_expires_at < $4",
+        "UPDATE {} SET lease_expires_at = $3
+         WHERE owner = $1 AND app_id = ANY($2) AND lease_expires_at < $4 AND lease_expires_at > $5",
         n.claim
     )
 }
 
+/// The server's clock in ms since the Unix epoch: `clock_timestamp()`, the time of this statement (`now()` is the
+/// start of the transaction).
+pub const CLOCK_MS: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8";
+
 /// `$1` app ids, `$2` fences, `$3` owner, `$4` done marker. Returns the claims still ours, now marked done.
-pub fn complete_claims(n: &Names) -> String {
+/// `by_owner`: the planted `complete-by-owner` bug (harness tests only), the fence not compared.
+pub fn complete_claims(n: &Names, by_owner: bool) -> String {
     format!(
         "UPDATE {claim} c SET lease_expires_at = $4
          FROM unnest($1::int8[], $2::int8[]) AS f(app_id, fence)
-         WHERE c.app_id = f.app_id AND c.fence = f.fence AND c.owner = $3
+         WHERE c.app_id = f.app_id AND {fence} AND c.owner = $3
          RETURNING c.app_id",
-        claim = n.claim
+        claim = n.claim,
+        fence = if by_owner {
+            "f.fence IS NOT NULL"
+        } else {
+            "c.fence = f.fence"
+        }
     )
 }
 

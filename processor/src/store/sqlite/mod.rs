@@ -240,7 +240,13 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn renew(&mut self, owner: &str, app_ids: &[i64], until_ms: i64) -> StoreResult<u64> {
+    fn renew(
+        &mut self,
+        owner: &str,
+        app_ids: &[i64],
+        now_ms: i64,
+        until_ms: i64,
+    ) -> StoreResult<u64> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -250,12 +256,19 @@ impl Store for SqliteStore {
             let mut stmt = tx.prepare_cached(sql::RENEW_CLAIM).map_err(err("renew"))?;
             for id in app_ids {
                 n += stmt
-                    .execute(params![id, owner, until_ms, LEASE_DONE])
+                    .execute(params![id, owner, until_ms, LEASE_DONE, now_ms])
                     .map_err(err("renew"))? as u64;
             }
         }
         tx.commit().map_err(err("renew"))?;
         Ok(n)
+    }
+
+    fn clock_ms(&mut self) -> StoreResult<i64> {
+        self.conn
+            .prepare_cached(sql::CLOCK_MS)
+            .and_then(|mut st| st.query_row([], |r| r.get(0)))
+            .map_err(err("clock"))
     }
 
     fn live_claims(&mut self, sel: &Selection, now_ms: i64) -> StoreResult<u64> {
@@ -336,7 +349,11 @@ impl Store for SqliteStore {
     fn complete_claims(&mut self, owner: &str, claims: &[(i64, i64)]) -> StoreResult<Vec<i64>> {
         let mut stmt = self
             .conn
-            .prepare_cached(sql::COMPLETE_CLAIM)
+            .prepare_cached(if super::complete_by_owner() {
+                sql::COMPLETE_CLAIM_BY_OWNER
+            } else {
+                sql::COMPLETE_CLAIM
+            })
             .map_err(err("complete claims"))?;
         let mut kept = Vec::with_capacity(claims.len());
         for (app_id, fence) in claims {

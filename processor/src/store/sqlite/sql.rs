@@ -47,8 +47,15 @@ pub const CLAIM_UPSERT: &str = "INSERT INTO processing_claim (app_id, owner, lea
     RETURNING fence";
 pub const COMPLETE_CLAIM: &str =
     "UPDATE processing_claim SET lease_expires_at = ?4 WHERE app_id = ?1 AND owner = ?2 AND fence = ?3";
-pub const RENEW_CLAIM: &str =
-    "UPDATE processing_claim SET lease_expires_at = ?3 WHERE app_id = ?1 AND owner = ?2 AND lease_expires_at < ?4";
+/// The planted `complete-by-owner` bug (harness tests only): `COMPLETE_CLAIM` without its fence (`?3` unused).
+pub const COMPLETE_CLAIM_BY_OWNER: &str =
+    "UPDATE processing_claim SET lease_expires_at = ?4 WHERE app_id = ?1 AND owner = ?2 AND ?3 IS NOT NULL";
+/// `?5` now: only a live lease is extended (or released).
+pub const RENEW_CLAIM: &str = "UPDATE processing_claim SET lease_expires_at = ?3
+    WHERE app_id = ?1 AND owner = ?2 AND lease_expires_at < ?4 AND lease_expires_at > ?5";
+/// The database's clock (the host's: SQLite runs in this process, so it is the clock of the machine every
+/// instance sharing the file runs on, untouched by the processor's test skew), in ms since the Unix epoch.
+pub const CLOCK_MS: &str = "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 pub const LOGGED: &str = "SELECT app_id, session_id FROM processing_log WHERE app_id = ?1";
 
 pub const STATUS_COUNTS: &str = "SELECT
