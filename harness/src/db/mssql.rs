@@ -45,12 +45,17 @@ pub(super) fn server_version(
     contract: &processor::contract::Contract,
 ) -> anyhow::Result<String> {
     let s = mssql::MssqlStore::open(cfg, contract.clone())?;
-    Ok(match s.server_kind() {
+    Ok(engine_label(s.server_kind()).into())
+}
+
+/// How reports and `harness bench` name the engine: Babelfish is never labelled SQL Server.
+fn engine_label(kind: mssql::ServerKind) -> &'static str {
+    match kind {
         mssql::ServerKind::Babelfish => {
-            "Babelfish 4.2.0, not SQL Server (Babelfish for PostgreSQL, a TDS endpoint)".into()
+            "Babelfish 4.2.0, not SQL Server (Babelfish for PostgreSQL, a TDS endpoint)"
         }
-        mssql::ServerKind::SqlServer => "SQL Server".into(),
-    })
+        mssql::ServerKind::SqlServer => "SQL Server",
+    }
 }
 
 /// Copies `from`'s source documents into `to` (both on one server; `to` initialised, empty) in one statement.
@@ -98,12 +103,31 @@ pub fn server_config(url: &str) -> Result<MssqlConfig, DbError> {
 /// Databases are left in place after the run (for inspection), like `--db-url` for PostgreSQL.
 pub struct ExternalMssql {
     server: MssqlConfig,
+    /// The engine's label, detected by one login the first time the launcher is described.
+    engine: std::sync::OnceLock<String>,
 }
 
 impl ExternalMssql {
     pub fn new(url: &str) -> Result<Self, DbError> {
         Ok(ExternalMssql {
             server: server_config(url)?,
+            engine: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Babelfish or SQL Server, from `SERVERPROPERTY('Babelfish')` at login (`MssqlStore::server_kind`); a server
+    /// that does not let the login in yet is named by what was asked for, with the reason.
+    fn engine(&self) -> &str {
+        self.engine.get_or_init(|| {
+            let mut probe = self.server.clone();
+            probe.connect_timeout = Duration::from_secs(5);
+            let opened = processor::contract::Contract::from_json(fixtures::CONTRACT_JSON)
+                .map_err(|e| e.to_string())
+                .and_then(|c| mssql::MssqlStore::open(&probe, c).map_err(|e| e.to_string()));
+            match opened {
+                Ok(s) => engine_label(s.server_kind()).to_owned(),
+                Err(e) => format!("SQL Server (engine not detected: {e})"),
+            }
         })
     }
 
@@ -145,7 +169,7 @@ impl Launcher for ExternalMssql {
         }
     }
     fn describe(&self) -> String {
-        format!("SQL Server at {}", self.server.redacted())
+        format!("{} at {}", self.engine(), self.server.redacted())
     }
 }
 
@@ -414,7 +438,10 @@ mod container {
             super::wait_ready(&server, super::READY_TIMEOUT)?;
             Ok(ContainerMssql {
                 container,
-                inner: ExternalMssql { server },
+                inner: ExternalMssql {
+                    server,
+                    engine: std::sync::OnceLock::new(),
+                },
                 port,
                 last_db: None,
                 password,
