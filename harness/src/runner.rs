@@ -451,32 +451,11 @@ fn fire_due_faults(
             let rec = &mut records[fi];
             let after = format!("after {total_commits} commits");
             match (f.action, proxy) {
-                (Action::RestartDb, _) => {
-                    let t = Instant::now();
-                    match launcher.restart() {
-                        Ok(()) => {
-                            rec.fired = true;
-                            rec.note = format!(
-                                "postmaster SIGKILLed {after}, back up in {} ms",
-                                t.elapsed().as_millis()
-                            );
-                        }
-                        Err(e) => {
-                            rec.note = format!("restart failed: {e}");
-                            globals.abandoned.insert(fi);
-                        }
-                    }
-                }
-                (Action::LoseUnsynced, _) => match launcher.lose_unsynced() {
-                    Ok(note) => {
-                        rec.fired = true;
-                        rec.note = format!("{note} ({after})");
-                    }
-                    Err(e) => {
-                        rec.note = format!("lose-unsynced failed: {e}");
+                (Action::RestartDb | Action::LoseUnsynced, _) => {
+                    if !crash_server(launcher, f.action, &after, rec) {
                         globals.abandoned.insert(fi);
                     }
-                },
+                }
                 (Action::DropConnections, Some(p)) => {
                     // With no connection open there is nothing to drop yet: try again on the next poll.
                     let n = p.reset_all();
@@ -568,6 +547,47 @@ fn fire_due_faults(
             if ph.opts.verbose {
                 eprintln!("  [{:>6}ms] {}", now_ms, f.describe());
             }
+        }
+    }
+}
+
+/// `restart-db` / `lose-unsynced`: the server SIGKILLed (for `lose-unsynced` its unsynced writes dropped too) and
+/// started again; the record says how. Returns whether it fired (a failure abandons the fault).
+fn crash_server(
+    launcher: &mut dyn Launcher,
+    action: Action,
+    after: &str,
+    rec: &mut FaultRecord,
+) -> bool {
+    let t = Instant::now();
+    let done = if action == Action::LoseUnsynced {
+        launcher
+            .lose_unsynced()
+            .map(|note| format!("{note} ({after})"))
+    } else {
+        launcher.restart().map(|()| {
+            format!(
+                "postmaster SIGKILLed {after}, back up in {} ms",
+                t.elapsed().as_millis()
+            )
+        })
+    };
+    match done {
+        Ok(note) => {
+            rec.fired = true;
+            rec.note = note;
+            true
+        }
+        Err(e) => {
+            rec.note = format!(
+                "{} failed: {e}",
+                if action == Action::LoseUnsynced {
+                    "lose-unsynced"
+                } else {
+                    "restart"
+                }
+            );
+            false
         }
     }
 }
