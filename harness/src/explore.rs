@@ -240,6 +240,7 @@ pub fn generate(name: &str, seed: u64, t: &Target) -> Scenario {
             batch_size,
             commit_mode: t.commit_mode,
             lease_secs: 2,
+            staggered: false,
         },
         faults,
         restarts: true,

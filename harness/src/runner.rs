@@ -1028,6 +1028,37 @@ fn kill_all_for_liveness(ph: &mut Phase<'_>, insts: &mut [Inst]) {
     }
 }
 
+/// The crash point armed on `instance`'s first start, if its plan has one.
+fn armed_crash(faults: &[Fault], instance: u32) -> Option<Fault> {
+    faults
+        .iter()
+        .find(|f| f.instance == instance && matches!(f.action, Action::CrashPoint { .. }))
+        .copied()
+}
+
+/// `run.staggered`: starts the next held-back instance once the one before it has written a `claimed` or
+/// `committed` event, or has ended (so a predecessor with nothing to do cannot hold the rest back forever).
+fn start_staggered(
+    ph: &mut Phase<'_>,
+    insts: &mut [Inst],
+    faults: &[Fault],
+    unstarted: &mut Vec<u32>,
+) -> Result<(), RunnerError> {
+    let Some(&next) = unstarted.first() else {
+        return Ok(());
+    };
+    let before = next - 1;
+    let got_work = ph.all_events.iter().any(|e| {
+        e.instance_id == before && matches!(e.kind(), EventKind::Claimed | EventKind::Committed)
+    });
+    let ended = insts[before as usize].finished;
+    if got_work || ended {
+        unstarted.remove(0);
+        ph.spawn(&mut insts[next as usize], armed_crash(faults, next))?;
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_phase(
     plan: &Plan,
@@ -1061,11 +1092,14 @@ fn run_phase(
     let mut pending: Vec<usize> = (0..faults.len()).collect();
     ph.t0 = Instant::now();
     let t0_us = chrono::Utc::now().timestamp_micros();
+    // `run.staggered`: only instance 0 now, the others by `start_staggered` as their predecessors get work.
+    let mut unstarted: Vec<u32> = Vec::new();
     for inst in insts.iter_mut() {
-        let crash = faults
-            .iter()
-            .find(|f| f.instance == inst.id && matches!(f.action, Action::CrashPoint { .. }));
-        ph.spawn(inst, crash.copied())?;
+        if plan.staggered && inst.id > 0 {
+            unstarted.push(inst.id);
+        } else {
+            ph.spawn(inst, armed_crash(faults, inst.id))?;
+        }
     }
     let deadline = Duration::from_secs(plan.deadline_secs);
     let mut last_fault = Instant::now();
@@ -1079,6 +1113,7 @@ fn run_phase(
     loop {
         // 1. Events.
         read_events(&mut ph, &mut insts, faults, &pending, &mut records)?;
+        start_staggered(&mut ph, &mut insts, faults, &mut unstarted)?;
         // 1b. Parked instances whose resume event has come (or can no longer come).
         resume_parked(
             &ph,

@@ -149,6 +149,11 @@ pub struct RunSpec {
     pub commit_mode: CommitMode,
     #[serde(default = "default_lease")]
     pub lease_secs: u64,
+    /// Start the instances one after another: instance k+1 once instance k has written its first `claimed` or
+    /// `committed` event (or ended). For scenarios whose fault needs instance 0 to get work before the others take
+    /// it all — synchronised on that event, not on a start delay.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub staggered: bool,
 }
 
 fn one() -> u32 {
@@ -179,6 +184,7 @@ impl Default for RunSpec {
             batch_size: default_batch(),
             commit_mode: default_commit(),
             lease_secs: default_lease(),
+            staggered: false,
         }
     }
 }
@@ -764,6 +770,8 @@ pub struct Plan {
     pub batch_size: usize,
     pub commit_mode: CommitMode,
     pub lease_secs: u64,
+    /// `run.staggered`: instance k+1 starts once instance k has claimed or committed (or ended).
+    pub staggered: bool,
     pub faults: Vec<Fault>,
     pub restarts: bool,
     pub baseline: bool,
@@ -1027,6 +1035,7 @@ impl Scenario {
             batch_size: r.batch_size,
             commit_mode: r.commit_mode,
             lease_secs: r.lease_secs,
+            staggered: r.staggered,
             faults,
             restarts: self.restarts,
             baseline: self.baseline,
