@@ -108,7 +108,7 @@ impl fmt::Display for CrashPoint {
 pub enum CrashSpecError {
     #[error("unknown crash point '{0}' (known: {known})", known = known_points())]
     UnknownPoint(String),
-    #[error("unknown crash point action '{0}' (known: kill, pause)")]
+    #[error("unknown crash point action '{0}' (known: kill, pause, stall=<ms> with ms ≥ 1)")]
     UnknownAction(String),
     #[error("crash point hit count '{0}' is not a whole number of at least 1")]
     BadNth(String),
