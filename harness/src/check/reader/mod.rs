@@ -54,9 +54,6 @@ trait SqlDialect: Sync {
     fn first_rows(&self, limit: usize, cols: &str, rest: &str) -> String {
         format!("SELECT {cols} FROM {rest} LIMIT {limit}")
     }
-    /// A value read from the database, as a string literal (quotes doubled). The server converts it to the
-    /// column's type, so the comparison can use the column's index.
-    fn literal(&self, value: &str) -> String;
     /// A table's column names in declaration order, without identity/serial columns.
     fn compared_columns(&self, schema: &str, table: &str) -> String;
     /// One row with a count > 0 when the table exists.
@@ -267,23 +264,6 @@ impl Sql {
             "{}{}",
             self.all_rows(table, columns)?,
             self.range_filter(app_key, range)?
-        ))
-    }
-
-    /// The rows of a target table whose `column` is one of `values` (values as read back from the database).
-    pub fn rows_with(
-        &self,
-        table: &str,
-        columns: &[String],
-        column: &str,
-        values: &[String],
-    ) -> Result<String, CheckError> {
-        let list: Vec<String> = values.iter().map(|v| self.d().literal(v)).collect();
-        Ok(format!(
-            "{} WHERE {} IN ({})",
-            self.all_rows(table, columns)?,
-            self.quote(column)?,
-            list.join(", ")
         ))
     }
 

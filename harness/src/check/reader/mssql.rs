@@ -293,9 +293,6 @@ impl SqlDialect for MssqlSql {
     fn first_rows(&self, limit: usize, cols: &str, rest: &str) -> String {
         format!("SELECT TOP ({limit}) {cols} FROM {rest}")
     }
-    fn literal(&self, value: &str) -> String {
-        format!("N'{}'", value.replace('\'', "''"))
-    }
     fn compared_columns(&self, schema: &str, table: &str) -> String {
         format!(
             "SELECT COLUMN_NAME FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = {s} AND TABLE_NAME = {t} \

@@ -95,9 +95,6 @@ impl SqlDialect for PgSql {
     fn cast_text(&self, expr: &str) -> String {
         format!("{expr}::text")
     }
-    fn literal(&self, value: &str) -> String {
-        format!("'{}'", value.replace('\'', "''"))
-    }
     fn compared_columns(&self, schema: &str, table: &str) -> String {
         format!(
             "SELECT column_name::text FROM information_schema.columns WHERE table_schema = '{schema}' \

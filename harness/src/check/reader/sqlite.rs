@@ -100,9 +100,6 @@ impl SqlDialect for SqliteSql {
     fn cast_text(&self, expr: &str) -> String {
         format!("CAST({expr} AS TEXT)")
     }
-    fn literal(&self, value: &str) -> String {
-        format!("'{}'", value.replace('\'', "''"))
-    }
     fn compared_columns(&self, _schema: &str, table: &str) -> String {
         format!("SELECT name FROM pragma_table_info('{table}') ORDER BY cid")
     }
