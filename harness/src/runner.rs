@@ -1188,7 +1188,8 @@ fn run_phase(
     ph.all_events.sort_by_key(|e| e.ts_us);
     write_events(&dir.join("events.jsonl"), &ph.all_events)?;
     let check_t0 = Instant::now();
-    let report = check_final(url, plan, contract_json, &ph, baseline, &mut violations)?;
+    let report = check_final(url, plan, contract_json, &ph, baseline, &mut violations)
+        .map_err(|e| with_unfired_notes(e, &records))?;
     ph.stats.check_secs = check_t0.elapsed().as_secs_f64();
     ph.stats.fixtures_secs = (ph.t0 - fixtures_t0).as_secs_f64();
     Ok(PhaseOutcome {
@@ -1203,6 +1204,23 @@ fn run_phase(
         processes: ph.ends,
         t0_us,
     })
+}
+
+/// A setup error (the checker could not connect) names why each fault that did not fire failed: a server restart
+/// that never came back is the usual cause, and the error alone would hide it.
+fn with_unfired_notes(e: RunnerError, records: &[FaultRecord]) -> RunnerError {
+    let notes: Vec<String> = records
+        .iter()
+        .filter(|r| !r.fired && !r.note.is_empty())
+        .map(|r| format!("{}: {}", r.fault, r.note))
+        .collect();
+    match e {
+        RunnerError::Setup(msg) if !notes.is_empty() => RunnerError::Setup(format!(
+            "{msg} (faults that did not fire: {})",
+            notes.join("; ")
+        )),
+        e => e,
+    }
 }
 
 /// Opens the checker's reader. After a server restart the server may still be in crash recovery when the last
