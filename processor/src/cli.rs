@@ -748,7 +748,7 @@ fn run(a: RunArgs) -> Result<(), Exit> {
     let session_id = new_session_id(cfg.instance_id);
     // The lease heartbeat's own connection, retried like the main one (the server may be restarting right now).
     let open_hb = || -> store::StoreResult<Box<dyn Store>> {
-        match connect_with_retry(&url, &contract, &cfg.retry, None, &mut |_, _| {}) {
+        match connect_with_retry(&url, &contract, &cfg.retry, None, &mut |_, _, _| {}) {
             Ok(Some(s)) => Ok(s),
             // Without a stop flag the loop never returns early; answer as an error rather than panic.
             Ok(None) => Err(store::StoreError::new(
@@ -772,11 +772,12 @@ fn run(a: RunArgs) -> Result<(), Exit> {
     };
     // The database may be restarting right now: connecting is retried like any transient error.
     // Each wait is an event too, so a reader sees a process backing off, not a silent one.
-    let mut report = |attempt: u32, wait: std::time::Duration| {
+    let mut report = |attempt: u32, wait: std::time::Duration, error: String| {
         let body = crate::events::Body::Retrying {
             op: "connect".to_owned(),
             attempt,
             wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            error,
         };
         let event = crate::events::Event::new(body, cfg.instance_id, &session_id, vec![]);
         events.emit(&event);
@@ -829,7 +830,7 @@ fn connect_with_retry(
     contract: &Contract,
     policy: &RetryPolicy,
     stop: Option<&AtomicBool>,
-    on_retry: &mut dyn FnMut(u32, std::time::Duration),
+    on_retry: &mut dyn FnMut(u32, std::time::Duration, String),
 ) -> Result<Option<Box<dyn Store>>, Exit> {
     let mut backoff = policy.backoff();
     let mut attempt = 0u32;
@@ -842,7 +843,7 @@ fn connect_with_retry(
                 };
                 tracing::warn!(error = %cause, url = %url.redacted(), "database unreachable; retrying");
                 attempt += 1;
-                on_retry(attempt, wait);
+                on_retry(attempt, wait, cause.to_string());
                 if crate::retry::sleep_unless_stopped(wait, stop) {
                     return Ok(None);
                 }

@@ -722,6 +722,7 @@ fn retried<'a>(
             op: e.op.to_owned(),
             attempt,
             wait_ms,
+            error: e.to_string(),
         };
         ctx.events.emit(&ctx.event(body, iid, apps.to_vec()));
     }

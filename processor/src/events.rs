@@ -108,6 +108,11 @@ pub enum Body {
         op: String,
         attempt: u32,
         wait_ms: u64,
+        /// Why the attempt failed: the store error's text (never a password: store errors carry redacted URLs).
+        /// After a failed reconnect it is the reconnect's error ("Connection refused"), not the dead client's
+        /// "connection closed". Empty in lines written before the field existed.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        error: String,
     },
 }
 
@@ -161,6 +166,7 @@ impl Body {
                 op: String::new(),
                 attempt: 0,
                 wait_ms: 0,
+                error: String::new(),
             },
         }
     }

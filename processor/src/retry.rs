@@ -40,8 +40,15 @@ pub fn with_retry_until<T>(
 ) -> Result<T, Retry> {
     let mut backoff = policy.backoff();
     let mut attempt = 0u32;
+    // The last reconnect's failure: the attempt after it runs on the dead client and can only say "connection
+    // closed", so the reconnect's own error (why the server is unreachable) is what gets reported in its place.
+    let mut reconnect_failed: Option<StoreError> = None;
     loop {
-        let (err, wait) = match f(store) {
+        let result = match (f(store), reconnect_failed.take()) {
+            (Err(e), Some(why)) if e.kind == ErrorKind::Transient => Err(why),
+            (r, _) => r,
+        };
+        let (err, wait) = match result {
             Ok(v) => return Ok(v),
             Err(e) if e.is_retryable() => match backoff.next_wait() {
                 Some(wait) => (e, wait),
@@ -55,8 +62,12 @@ pub fn with_retry_until<T>(
             return Err(Retry::Stopped(err));
         }
         if err.kind == ErrorKind::Transient {
-            // A failed reconnect is itself transient; the next attempt will surface it and back off again.
-            let _ = store.reconnect();
+            // A failed reconnect is kept for the next attempt's report (above) when it is itself transient; one
+            // that is not (a password refused mid-run) is left to the next attempt to surface, as before.
+            reconnect_failed = store
+                .reconnect()
+                .err()
+                .filter(|e| e.kind == ErrorKind::Transient);
         }
     }
 }

@@ -304,7 +304,12 @@ fn timeline(o: &ScenarioOutcome, events: &[Event]) -> String {
                     op,
                     attempt,
                     wait_ms,
-                } => format!(", {} attempt {attempt} after {wait_ms} ms", esc(op)),
+                    error,
+                } => format!(
+                    ", {} attempt {attempt} after {wait_ms} ms: {}",
+                    esc(op),
+                    esc(error)
+                ),
                 _ => String::new(),
             },
         );

@@ -86,6 +86,18 @@ fn retries(events: &Path) -> usize {
     })
 }
 
+/// The `retrying` events whose error says the server refused the connection.
+fn refused_retries(events: &Path) -> usize {
+    processor::events::read_file(events).map_or(0, |all| {
+        all.iter()
+            .filter(|e| {
+                matches!(&e.body, Body::Retrying { error, .. }
+                    if error.to_ascii_lowercase().contains("connection refused"))
+            })
+            .count()
+    })
+}
+
 /// The server is SIGKILLed while a queue run is in the middle of its work; the run's next statements fail and it
 /// backs off. SIGTERM then ends it at once as a clean drain — without waiting out the retry policy (120 s) — and
 /// what it reports matches the log once the server is back: every log row of its session has its `committed` event
@@ -128,6 +140,21 @@ pub fn sigterm_while_writes_are_failing_drains_at_once_on_postgres() {
     if !backing_off {
         let _ = child.kill();
         panic!("the processor never reported a retry after the server died");
+    }
+    // Its retries say why: once a reconnect has failed, the reported error is the reconnect's ("Connection
+    // refused"), not the dead client's "connection closed" on every attempt.
+    let says_why = wait_until(Duration::from_secs(60), || refused_retries(&events) > 0);
+    if !says_why {
+        let _ = child.kill();
+        let errors: Vec<String> = processor::events::read_file(&events)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|e| match e.body {
+                Body::Retrying { error, .. } => Some(error),
+                _ => None,
+            })
+            .collect();
+        panic!("no retry named the refused connection: {errors:?}");
     }
     let (status, _) = crate::sigterm_and_wait(
         &mut child,
