@@ -345,7 +345,10 @@ impl Heartbeat {
                     .and_then(|now| store.renew(&owner, &ids, now, now.saturating_add(lease_ms)));
                 if let Err(e) = renewed {
                     tracing::warn!(error = %e, "lease renewal failed");
-                    let _ = store.reconnect();
+                    // The next renewal on a dead client can only say "connection closed": say why it is dead.
+                    if let Err(why) = store.reconnect() {
+                        tracing::warn!(error = %why, "lease heartbeat could not reconnect");
+                    }
                 }
             }
         });

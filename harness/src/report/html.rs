@@ -306,8 +306,9 @@ fn timeline(o: &ScenarioOutcome, events: &[Event]) -> String {
                     wait_ms,
                     error,
                 } => format!(
-                    ", {} attempt {attempt} after {wait_ms} ms: {}",
+                    ", {} attempt {attempt} after {wait_ms} ms{}{}",
                     esc(op),
+                    if error.is_empty() { "" } else { ": " },
                     esc(error)
                 ),
                 _ => String::new(),
