@@ -728,17 +728,31 @@ fn supervise_exit(
         }
         _ if status.success() => inst.finished = true,
         _ => {
+            let log = ph.log_path(inst.id, inst.starts);
             ph.stats.unexpected_exits.push(format!(
-                "instance {} start {} exited unexpectedly: {} (log {})",
+                "instance {} start {} exited unexpectedly: {}{} (log {})",
                 inst.id,
                 inst.starts,
                 describe_status(status),
-                ph.log_path(inst.id, inst.starts).display()
+                last_error_line(&log)
+                    .map(|l| format!(": {l}"))
+                    .unwrap_or_default(),
+                log.display()
             ));
             inst.finished = true;
         }
     }
     Ok(())
+}
+
+/// The last line of an instance's log that says why it failed (`error: …`, or an ERROR log line), so an unexpected
+/// exit is explained in the report itself: the log lives in the run's directory, which a test removes.
+fn last_error_line(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with("error:") || l.contains("ERROR"))
+        .map(|l| l.trim().chars().take(400).collect())
 }
 
 /// The fault proxy when the plan's faults need it in the path (the baseline of such a plan goes through it too, as
