@@ -179,6 +179,8 @@ pub struct Plan {
     enums: HashMap<String, Vec<(String, EnumVal)>>,
     char_to_bit: HashMap<String, i64>,
     bool_to_bit: HashMap<String, i64>,
+    /// The application-context keys a lookup can name (see [`KeyFilter`]).
+    app_keys: KeyFilter,
 }
 
 const PLAIN_TYPES: &[&str] = &[
@@ -456,6 +458,7 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
     let (source_table, source_column, schema) = crate::contract::source_and_schema(&raw)?;
     let address_preferred = address_types.first().cloned().unwrap_or_default();
     let (nodes, app_node) = path_trie(&root, &app_path, &rtables);
+    let app_keys = KeyFilter::of(&rtables);
     Ok(Contract {
         root_element: root.clone(),
         source_table,
@@ -482,6 +485,7 @@ pub(crate) fn build(raw: RawContract, text: &str) -> Result<Contract, ContractEr
             enums,
             char_to_bit,
             bool_to_bit,
+            app_keys,
         })),
     })
 }
@@ -1709,6 +1713,82 @@ impl MapContext<'_> {
     }
 }
 
+/// Which keys the application context needs to hold. A document sets thousands (two per attribute of every
+/// distinct path) and its expressions read a few dozen, so the context keeps only the keys some lookup could ask for,
+/// exactly or case-insensitively: every lookup string is one of the contract's strings (a mapping's attribute, an
+/// expression, a CASE condition's field or a THEN/ELSE value, `con_id`) or a substring of one, and a key contains no
+/// whitespace, so a key can be asked for only if its ASCII upper case is a substring of a whitespace-free run of those
+/// strings. The filter holds a hash of every such substring; a key whose hash is absent is never looked up, so leaving
+/// it out changes no answer: the kept keys keep their relative order, so "the first key that folds to X" is the
+/// same key. (A hash collision only keeps a key that is not needed.) Non-ASCII keys are always kept, and a contract
+/// with non-ASCII strings, or so many substrings that the set would be large, keeps every key. Debug builds map every
+/// document with and without the filter and assert the same rows (`map_document_real`).
+#[derive(Debug, Default)]
+struct KeyFilter(Option<std::collections::HashSet<u64, FastState>>);
+
+impl KeyFilter {
+    /// At most this many substrings are hashed (a contract with longer runs keeps every key).
+    const MAX: usize = 1 << 20;
+    const FNV_INIT: u64 = 0xcbf2_9ce4_8422_2325;
+
+    fn step(h: u64, b: u8) -> u64 {
+        (h ^ u64::from(b.to_ascii_uppercase())).wrapping_mul(0x0100_0000_01b3)
+    }
+
+    fn hash(k: &str) -> u64 {
+        k.bytes().fold(Self::FNV_INIT, Self::step)
+    }
+
+    fn of(tables: &[RTable]) -> KeyFilter {
+        let mut sources: Vec<&str> = vec!["con_id", "app_id"];
+        for m in tables.iter().flat_map(|t| &t.maps) {
+            sources.push(&m.attr);
+            sources.extend(m.expr.as_deref());
+            if let Some(c) = &m.case {
+                sources.extend(c.else_v.as_deref());
+                for (cond, then_v) in &c.pairs {
+                    sources.push(then_v);
+                    for part in &cond.parts {
+                        match part {
+                            Simple::Empty(f, _) | Simple::Null(f, _) | Simple::Like(f, _) => {
+                                sources.push(f)
+                            }
+                            Simple::Cmp(l, r, _) => sources.extend([l.as_str(), r.as_str()]),
+                            Simple::Never => {}
+                        }
+                    }
+                }
+            }
+        }
+        if !sources.iter().all(|s| s.is_ascii()) {
+            return KeyFilter(None);
+        }
+        let mut set = std::collections::HashSet::with_hasher(FastState::default());
+        for run in sources.iter().flat_map(|s| s.split_ascii_whitespace()) {
+            let b = run.as_bytes();
+            for i in 0..b.len() {
+                let mut h = Self::FNV_INIT;
+                for &c in &b[i..] {
+                    h = Self::step(h, c);
+                    set.insert(h);
+                }
+            }
+            if set.len() > Self::MAX {
+                return KeyFilter(None);
+            }
+        }
+        KeyFilter(Some(set))
+    }
+
+    /// Whether `k` can be looked up (always, without a filter).
+    fn wants(&self, k: &str) -> bool {
+        match &self.0 {
+            None => true,
+            Some(set) => !k.is_ascii() || set.contains(&Self::hash(k)),
+        }
+    }
+}
+
 /// `parts` joined in `buf` (reused between keys).
 fn built<'b>(buf: &'b mut String, parts: &[&str]) -> &'b str {
     buf.clear();
@@ -2424,7 +2504,23 @@ pub fn map_document_real(
     let doc = parse_doc(xml, &contract.root_element, indexed, budget)?;
     budget.check().map_err(Failure::interrupted)?;
     let m = Mapper::new(plan, &doc, app_id, contract)?;
-    m.run(contract, budget)
+    let out = m.run(contract, budget, false);
+    #[cfg(debug_assertions)]
+    {
+        // The key filter changes no answer: the same document mapped with the full context gives the same rows or
+        // the same failure (a limit or a cancellation depends on when it is checked, so it is not compared).
+        let full =
+            Mapper::new(plan, &doc, app_id, contract).and_then(|m| m.run(contract, budget, true));
+        let timed = |r: &Result<MappedApp, Failure>| matches!(r, Err(f) if matches!(f.stage, Stage::Limit | Stage::Cancelled));
+        if !timed(&out) && !timed(&full) {
+            assert_eq!(
+                format!("{out:?}"),
+                format!("{full:?}"),
+                "application {app_id}: the key filter changed the result"
+            );
+        }
+    }
+    out
 }
 
 struct Contact {
@@ -2621,26 +2717,13 @@ impl<'m, 'd> Mapper<'m, 'd> {
         }
     }
 
-    /// `_build_app_level_context`.
-    fn app_context(&self) -> Context<'d> {
+    /// `_build_app_level_context`, holding only the keys a lookup can name ([`KeyFilter`]) unless `full`.
+    fn app_context(&self, full: bool) -> Context<'d> {
         let p = self.ctx.plan;
         let doc: &'d Doc<'d> = self.doc;
-        // Sized for every key it sets (two per attribute), so the map is not rehashed as it grows.
-        let keys = 1
-            + 2 * doc
-                .paths
-                .iter()
-                .map(|(_, ei)| doc.el(*ei).attrs.len())
-                .sum::<usize>()
-            + self
-                .contacts
-                .first()
-                .map_or(0, |x| 2 * doc.el(x.elem).attrs.len());
-        let mut c = Context::Map(MapContext {
-            map: HashMap::with_capacity_and_hasher(keys, FastState::default()),
-            order: Vec::with_capacity(keys),
-            ..MapContext::default()
-        });
+        let none = KeyFilter(None);
+        let f = if full { &none } else { &p.app_keys };
+        let mut c = Context::Map(MapContext::default());
         let mut buf = String::new();
         if !self.contacts.is_empty() {
             let primary = self
@@ -2652,10 +2735,15 @@ impl<'m, 'd> Mapper<'m, 'd> {
                 })
                 .unwrap_or(&self.contacts[0]);
             for (k, v) in doc.el(primary.elem).attrs {
-                c.set_built(built(&mut buf, &["contact.", k]), v.as_ref());
+                let key = built(&mut buf, &["contact.", k]);
+                if f.wants(key) {
+                    c.set_built(key, v.as_ref());
+                }
             }
             for (k, v) in doc.el(primary.elem).attrs {
-                c.set(*k, v.as_ref());
+                if f.wants(k) {
+                    c.set(*k, v.as_ref());
+                }
             }
         }
         c.set("app_id", self.app_id.to_string());
@@ -2664,18 +2752,29 @@ impl<'m, 'd> Mapper<'m, 'd> {
             let attrs = doc.el(*ei).attrs;
             if seg == p.app_elem {
                 for (k, v) in attrs {
-                    c.set_built(built_lower(&mut buf, &["application."], k), xd(v));
+                    let key = built_lower(&mut buf, &["application."], k);
+                    if f.wants(key) {
+                        c.set_built(key, xd(v));
+                    }
                     if seg != "application" {
-                        c.set_built(built(&mut buf, &[seg, ".", k]), xd(v));
+                        let key = built(&mut buf, &[seg, ".", k]);
+                        if f.wants(key) {
+                            c.set_built(key, xd(v));
+                        }
                     }
                 }
             } else {
                 for (k, v) in attrs {
-                    c.set_built(built_lower(&mut buf, &[seg, "."], k), xd(v));
+                    let key = built_lower(&mut buf, &[seg, "."], k);
+                    if f.wants(key) {
+                        c.set_built(key, xd(v));
+                    }
                 }
             }
             for (k, v) in attrs {
-                c.set(*k, xd(v));
+                if f.wants(k) {
+                    c.set(*k, xd(v));
+                }
             }
         }
         c
@@ -3075,9 +3174,9 @@ impl<'m, 'd> Mapper<'m, 'd> {
     }
 
     // tidy:long-fn one arm per table kind, as the replaced _process_table_mappings; a split is pending
-    fn run(&self, contract: &Contract, budget: &Budget) -> Result<MappedApp, Failure> {
+    fn run(&self, contract: &Contract, budget: &Budget, full: bool) -> Result<MappedApp, Failure> {
         let p = self.ctx.plan;
-        let app_ctx = self.app_context();
+        let app_ctx = self.app_context(full);
         let mut out: Vec<Vec<Vec<Value>>> = Vec::with_capacity(p.tables.len());
         let app = Py::Int(self.app_id);
         let mut since = 0usize;
