@@ -107,6 +107,10 @@ mod postgres {
         vec![
             pg("drop_connections", drop_connections),
             pg(
+                "an_unknown_commit_is_read_back_only_after_its_session_ended",
+                an_unknown_commit_is_read_back_only_after_its_session_ended,
+            ),
+            pg(
                 "cut_reply_is_resolved_from_the_log",
                 cut_reply_is_resolved_from_the_log,
             ),
@@ -191,6 +195,117 @@ mod postgres {
         assert!(proxy.resets >= 2, "{proxy:?}");
         // The processors reconnected: more connections than the two instances opened at start.
         assert!(proxy.accepted > 2, "{proxy:?}");
+    }
+
+    /// Rows of `q` (one count) on a fresh autocommit query (activity is read once per transaction).
+    fn count(c: &mut ::postgres::Client, q: &str) -> i64 {
+        c.query_one(q, &[]).expect("count").get(0)
+    }
+
+    /// Waits for `cond` with a deadline (a condition, never a fixed sleep).
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// The race behind a commit whose outcome is unknown: the client's connection dies while its COMMIT is still
+    /// executing on the server. Here the COMMIT is held (a deferred trigger waits on an advisory lock the test holds)
+    /// while the proxy resets the connection; the processor's store reconnects and reads the log back. Read at once,
+    /// the log says "not committed" and the held COMMIT lands a moment later (seen in `harness run` as log rows
+    /// without a `committed` event, pg-drop-connections under load). The store must first end the dead session and
+    /// wait for it, so what it reads is final: after the lock is released and every session is gone, the log agrees.
+    fn an_unknown_commit_is_read_back_only_after_its_session_ended() {
+        use processor::store::write::{
+            resolve_ambiguous_commit, write_atomic, AppWork, NoHooks, WriteCtx,
+        };
+        let cluster = fixtures::pg::PgCluster::start().expect("cluster");
+        let url = cluster.create_database("settle").expect("db");
+        let contract =
+            processor::contract::Contract::from_json(fixtures::CONTRACT_JSON).expect("contract");
+        let db = processor::store::DbUrl::parse(&url).expect("url");
+        let mut direct = processor::store::open(&db, contract.clone()).expect("open");
+        direct.init_schema().expect("init");
+        let doc = fixtures::generate(&fixtures::GenConfig {
+            count: 1,
+            seed: 5,
+            malformed_fraction: 0.0,
+            ..Default::default()
+        });
+        let (id, xml) = (doc[0].app_id, doc[0].xml.clone());
+        direct.load_source(&[(id, xml.clone())]).expect("load");
+        let mut admin = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("admin");
+        admin
+            .batch_execute(
+                "CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NULL; END $$; \
+                 CREATE CONSTRAINT TRIGGER gate AFTER INSERT ON shredproof.processing_log \
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gate(); \
+                 SELECT pg_advisory_lock(4242);",
+            )
+            .expect("gate");
+        let proxy = harness::proxy::FaultProxy::start(&format!("127.0.0.1:{}", cluster.port()))
+            .expect("proxy");
+        let (_, via_proxy) = harness::proxy::route_url(&url, proxy.addr()).expect("route");
+        let via = processor::store::DbUrl::parse(&via_proxy).expect("proxy url");
+        let c2 = contract.clone();
+        let writer = std::thread::spawn(move || {
+            let mut s = processor::store::open(&via, c2.clone()).expect("open via proxy");
+            let work = vec![AppWork {
+                app_id: id,
+                fence: None,
+                outcome: processor::mapping::map_document(&c2, id, &xml),
+            }];
+            let ctx = WriteCtx {
+                session_id: "sess-w",
+                instance_id: 0,
+                fenced: false,
+                hooks: &NoHooks,
+            };
+            let first = write_atomic(s.as_mut(), &work, &ctx)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            s.reconnect().expect("reconnect");
+            let read = resolve_ambiguous_commit(s.as_mut(), &work, "sess-w").expect("resolve");
+            (first, read)
+        });
+        wait_for("the COMMIT to wait on the gate", || {
+            count(
+                &mut admin,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'",
+            ) == 1
+        });
+        assert_eq!(
+            proxy.reset_all(),
+            1,
+            "the writer's connection goes through the proxy"
+        );
+        let (first, read) = writer.join().expect("writer thread");
+        assert!(
+            first.is_err(),
+            "the held COMMIT cannot have reported success: {first:?}"
+        );
+        admin
+            .batch_execute("SELECT pg_advisory_unlock(4242)")
+            .expect("unlock");
+        wait_for("every processor session to end", || {
+            count(&mut admin, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'shredproof-processor'") <= 1
+        });
+        let logged: Vec<i64> = direct
+            .logged(&[id])
+            .expect("log")
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
+        assert_eq!(
+            read, logged,
+            "what the store read back after the unknown commit is not what the log holds now"
+        );
     }
 
     fn cut_reply_is_resolved_from_the_log() {

@@ -358,6 +358,15 @@ pub trait Store: Send {
     fn complete_claims(&mut self, owner: &str, claims: &[(i64, i64)]) -> StoreResult<Vec<i64>>;
     /// Which of `app_ids` have a log row, with its session: `(app_id, session_id)`.
     fn logged(&mut self, app_ids: &[i64]) -> StoreResult<Vec<(i64, String)>>;
+    /// Before reading back a commit whose outcome is unknown: waits until the server has finished every session
+    /// of the connections this store dropped (`reconnect`), ending them if need be, so their transactions are
+    /// committed or rolled back for good. Without it, the read can run while a dead connection's COMMIT is still
+    /// executing on the server: "not committed" is read, and the commit lands a moment later. Only PostgreSQL
+    /// does something (see `PgStore::settle`); SQLite's connection is in-process, and SQL Server's locking READ
+    /// COMMITTED read already waits for an uncommitted log row (docs/sqlserver.md: not on Babelfish).
+    fn settle_dropped(&mut self) -> StoreResult<()> {
+        Ok(())
+    }
 
     fn status(&mut self, now_ms: i64) -> StoreResult<StatusReport>;
     /// Drops and re-opens the connection after a transient failure.

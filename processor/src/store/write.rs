@@ -381,6 +381,7 @@ pub fn resolve_ambiguous_commit(
     session_id: &str,
 ) -> StoreResult<Vec<i64>> {
     let ids: Vec<i64> = work.iter().map(|w| w.app_id).collect();
+    store.settle_dropped()?;
     Ok(store
         .logged(&ids)?
         .into_iter()

@@ -32,6 +32,28 @@ pub struct PgStore {
     /// forward through the source table and wrap to the start once the rest is empty, which is when expired leases
     /// behind the cursor are taken over.
     claim_cursor: i64,
+    /// This connection's server session: `(pid, backend_start)`, read at connect (`None` if that read failed).
+    session: Option<(i32, String)>,
+    /// The server sessions of connections dropped by `reconnect` and not yet known to have ended (`settle_dropped`).
+    dropped: Vec<(i32, String)>,
+}
+
+/// At most this many dropped sessions are remembered (the oldest are forgotten): reconnects without an ambiguous
+/// commit in between never call `settle_dropped`.
+const DROPPED_KEPT: usize = 16;
+/// How long `settle_dropped` waits for a dropped session to end before the read counts as failed (transient: the
+/// retry policy tries again).
+const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// `(pg_backend_pid(), backend_start)`: identifies the server session even after its pid is reused.
+fn session_of(client: &mut Client) -> Option<(i32, String)> {
+    let row = client
+        .query_opt(
+            "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .ok()??;
+    Some((row.try_get(0).ok()?, row.try_get(1).ok()?))
 }
 
 fn connect(url: &PgUrl) -> StoreResult<Client> {
@@ -49,7 +71,8 @@ fn connect(url: &PgUrl) -> StoreResult<Client> {
 
 impl PgStore {
     pub fn open(url: &PgUrl, contract: Contract) -> StoreResult<Self> {
-        let client = connect(url)?;
+        let mut client = connect(url)?;
+        let session = session_of(&mut client);
         let names = Names::new(&contract);
         let insert_sql = contract
             .tables
@@ -64,6 +87,8 @@ impl PgStore {
             insert_sql,
             stmts: HashMap::new(),
             claim_cursor: i64::MIN,
+            session,
+            dropped: Vec::new(),
         })
     }
 
@@ -423,8 +448,51 @@ impl Store for PgStore {
     }
 
     fn reconnect(&mut self) -> StoreResult<()> {
-        self.client = connect(&self.url)?;
+        if let Some(s) = self.session.take() {
+            if self.dropped.len() == DROPPED_KEPT {
+                self.dropped.remove(0);
+            }
+            self.dropped.push(s);
+        }
         self.stmts.clear();
+        self.client = connect(&self.url)?;
+        self.session = session_of(&mut self.client);
+        Ok(())
+    }
+
+    /// Ends each dropped connection's server session (`pg_terminate_backend`: a COMMIT already executing
+    /// finishes first, an open transaction rolls back) and waits until it is gone from `pg_stat_activity`, which a
+    /// backend leaves only after its transaction has ended. Each poll is its own transaction (activity is read
+    /// once per transaction).
+    fn settle_dropped(&mut self) -> StoreResult<()> {
+        let deadline = std::time::Instant::now() + SETTLE_DEADLINE;
+        let mut wait = Duration::from_millis(5);
+        while let Some((pid, start)) = self.dropped.last().cloned() {
+            let alive = self
+                .client
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE pid = $1 AND backend_start::text = $2",
+                    &[&pid, &start],
+                )
+                .map_err(err("settle dropped session"))?;
+            if alive.is_empty() {
+                self.dropped.pop();
+                continue;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(StoreError::new(
+                    ErrorKind::Transient,
+                    "settle dropped session",
+                    format!(
+                        "the server session (pid {pid}) of a dropped connection is still running after \
+                         {SETTLE_DEADLINE:?}"
+                    ),
+                ));
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_millis(200));
+        }
         Ok(())
     }
 }
