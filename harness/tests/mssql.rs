@@ -28,6 +28,10 @@ fn main() {
             "mssql_checker_reads_a_fresh_database",
             mssql_checker_reads_a_fresh_database,
         ),
+        (
+            "mssql_an_unknown_commit_is_read_back_only_after_its_session_ended",
+            mssql_an_unknown_commit_is_read_back_only_after_its_session_ended,
+        ),
     ]
     .into_iter()
     .map(|(name, f)| trial::trial(name, needs, f))
@@ -183,4 +187,168 @@ fn mssql_backend_without_a_server_is_an_environment_error() {
     assert!(stderr.contains(ENV), "{stderr}");
     assert!(stderr.contains("babelfish/install.sh"), "{stderr}");
     assert!(stderr.contains("--features testcontainers"), "{stderr}");
+}
+
+/// One plain connection to the test's database, for watching the server's sessions (not the store under test).
+struct Watcher {
+    rt: tokio::runtime::Runtime,
+    client: tiberius::Client<tokio_util::compat::Compat<tokio::net::TcpStream>>,
+}
+
+impl Watcher {
+    fn connect(url: &str) -> Self {
+        use tokio_util::compat::TokioAsyncWriteCompatExt;
+        let cfg = processor::store::mssql::config::MssqlConfig::parse(url)
+            .expect("url")
+            .tiberius();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(cfg.get_addr())
+                .await
+                .expect("tcp");
+            tcp.set_nodelay(true).expect("nodelay");
+            tiberius::Client::connect(cfg, tcp.compat_write())
+                .await
+                .expect("login")
+        });
+        Watcher { rt, client }
+    }
+
+    /// `(session id, status)` of every other session in this database.
+    fn sessions(&mut self) -> Vec<(i32, String)> {
+        let rows = self.rt.block_on(async {
+            self.client
+                .simple_query(
+                    "SELECT CAST(session_id AS INT), CAST(status AS NVARCHAR(60)) FROM sys.dm_exec_sessions \
+                     WHERE database_id = DB_ID() AND session_id <> @@SPID",
+                )
+                .await
+                .expect("query")
+                .into_first_result()
+                .await
+                .expect("rows")
+        });
+        rows.iter()
+            .filter_map(|r| {
+                let id = r.get::<i32, _>(0)?;
+                Some((id, r.get::<&str, _>(1).unwrap_or("").trim().to_owned()))
+            })
+            .collect()
+    }
+}
+
+/// The race behind a commit whose outcome is unknown, on the SQL Server store: the client's connection dies while
+/// its session still works on the server (here: its insert of app 2's log row waits for another transaction that
+/// holds that row, while app 1's row is written and uncommitted). The proxy resets the connection; the store
+/// reconnects and reads app 1 back. It must first end the dead session (`KILL`) and wait until it is gone: on
+/// Babelfish (PostgreSQL MVCC) the read would otherwise answer at once, while that session could still commit; on
+/// SQL Server the read would wait on its locks until the lock timeout. Seen failing with `settle_dropped` a no-op
+/// (the dead session still listed after the read).
+fn mssql_an_unknown_commit_is_read_back_only_after_its_session_ended() {
+    use processor::store::write::{resolve_ambiguous_commit, AppWork};
+    use processor::store::{LogRow, LogStatus};
+    let test = "mssql_an_unknown_commit_is_read_back_only_after_its_session_ended";
+    let mut launcher = launcher(test);
+    let url = launcher.fresh_database("settle").expect("fresh database");
+    let contract =
+        processor::contract::Contract::from_json(fixtures::CONTRACT_JSON).expect("contract");
+    let db = processor::store::DbUrl::parse(&url).expect("url");
+    let mut holder = processor::store::open(&db, contract.clone()).expect("open");
+    holder.init_schema().expect("init");
+    let docs = fixtures::generate(&fixtures::GenConfig {
+        count: 2,
+        seed: 5,
+        malformed_fraction: 0.0,
+        ..Default::default()
+    });
+    let src: Vec<(i64, String)> = docs.iter().map(|d| (d.app_id, d.xml.clone())).collect();
+    holder.load_source(&src).expect("load");
+    let (a1, a2) = (docs[0].app_id, docs[1].app_id);
+    let log = |app_id: i64, session: &str| LogRow {
+        app_id,
+        status: LogStatus::Success,
+        reason: None,
+        attempts: 1,
+        instance_id: 0,
+        session_id: session.to_owned(),
+        fence: None,
+        coerced: 0,
+    };
+    // The holder takes app 2's log row in an open transaction: the dropped session's insert of it waits.
+    holder.begin().expect("begin");
+    holder
+        .insert_logs(&[log(a2, "holder")])
+        .expect("holder's row");
+    let mut watch = Watcher::connect(&url);
+    // The upstream address first (the route's other half is unused), then the URL through the started proxy.
+    let (upstream, _) =
+        harness::proxy::route_url(&url, "127.0.0.1:9".parse().expect("addr")).expect("route");
+    let proxy = harness::proxy::FaultProxy::start(&upstream).expect("proxy");
+    let (_, via) = harness::proxy::route_url(&url, proxy.addr()).expect("route");
+    let via = processor::store::DbUrl::parse(&via).expect("proxy url");
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let c2 = contract.clone();
+    let xml = docs[0].xml.clone();
+    std::thread::spawn(move || {
+        let mut s = processor::store::open(&via, c2.clone()).expect("open via proxy");
+        s.begin().expect("begin");
+        s.insert_logs(&[log(a1, "sess-w")]).expect("app 1's row");
+        first_tx.send(()).expect("signal");
+        let blocked = s
+            .insert_logs(&[log(a2, "sess-w")])
+            .map_err(|e| e.to_string());
+        s.reconnect().expect("reconnect");
+        let work = vec![AppWork {
+            app_id: a1,
+            fence: None,
+            outcome: processor::mapping::map_document(&c2, a1, &xml),
+        }];
+        let read = resolve_ambiguous_commit(s.as_mut(), &work, "sess-w").map_err(|e| e.to_string());
+        let _ = done_tx.send((blocked, read));
+    });
+    let deadline = std::time::Duration::from_secs(120);
+    first_rx
+        .recv_timeout(deadline)
+        .expect("the writer wrote app 1's row");
+    // After app 1's row, the writer's only statement is the insert that waits: its session shows as working.
+    let t0 = std::time::Instant::now();
+    let dead = loop {
+        let busy: Vec<i32> = watch
+            .sessions()
+            .into_iter()
+            .filter(|(_, st)| matches!(st.to_ascii_lowercase().as_str(), "active" | "running"))
+            .map(|(id, _)| id)
+            .collect();
+        if let [id] = busy[..] {
+            break id;
+        }
+        assert!(
+            t0.elapsed() < deadline,
+            "the writer's insert never waited: {busy:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        proxy.reset_all() >= 1,
+        "the writer's connection went through the proxy"
+    );
+    let (blocked, read) = done_rx
+        .recv_timeout(deadline)
+        .expect("the writer read its outcome back");
+    assert!(
+        blocked.is_err(),
+        "the waiting insert must fail with the connection: {blocked:?}"
+    );
+    assert_eq!(read, Ok(vec![]), "app 1's row was never committed");
+    let left: Vec<i32> = watch.sessions().into_iter().map(|(id, _)| id).collect();
+    assert!(
+        !left.contains(&dead),
+        "the dropped session {dead} was still on the server after the read-back (sessions: {left:?})"
+    );
+    holder.rollback().expect("rollback");
+    assert_eq!(holder.logged(&[a1, a2]).expect("log"), vec![]);
 }

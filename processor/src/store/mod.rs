@@ -361,9 +361,9 @@ pub trait Store: Send {
     /// Before reading back a commit whose outcome is unknown: waits until the server has finished every session
     /// of the connections this store dropped (`reconnect`), ending them if need be, so their transactions are
     /// committed or rolled back for good. Without it, the read can run while a dead connection's COMMIT is still
-    /// executing on the server: "not committed" is read, and the commit lands a moment later. Only PostgreSQL
-    /// does something (see `PgStore::settle`); SQLite's connection is in-process, and SQL Server's locking READ
-    /// COMMITTED read already waits for an uncommitted log row (docs/sqlserver.md: not on Babelfish).
+    /// executing on the server: "not committed" is read, and the commit lands a moment later. PostgreSQL
+    /// (`pg_terminate_backend`) and SQL Server (`KILL`) end the dead session and wait until it is gone; SQLite's
+    /// connection is in-process, so it has nothing to do.
     fn settle_dropped(&mut self) -> StoreResult<()> {
         Ok(())
     }

@@ -18,6 +18,7 @@ use config::MssqlConfig;
 use error::{classify, err};
 use sql::{chunk_rows, Carrier, Names};
 use std::collections::HashSet;
+use std::time::Duration;
 use tiberius::{Client, Query, Row, SqlBrowser};
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
@@ -41,6 +42,41 @@ pub struct MssqlStore {
     names: Names,
     /// Set by `prepare_claims`: this connection claims, so a reconnect warms the claim statement again.
     claims: bool,
+    /// This connection's server session `(session id, login time)`, read at connect; `None` if that read failed
+    /// or the login cannot see other sessions (`sql::SESSION_OF`).
+    session: Option<(i32, String)>,
+    /// The server sessions of connections dropped by `reconnect`, not yet known to have ended (`settle_dropped`).
+    dropped: Vec<(i32, String)>,
+}
+
+/// At most this many dropped sessions are remembered (the oldest are forgotten): reconnects without an ambiguous
+/// commit in between never call `settle_dropped`.
+const DROPPED_KEPT: usize = 16;
+/// How long `settle_dropped` waits for a dropped session to end before the read counts as failed (transient: the
+/// retry policy tries again).
+const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// `sql::SESSION_OF` on a fresh connection. Without `VIEW SERVER STATE` the answer is `None` (logged once per
+/// connect at debug level): the dropped session could not be seen, and the read-back relies on
+/// `READCOMMITTEDLOCK` alone (it waits for the dead session's locks on SQL Server, not on Babelfish).
+async fn session_of(c: &mut Conn) -> Option<(i32, String)> {
+    let rows = c
+        .simple_query(sql::SESSION_OF)
+        .await
+        .ok()?
+        .into_first_result()
+        .await
+        .ok()?;
+    let r = rows.first()?;
+    let id = r.try_get::<i32, _>(0).ok()??;
+    let login = r.try_get::<&str, _>(1).ok()??.to_owned();
+    if r.try_get::<i32, _>(2).ok()?? != 1 {
+        tracing::debug!(
+            "no VIEW SERVER STATE: a dropped connection's session cannot be ended before a read-back"
+        );
+        return None;
+    }
+    Some((id, login))
 }
 
 fn runtime() -> StoreResult<Runtime> {
@@ -225,7 +261,8 @@ fn load_chunks(docs: &[(i64, &str)]) -> Vec<std::ops::Range<usize>> {
 impl MssqlStore {
     pub fn open(cfg: &MssqlConfig, contract: Contract) -> StoreResult<Self> {
         let rt = runtime()?;
-        let (client, kind) = rt.block_on(connect(cfg))?;
+        let (mut client, kind) = rt.block_on(connect(cfg))?;
+        let session = rt.block_on(session_of(&mut client));
         let names = Names::new(&contract);
         Ok(MssqlStore {
             cfg: cfg.clone(),
@@ -235,6 +272,8 @@ impl MssqlStore {
             contract,
             names,
             claims: false,
+            session,
+            dropped: Vec::new(),
         })
     }
 
@@ -757,10 +796,58 @@ impl Store for MssqlStore {
     }
 
     fn reconnect(&mut self) -> StoreResult<()> {
-        // The old connection is dropped (and its open transaction rolled back by the server) on success.
+        if let Some(s) = self.session.take() {
+            if self.dropped.len() == DROPPED_KEPT {
+                self.dropped.remove(0);
+            }
+            self.dropped.push(s);
+        }
+        // The old connection is dropped on success; the server ends its session when it notices, which
+        // `settle_dropped` does not wait for.
         (self.client, self.kind) = self.rt.block_on(connect(&self.cfg))?;
+        self.session = self.rt.block_on(session_of(&mut self.client));
         if self.claims {
             self.warm_claim();
+        }
+        Ok(())
+    }
+
+    /// Ends each dropped connection's server session (`KILL`) and waits until it is gone from
+    /// `sys.dm_exec_sessions`, where a killed session stays until its rollback is done: the same contract as the
+    /// PostgreSQL store's. On SQL Server the read-back's `READCOMMITTEDLOCK` would wait for the session's locks
+    /// anyway; on Babelfish (PostgreSQL MVCC underneath) nothing else makes the read wait (docs/sqlserver.md).
+    fn settle_dropped(&mut self) -> StoreResult<()> {
+        const OP: &str = "settle dropped session";
+        let deadline = std::time::Instant::now() + SETTLE_DEADLINE;
+        let mut wait = Duration::from_millis(5);
+        while let Some((id, login)) = self.dropped.last().cloned() {
+            let mut q = Query::new(sql::SETTLE);
+            q.bind(id);
+            q.bind(login.as_str());
+            let rows = self
+                .rt
+                .block_on(fetch(&mut self.client, q))
+                .map_err(err(OP))?;
+            let alive = match rows.first() {
+                Some(r) => r.try_get::<i32, _>(0).map_err(err(OP))? == Some(1),
+                None => false,
+            };
+            if !alive {
+                self.dropped.pop();
+                continue;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(StoreError::new(
+                    ErrorKind::Transient,
+                    OP,
+                    format!(
+                        "the server session {id} of a dropped connection is still there after \
+                         {SETTLE_DEADLINE:?} (KILL needs ALTER ANY CONNECTION)"
+                    ),
+                ));
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_millis(200));
         }
         Ok(())
     }

@@ -497,10 +497,13 @@ pub fn live_claims(n: &Names) -> String {
 }
 
 /// `@P1`.. the `nids` app ids.
+/// `READCOMMITTEDLOCK`: the read waits for an uncommitted log row (a dead connection's COMMIT still executing)
+/// even where the database has READ_COMMITTED_SNAPSHOT on (Azure SQL's default), which would otherwise answer
+/// "not committed" from the row's last committed version. Babelfish accepts the hint and ignores it.
 pub fn logged(n: &Names, nids: usize) -> String {
     let ids: Vec<String> = (0..nids).map(|i| format!("@P{}", i + 1)).collect();
     format!(
-        "SELECT app_id, session_id FROM {} WHERE app_id IN ({});",
+        "SELECT app_id, session_id FROM {} WITH (READCOMMITTEDLOCK) WHERE app_id IN ({});",
         n.log,
         ids.join(", ")
     )
@@ -557,6 +560,28 @@ pub fn create_database(name: &Ident) -> String {
         b = name.bracket()
     )
 }
+
+/// This connection's server session: `(session id, login time)`, a pair that names it even after the id is
+/// reused, and whether the login may see other sessions (`VIEW SERVER STATE`; without it `sys.dm_exec_sessions`
+/// lists only the caller's own, so a dropped session would look gone). `@@SPID` is cast: Babelfish's ids (its
+/// PostgreSQL backend pids) exceed SQL Server's `smallint`.
+pub const SESSION_OF: &str = "SELECT CAST(@@SPID AS INT), CONVERT(NVARCHAR(30), login_time, 126), \
+     CAST(ISNULL(HAS_PERMS_BY_NAME(NULL, NULL, 'VIEW SERVER STATE'), 0) AS INT) \
+     FROM sys.dm_exec_sessions WHERE session_id = @@SPID;";
+
+/// `@P1` session id, `@P2` its login time (as [`SESSION_OF`] read it): `KILL`s that session if it still exists
+/// (a COMMIT already executing finishes first, an open transaction rolls back) and returns 1 while it is listed
+/// (a killed session stays until its rollback is done), 0 once it is gone. A `KILL` that fails (the session
+/// ended in between, or the login lacks `ALTER ANY CONNECTION`) is ignored: the caller polls until the deadline.
+pub const SETTLE: &str = "DECLARE @s INT = @P1; \
+     IF EXISTS (SELECT 1 FROM sys.dm_exec_sessions \
+                WHERE session_id = @s AND CONVERT(NVARCHAR(30), login_time, 126) = @P2) \
+     BEGIN \
+       DECLARE @k NVARCHAR(40) = N'KILL ' + CAST(@s AS NVARCHAR(10)); \
+       BEGIN TRY EXEC(@k); END TRY BEGIN CATCH END CATCH; \
+       SELECT CAST(1 AS INT); \
+     END \
+     ELSE SELECT CAST(0 AS INT);";
 
 /// Ends the database's other sessions with `KILL` (their open transactions roll back), then drops it. Not
 /// `ALTER DATABASE … SET SINGLE_USER WITH ROLLBACK IMMEDIATE`: Babelfish refuses `ALTER DATABASE` when it parses
