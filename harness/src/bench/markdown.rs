@@ -13,12 +13,12 @@ pub(super) fn fmt_lat(l: Option<&Latency>) -> String {
 /// The Markdown results table.
 pub fn table(r: &BenchReport) -> String {
     let mut s = String::from(
-        "| mode | instances | apps/s | × one instance | % of limit | commit interval p50/p99 ms | claim→commit p50/p99 ms | processor CPU s | machine busy % | first 10 % apps/s | last 10 % apps/s | last/first | collisions |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| mode | instances | apps/s | × one instance | % of limit | commit interval p50/p99 ms | claim→commit p50/p99 ms | processor CPU s | machine busy % | first 10 % apps/s | last 10 % apps/s | last/first | collisions | failed |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for x in &r.runs {
         s.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {:.0} % | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {} |\n",
+            "| {} | {} | {:.0} | {} | {:.0} % | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} of {} |\n",
             x.mode,
             x.instances,
             x.apps_per_sec,
@@ -32,7 +32,9 @@ pub fn table(r: &BenchReport) -> String {
             x.first_10pct_apps_per_sec,
             x.last_10pct_apps_per_sec,
             x.last_10pct_apps_per_sec / x.first_10pct_apps_per_sec.max(1e-9),
-            x.collisions
+            x.collisions,
+            x.failed,
+            x.apps
         ));
     }
     s
@@ -56,7 +58,8 @@ pub fn markdown(r: &BenchReport) -> String {
          *claim→commit* (queue mode) = from the `claimed` event to the `committed` event of the application. \
          *processor CPU* = user+system seconds of all instances (getrusage of children); *machine busy* = \
          non-idle share of all cores over the run from /proc/stat (includes the database server). \
-         *first/last 10 %* = applications/s over the first and the last tenth of committed applications.\n",
+         *first/last 10 %* = applications/s over the first and the last tenth of committed applications. \
+         *failed* = of the applications committed, those logged `failed` (a failed one costs less than a success).\n",
         r.command,
         // A TDS endpoint that is not SQL Server must say so wherever its figures are shown.
         if m.database.contains("Babelfish") {

@@ -118,6 +118,8 @@ pub struct RunResult {
     pub mode: String,
     pub instances: u32,
     pub apps: u64,
+    /// Of `apps`, how many were logged `failed` (the rest `success`).
+    pub failed: u64,
     pub wall_secs: f64,
     pub apps_per_sec: f64,
     pub ratio_to_limit: f64,
@@ -216,9 +218,11 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
                 r.scaling_vs_one = Some(r.apps_per_sec / one.apps_per_sec.max(1e-9));
             }
             eprintln!(
-                "\r[{k}/{total}] {} × {n}: {:.0} apps/s ({:.0} % of the limit), p50 {:.0} ms, p99 {:.0} ms, {:.1} s       ",
+                "\r[{k}/{total}] {} × {n}: {:.0} apps/s ({} of {} failed, {:.0} % of the limit), p50 {:.0} ms, p99 {:.0} ms, {:.1} s       ",
                 mode.as_str(),
                 r.apps_per_sec,
+                r.failed,
+                r.apps,
                 100.0 * r.ratio_to_limit,
                 r.commit_interval.p50_ms,
                 r.commit_interval.p99_ms,
@@ -528,6 +532,7 @@ fn run_instances(
         mode: mode.as_str().to_owned(),
         instances: n,
         apps: stats.apps,
+        failed: stats.failed,
         wall_secs: wall,
         apps_per_sec: stats.apps as f64 / wall.max(1e-9),
         ratio_to_limit: 0.0,
@@ -561,9 +566,11 @@ mod tests {
             ev(EventKind::Committed, "a", 1_000_000, (1..=10).collect()),
             ev(EventKind::Committed, "a", 3_000_000, (11..=20).collect()),
             ev(EventKind::Committed, "a", 4_000_000, (21..=30).collect()),
+            ev(EventKind::Failed, "a", 4_000_000, vec![22, 27]),
         ];
         let s = event_stats(&events).expect("stats");
         assert_eq!(s.apps, 30);
+        assert_eq!(s.failed, 2);
         assert_eq!(s.commit_interval.p50_ms, 1000.0);
         assert_eq!(s.commit_interval.p99_ms, 2000.0);
         assert_eq!(s.claim_to_commit.as_ref().map(|l| l.p50_ms), Some(1000.0));

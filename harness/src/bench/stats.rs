@@ -4,6 +4,8 @@ use super::*;
 
 pub(super) struct EventStats {
     pub(super) apps: u64,
+    /// Of `apps`, those logged `failed` (a `failed` event): cheaper than a success, so shown next to apps/s.
+    pub(super) failed: u64,
     pub(super) collisions: u64,
     pub(super) commit_interval: Latency,
     pub(super) claim_to_commit: Option<Latency>,
@@ -35,6 +37,7 @@ pub(super) fn event_stats(events: &[Event]) -> Result<EventStats> {
     let mut c2c = Vec::new();
     let mut commits: Vec<(i64, u64)> = Vec::new();
     let mut collisions = 0u64;
+    let mut failed = 0u64;
     if !events.iter().any(|e| e.kind() == EventKind::Started) {
         bail!("no started event: did the processor write its events?");
     }
@@ -60,6 +63,7 @@ pub(super) fn event_stats(events: &[Event]) -> Result<EventStats> {
                 commits.push((e.ts_us, e.app_ids.len() as u64));
             }
             EventKind::Collision => collisions += e.app_ids.len() as u64,
+            EventKind::Failed => failed += e.app_ids.len() as u64,
             _ => {}
         }
     }
@@ -95,6 +99,7 @@ pub(super) fn event_stats(events: &[Event]) -> Result<EventStats> {
     };
     Ok(EventStats {
         apps,
+        failed,
         collisions,
         commit_interval: latency(interval),
         claim_to_commit: (!c2c.is_empty()).then(|| latency(c2c)),
