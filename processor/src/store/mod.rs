@@ -2,6 +2,7 @@
 //! one transaction, renew leases, report progress), with one folder per backend. All SQL text and every dialect
 //! detail live in those folders; nothing above this module knows which database it talks to.
 
+pub mod dropped;
 pub mod mssql;
 pub mod postgres;
 pub mod sqlite;

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod sql;
 
+use super::dropped::{Dropped, Session, SETTLE_DEADLINE};
 use super::{
     ClaimSummary, ErrorKind, InstanceProgress, LogCounts, LogRow, Selection, SourceDoc,
     StatusReport, Store, StoreError, StoreResult, LEASE_DONE,
@@ -18,7 +19,6 @@ use config::MssqlConfig;
 use error::{classify, err};
 use sql::{chunk_rows, Carrier, Names};
 use std::collections::HashSet;
-use std::time::Duration;
 use tiberius::{Client, Query, Row, SqlBrowser};
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
@@ -44,22 +44,15 @@ pub struct MssqlStore {
     claims: bool,
     /// This connection's server session `(session id, login time)`, read at connect; `None` if that read failed
     /// or the login cannot see other sessions (`sql::SESSION_OF`).
-    session: Option<(i32, String)>,
+    session: Option<Session>,
     /// The server sessions of connections dropped by `reconnect`, not yet known to have ended (`settle_dropped`).
-    dropped: Vec<(i32, String)>,
+    dropped: Dropped,
 }
-
-/// At most this many dropped sessions are remembered (the oldest are forgotten): reconnects without an ambiguous
-/// commit in between never call `settle_dropped`.
-const DROPPED_KEPT: usize = 16;
-/// How long `settle_dropped` waits for a dropped session to end before the read counts as failed (transient: the
-/// retry policy tries again).
-const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// `sql::SESSION_OF` on a fresh connection. Without `VIEW SERVER STATE` the answer is `None` (logged once per
 /// connect at debug level): the dropped session could not be seen, and the read-back relies on
 /// `READCOMMITTEDLOCK` alone (it waits for the dead session's locks on SQL Server, not on Babelfish).
-async fn session_of(c: &mut Conn) -> Option<(i32, String)> {
+async fn session_of(c: &mut Conn) -> Option<Session> {
     let rows = c
         .simple_query(sql::SESSION_OF)
         .await
@@ -273,7 +266,7 @@ impl MssqlStore {
             names,
             claims: false,
             session,
-            dropped: Vec::new(),
+            dropped: Dropped::default(),
         })
     }
 
@@ -796,14 +789,9 @@ impl Store for MssqlStore {
     }
 
     fn reconnect(&mut self) -> StoreResult<()> {
-        if let Some(s) = self.session.take() {
-            if self.dropped.len() == DROPPED_KEPT {
-                self.dropped.remove(0);
-            }
-            self.dropped.push(s);
-        }
-        // The old connection is dropped on success; the server ends its session when it notices, which
-        // `settle_dropped` does not wait for.
+        // The old connection is dropped on success; the server ends its session when it notices, which only
+        // `settle_dropped` waits for.
+        self.dropped.push(self.session.take());
         (self.client, self.kind) = self.rt.block_on(connect(&self.cfg))?;
         self.session = self.rt.block_on(session_of(&mut self.client));
         if self.claims {
@@ -818,38 +806,26 @@ impl Store for MssqlStore {
     /// anyway; on Babelfish (PostgreSQL MVCC underneath) nothing else makes the read wait (docs/sqlserver.md).
     fn settle_dropped(&mut self) -> StoreResult<()> {
         const OP: &str = "settle dropped session";
-        let deadline = std::time::Instant::now() + SETTLE_DEADLINE;
-        let mut wait = Duration::from_millis(5);
-        while let Some((id, login)) = self.dropped.last().cloned() {
-            let mut q = Query::new(sql::SETTLE);
-            q.bind(id);
-            q.bind(login.as_str());
-            let rows = self
-                .rt
-                .block_on(fetch(&mut self.client, q))
-                .map_err(err(OP))?;
-            let alive = match rows.first() {
-                Some(r) => r.try_get::<i32, _>(0).map_err(err(OP))? == Some(1),
-                None => false,
-            };
-            if !alive {
-                self.dropped.pop();
-                continue;
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(StoreError::new(
-                    ErrorKind::Transient,
-                    OP,
-                    format!(
-                        "the server session {id} of a dropped connection is still there after \
-                         {SETTLE_DEADLINE:?} (KILL needs ALTER ANY CONNECTION)"
-                    ),
-                ));
-            }
-            std::thread::sleep(wait);
-            wait = (wait * 2).min(Duration::from_millis(200));
-        }
-        Ok(())
+        let (rt, client) = (&self.rt, &mut self.client);
+        self.dropped.settle(
+            OP,
+            |(id, login)| {
+                let mut q = Query::new(sql::SETTLE);
+                q.bind(*id);
+                q.bind(login.as_str());
+                let rows = rt.block_on(fetch(client, q)).map_err(err(OP))?;
+                Ok(match rows.first() {
+                    Some(r) => r.try_get::<i32, _>(0).map_err(err(OP))? == Some(1),
+                    None => false,
+                })
+            },
+            |(id, _)| {
+                format!(
+                    "the server session {id} of a dropped connection is still there after \
+                     {SETTLE_DEADLINE:?} (KILL needs ALTER ANY CONNECTION)"
+                )
+            },
+        )
     }
 
     fn prepare_claims(&mut self) {

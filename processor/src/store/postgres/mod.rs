@@ -4,6 +4,7 @@
 pub mod error;
 pub mod sql;
 
+use super::dropped::{Dropped, Session, SETTLE_DEADLINE};
 use super::url::PgUrl;
 use super::{
     ClaimSummary, ErrorKind, InstanceProgress, LogCounts, LogRow, Selection, SourceDoc,
@@ -33,20 +34,13 @@ pub struct PgStore {
     /// behind the cursor are taken over.
     claim_cursor: i64,
     /// This connection's server session: `(pid, backend_start)`, read at connect (`None` if that read failed).
-    session: Option<(i32, String)>,
+    session: Option<Session>,
     /// The server sessions of connections dropped by `reconnect` and not yet known to have ended (`settle_dropped`).
-    dropped: Vec<(i32, String)>,
+    dropped: Dropped,
 }
 
-/// At most this many dropped sessions are remembered (the oldest are forgotten): reconnects without an ambiguous
-/// commit in between never call `settle_dropped`.
-const DROPPED_KEPT: usize = 16;
-/// How long `settle_dropped` waits for a dropped session to end before the read counts as failed (transient: the
-/// retry policy tries again).
-const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
-
 /// `(pg_backend_pid(), backend_start)`: identifies the server session even after its pid is reused.
-fn session_of(client: &mut Client) -> Option<(i32, String)> {
+fn session_of(client: &mut Client) -> Option<Session> {
     let row = client
         .query_opt(
             "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
@@ -88,7 +82,7 @@ impl PgStore {
             stmts: HashMap::new(),
             claim_cursor: i64::MIN,
             session,
-            dropped: Vec::new(),
+            dropped: Dropped::default(),
         })
     }
 
@@ -448,12 +442,7 @@ impl Store for PgStore {
     }
 
     fn reconnect(&mut self) -> StoreResult<()> {
-        if let Some(s) = self.session.take() {
-            if self.dropped.len() == DROPPED_KEPT {
-                self.dropped.remove(0);
-            }
-            self.dropped.push(s);
-        }
+        self.dropped.push(self.session.take());
         self.stmts.clear();
         self.client = connect(&self.url)?;
         self.session = session_of(&mut self.client);
@@ -465,34 +454,26 @@ impl Store for PgStore {
     /// backend leaves only after its transaction has ended. Each poll is its own transaction (activity is read
     /// once per transaction).
     fn settle_dropped(&mut self) -> StoreResult<()> {
-        let deadline = std::time::Instant::now() + SETTLE_DEADLINE;
-        let mut wait = Duration::from_millis(5);
-        while let Some((pid, start)) = self.dropped.last().cloned() {
-            let alive = self
-                .client
-                .query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE pid = $1 AND backend_start::text = $2",
-                    &[&pid, &start],
+        const OP: &str = "settle dropped session";
+        let client = &mut self.client;
+        self.dropped.settle(
+            OP,
+            |(pid, start)| {
+                let alive = client
+                    .query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE pid = $1 AND backend_start::text = $2",
+                        &[pid, start],
+                    )
+                    .map_err(err(OP))?;
+                Ok(!alive.is_empty())
+            },
+            |(pid, _)| {
+                format!(
+                    "the server session (pid {pid}) of a dropped connection is still running after \
+                     {SETTLE_DEADLINE:?}"
                 )
-                .map_err(err("settle dropped session"))?;
-            if alive.is_empty() {
-                self.dropped.pop();
-                continue;
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(StoreError::new(
-                    ErrorKind::Transient,
-                    "settle dropped session",
-                    format!(
-                        "the server session (pid {pid}) of a dropped connection is still running after \
-                         {SETTLE_DEADLINE:?}"
-                    ),
-                ));
-            }
-            std::thread::sleep(wait);
-            wait = (wait * 2).min(Duration::from_millis(200));
-        }
-        Ok(())
+            },
+        )
     }
 }
