@@ -32,6 +32,10 @@ fn main() {
             "mssql_an_unknown_commit_is_read_back_only_after_its_session_ended",
             mssql_an_unknown_commit_is_read_back_only_after_its_session_ended,
         ),
+        (
+            "mssql_explore_runs_random_schedules_that_pass_and_replay",
+            mssql_explore_runs_random_schedules_that_pass_and_replay,
+        ),
     ]
     .into_iter()
     .map(|(name, f)| trial::trial(name, needs, f))
@@ -122,6 +126,52 @@ fn mssql_crash_scenarios_meet_their_expectations() {
             }
         }
     }
+}
+
+/// `harness explore` on the SQL Server backend: random schedules from one seed (kills, crash points, pauses, proxy
+/// faults; a server restart only where the launcher can restart this server), each run a fresh database; every one
+/// passes with all its faults fired, and its written scenario file replays the same schedule.
+fn mssql_explore_runs_random_schedules_that_pass_and_replay() {
+    use harness::explore::{self, ExploreOptions};
+    let test = "mssql_explore_runs_random_schedules_that_pass_and_replay";
+    let mut launcher = launcher(test);
+    println!("{test}: {}", launcher.describe());
+    let out = tempfile::tempdir().expect("out dir");
+    let o = ExploreOptions {
+        runs: 3,
+        seed: 12,
+        target: explore::Target {
+            backend: Backend::Mssql,
+            can_restart: launcher.capabilities().restart,
+            can_lose_unsynced: false,
+            commit_mode: processor::engine::CommitMode::Atomic,
+        },
+        shrink_attempts: 5,
+        corpus: None,
+        run: RunOptions {
+            out_dir: out.path().to_owned(),
+            processor: processor_cmd(),
+            verbose: true,
+        },
+    };
+    let summary = explore::explore(launcher.as_mut(), &o).expect("explore runs");
+    assert_eq!(summary.runs.len(), 3);
+    for r in &summary.runs {
+        println!(
+            "{}: {:?} ({} of {} faults fired)",
+            r.name, r.verdict, r.faults_fired, r.faults
+        );
+        assert_eq!(r.verdict, Verdict::Pass, "{}: {}", r.name, r.reason);
+        assert_eq!(r.faults_fired, r.faults, "{}", r.name);
+        let back =
+            harness::scenario::Scenario::from_file(&r.file).expect("written scenario parses");
+        let replayed = back.plan(r.seed, None).expect("valid");
+        let drawn = explore::generate(&r.name, r.seed, &o.target)
+            .plan(r.seed, None)
+            .expect("valid");
+        assert_eq!(replayed.faults, drawn.faults, "{}", r.name);
+    }
+    assert_eq!(summary.exit_code(), 0);
 }
 
 fn mssql_checker_reads_a_fresh_database() {
