@@ -182,7 +182,9 @@ pub fn add_rejection(url: &str, schema: &str, table: &str, every: i64) -> anyhow
     match DbUrl::parse(url)? {
         DbUrl::Sqlite(path) => sqlite::add_rejection(&path, table, every),
         DbUrl::Postgres(conn) => postgres::add_rejection(&conn, schema, table, every),
-        DbUrl::Mssql(_) => anyhow::bail!("fixture.reject_rows_in is not implemented on SQL Server"),
+        DbUrl::Mssql(cfg) => Ok(processor::store::mssql::add_rejection(
+            &cfg, schema, table, every,
+        )?),
     }
 }
 

@@ -20,7 +20,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     server: true,
     commit_cut: false,
     restart: true,
-    reject_rows: false,
+    reject_rows: true,
     lose_unsynced: false,
 };
 

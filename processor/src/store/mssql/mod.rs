@@ -346,6 +346,26 @@ fn admin_batches(cfg: &MssqlConfig, batches: &[(&'static str, &str)]) -> StoreRe
     })
 }
 
+/// The harness's `[fixture] reject_rows_in`: a CHECK constraint on `schema.table` of the database `cfg` names that
+/// refuses every row whose `app_id` is a multiple of `every` (error 547, a constraint error the processor logs as
+/// the application's failure), added once the schema exists. A constraint the contract does not know of.
+pub fn add_rejection(cfg: &MssqlConfig, schema: &str, table: &str, every: i64) -> StoreResult<()> {
+    const OP: &str = "add the fixture's rejecting constraint";
+    let s = db_ident(OP, schema)?;
+    let t = db_ident(OP, table)?;
+    let c = db_ident(OP, &format!("fixture_reject_{table}"))?;
+    admin(
+        cfg,
+        OP,
+        &format!(
+            "ALTER TABLE {}.{} ADD CONSTRAINT {} CHECK (app_id % {every} <> 0);",
+            s.bracket(),
+            t.bracket(),
+            c.bracket()
+        ),
+    )
+}
+
 fn db_ident(op: &'static str, name: &str) -> StoreResult<Ident> {
     Ident::new(name).map_err(|e| StoreError::new(ErrorKind::Fatal, op, e.to_string()))
 }
